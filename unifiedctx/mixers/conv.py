@@ -1,0 +1,144 @@
+"""Static, local mixers: depthwise convolution, full convolution, average pooling.
+
+Their affinities are built from shift matrices (see ``local.py``) and do not depend on x.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from .base import AffinityMixer, check_positive_int, image
+from .local import local_affinity, shift_matrices
+
+
+class DepthwiseConv(AffinityMixer):
+    """Depthwise k x k convolution: one static, local, weight-shared affinity per channel.
+
+    Math, for channel c (M = C heads of d = 1)::
+
+        V[c]    = (W_in x)[c]             (W_in is a 1x1 conv when ``proj=True``, else identity)
+        A[c]    = sum_o w[c, o] * S_o     (banded Toeplitz, zero outside the k x k window)
+        y       = W_out (A V) + bias      (W_out likewise)
+
+    Shapes: ``values -> (B, C, N, 1)``, ``affinity -> (1, C, N, N)``.
+    Fast path: ``F.conv2d(..., groups=C)``. ``proj=True`` gives Container-Light's static
+    mixer (1x1 -> depthwise k x k -> 1x1).
+    """
+
+    kind = "static"
+
+    def __init__(self, dim: int, kernel_size: int = 3, proj: bool = False, bias: bool = True):
+        super().__init__(dim)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size, odd=True)
+        self.heads = dim
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias)
+        self.proj_in = nn.Conv2d(dim, dim, 1) if proj else nn.Identity()
+        self.proj_out = nn.Conv2d(dim, dim, 1) if proj else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.proj_out(self.conv(self.proj_in(x)))
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return rearrange(self.proj_in(x), "b c h w -> b c (h w) 1")
+
+    def affinity(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self.check_input(x)
+        return local_affinity(self.conv.weight[:, 0], grid).unsqueeze(0)
+
+    def _project(self, z, grid):
+        y = rearrange(z, "b c (h w) 1 -> b c h w", h=grid[0])
+        if self.conv.bias is not None:
+            y = y + self.conv.bias.view(1, -1, 1, 1)
+        return self.proj_out(y)
+
+
+class FullConv(AffinityMixer):
+    """Full k x k convolution in the im2col view: M = k*k fixed shift affinities.
+
+    Math (M = k*k heads, d = C; the kernel lives in ``project``)::
+
+        V[o]          = x as tokens                 (the same values for every head)
+        A[o]          = S_o                         (fixed 0/1 shift matrix of offset o)
+        y[:, c_out]   = sum_o sum_c W[c_out, c, o] (S_o x)[:, c] + b[c_out]
+
+    Shapes: ``values -> (B, k*k, N, C)`` (an expanded view, no copy), ``affinity ->
+    (1, k*k, N, N)``. Fast path: ``F.conv2d``.
+    """
+
+    kind = "static"
+
+    def __init__(self, dim: int, kernel_size: int = 3, bias: bool = True):
+        super().__init__(dim)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size, odd=True)
+        self.heads = kernel_size * kernel_size
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.conv(x)
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return repeat(x, "b c h w -> b m (h w) c", m=self.heads)
+
+    def affinity(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self.check_input(x)
+        w = self.conv.weight
+        return shift_matrices(self.kernel_size, grid, dtype=w.dtype, device=w.device).unsqueeze(0)
+
+    def _project(self, z, grid):
+        w = rearrange(self.conv.weight, "o c kh kw -> (kh kw) c o")
+        y = torch.einsum("bmnc,mco->bno", z, w)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias
+        return image(y, grid)
+
+
+class AvgPool(AffinityMixer):
+    """Average pooling as PoolFormer uses it (stride 1, ``count_include_pad=False``).
+
+    Math (M = 1 head, d = C)::
+
+        A[i, j] = 1 / |window(i)|   for j in the k x k window of i that lies on the grid
+        y       = A x               (or (A - I) x with ``subtract_input=True``: PoolFormer's
+                                     "pool minus identity", because its block adds x back)
+
+    Fast path: ``F.avg_pool2d``. No parameters.
+    """
+
+    kind = "static"
+
+    def __init__(self, dim: int, kernel_size: int = 3, subtract_input: bool = False):
+        super().__init__(dim)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size, odd=True)
+        self.subtract_input = bool(subtract_input)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        k = self.kernel_size
+        y = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+        return y - x if self.subtract_input else y
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return rearrange(x, "b c h w -> b 1 (h w) c")
+
+    def affinity(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self.check_input(x)
+        k, dtype, device = self.kernel_size, x.dtype, x.device
+        window = shift_matrices(k, grid, dtype=dtype, device=device).sum(0)
+        a = window / window.sum(1, keepdim=True)
+        if self.subtract_input:
+            a = a - torch.eye(a.shape[0], dtype=dtype, device=device)
+        return a.view(1, 1, *a.shape)
+
+    def _project(self, z, grid):
+        return rearrange(z, "b 1 (h w) c -> b c h w", h=grid[0])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kernel_size={self.kernel_size}, subtract_input={self.subtract_input}"

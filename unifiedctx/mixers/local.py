@@ -1,0 +1,60 @@
+"""Dense affinities of local, translation-equivariant operators (conv and pooling).
+
+A k x k window operator on an H x W grid takes, for token i = (y, x), a weighted sum of the
+tokens j = (y + dy, x + dx) with offsets dy, dx in [-(k//2), k//2] (zero padding at borders).
+Its affinity is therefore a sum of *shift matrices*, one per offset o = (dy, dx)::
+
+    S_o[i, j] = 1  if j = i + o is inside the grid, else 0        (N x N)
+    A         = sum_o w_o * S_o                                  (a banded Toeplitz matrix)
+
+PyTorch's ``conv2d`` is a cross-correlation, so the kernel entry ``w[dy + k//2, dx + k//2]``
+is the weight of offset (dy, dx).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def window_offsets(kernel_size: int, dilation: int = 1):
+    """Yield ``(ky, kx, dy, dx)``: kernel index and the grid offset it reads, row-major."""
+    half = kernel_size // 2
+    for ky in range(kernel_size):
+        for kx in range(kernel_size):
+            yield ky, kx, (ky - half) * dilation, (kx - half) * dilation
+
+
+def shift_pairs(grid: tuple[int, int], dy: int, dx: int, device=None):
+    """Row and column indices ``(i, j)`` with ``j = i + (dy, dx)``, both inside the grid."""
+    h, w = grid
+    index = torch.arange(h * w, device=device).view(h, w)
+    y0, y1 = max(0, -dy), min(h, h - dy)
+    x0, x1 = max(0, -dx), min(w, w - dx)
+    if y0 >= y1 or x0 >= x1:
+        empty = index.new_zeros(0)
+        return empty, empty
+    rows = index[y0:y1, x0:x1].reshape(-1)
+    cols = index[y0 + dy : y1 + dy, x0 + dx : x1 + dx].reshape(-1)
+    return rows, cols
+
+
+def local_affinity(kernel: torch.Tensor, grid: tuple[int, int], dilation: int = 1) -> torch.Tensor:
+    """Dense affinity of a per-head k x k kernel: ``(M, k, k) -> (M, N, N)``.
+
+    ``A[m, i, i + o] = kernel[m, o + k//2]`` for every offset o whose target is on the grid;
+    every other entry is zero. Differentiable in ``kernel``.
+    """
+    heads, k, _ = kernel.shape
+    n = grid[0] * grid[1]
+    a = kernel.new_zeros(heads, n, n)
+    for ky, kx, dy, dx in window_offsets(k, dilation):
+        rows, cols = shift_pairs(grid, dy, dx, kernel.device)
+        a[:, rows, cols] = kernel[:, ky, kx].unsqueeze(1)
+    return a
+
+
+def shift_matrices(kernel_size: int, grid: tuple[int, int], dtype=None, device=None):
+    """The k*k shift matrices ``S_o`` of a k x k window, stacked: ``(k*k, N, N)``."""
+    eye = torch.eye(kernel_size * kernel_size, dtype=dtype, device=device)
+    return local_affinity(eye.view(-1, kernel_size, kernel_size), grid)
+
