@@ -1,0 +1,90 @@
+"""One switch for the notebooks: the *quick* profile (CPU, offline data, ``_nano`` presets,
+what CI runs) or the *full* profile (CUDA, CIFAR-10, ``_cifar`` presets).
+
+The switch is the environment variable ``UNIFIEDCTX_PROFILE`` (``quick`` or ``full``).
+Without it, :func:`current` picks ``full`` when CUDA is available and ``quick`` otherwise::
+
+    from unifiedctx.profiles import current
+    profile = current()
+    model = unifiedctx.create_model(profile.model("container_light"), num_classes=10)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ENV_VAR = "UNIFIEDCTX_PROFILE"
+PROFILES = ("quick", "full")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a notebook needs to know about the budget it runs under.
+
+    Attributes:
+        name: ``"quick"`` or ``"full"``.
+        device: where to train (``"cpu"`` or ``"cuda"``).
+        preset_suffix: appended to a model family name (``"_nano"`` or ``"_cifar"``).
+        dataset: the real image dataset (``"mnist5k"`` offline, ``"cifar10"`` online).
+        dataset_options: keyword arguments for :func:`unifiedctx.data.load`.
+        epochs: training epochs for one run.
+        batch_size: training batch size.
+        synthetic_train: number of training images of each synthetic task.
+        synthetic_epochs: training epochs on the synthetic tasks.
+        cache_dir: where trained checkpoints are kept so re-running loads instead of retraining.
+    """
+
+    name: str
+    device: str
+    preset_suffix: str
+    dataset: str
+    dataset_options: dict = field(default_factory=dict)
+    epochs: int = 3
+    batch_size: int = 128
+    synthetic_train: int = 2000
+    synthetic_epochs: int = 4
+    cache_dir: Path = Path("runs")
+
+    def model(self, family: str) -> str:
+        """The preset name of ``family`` in this profile, e.g. ``container_light_nano``."""
+        return f"{family}{self.preset_suffix}"
+
+    @property
+    def quick(self) -> bool:
+        """True in the CPU/CI profile."""
+        return self.name == "quick"
+
+
+def _repo_runs_dir() -> Path:
+    """``runs/`` of the repository in a checkout, else ``~/.cache/unifiedctx/runs``."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists():
+        return here / "runs"
+    return Path.home() / ".cache" / "unifiedctx" / "runs"
+
+
+def make(name: str) -> Profile:
+    """Build the profile called ``name`` (``"quick"`` or ``"full"``)."""
+    runs = _repo_runs_dir()
+    if name == "quick":
+        return Profile(name="quick", device="cpu", preset_suffix="_nano", dataset="mnist5k",
+                       dataset_options={"channels": 3}, epochs=3, batch_size=128,
+                       synthetic_train=2000, synthetic_epochs=6, cache_dir=runs / "quick")
+    if name == "full":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return Profile(name="full", device=device, preset_suffix="_cifar", dataset="cifar10",
+                       epochs=30, batch_size=256, synthetic_train=20000, synthetic_epochs=20,
+                       cache_dir=runs / "full")
+    raise ValueError(f"{ENV_VAR} must be one of {PROFILES}, got {name!r}")
+
+
+def current() -> Profile:
+    """The profile this process runs under (see the module docstring for the rule)."""
+    name = os.environ.get(ENV_VAR, "").strip().lower()
+    if not name:
+        name = "full" if torch.cuda.is_available() else "quick"
+    return make(name)
