@@ -1,0 +1,146 @@
+"""Affinity matrix, query maps and the comparison figure: the drawn data is the affinity."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from conftest import build, rand_x  # noqa: E402
+
+from unifiedctx.mixers.local import local_affinity  # noqa: E402
+from unifiedctx.viz import (  # noqa: E402
+    comparison_affinities,
+    comparison_figure,
+    comparison_mixers,
+    plot_affinity_matrix,
+    plot_query_maps,
+    query_maps,
+    upsample_maps,
+)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def random_affinity(b=2, m=3, grid=(3, 4), seed=0):
+    n = grid[0] * grid[1]
+    return torch.randn(b, m, n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_affinity_matrix_shows_the_head():
+    a = random_affinity().softmax(-1)
+    fig = plot_affinity_matrix(a, grid=(3, 4), head=2, batch=1)
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), a[1, 2].numpy())
+    assert len(fig.axes) == 2  # the matrix and its colorbar
+    # image-row separators every W = 4 tokens, on both axes: 2 horizontal + 2 vertical lines
+    assert len(ax.lines) == 4
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
+    assert ax.images[0].get_cmap().name == "magma"  # non-negative -> sequential
+
+
+def test_affinity_matrix_signed_uses_centred_diverging_map():
+    a = random_affinity(b=1, m=1)
+    fig, ax = plt.subplots()
+    out = plot_affinity_matrix(a[0, 0], grid=(3, 4), ax=ax, colorbar=False)
+    assert out is fig and len(fig.axes) == 1
+    im = ax.images[0]
+    assert im.get_cmap().name == "RdBu_r"
+    lo, hi = im.get_clim()
+    assert lo == -hi == -a.abs().max().item()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"head": 3}, "head=3 is out of range"),
+    ({"batch": 2}, "batch=2"),
+    ({"grid": (3, 3)}, "grid"),
+])
+def test_affinity_matrix_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plot_affinity_matrix(random_affinity(), **{"grid": (3, 4), **kwargs})
+
+
+def test_query_maps_fold_the_row():
+    a = random_affinity()
+    maps = query_maps(a, (3, 4), (1, 2), batch=1)
+    assert maps.shape == (3, 3, 4)
+    q = 1 * 4 + 2
+    for m in range(3):
+        np.testing.assert_array_equal(maps[m].reshape(-1).numpy(), a[1, m, q].numpy())
+    # the flat token index gives the same maps
+    torch.testing.assert_close(query_maps(a, (3, 4), q, batch=1), maps, rtol=0, atol=0)
+
+
+def test_query_maps_of_a_depthwise_conv_are_its_kernel():
+    mixer = build("dwconv", dim=2, grid=(5, 5), kernel_size=3)
+    x = rand_x(2, (5, 5))
+    maps = query_maps(mixer.affinity(x), (5, 5), (2, 2))
+    torch.testing.assert_close(maps[:, 1:4, 1:4], mixer.conv.weight[:, 0].detach(), rtol=0, atol=0)
+    assert maps[:, 0].abs().sum() == 0 and maps[:, :, 4].abs().sum() == 0
+
+
+@pytest.mark.parametrize("query, err, match", [
+    ((3, 0), ValueError, "outside the grid"),
+    ((0, -1), ValueError, "outside the grid"),
+    (12, ValueError, "outside the grid"),
+    ((1.0, 2), TypeError, "pair of ints"),
+    ("a", TypeError, "query"),
+])
+def test_query_errors(query, err, match):
+    with pytest.raises(err, match=match):
+        query_maps(random_affinity(), (3, 4), query)
+
+
+def test_plot_query_maps_overlays_upsampled_maps():
+    a = random_affinity().softmax(-1)
+    image = torch.rand(3, 12, 16, generator=torch.Generator().manual_seed(0))
+    fig = plot_query_maps(a, (3, 4), (2, 1), image=image, heads=[0, 2], batch=1, mode="nearest")
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 2
+    ax = fig.axes[1]
+    assert len(ax.images) == 2  # the image, then the map
+    shown = np.asarray(ax.images[1].get_array())
+    assert shown.shape == (12, 16)
+    expected = np.kron(a[1, 2, 2 * 4 + 1].view(3, 4).numpy(), np.ones((4, 4)))
+    np.testing.assert_allclose(shown, expected, rtol=0, atol=1e-15)
+    box = ax.patches[0]  # the query's cell, in image pixels
+    assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (3.5, 7.5, 4.0, 4.0)
+
+
+def test_upsample_bilinear_and_errors():
+    maps = torch.arange(4.0, dtype=torch.float64).view(1, 2, 2)
+    up = upsample_maps(maps, (4, 4), mode="bilinear")
+    assert up.shape == (1, 4, 4) and up[0, 0, 0] == 0 and up[0, -1, -1] == 3
+    with pytest.raises(ValueError, match="mode"):
+        upsample_maps(maps, (4, 4), mode="cubic")
+    with pytest.raises(ValueError, match="head=5"):
+        plot_query_maps(random_affinity(), (3, 4), (0, 0), heads=[5])
+
+
+def test_comparison_figure_draws_the_four_computed_affinities():
+    image = torch.zeros(1, 16, 16)
+    image[0, 4:12, 8:12] = 1.0  # a vertical bar, like a "1": grid cells (1, 2) and (2, 2)
+    affs = comparison_affinities(image, dim=8, grid=(4, 4), seed=0)
+    assert list(affs) == ["dwconv", "attention", "mixer", "container"]
+    fig = comparison_figure(image, dim=8, grid=(4, 4), seed=0)
+    axes = fig.axes
+    assert len(axes) == 8
+    for col, a in enumerate(affs.values()):
+        np.testing.assert_array_equal(np.asarray(axes[col].images[0].get_array()), a.numpy())
+    # attention rows are distributions; the conv matrix is banded (zero beyond one grid row)
+    torch.testing.assert_close(affs["attention"].sum(-1), torch.ones(16, dtype=torch.float64))
+    assert affs["dwconv"][0, 2 * 4:].abs().sum() == 0
+    # container = alpha * attention + beta * (mean over head 0's channels 0..3 of) dwconv, alpha = beta = 0.5
+    kernels = comparison_mixers(8, (4, 4), seed=0)["dwconv"].conv.weight[:4, 0].detach()
+    static = local_affinity(kernels, (4, 4)).mean(0)
+    torch.testing.assert_close(affs["container"], 0.5 * affs["attention"] + 0.5 * static, rtol=0, atol=1e-15)
+    # default query: the brightest grid cell (on the bar), marked on every query panel
+    box = axes[4].patches[0]
+    assert (box.get_x(), box.get_y()) == (7.5, 3.5)

@@ -1,0 +1,301 @@
+"""Affinity matrices and query maps: what one head of a token mixer looks at.
+
+Every mixer aggregates context as ``Y = project(A @ V)`` with ``A`` of shape
+``(B|1, M, N, N)`` (N = H*W tokens, in row-major order of the grid). Two views of ``A``:
+
+* the **matrix** itself (:func:`plot_affinity_matrix`): row i is what token i takes from every
+  token j; with row-major tokens, each block of W rows/columns is one image row, so a
+  convolution shows up as a band of 3 diagonals blocks, attention as a dense matrix;
+* the **query map** (:func:`query_maps`, :func:`plot_query_maps`): one row ``A[m, q, :]``
+  folded back onto the H x W grid, i.e. where the query token q gathers its context from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._common import (
+    as_affinity,
+    axes_grid,
+    grid_of,
+    image_array,
+    new_axes,
+    pick_heads,
+    pick_index,
+    query_index,
+    symmetric_limits,
+)
+
+SEQUENTIAL_CMAP = "magma"
+DIVERGING_CMAP = "RdBu_r"
+
+
+def _matrix_cmap(values: np.ndarray, cmap):
+    """Colormap and limits: diverging and centred on 0 for signed data, sequential otherwise."""
+    if (values < 0).any():
+        vmin, vmax = symmetric_limits(values)
+        return cmap or DIVERGING_CMAP, vmin, vmax
+    return cmap or SEQUENTIAL_CMAP, 0.0, float(values.max()) if values.max() > 0 else 1.0
+
+
+def plot_affinity_matrix(A, grid=None, head: int = 0, batch: int = 0, ax=None, cmap=None,
+                         title: str | None = None, colorbar: bool = True, row_lines: bool = True):
+    """Draw the N x N affinity matrix ``A[batch, head]`` of one head.
+
+    Row i, column j is the weight token i gives token j (``y_i = sum_j A_ij v_j``). Tokens are
+    numbered row-major on the ``grid=(H, W)``, so thin lines every W tokens separate the image
+    rows and the ticks name the grid row each block starts. Signed matrices (convolution
+    kernels, MLP-Mixer weights) use a diverging colormap centred on 0; non-negative ones
+    (attention, pooling) a sequential one.
+
+    Args:
+        A: ``(B|1, M, N, N)``, ``(M, N, N)`` or ``(N, N)`` tensor or array.
+        grid: ``(H, W)`` with H*W = N; ``None`` draws no row structure (a 1 x N sequence).
+        head, batch: which head and which sample to draw.
+        ax: an existing matplotlib axes to draw into; a new figure when ``None``.
+        row_lines: draw the image-row separators (they are skipped when W = N).
+
+    Returns:
+        the matplotlib ``Figure``; the matrix is ``ax.images[0]``.
+    """
+    a = as_affinity(A)
+    b = pick_index(batch, a.shape[0], "batch")
+    m = pick_index(head, a.shape[1], "head")
+    n = a.shape[2]
+    if a.shape[3] != n:
+        raise ValueError(f"A must be square over tokens (N, N), got {tuple(a.shape[-2:])}")
+    h, w = grid_of(grid, n)
+    values = a[b, m].numpy()
+    fig, ax = new_axes(ax, figsize=(5, 4.4))
+    cmap, vmin, vmax = _matrix_cmap(values, cmap)
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if grid is not None and h > 1:
+        if row_lines:
+            for r in range(1, h):
+                ax.axhline(r * w - 0.5, color="0.6", lw=0.4, alpha=0.8)
+                ax.axvline(r * w - 0.5, color="0.6", lw=0.4, alpha=0.8)
+        step = max(1, h // 8)
+        rows = list(range(0, h, step))
+        ax.set_xticks([r * w - 0.5 + w / 2 for r in rows], [str(r) for r in rows])
+        ax.set_yticks([r * w - 0.5 + w / 2 for r in rows], [str(r) for r in rows])
+        ax.set_xlabel("key token j (grid row)")
+        ax.set_ylabel("query token i (grid row)")
+    else:
+        ax.set_xlabel("key token j")
+        ax.set_ylabel("query token i")
+    ax.tick_params(length=0, labelsize=7)
+    ax.set_title(title if title is not None else f"affinity, head {m}", fontsize=10)
+    if colorbar:
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def query_maps(A, grid, query, batch: int = 0) -> torch.Tensor:
+    """Each head's affinity row of ``query``, folded back onto the grid: ``(M, H, W)``.
+
+    ``maps[m] = A[batch, m, q, :].reshape(H, W)`` with ``q = y * W + x`` for ``query=(y, x)``
+    (a flat token index is accepted too). Shapes: ``A`` is ``(B|1, M, N, N)``, ``(M, N, N)``
+    or ``(N, N)`` with N = H*W. Returns a float64 CPU tensor.
+    """
+    a = as_affinity(A)
+    b = pick_index(batch, a.shape[0], "batch")
+    if grid is None:
+        raise ValueError("query_maps needs grid=(H, W) to fold the N tokens onto")
+    n = a.shape[2]
+    h, w = grid_of(grid, n)
+    if a.shape[3] != n:
+        raise ValueError(f"A must be square over tokens (N, N), got {tuple(a.shape[-2:])}")
+    q = query_index(query, (h, w))
+    return a[b, :, q, :].reshape(a.shape[1], h, w).clone()
+
+
+def upsample_maps(maps: torch.Tensor, size, mode: str = "nearest") -> torch.Tensor:
+    """Resize ``(M, h, w)`` maps to ``size=(H, W)`` with ``F.interpolate`` (nearest or bilinear)."""
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(maps[None], size=tuple(size), mode=mode, **kwargs)[0]
+
+
+def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode: str = "nearest",
+                    axes=None, ncols: int | None = None, alpha: float = 0.85, cmap=None,
+                    title: str | None = None):
+    """Draw, for each head, where the query token gathers its context, over the input image.
+
+    Each panel shows ``A[batch, m, q, :]`` folded onto the layer's ``grid`` (see
+    :func:`query_maps`), upsampled to the image size when the layer is coarser (``mode``
+    ``"nearest"`` keeps the tokens' blocks, ``"bilinear"`` smooths them), drawn with
+    over the image with an opacity of ``alpha * sqrt(|A| / max |A|)`` (tokens that get no weight
+    leave the image visible), with the query's cell marked by a cyan square.
+
+    Args:
+        A: ``(B|1, M, N, N)`` affinity (or ``(M, N, N)`` / ``(N, N)``).
+        grid: the layer's ``(H, W)`` token grid.
+        query: ``(y, x)`` on that grid.
+        image: the input ``(C, H_img, W_img)`` / ``(H_img, W_img)``; ``None`` draws maps alone.
+        heads: which heads (default all); axes: existing axes, one per head.
+
+    Returns:
+        the ``Figure``; panel k's ``images[-1]`` holds the (upsampled) map of head ``heads[k]``.
+    """
+    maps = query_maps(A, grid, query, batch=batch)
+    h, w = maps.shape[-2:]
+    q = query_index(query, (h, w))
+    qy, qx = divmod(q, w)
+    chosen = pick_heads(heads, maps.shape[0])
+    img = None if image is None else image_array(image)
+    size = (h, w) if img is None else img.shape[:2]
+    up = upsample_maps(maps[chosen], size, mode=mode).numpy()
+    fig, axs = axes_grid(len(chosen), axes=axes, ncols=ncols)
+    sy, sx = size[0] / h, size[1] / w
+    for ax, m, amap in zip(axs, chosen, up):
+        if img is not None:
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+        cm, vmin, vmax = _matrix_cmap(amap, cmap if cmap is not None else ("inferno"
+                                       if (amap >= 0).all() else None))
+        # over an image, opacity grows with |A| so that tokens given no weight show the image
+        opacity = alpha * np.sqrt(np.clip(np.abs(amap) / max(abs(vmin), vmax), 0, 1)) if img is not None \
+            else None
+        ax.imshow(amap, cmap=cm, vmin=vmin, vmax=vmax, alpha=opacity, interpolation="nearest")
+        ax.add_patch(_query_box(qy, qx, sy, sx))
+        ax.set_title(f"head {m}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if axes is None or title:
+        fig.suptitle(title if title is not None else f"query {(qy, qx)} on grid {(h, w)}", fontsize=10)
+    return fig
+
+
+def _query_box(qy, qx, sy, sx):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((qx * sx - 0.5, qy * sy - 0.5), sx, sy, fill=False, ec="cyan", lw=1.8)
+
+
+# ------------------------------------------------------------------- the comparison figure
+
+FAMILIES = {
+    "dwconv": "depthwise conv\n(static, local)",
+    "attention": "self-attention\n(dynamic, dense)",
+    "mixer": "MLP-Mixer\n(static, dense)",
+    "container": "Container\n(α·attention + β·conv)",
+}
+
+
+def grid_features(image, dim: int, grid, seed: int = 0) -> torch.Tensor:
+    """Token features ``(1, dim, H, W)`` of an image on a coarse grid (float64).
+
+    The image is area-averaged to ``grid``; each token gets its 3 x 3 neighbourhood of
+    intensities (per channel, zero padded) and its (y, x) position in [-1, 1], mapped to
+    ``dim`` channels by a fixed random matrix (``seed``), then scaled to norm ``sqrt(dim)``.
+    Similar-looking tokens thus get similar features (``q . k`` is a cosine similarity), which
+    is what makes attention's affinity content-dependent.
+    """
+    t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    t = t.detach().to("cpu", torch.float64)
+    if t.dim() == 2:
+        t = t[None]
+    if t.dim() == 4:
+        t = t[0]
+    if t.dim() != 3:
+        raise ValueError(f"image must be (H, W), (C, H, W) or (1, C, H, W), got {tuple(t.shape)}")
+    h, w = grid
+    small = F.adaptive_avg_pool2d(t[None], (h, w))
+    small = (small - small.mean()) / (small.std() + 1e-8)
+    patches = F.unfold(small, 3, padding=1).view(1, -1, h, w)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=torch.float64),
+                            torch.linspace(-1, 1, w, dtype=torch.float64), indexing="ij")
+    feats = torch.cat([patches, 0.5 * ys[None, None], 0.5 * xs[None, None]], dim=1)
+    gen = torch.Generator().manual_seed(seed)
+    proj = torch.randn(dim, feats.shape[1], generator=gen, dtype=torch.float64) / feats.shape[1] ** 0.5
+    x = torch.einsum("dc,bchw->bdhw", proj, feats)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) * dim**0.5
+
+
+@torch.no_grad()
+def comparison_mixers(dim: int, grid, seed: int = 0, heads: int = 2, kernel_size: int = 3,
+                      sharpness: float = 1.2) -> dict:
+    """The four mixers of :func:`comparison_figure`, float64, built with ``mixers.create``.
+
+    Attention and Container's attention use the same "similarity" query/key maps
+    (``W_q = W_k = sharpness * I`` per head), so a token attends to tokens whose features
+    look like its own; values and projections are identities. The depthwise kernels and the
+    MLP-Mixer matrix keep their seeded default initialisation; Container mixes with its
+    initial ``alpha = beta = 0.5``.
+    """
+    from ..mixers import create
+
+    torch.manual_seed(seed)
+    mixers = {
+        "dwconv": create("dwconv", dim=dim, kernel_size=kernel_size),
+        "attention": create("attention", dim=dim, heads=heads),
+        "mixer": create("mixer", dim=dim, grid=tuple(grid)),
+        "container": create("container", dim=dim, heads=heads, kernel_size=kernel_size),
+    }
+    mixers = {k: v.double().eval() for k, v in mixers.items()}
+    eye = torch.eye(dim, dtype=torch.float64)
+    for name in ("attention", "container"):
+        mod = mixers[name]
+        mod.qkv.weight.copy_(torch.cat([sharpness * eye, sharpness * eye, eye]))
+        mod.qkv.bias.zero_()
+        mod.proj.weight.copy_(eye)
+        mod.proj.bias.zero_()
+    mixers["container"].static.weight.copy_(mixers["dwconv"].conv.weight)
+    return mixers
+
+
+@torch.no_grad()
+def comparison_affinities(image, dim: int = 16, grid=(8, 8), seed: int = 0, heads: int = 2,
+                          kernel_size: int = 3) -> dict[str, torch.Tensor]:
+    """Head-0 affinities ``{family: (N, N)}`` of the four families for one image (float64).
+
+    For ``container`` this is the head-level mixed affinity
+    ``alpha * A_attention + beta * mean_c A_dwconv[c]`` (``Container.components``).
+    """
+    x = grid_features(image, dim, grid, seed=seed)
+    mixers = comparison_mixers(dim, grid, seed=seed, heads=heads, kernel_size=kernel_size)
+    out = {}
+    for name, mod in mixers.items():
+        a = mod.components(x)["mixed"] if name == "container" else mod.affinity(x)
+        out[name] = a[0, 0].detach().clone()
+    return out
+
+
+def comparison_figure(image, dim: int = 16, grid=(8, 8), query=None, seed: int = 0,
+                      heads: int = 2, kernel_size: int = 3, mode: str = "nearest"):
+    """The paper's comparison, computed: conv, attention, MLP-Mixer and Container side by side.
+
+    For one input image, each family's mixer (built by ``unifiedctx.mixers.create`` on a
+    ``grid`` of tokens with ``dim`` channels, see :func:`comparison_mixers` and
+    :func:`grid_features`) gives an affinity ``A`` (head 0 shown). Top row: the N x N matrix
+    (banded for the convolution, dense for the others; input-dependent only for attention and
+    Container). Bottom row: the query's row of ``A`` folded onto the grid and laid over the
+    image. ``query=(y, x)`` on the grid defaults to the token with the brightest average
+    intensity (on an MNIST digit: a point on the stroke).
+
+    Returns:
+        the ``Figure`` (2 rows x 4 columns; the matrices are ``fig.axes[0:4]``'s images).
+    """
+    grid = tuple(grid)
+    affs = comparison_affinities(image, dim=dim, grid=grid, seed=seed, heads=heads,
+                                 kernel_size=kernel_size)
+    if query is None:
+        t = torch.as_tensor(image_array(image))
+        t = t.mean(-1) if t.dim() == 3 else t
+        small = F.adaptive_avg_pool2d(t[None, None], grid)[0, 0]
+        query = divmod(int(small.argmax()), grid[1])
+    fig, axes = axes_grid(8, ncols=4, size=2.9)
+    for col, (name, a) in enumerate(affs.items()):
+        plot_affinity_matrix(a, grid=grid, ax=axes[col], title=FAMILIES[name], colorbar=False)
+        plot_query_maps(a, grid, query, image=image, axes=[axes[4 + col]], mode=mode,
+                        title="")
+        axes[col].set_xlabel("key j (grid row)", fontsize=7)
+        axes[col].set_ylabel("query i (grid row)" if col == 0 else "", fontsize=7)
+        axes[4 + col].set_title(f"query {tuple(query)}: A[q, :]", fontsize=8)
+    fig.suptitle(f"One operator, four affinities: head 0 on a {grid[0]}x{grid[1]} grid, {dim} channels",
+                 fontsize=11)
+    return fig

@@ -1,0 +1,136 @@
+"""Mean affinity distance: how far, in input pixels, each head gathers its context from.
+
+The ViT paper's "attention distance" (Dosovitskiy et al. 2021, Fig. 7), for any affinity::
+
+    W[m, i, j] = |A[m, i, j]| / sum_j' |A[m, i, j']|          (rows of |A|, normalised)
+    D[m]       = mean_i  sum_j  W[m, i, j] * ||p_i - p_j|| * stride
+
+with ``p_i`` the (y, x) grid position of token i and ``stride`` the layer's size of one grid
+cell in input pixels (image size / grid size). For attention and pooling ``|A| = A`` already
+sums to 1 per row; for signed static kernels (convolutions, MLP-Mixer weights) the absolute
+value measures where the weight mass sits regardless of its sign. Rows with no weight at all
+are left out of the mean (a head whose rows are all zero gets NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ._common import as_affinity, grid_of, new_axes
+
+
+def _strides(pixel_stride) -> tuple[float, float]:
+    if isinstance(pixel_stride, (tuple, list)):
+        if len(pixel_stride) != 2:
+            raise ValueError(f"pixel_stride must be a number or a (sy, sx) pair, got {pixel_stride!r}")
+        sy, sx = (float(v) for v in pixel_stride)
+    else:
+        sy = sx = float(pixel_stride)
+    if sy <= 0 or sx <= 0:
+        raise ValueError(f"pixel_stride must be positive, got {pixel_stride!r}")
+    return sy, sx
+
+
+def token_distances(grid, pixel_stride=1.0) -> torch.Tensor:
+    """Euclidean distances ``||p_i - p_j||`` between the N tokens of ``grid``, in pixels: ``(N, N)``."""
+    h, w = grid
+    sy, sx = _strides(pixel_stride)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    ys, xs = ys.reshape(-1) * sy, xs.reshape(-1) * sx
+    return torch.sqrt((ys[:, None] - ys[None]) ** 2 + (xs[:, None] - xs[None]) ** 2)
+
+
+def affinity_distance(A, grid, pixel_stride=1.0) -> torch.Tensor:
+    """Mean affinity distance of every head: ``(M,)`` float64, in input pixels.
+
+    ``D[m] = mean_{b, i} sum_j |A[b, m, i, j]| / sum_j' |A[b, m, i, j']| * ||p_i - p_j|| * stride``
+    (see the module docstring). ``A`` is ``(B|1, M, N, N)``, ``(M, N, N)`` or ``(N, N)``;
+    ``grid=(H, W)`` with H*W = N (``None``: a 1 x N line); ``pixel_stride`` is the input
+    pixels per grid step, a number or a ``(sy, sx)`` pair (e.g. ``image_size / grid_size``).
+    Averaged over the batch and over all queries i with a nonzero row.
+    """
+    a = as_affinity(A).abs()
+    n = a.shape[2]
+    if a.shape[3] != n:
+        raise ValueError(f"A must be square over tokens (N, N), got {tuple(a.shape[-2:])}")
+    grid = grid_of(grid, n)
+    dist = token_distances(grid, pixel_stride)
+    mass = a.sum(-1)  # (B, M, N)
+    per_row = (a * dist).sum(-1) / mass.clamp_min(torch.finfo(torch.float64).tiny)
+    valid = mass > 0
+    total = torch.where(valid, per_row, torch.zeros_like(per_row)).sum((0, 2))
+    count = valid.sum((0, 2)).to(torch.float64)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
+
+
+def infer_grid(n: int, image_size) -> tuple[int, int]:
+    """The ``(h, w)`` grid of N tokens that tiles ``image_size=(H, W)`` with one square stride."""
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    big_h, big_w = image_size
+    stride = math.sqrt(big_h * big_w / n)
+    h, w = round(big_h / stride), round(big_w / stride)
+    if h * w != n:
+        raise ValueError(f"cannot infer a grid of {n} tokens for image_size {tuple(image_size)}; "
+                         f"pass grids={{layer: (H, W)}}")
+    return h, w
+
+
+def layer_distances(affinities: Mapping, image_size, grids: Mapping | None = None) -> OrderedDict:
+    """Mean affinity distance of every head of every layer: ``{name: (M,)}``, in input pixels.
+
+    ``affinities`` maps layer names to ``(B|1, M, N, N)`` (e.g. ``models.record_affinities``).
+    Each layer's grid is ``grids[name]`` when given, else the grid that tiles ``image_size``
+    with N tokens; the stride is ``image_size / grid`` per axis.
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    out = OrderedDict()
+    for name, a in affinities.items():
+        n = a.shape[-2]
+        grid = tuple(grids[name]) if grids and name in grids else infer_grid(n, image_size)
+        stride = (image_size[0] / grid[0], image_size[1] / grid[1])
+        out[name] = affinity_distance(a, grid, stride)
+    return out
+
+
+def plot_affinity_distance(distances: Mapping, image_size=None, grids: Mapping | None = None, ax=None,
+                           title: str | None = None):
+    """Scatter of every head's mean affinity distance per layer, the layer mean as a line.
+
+    ``distances`` maps layer name -> ``(M,)`` distances (see :func:`layer_distances`), or
+    layer name -> ``(B|1, M, N, N)`` affinities, in which case ``image_size`` is required and
+    the distances are computed here. x: layer (in order), y: distance in input pixels.
+
+    Returns:
+        the ``Figure``; ``ax.collections[0]`` holds the head points, ``ax.lines[0]`` the means.
+    """
+    if not isinstance(distances, Mapping) or not distances:
+        raise ValueError("distances must be a non-empty mapping {layer name: distances or affinity}")
+    if any(torch.as_tensor(v).dim() > 1 for v in distances.values()):
+        if image_size is None:
+            raise ValueError("image_size is needed to turn affinities into pixel distances")
+        distances = layer_distances(distances, image_size, grids)
+    names = list(distances)
+    fig, ax = new_axes(ax, figsize=(max(4.5, 0.6 * len(names) + 2), 3.6))
+    xs, ys, means = [], [], []
+    for k, name in enumerate(names):
+        d = torch.as_tensor(distances[name], dtype=torch.float64).reshape(-1).numpy()
+        xs.extend([k] * len(d))
+        ys.extend(d.tolist())
+        means.append(float(np.nanmean(d)) if np.isfinite(d).any() else math.nan)
+    ax.scatter(xs, ys, s=14, alpha=0.55, color="tab:blue", label="one head")
+    ax.plot(range(len(names)), means, "-o", color="tab:red", ms=4, label="layer mean")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("mean affinity distance (input px)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "How far each head looks", fontsize=10)
+    return fig
