@@ -1,0 +1,23 @@
+"""Networks built from context-aggregation blocks: one builder, named presets, and tools to
+count their cost and read their affinities.
+
+    model = create_model("container_light")                 # the authors' Container-Light
+    list_models("*_nano")                                   # tiny presets for CPUs
+    record_affinities(model, x)                             # name -> (B|1, M, N, N)
+    count_params(model), count_macs(model, img_size=448)
+"""
+
+from __future__ import annotations
+
+from .blocks import Block
+from .factory import create_model, from_config, list_models
+from .flops import SDPA_FLOPS, count_flops, count_macs, count_params
+from .network import ContextNet, Stage
+from .presets import PRESETS
+from .recording import mixer_inputs, mixer_layers, mixing_weights, record_affinities, record_components
+
+__all__ = [
+    "PRESETS", "SDPA_FLOPS", "Block", "ContextNet", "Stage", "count_flops", "count_macs", "count_params",
+    "create_model", "from_config", "list_models", "mixer_inputs", "mixer_layers", "mixing_weights",
+    "record_affinities", "record_components",
+]
