@@ -32,13 +32,14 @@ unit: $(STAMP)
 	$(BIN)/pytest -q tests $(PYTEST_ARGS)
 
 notebooks: $(STAMP)
-	UNIFIEDCTX_PROFILE=quick $(BIN)/pytest -q --nbval-lax -p no:randomly notebooks/
+	UNIFIEDCTX_PROFILE=quick $(BIN)/pytest -q --nbval-lax notebooks/
 
 browser: $(STAMP)
-	sh tests/browser/setup.sh
+	bash tests/browser/setup.sh
 	$(BIN)/pytest -q -m browser tests/browser
 
 test: $(STAMP)
+	bash tests/browser/setup.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q tests
 	UNIFIEDCTX_PROFILE=quick $(BIN)/pytest -q --nbval-lax notebooks/

@@ -1,0 +1,172 @@
+"""Pure numpy rendering for the affinity explorer: images and affinity maps as PNG bytes.
+
+Nothing here knows about widgets, so every function is cheap to test and to time. The
+explorer draws two pictures:
+
+* the **input image** with the query cell outlined (``image_panel``), and
+* the **affinity map(s)**: row ``q`` of ``A_m`` folded onto the ``H x W`` grid, upsampled
+  (nearest) to the image and laid over it with alpha (``map_panel``); all heads at once are
+  tiled into a grid (``tile``).
+
+Pictures are ``uint8`` arrays of shape ``(height, width, 3)``; ``png_bytes`` encodes them
+with Pillow (fast, no matplotlib figure involved).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+#: Outline colour of the query cell (RGB).
+MARKER_RGB = (255, 40, 40)
+
+
+def as_display_image(image) -> np.ndarray:
+    """Turn one image into a float ``(h, w, 3)`` array in ``[0, 1]`` for display.
+
+    ``image`` is a tensor or array ``(C, h, w)`` (channels first, as models take it) or
+    ``(h, w)``; one channel is shown grey, three as RGB, any other count as the channel mean.
+    Values are stretched to ``[0, 1]`` (images are often normalised), a constant image is grey.
+    """
+    arr = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"an image must have shape (C, H, W) or (H, W), got shape {arr.shape}")
+    if arr.shape[0] == 3:
+        arr = arr.transpose(1, 2, 0)
+    else:
+        arr = np.repeat(arr.mean(0)[..., None], 3, axis=2)
+    lo, hi = float(arr.min()), float(arr.max())
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("the image holds NaN or infinite values")
+    if hi - lo < 1e-12:
+        return np.full(arr.shape, 0.5, dtype=np.float32)
+    return (arr - lo) / (hi - lo)
+
+
+def upsample(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of the first two axes of ``array`` to ``size = (h, w)``."""
+    rows = (np.arange(size[0]) * array.shape[0]) // size[0]
+    cols = (np.arange(size[1]) * array.shape[1]) // size[1]
+    return array[rows][:, cols]
+
+
+def colormap_lut(name: str = "inferno") -> np.ndarray:
+    """A ``(256, 3)`` float lookup table of the matplotlib colormap ``name``."""
+    from matplotlib import colormaps
+
+    return colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
+
+
+def cell_box(query: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]):
+    """Pixel box ``(top, left, bottom, right)`` (exclusive ends) of grid cell ``query``."""
+    (r, c), (gh, gw), (h, w) = query, grid, size
+    return (r * h) // gh, (c * w) // gw, ((r + 1) * h) // gh, ((c + 1) * w) // gw
+
+
+def draw_box(picture: np.ndarray, box, rgb=MARKER_RGB, thickness: int = 2) -> np.ndarray:
+    """Outline ``box = (top, left, bottom, right)`` on ``picture`` (``uint8``, in place)."""
+    top, left, bottom, right = box
+    t = max(1, min(thickness, (bottom - top) // 2 or 1, (right - left) // 2 or 1))
+    colour = np.asarray(rgb, dtype=np.uint8)
+    picture[top:top + t, left:right] = colour
+    picture[bottom - t:bottom, left:right] = colour
+    picture[top:bottom, left:left + t] = colour
+    picture[top:bottom, right - t:right] = colour
+    return picture
+
+
+def to_uint8(picture: np.ndarray) -> np.ndarray:
+    """Float ``[0, 1]`` picture to ``uint8``."""
+    return (np.clip(picture, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def image_panel(image: np.ndarray, size: tuple[int, int], query, grid) -> np.ndarray:
+    """The input image (float ``(h, w, 3)``) at ``size``, with the ``query`` cell outlined.
+
+    The outline is red with a thin white ring inside it, visible on any image.
+    """
+    picture = to_uint8(upsample(image, size))
+    top, left, bottom, right = cell_box(query, grid, size)
+    if bottom - top >= 8 and right - left >= 8:
+        draw_box(picture, (top + 2, left + 2, bottom - 2, right - 2), rgb=(255, 255, 255), thickness=1)
+    return draw_box(picture, (top, left, bottom, right))
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, lut: np.ndarray, alpha: float = 0.75) -> np.ndarray:
+    """Blend the map ``amap`` (float ``(h, w)`` in ``[0, 1]``) coloured by ``lut`` over ``image``.
+
+    The image is shown grey so that the colours belong to the map alone.
+    """
+    grey = image.mean(axis=2, keepdims=True)
+    colours = lut[np.clip((amap * 255.0).astype(np.int32), 0, 255)]
+    return (1.0 - alpha) * grey + alpha * colours
+
+
+def normalise(maps: np.ndarray) -> np.ndarray:
+    """Scale each map of ``(M, H, W)`` to ``[0, 1]`` by its own maximum (all-zero stays zero).
+
+    Affinities are non-negative for every softmax or averaging mixer; learned static ones may
+    be signed, and then the absolute value is shown.
+    """
+    maps = np.abs(maps)
+    peak = maps.reshape(len(maps), -1).max(axis=1)
+    peak[peak <= 0] = 1.0
+    return maps / peak[:, None, None]
+
+
+def map_panel(image: np.ndarray, maps: np.ndarray, size: tuple[int, int], query, grid,
+              lut: np.ndarray, alpha: float = 0.75, gap: int = 4) -> np.ndarray:
+    """Overlay each map of ``maps`` (``(M, H, W)``) on ``image`` and tile them (``uint8``).
+
+    Each tile is ``size`` pixels, shows one head's map normalised to its own maximum, and
+    outlines the query cell. One map gives one tile, so no tiling then.
+    """
+    tiles = []
+    small = upsample(image, size)
+    for amap in normalise(maps):
+        tile = to_uint8(overlay(small, upsample(amap, size), lut, alpha))
+        tiles.append(draw_box(tile, cell_box(query, grid, size), thickness=1))
+    return tile_grid(tiles, gap=gap)
+
+
+def tile_grid(tiles: list[np.ndarray], ncols: int | None = None, gap: int = 4) -> np.ndarray:
+    """Lay equal-sized ``uint8`` tiles out row by row on a white background."""
+    if len(tiles) == 1:
+        return tiles[0]
+    ncols = ncols or math.ceil(math.sqrt(len(tiles)))
+    nrows = math.ceil(len(tiles) / ncols)
+    th, tw = tiles[0].shape[:2]
+    out = np.full((nrows * th + (nrows - 1) * gap, ncols * tw + (ncols - 1) * gap, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        out[r * (th + gap):r * (th + gap) + th, c * (tw + gap):c * (tw + gap) + tw] = tile
+    return out
+
+
+def head_tile_size(heads: int, panel: int, grid: tuple[int, int]) -> int:
+    """Side in pixels of one tile when ``heads`` maps share a ``panel``-pixel square.
+
+    Never smaller than the grid (one pixel per token) so that no token disappears.
+    """
+    ncols = math.ceil(math.sqrt(heads))
+    return max(panel // ncols, max(grid))
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """Encode a ``uint8`` ``(h, w, 3)`` picture as PNG (Pillow, fast compression)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes back to a ``uint8`` ``(h, w, 3)`` array (what a widget shows)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
