@@ -1,0 +1,30 @@
+"""Training: :func:`fit` a model on a dataset, :func:`evaluate` it, save and load checkpoints.
+
+>>> from unifiedctx import data, models, train
+>>> ds = data.load("mnist5k")                                          # doctest: +SKIP
+>>> model = models.create_model("container_light_nano", num_classes=10, img_size=32)  # doctest: +SKIP
+>>> history = train.fit(model, ds, epochs=3, out="runs/demo")          # doctest: +SKIP
+>>> history.best("test_acc")                                           # doctest: +SKIP
+
+Small datasets live on the device as uint8 tensors and are augmented there (``batches.py``);
+AdamW + warmup/cosine + EMA (``optim.py``); the loop, bf16 autocast, DDP (``engine.py``,
+``distributed.py``); atomic checkpoints that refuse another architecture (``checkpoint.py``);
+the per-epoch record (``history.py``); cached runs for notebooks (``cache.py``).
+"""
+
+from __future__ import annotations
+
+from .batches import DeviceBatches, LoaderBatches, crop_flip, derive_seed, make_batches, mix_batch
+from .cache import build_model, train_or_load
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .engine import StopTraining, TrainingDiverged, evaluate, fit, resolve_amp, resolve_device
+from .history import History
+from .optim import ModelEma, WarmupCosine, param_groups
+
+__all__ = [
+    "DeviceBatches", "History", "LoaderBatches", "ModelEma", "StopTraining", "TrainingDiverged",
+    "WarmupCosine",
+    "build_model", "crop_flip", "derive_seed", "evaluate", "fit", "load_checkpoint", "make_batches",
+    "mix_batch", "param_groups", "read_checkpoint", "resolve_amp", "resolve_device", "save_checkpoint",
+    "train_or_load",
+]

@@ -1,0 +1,54 @@
+"""``train_or_load``: train a preset once, then load it from its output folder (notebook caching)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, read_checkpoint
+from .engine import fit
+from .history import History
+
+
+def build_model(model_name: str, data, seed: int = 0, **overrides) -> nn.Module:
+    """``create_model(model_name)`` sized for ``data`` (classes, channels, image size), initialised
+    from ``torch.manual_seed(seed)`` so the same seed gives the same starting weights."""
+    from unifiedctx.models import create_model
+
+    size = data.image_size
+    img_size = size[0] if isinstance(size, (tuple, list)) and size[0] == size[1] else size
+    opts = {"num_classes": data.num_classes, "img_size": img_size, "in_chans": data.channels} | overrides
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(model_name, **opts)
+
+
+def train_or_load(model_name: str, data, out, *, model_options: dict | None = None,
+                  **fit_kwargs) -> tuple[nn.Module, History]:
+    """Return ``(model, history)`` for ``model_name`` trained on ``data`` with ``fit_kwargs``.
+
+    If ``out/last.pt`` says all ``fit_kwargs["epochs"]`` epochs are done, the model is rebuilt from
+    it and nothing is trained; otherwise the run starts (or resumes exactly, from the last completed
+    epoch). A checkpoint in ``out`` made for another architecture or other settings is a ``ValueError``.
+
+    Args:
+        model_name: a preset of :func:`unifiedctx.models.create_model`.
+        data: the dataset (ImageData or FolderData).
+        out: the run's folder.
+        model_options: extra ``create_model`` arguments (``num_classes``, ``img_size`` and
+            ``in_chans`` come from ``data``).
+        **fit_kwargs: passed to :func:`fit` (``epochs`` is required).
+    """
+    if "epochs" not in fit_kwargs:
+        raise TypeError("train_or_load needs epochs=... (passed on to fit)")
+    model = build_model(model_name, data, fit_kwargs.get("seed", 0), **(model_options or {}))
+    last = Path(out) / "last.pt"
+    if last.exists():
+        state = read_checkpoint(last)
+        if state.get("epoch", 0) >= fit_kwargs["epochs"] and state.get("epochs") == fit_kwargs["epochs"]:
+            model, state = load_checkpoint(last, model)
+            return model, History(state["history"])
+    history = fit(model, data, out=out, resume=True, **{k: v for k, v in fit_kwargs.items() if k != "resume"})
+    return model, history

@@ -1,0 +1,80 @@
+"""The per-epoch record of a training run: a list of dicts, written as JSON and CSV.
+
+Each entry holds ``epoch`` (1-based), ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``
+(``ema_test_loss``/``ema_test_acc`` with EMA), ``lr`` (at the epoch's last step), ``images_per_s``
+(training throughput over all ranks), ``epoch_time`` and ``time`` (cumulative training seconds),
+and ``alpha/<layer>``, ``beta/<layer>`` for every Container layer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class History(list):
+    """A list of per-epoch dicts with helpers to read and write it."""
+
+    def column(self, key: str) -> list:
+        """The values of ``key`` over the epochs (``None`` where an epoch lacks it)."""
+        return [row.get(key) for row in self]
+
+    def keys(self) -> list[str]:
+        """Every key that some epoch has, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for row in self:
+            seen.update(dict.fromkeys(row))
+        return list(seen)
+
+    def best(self, key: str = "test_acc", mode: str = "max") -> dict:
+        """The epoch whose ``key`` is largest (``mode="max"``) or smallest (``"min"``)."""
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        rows = [r for r in self if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+        if not rows:
+            raise KeyError(f"no epoch has a value for {key!r}; keys are: {', '.join(self.keys())}")
+        return (max if mode == "max" else min)(rows, key=lambda r: r[key])
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write the epochs as a JSON list (atomically)."""
+        write_atomic(path, json.dumps(list(self), indent=1) + "\n")
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write one row per epoch, one column per key (atomically)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.keys())
+        writer.writeheader()
+        writer.writerows(self)
+        write_atomic(path, buf.getvalue())
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> History:
+        """Read a history written by :meth:`to_json`."""
+        return cls(json.loads(Path(path).read_text()))
+
+    def __repr__(self) -> str:
+        if not self:
+            return "History([])"
+        last = self[-1]
+        shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("train_loss", "test_acc") if k in last)
+        return f"History({len(self)} epochs; last: {shown})"
