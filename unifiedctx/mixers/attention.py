@@ -250,7 +250,8 @@ class GatedPositionalAttention(Attention):
     The positional part is static and initialised *local* (head m peaks at offset delta_m,
     ``W_pos[m] = alpha (2 dx_m, 2 dy_m, -1)``), so the layer starts as a convolution and can
     learn to forget locality. Mixed. Fast path: ``(1-g) SDPA(q, k, v) + g (A_pos @ v)``
-    (A_pos is input-independent, built once per grid).
+    (A_pos does not depend on x, but it is rebuilt from the learned ``pos_proj`` on every call:
+    like ``relattn``'s bias it costs an N x N matrix per head, unlike ``attention``).
     """
 
     kind = "mixed"
