@@ -144,3 +144,30 @@ def test_longrange_swapping_one_mark_flips_the_label():
         assert torch.equal(bright[i, r - 1:r + 2, c - 1:c + 2], longrange.SHAPES[swapped[i, 1]].bool())
     new_labels = (swapped[:, 0] == swapped[:, 1]).long()
     assert torch.equal(new_labels, 1 - s.labels)
+
+
+def test_longrange_colour_marks_show_the_palette_colour_at_each_centre():
+    """marks="colors": each mark is a solid 3x3 square whose dominant channels are its palette colour."""
+    s = longrange.longrange_scenes(200, size=24, channels=3, generator=gen(5), marks="colors")
+    assert torch.equal(s.labels, (s.shapes[:, 0] == s.shapes[:, 1]).long())
+    for i in range(len(s.images)):
+        for m in range(2):
+            r, c = s.centres[i, m].tolist()
+            square = s.images[i, :, r - 1:r + 2, c - 1:c + 2].float() / 255          # (3, 3, 3)
+            lit = longrange.PALETTE[s.shapes[i, m]].bool()
+            assert (square[lit] >= 0.7 - 1e-6).all() and (square[~lit] == 0).all()
+    # the colours alone say nothing about the label: each is uniform in both classes
+    k = len(longrange.PALETTE)
+    for label in (0, 1):
+        freq = torch.bincount(s.shapes[s.labels == label, 0], minlength=k).float()
+        assert (freq / freq.sum() - 1 / k).abs().max() < 0.1
+
+
+def test_longrange_colour_marks_need_rgb_and_a_known_kind():
+    with pytest.raises(ValueError, match="channels=3"):
+        data.load("longrange", n_train=4, n_test=4, size=16, channels=1, marks="colors")
+    with pytest.raises(ValueError, match="marks must be one of"):
+        data.load("longrange", n_train=4, n_test=4, size=16, marks="stripes")
+    colours = data.load("longrange", n_train=8, n_test=4, size=16, marks="colors", seed=0)
+    shapes = data.load("longrange", n_train=8, n_test=4, size=16, seed=0)
+    assert torch.equal(colours.train_y, shapes.train_y) and not torch.equal(colours.train_x, shapes.train_x)

@@ -39,6 +39,9 @@ SHAPES = torch.tensor([
     [[1, 0, 0], [1, 0, 0], [1, 1, 1]],
     [[1, 1, 0], [0, 1, 0], [0, 1, 1]],
 ], dtype=torch.float32)
+#: The colours for ``marks="colors"``: a solid 3x3 square in one of five saturated colours.
+PALETTE = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.float32)
+MARKS = ("shapes", "colors")
 BACKGROUND = 0.1
 NOISE = 0.04
 MARK_LOW, MARK_HIGH = 0.7, 1.0
@@ -85,9 +88,10 @@ def sample_shapes(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def render(shapes: torch.Tensor, centres: torch.Tensor, size: int, channels: int,
-           gen: torch.Generator) -> torch.Tensor:
+           gen: torch.Generator, marks: str = "shapes") -> torch.Tensor:
     """Draw the marks ``shapes`` (n, 2) at ``centres`` (n, 2, 2) on noisy backgrounds:
-    float ``(n, channels, size, size)``."""
+    float ``(n, channels, size, size)``. With ``marks="colors"`` the index picks a colour of
+    :data:`PALETTE` for a solid 3x3 square instead of a shape of :data:`SHAPES`."""
     n = len(shapes)
     image = BACKGROUND + NOISE * torch.randn(n, channels, size, size, generator=gen)
     brightness = MARK_LOW + (MARK_HIGH - MARK_LOW) * torch.rand(n, 2, generator=gen)
@@ -96,10 +100,14 @@ def render(shapes: torch.Tensor, centres: torch.Tensor, size: int, channels: int
     for mark in range(2):
         cy = centres[:, mark, 0].view(n, 1, 1) + offsets.view(1, 3, 1)      # (n, 3, 1)
         cx = centres[:, mark, 1].view(n, 1, 1) + offsets.view(1, 1, 3)      # (n, 1, 3)
-        on = SHAPES[shapes[:, mark]]                                        # (n, 3, 3)
         patch = image[rows.view(n, 1, 1, 1), torch.arange(channels).view(1, -1, 1, 1),
                       cy.unsqueeze(1), cx.unsqueeze(1)]                     # (n, C, 3, 3)
         value = brightness[:, mark].view(n, 1, 1, 1)
+        if marks == "colors":
+            on = torch.ones(n, 3, 3)
+            value = value * PALETTE[shapes[:, mark]].view(n, 3, 1, 1)
+        else:
+            on = SHAPES[shapes[:, mark]]                                    # (n, 3, 3)
         patch = torch.where(on.unsqueeze(1) > 0, value, patch)
         image[rows.view(n, 1, 1, 1), torch.arange(channels).view(1, -1, 1, 1),
               cy.unsqueeze(1), cx.unsqueeze(1)] = patch
@@ -107,25 +115,33 @@ def render(shapes: torch.Tensor, centres: torch.Tensor, size: int, channels: int
 
 
 def longrange_scenes(n: int, size: int = 32, channels: int = 3, min_distance: float | None = None,
-                     generator: torch.Generator | None = None) -> Scenes:
-    """``n`` images of the ``longrange`` task with their scenes (see :class:`Scenes`)."""
+                     generator: torch.Generator | None = None, marks: str = "shapes") -> Scenes:
+    """``n`` images of the ``longrange`` task with their scenes (see :class:`Scenes`);
+    ``marks`` is ``"shapes"`` (five 3x3 shapes) or ``"colors"`` (five colours, RGB only)."""
+    if marks not in MARKS:
+        raise ValueError(f"marks must be one of {MARKS}, got {marks!r}")
+    if marks == "colors" and channels != 3:
+        raise ValueError(f"marks='colors' needs channels=3 (colours), got channels={channels}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     min_distance = size / 2 if min_distance is None else float(min_distance)
     labels = (torch.arange(n) % 2)[torch.randperm(n, generator=gen)]
     shapes = sample_shapes(labels, gen)
     centres = sample_centres(n, size, min_distance, gen)
-    return Scenes(to_uint8(render(shapes, centres, size, channels, gen)), labels, shapes, centres)
+    return Scenes(to_uint8(render(shapes, centres, size, channels, gen, marks)), labels, shapes, centres)
 
 
 def load_longrange(n_train: int = 5000, n_test: int = 1000, size: int = 32, channels: int = 3,
-                   min_distance: float | None = None, seed: int = 0) -> ImageData:
+                   min_distance: float | None = None, seed: int = 0, marks: str = "shapes") -> ImageData:
     """The ``longrange`` task (see the module docstring) as :class:`ImageData` with 2 classes,
-    ``["different", "same"]``. ``min_distance`` defaults to ``size / 2``."""
+    ``["different", "same"]``. ``min_distance`` defaults to ``size / 2``. ``marks="colors"``
+    makes the marks solid squares of five colours: the same relation, but each mark is
+    recognisable from any part of it, so a coarse patch embedding that cuts a mark in pieces
+    still sees what it is (the shapes need the whole 3x3 pattern)."""
     check_common(n_train, n_test, size, channels, seed)
     if min_distance is not None and not 3 <= min_distance <= size - 3:
         raise ValueError(f"min_distance must be in [3, {size - 3}] for size {size} (3 keeps the marks "
                          f"apart; farther than size - 3 is too rare to sample), got {min_distance!r}")
-    train, test = (longrange_scenes(n, size, channels, min_distance, torch.Generator().manual_seed(s))
+    train, test = (longrange_scenes(n, size, channels, min_distance, torch.Generator().manual_seed(s), marks)
                    for n, s in ((n_train, 2 * seed), (n_test, 2 * seed + 1)))
     mean, std = channel_stats(train.images)
     return ImageData("longrange", train.images, train.labels, test.images, test.labels, list(CLASSES),
