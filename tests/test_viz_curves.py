@@ -68,6 +68,20 @@ def test_mixing_history_lines():
         plot_mixing_history([{"epoch": 1, "test_acc": 0.5}])
 
 
+def test_mixing_history_reads_the_training_engines_columns():
+    """fit() writes flat alpha/<layer>, beta/<layer> columns; a leading "mixing" row may add epoch 0."""
+    from unifiedctx.train import History
+
+    rows = History([{"epoch": e, "test_acc": 0.5, "alpha/s4.0": a, "beta/s4.0": 1 - a}
+                    for e, a in ((1, 0.55), (2, 0.6))])
+    start = {"epoch": 0, "mixing": {"s4.0": {"alpha": 0.5, "beta": 0.5}}}
+    ax = plot_mixing_history([start, *rows]).axes[0]
+    assert len(ax.lines) == 2
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [0, 1, 2])
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.5, 0.55, 0.6])
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.5, 0.45, 0.4])
+
+
 def test_learning_curves_several_runs_and_metrics():
     runs = {"conv": history(acc0=0.2), "attention": history(acc0=0.0)}
     runs["attention"][1].pop("test_acc")  # not evaluated at epoch 2

@@ -31,7 +31,7 @@ from .affinity import (
     query_maps,
     upsample_maps,
 )
-from .curves import learning_curves, plot_mixing_history, plot_mixing_weights
+from .curves import learning_curves, plot_mixing_history, plot_mixing_weights, row_mixing
 from .distance import affinity_distance, layer_distances, plot_affinity_distance, token_distances
 from .kernels import plot_static_kernels, static_kernels
 
@@ -39,5 +39,5 @@ __all__ = [
     "affinity_distance", "comparison_affinities", "comparison_figure", "comparison_mixers",
     "grid_features", "layer_distances", "learning_curves", "plot_affinity_distance",
     "plot_affinity_matrix", "plot_mixing_history", "plot_mixing_weights", "plot_query_maps",
-    "plot_static_kernels", "query_maps", "static_kernels", "token_distances", "upsample_maps",
+    "plot_static_kernels", "query_maps", "row_mixing", "static_kernels", "token_distances", "upsample_maps",
 ]

@@ -69,16 +69,28 @@ def _check_history(history, name: str = "history") -> list:
     return rows
 
 
+def row_mixing(row: Mapping) -> dict:
+    """The ``{layer: {"alpha", "beta"}}`` of one history row: its ``"mixing"`` entry, or the
+    ``alpha/<layer>`` and ``beta/<layer>`` columns that ``unifiedctx.train.fit`` writes."""
+    if row.get("mixing"):
+        return row["mixing"]
+    return {key[len("alpha/"):]: {"alpha": value, "beta": row.get("beta/" + key[len("alpha/"):], 1 - value)}
+            for key, value in row.items() if key.startswith("alpha/")}
+
+
 def plot_mixing_history(history, ax=None, title: str | None = None):
     """The course of every Container layer's alpha (solid) and beta (dashed) over training.
 
-    ``history`` is a list of per-epoch dicts whose ``"mixing"`` entry maps layer names to
-    ``{"alpha", "beta"}``; x is each row's ``"epoch"`` (its 1-based position if absent).
-    One colour per layer. Returns the ``Figure``; the lines are ``ax.lines`` in order
-    (alpha of layer 0, beta of layer 0, alpha of layer 1, ...).
+    ``history`` is a list of per-epoch dicts (a ``unifiedctx.train.History``): each row holds
+    the engine's ``alpha/<layer>`` and ``beta/<layer>`` columns, or a ``"mixing"`` entry mapping
+    layer names to ``{"alpha", "beta"}`` (for example ``{"epoch": 0, "mixing":
+    mixing_weights(untrained_model)}`` to start the curve at initialisation); x is each row's
+    ``"epoch"`` (its 1-based position if absent). One colour per layer. Returns the
+    ``Figure``; the lines are ``ax.lines`` in order (alpha of layer 0, beta of layer 0, ...).
     """
     rows = _check_history(history)
-    rows = [r for r in rows if r.get("mixing")]
+    rows = [{**r, "mixing": row_mixing(r)} for r in rows]
+    rows = [r for r in rows if r["mixing"]]
     if not rows:
         raise ValueError("history has no 'mixing' entries (was the model a Container?)")
     names = list(dict.fromkeys(n for r in rows for n in r["mixing"]))
