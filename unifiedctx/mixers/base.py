@@ -19,6 +19,8 @@ A token mixer aggregates context over the N = H*W positions of an image ``x`` of
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -54,7 +56,7 @@ def check_grid(grid) -> tuple[int, int]:
     return (check_positive_int("grid[0] (H)", grid[0]), check_positive_int("grid[1] (W)", grid[1]))
 
 
-class AffinityMixer(nn.Module):
+class AffinityMixer(nn.Module, ABC):
     """Base class of every token mixer: ``y = project(affinity(x) @ values(x))``.
 
     Subclasses set ``kind`` (``"static"``, ``"dynamic"`` or ``"mixed"``) and ``heads`` (M),
@@ -87,13 +89,13 @@ class AffinityMixer(nn.Module):
         return self._last_grid
 
     # ----------------------------------------------------------------- the affinity view
+    @abstractmethod
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """Values ``V`` of shape ``(B, M, N, d)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def affinity(self, x: torch.Tensor) -> torch.Tensor:
         """Dense affinity ``A`` of shape ``(B, M, N, N)``, or ``(1, M, N, N)`` when static."""
-        raise NotImplementedError
 
     def project(self, z: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Map aggregated values ``z = A @ V`` of shape ``(B, M, N, d)`` to ``(B, C, H, W)``.
@@ -112,8 +114,9 @@ class AffinityMixer(nn.Module):
             raise ValueError(f"z has {z.shape[2]} tokens but grid {grid} holds {grid[0] * grid[1]}")
         return self._project(z, grid)
 
+    @abstractmethod
     def _project(self, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        raise NotImplementedError
+        """``project`` after its checks: ``(B, M, N, d) -> (B, C, H, W)`` on ``grid``."""
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The generic, slow computation ``project(affinity(x) @ values(x))``."""
