@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from .base import AffinityMixer, check_heads, check_positive_int, image, merge_heads, tokens
-from .local import local_affinity
+from .local import local_affinity, token_offsets
 
 
 class Attention(AffinityMixer):
@@ -137,13 +137,9 @@ class RelPosAttention(Attention):
         nn.init.trunc_normal_(self.rel_bias, std=0.02)
 
     def attention_bias(self, grid):
-        h, w = grid
         r = self.max_distance
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        ys, xs = ys.reshape(-1), xs.reshape(-1)
-        dy = (ys.view(1, -1) - ys.view(-1, 1)).clamp(-r, r) + r
-        dx = (xs.view(1, -1) - xs.view(-1, 1)).clamp(-r, r) + r
-        return self.rel_bias[:, dy.to(self.rel_bias.device), dx.to(self.rel_bias.device)]
+        dy, dx = token_offsets(grid, self.rel_bias.device)
+        return self.rel_bias[:, dy.clamp(-r, r) + r, dx.clamp(-r, r) + r]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_distance={self.max_distance}"
@@ -274,11 +270,8 @@ class GatedPositionalAttention(Attention):
 
     def positional_affinity(self, grid) -> torch.Tensor:
         """``softmax(r W_pos^T)``: the static, positional affinity ``(1, M, N, N)``."""
-        h, w = grid
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        ys, xs = ys.reshape(-1), xs.reshape(-1)
-        dy = (ys.view(1, -1) - ys.view(-1, 1)).to(self.pos_proj.weight)
-        dx = (xs.view(1, -1) - xs.view(-1, 1)).to(self.pos_proj.weight)
+        weight = self.pos_proj.weight
+        dy, dx = (t.to(weight) for t in token_offsets(grid, weight.device))
         r = torch.stack([dx, dy, dx**2 + dy**2], dim=-1)  # (N, N, 3)
         return rearrange(self.pos_proj(r), "n j m -> 1 m n j").softmax(dim=-1)
 

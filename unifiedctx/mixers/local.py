@@ -58,3 +58,13 @@ def shift_matrices(kernel_size: int, grid: tuple[int, int], dtype=None, device=N
     eye = torch.eye(kernel_size * kernel_size, dtype=dtype, device=device)
     return local_affinity(eye.view(-1, kernel_size, kernel_size), grid)
 
+
+
+def token_offsets(grid: tuple[int, int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets between every pair of tokens: ``dy[i, j] = y_j - y_i`` and ``dx[i, j] = x_j - x_i``,
+    each an int64 ``(N, N)`` tensor on ``device``. (Not cached: two int64 N x N tables at
+    56 x 56 are 157 MB, more than rebuilding them costs.)"""
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    return ys.view(1, -1) - ys.view(-1, 1), xs.view(1, -1) - xs.view(-1, 1)
