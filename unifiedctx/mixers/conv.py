@@ -131,7 +131,7 @@ class AvgPool(AffinityMixer):
     def affinity(self, x: torch.Tensor) -> torch.Tensor:
         grid = self.check_input(x)
         k, dtype, device = self.kernel_size, x.dtype, x.device
-        window = shift_matrices(k, grid, dtype=dtype, device=device).sum(0)
+        window = local_affinity(torch.ones(1, k, k, dtype=dtype, device=device), grid)[0]  # 0/1 (N, N)
         a = window / window.sum(1, keepdim=True)
         if self.subtract_input:
             a = a - torch.eye(a.shape[0], dtype=dtype, device=device)
