@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unifiedctx.mixers import create
@@ -40,3 +41,12 @@ def rand_x(dim: int, grid, batch: int = 2, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, dim, *grid, generator=gen, dtype=torch.float64)
 
+
+
+@pytest.fixture
+def close_figures():
+    """Close every matplotlib figure a test opened (the viz tests use it for every test)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

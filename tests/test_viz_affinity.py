@@ -23,11 +23,7 @@ from unifiedctx.viz import (  # noqa: E402
     upsample_maps,
 )
 
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def random_affinity(b=2, m=3, grid=(3, 4), seed=0):

@@ -16,11 +16,7 @@ import torch  # noqa: E402
 from unifiedctx.mixers.local import local_affinity  # noqa: E402
 from unifiedctx.viz import affinity_distance, layer_distances, plot_affinity_distance  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def test_identity_affinity_has_zero_distance():
