@@ -8,7 +8,7 @@ from conftest import build, perturb, rand_x, rel_err
 from torch import nn
 
 import unifiedctx
-from unifiedctx.inspection import AffinityView, inspect, window_affinity
+from unifiedctx.inspection import AffinityView, inspect
 
 TOL = 1e-12
 
@@ -110,11 +110,17 @@ def test_unifiedctx_mixers():
         assert view.kind == mixer.kind
 
 
-def test_window_affinity_matches_local_affinity():
+def test_local_affinity_of_rectangular_dilated_kernels_is_the_conv_impulse_response():
+    """inspect() relies on local_affinity for (kh, kw) kernels and (d_y, d_x) dilation:
+    column j of A[m] is the depthwise conv of a one-hot image at token j (conv is linear)."""
     from unifiedctx.mixers.local import local_affinity
 
-    k = torch.randn(3, 5, 5, dtype=torch.float64)
-    torch.testing.assert_close(window_affinity(k, (6, 7)), local_affinity(k, (6, 7)), rtol=0, atol=0)
+    k = torch.randn(3, 3, 5, dtype=torch.float64)
+    grid, dilation = (6, 7), (2, 1)
+    a = local_affinity(k, grid, dilation)
+    onehots = torch.eye(42, dtype=torch.float64).view(42, 1, *grid).expand(42, 3, *grid)
+    y = torch.nn.functional.conv2d(onehots, k[:, None], padding=(2, 2), dilation=dilation, groups=3)
+    torch.testing.assert_close(a, y.flatten(2).permute(1, 2, 0), rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize(

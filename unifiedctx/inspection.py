@@ -52,7 +52,7 @@ from torch import nn
 
 from .mixers.base import AffinityMixer, check_grid
 from .mixers.dense import gelu_gate
-from .mixers.local import shift_pairs
+from .mixers.local import local_affinity
 
 SUPPORTED = (
     "unifiedctx AffinityMixer",
@@ -108,22 +108,6 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def window_affinity(kernel: torch.Tensor, grid, dilation=(1, 1)) -> torch.Tensor:
-    """Dense affinity of per-head ``(M, kh, kw)`` kernels (odd sides, zero padding): ``(M, N, N)``.
-
-    ``A[m, i, i + o] = kernel[m, dy / dil + kh//2, dx / dil + kw//2]`` for offset o = (dy, dx).
-    """
-    heads, kh, kw = kernel.shape
-    n = grid[0] * grid[1]
-    a = kernel.new_zeros(heads, n, n)
-    for ky in range(kh):
-        for kx in range(kw):
-            rows, cols = shift_pairs(grid, (ky - kh // 2) * dilation[0], (kx - kw // 2) * dilation[1],
-                                     kernel.device)
-            a[:, rows, cols] = kernel[:, ky, kx].unsqueeze(1)
-    return a
-
-
 def _check_image(x, module) -> tuple[int, int]:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x for {type(module).__name__} must be a (B, C, H, W) tensor, "
@@ -158,7 +142,7 @@ def _inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
     w, b = module.weight, module.bias
     n = grid[0] * grid[1]
     if groups == cin == cout and groups > 1 or (groups == 1 and cin == cout == 1):
-        a = window_affinity(w[:, 0], grid, dilation).unsqueeze(0)
+        a = local_affinity(w[:, 0], grid, dilation).unsqueeze(0)
         values = rearrange(x, "b c h w -> b c (h w) 1")
 
         def project(z):
@@ -171,7 +155,7 @@ def _inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
                          f"(depthwise), got groups={groups}, in_channels={cin}, out_channels={cout}")
     heads = kernel[0] * kernel[1]
     eye = torch.eye(heads, dtype=w.dtype, device=w.device).view(heads, *kernel)
-    a = window_affinity(eye, grid, dilation).unsqueeze(0)
+    a = local_affinity(eye, grid, dilation).unsqueeze(0)
     values = rearrange(x, "b c h w -> b 1 (h w) c").expand(-1, heads, n, cin)
     kernel_mat = rearrange(w, "o c kh kw -> (kh kw) c o")
 
@@ -192,7 +176,7 @@ def _pool_affinity(module: nn.AvgPool2d, grid, dtype, device) -> torch.Tensor:
                          f"got {module.stride}")
     _check_window(module, kernel, module.padding)
     ones = torch.ones(1, *kernel, dtype=dtype, device=device)
-    window = window_affinity(ones, grid)[0]
+    window = local_affinity(ones, grid)[0]
     if module.divisor_override:
         return window / module.divisor_override
     if module.count_include_pad:
@@ -412,4 +396,4 @@ def inspect(module: nn.Module, x: torch.Tensor, grid=None, prefix_tokens: int = 
                     f"supported: {'; '.join(SUPPORTED)}")
 
 
-__all__ = ["SUPPORTED", "AffinityView", "activation_gate", "inspect", "window_affinity"]
+__all__ = ["SUPPORTED", "AffinityView", "activation_gate", "inspect"]

@@ -16,14 +16,6 @@ from __future__ import annotations
 import torch
 
 
-def window_offsets(kernel_size: int, dilation: int = 1):
-    """Yield ``(ky, kx, dy, dx)``: kernel index and the grid offset it reads, row-major."""
-    half = kernel_size // 2
-    for ky in range(kernel_size):
-        for kx in range(kernel_size):
-            yield ky, kx, (ky - half) * dilation, (kx - half) * dilation
-
-
 def shift_pairs(grid: tuple[int, int], dy: int, dx: int, device=None):
     """Row and column indices ``(i, j)`` with ``j = i + (dy, dx)``, both inside the grid."""
     h, w = grid
@@ -38,18 +30,21 @@ def shift_pairs(grid: tuple[int, int], dy: int, dx: int, device=None):
     return rows, cols
 
 
-def local_affinity(kernel: torch.Tensor, grid: tuple[int, int], dilation: int = 1) -> torch.Tensor:
-    """Dense affinity of a per-head k x k kernel: ``(M, k, k) -> (M, N, N)``.
+def local_affinity(kernel: torch.Tensor, grid: tuple[int, int], dilation=1) -> torch.Tensor:
+    """Dense affinity of per-head kernels with odd sides: ``(M, kh, kw) -> (M, N, N)``.
 
-    ``A[m, i, i + o] = kernel[m, o + k//2]`` for every offset o whose target is on the grid;
-    every other entry is zero. Differentiable in ``kernel``.
+    ``A[m, i, i + o] = kernel[m, dy / d_y + kh//2, dx / d_x + kw//2]`` for every offset
+    o = (dy, dx) of the (dilated) window whose target is on the grid; every other entry is zero.
+    ``dilation`` is an int or a ``(d_y, d_x)`` pair. Differentiable in ``kernel``.
     """
-    heads, k, _ = kernel.shape
+    heads, kh, kw = kernel.shape
+    dil_y, dil_x = (dilation, dilation) if isinstance(dilation, int) else dilation
     n = grid[0] * grid[1]
     a = kernel.new_zeros(heads, n, n)
-    for ky, kx, dy, dx in window_offsets(k, dilation):
-        rows, cols = shift_pairs(grid, dy, dx, kernel.device)
-        a[:, rows, cols] = kernel[:, ky, kx].unsqueeze(1)
+    for ky in range(kh):
+        for kx in range(kw):
+            rows, cols = shift_pairs(grid, (ky - kh // 2) * dil_y, (kx - kw // 2) * dil_x, kernel.device)
+            a[:, rows, cols] = kernel[:, ky, kx].unsqueeze(1)
     return a
 
 
