@@ -12,11 +12,12 @@ A checkpoint is a dict of tensors and plain values::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .history import atomic_open
 
 FORMAT = "unifiedctx-checkpoint/1"
 
@@ -52,19 +53,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> Path:
     ``path`` (``os.replace``), so a crash leaves either the old or the new checkpoint, never half.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "model_config": model_config(model), "model": model.state_dict(), **state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
     return path
 
 
