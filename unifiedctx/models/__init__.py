@@ -14,10 +14,17 @@ from .factory import create_model, from_config, list_models
 from .flops import SDPA_FLOPS, count_flops, count_macs, count_params
 from .network import ContextNet, Stage
 from .presets import PRESETS
-from .recording import mixer_inputs, mixer_layers, mixing_weights, record_affinities, record_components
+from .recording import (
+    mixer_components,
+    mixer_inputs,
+    mixer_layers,
+    mixing_weights,
+    record_affinities,
+    record_components,
+)
 
 __all__ = [
     "PRESETS", "SDPA_FLOPS", "Block", "ContextNet", "Stage", "count_flops", "count_macs", "count_params",
-    "create_model", "from_config", "list_models", "mixer_inputs", "mixer_layers", "mixing_weights",
-    "record_affinities", "record_components",
+    "create_model", "from_config", "list_models", "mixer_components", "mixer_inputs", "mixer_layers",
+    "mixing_weights", "record_affinities", "record_components",
 ]

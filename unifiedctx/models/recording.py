@@ -69,16 +69,20 @@ def record_affinities(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, tor
 
 
 @torch.no_grad()
+def mixer_components(mixer: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One mixer's affinities by part for its input ``x``: ``components(x)`` for mixers that have
+    it (container, gpsa: ``{"static", "dynamic", "mixed"}`` at attention-head resolution),
+    ``{mixer.kind: mixer.affinity(x)}`` for the others."""
+    if hasattr(mixer, "components"):
+        return dict(mixer.components(x))
+    return {mixer.kind: mixer.affinity(x)}
+
+
 def record_components(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, dict[str, torch.Tensor]]:
-    """Name -> affinities by part: ``{"static", "dynamic", "mixed"}`` for mixers that have
-    ``components`` (container, gpsa; at attention-head resolution), ``{mixer.kind: A}`` else."""
+    """Name -> affinities by part (:func:`mixer_components`) of every mixer layer for ``model(x)``."""
     layers = mixer_layers(model)
-    out = OrderedDict()
-    for name, inp in mixer_inputs(model, x).items():
-        mixer = layers[name]
-        out[name] = dict(mixer.components(inp)) if hasattr(mixer, "components") else {
-            mixer.kind: mixer.affinity(inp)}
-    return out
+    return OrderedDict((name, mixer_components(layers[name], inp))
+                       for name, inp in mixer_inputs(model, x).items())
 
 
 def mixing_weights(model: nn.Module) -> OrderedDict[str, dict[str, float]]:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.recording import mixer_components, mixer_inputs, mixer_layers
+
 #: The order components are offered in: the paper's mixed affinity first, then its parts.
 COMPONENT_ORDER = ("mixed", "dynamic", "static")
 
@@ -52,14 +54,6 @@ def _eval_no_grad(model: nn.Module, fn, *args):
         model.train(was_training)
 
 
-def _components(mixer: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One mixer's affinities by part, as ``record_components`` gives them: ``components(x)``
-    (container, gpsa: static/dynamic/mixed at attention-head resolution), else ``{kind: A}``."""
-    if hasattr(mixer, "components"):
-        return dict(mixer.components(x))
-    return {mixer.kind: mixer.affinity(x)}
-
-
 class AffinityCache:
     """The affinities of named models on a list of images, computed when first asked for.
 
@@ -78,7 +72,6 @@ class AffinityCache:
 
     def inputs(self, model_name: str, index: int) -> OrderedDict:
         """The input of every mixer of one model for one image (cached)."""
-        from unifiedctx.models.recording import mixer_inputs
 
         key = (model_name, index)
         if key not in self._input_cache:
@@ -99,7 +92,7 @@ class AffinityCache:
             return self._cache[key]
         model = self.models[model_name]
         mixer = self.layout(model_name, index)[layer]["mixer"]
-        parts = _eval_no_grad(model, _components, mixer, self.inputs(model_name, index)[layer])
+        parts = _eval_no_grad(model, mixer_components, mixer, self.inputs(model_name, index)[layer])
         ordered = sorted(parts, key=lambda c: COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else 99)
         data = OrderedDict((c, parts[c][0].detach().float().cpu().numpy()) for c in ordered)
         self._cache[key] = data
@@ -116,7 +109,6 @@ class AffinityCache:
         first time a model's layout is asked for; the layout is the same for every image.
         """
         if model_name not in self._layouts:
-            from unifiedctx.models.recording import mixer_layers
 
             mixers = mixer_layers(self.models[model_name])
             index = index if 0 <= index < len(self.images) else 0
