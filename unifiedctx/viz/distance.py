@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from ..mixers.local import token_offsets
 from ._common import as_affinity, grid_of, new_axes
 
 
@@ -38,12 +39,9 @@ def _strides(pixel_stride) -> tuple[float, float]:
 
 def token_distances(grid, pixel_stride=1.0) -> torch.Tensor:
     """Euclidean distances ``||p_i - p_j||`` between the N tokens of ``grid``, in pixels: ``(N, N)``."""
-    h, w = grid
     sy, sx = _strides(pixel_stride)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
-    ys, xs = ys.reshape(-1) * sy, xs.reshape(-1) * sx
-    return torch.sqrt((ys[:, None] - ys[None]) ** 2 + (xs[:, None] - xs[None]) ** 2)
+    dy, dx = (t.to(torch.float64) for t in token_offsets(tuple(grid)))
+    return torch.sqrt((dy * sy) ** 2 + (dx * sx) ** 2)
 
 
 def affinity_distance(A, grid, pixel_stride=1.0) -> torch.Tensor:
