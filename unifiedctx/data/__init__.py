@@ -30,6 +30,7 @@ from .cifar import load_cifar
 from .folder import FolderData, load_imagefolder
 from .longrange import load_longrange, longrange_scenes
 from .mnist import load_mnist5k
+from .photos import sample_photo
 from .texture import load_texture, texture_images
 
 #: Default cache folder of downloaded datasets (read by :func:`load` at each call).
@@ -85,4 +86,4 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
 
 
 __all__ = ["DATA_ROOT", "DatasetUnavailable", "FolderData", "ImageData", "available", "channel_stats",
-           "load", "longrange_scenes", "texture_images"]
+           "load", "longrange_scenes", "sample_photo", "texture_images"]
