@@ -385,3 +385,31 @@ def test_rollout_on_timm_vit_equals_the_papers_formula():
         for c in range(8):
             embed[r, c, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = kernel / kernel.sum()
     assert torch.allclose(ours.maps, tokens @ embed.reshape(64, 1024), atol=1e-10, rtol=0)
+
+
+# ---------------------------------------------------------------------------- the picture
+def test_plot_context_map_states_its_scale(close_figures):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    model = unifiedctx.create_model("deit_tiny_nano").eval()
+    x = torch.randn(1, 3, 32, 32)
+    data = context.rollout_maps(model, x, query=(3, 4))
+    fig = context.plot_context_map(data, title="rollout")
+    ax, bar = fig.axes
+    image = ax.get_images()[0]
+    assert image.get_clim() == (0.0, pytest.approx(data["vmax"]))
+    assert np.allclose(image.get_array(), data["map"])
+    assert any(np.allclose(line.get_ydata(), data["uniform"]) for line in bar.get_lines())  # 1 / (H W)
+    marker = ax.get_lines()[0]
+    assert (marker.get_ydata()[0], marker.get_xdata()[0]) == data["query_pixel"] == (13.5, 17.5)
+    signed = context.plot_context_map(context.rollout_maps(model, x, signed=True))
+    low, high = signed.axes[0].get_images()[0].get_clim()
+    assert low == -high
+
+
+def test_map_distance_of_a_plain_map():
+    m = np.zeros((5, 5))
+    m[0, 0], m[4, 4] = 1.0, 3.0  # from the centre (2, 2): both at distance 2 * sqrt(2)
+    assert context.map_distance({"map": m, "query_pixel": (2.0, 2.0)}) == pytest.approx(2 * 2 ** 0.5)
+    assert context.map_distance({"map": m, "query_pixel": (0.0, 0.0)}) == pytest.approx(3 * 4 * 2 ** 0.5 / 4)

@@ -4,6 +4,7 @@ two such maps agree. Nothing here returns a tensor.
     rollout_maps(model, x, upto, query) -> {"map": (H_in, W_in) ndarray, "vmin", "vmax", ...}
     erf_maps(model, x, layer, query)    -> the same keys, for the effective receptive field
     agreement(a, b)                     -> {"spearman": rho, "top_overlap": share}
+    map_distance(data)                  -> the mean distance (input pixels) of a map from its query
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ def erf_maps(model: nn.Module, x: torch.Tensor, layer: str, query=None, index: i
     input_grid = tuple(x.shape[-2:])
     return _plain("erf", layer, field[index], out_grid, input_grid, token, False,
                   "share of |d y / d x| at each pixel (sums to 1)", [layer])
+
+
+def map_distance(data: dict) -> float:
+    """How far the map's mass lies from its query, in input pixels: ``sum_p w_p ||p - c||`` with
+    ``w = |map| / sum |map|`` and ``c = data["query_pixel"]``."""
+    m = np.abs(data["map"])
+    total = m.sum()
+    if total == 0:
+        return 0.0
+    ys, xs = np.indices(m.shape)
+    cy, cx = data["query_pixel"]
+    return float((m * np.hypot(ys - cy, xs - cx)).sum() / total)
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
