@@ -312,6 +312,8 @@ def test_bad_names_list_close_ones():
         context.rollout_maps(model, x, query=(4, 0))
     with pytest.raises(ValueError, match="query must be"):
         context.effective_receptive_field(model, x, "stages.3", query=(0, 9))
+    with pytest.raises(ValueError, match=r"index must be an image of the batch, an int in \[0, 1\)"):
+        context.erf_maps(model, x, "stages.3", index=1)
 
 
 def test_bad_inputs_and_models_are_refused_clearly():

@@ -17,6 +17,14 @@ from .erf import erf_on_grid
 from .rollout import query_index, rollout, token_centres
 
 
+def _check_index(index, x: torch.Tensor) -> int:
+    batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+    in_batch = batch is None or (isinstance(index, int) and 0 <= index < batch)
+    if isinstance(index, bool) or not isinstance(index, int) or not in_batch:
+        raise ValueError(f"index must be an image of the batch, an int in [0, {batch}), got {index!r}")
+    return index
+
+
 def _plain(kind: str, layer: str, image: torch.Tensor, grid, input_grid, token: int, signed: bool,
            scale: str, layers: list[str]) -> dict:
     m = image.detach().double().cpu().numpy()
@@ -44,6 +52,7 @@ def rollout_maps(model: nn.Module, x: torch.Tensor, upto: str | None = None, que
     ``grid``, ``query_pixel`` the token's centre in input pixels, ``layer`` and ``layers`` composed.
     ``index`` picks the image of the batch.
     """
+    _check_index(index, x)
     r = rollout(model, x, upto, heads=heads, signed=signed)
     token = query_index(query, r.grid)
     scale = ("signed exact linear map: d y / d x of the token path" if signed else
@@ -55,6 +64,7 @@ def rollout_maps(model: nn.Module, x: torch.Tensor, upto: str | None = None, que
 def erf_maps(model: nn.Module, x: torch.Tensor, layer: str, query=None, index: int = 0) -> dict:
     """The effective receptive field of ``layer``'s token ``query`` as plain data (the keys of
     :func:`rollout_maps`; the map sums to 1; ``layers`` is ``[layer]``)."""
+    _check_index(index, x)
     field, out_grid, token = erf_on_grid(model, x, layer, query)
     input_grid = tuple(x.shape[-2:])
     return _plain("erf", layer, field[index], out_grid, input_grid, token, False,

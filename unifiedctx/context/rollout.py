@@ -161,10 +161,16 @@ def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: s
         upto: a layer name: a step (``"stages.3.blocks.0.mixer"``) or a module holding steps
             (``"stages.2"``: up to its last step). Default: the last layer.
         heads: ``"mean"`` or ``"max"``: how the heads' ``|A_m|`` are combined (signed: always the mean).
+            The heads are each mixer's M: attention heads, the channels of a depthwise conv or of
+            Container's per-channel affinity, the output channels of a patch embedding.
         signed: the signed rule (exact for linear static mixers) instead of the non-negative one.
 
     Returns:
-        :class:`Rollout` with ``maps`` ``(B, N_upto, H_in * W_in)``, ``grid``, ``input_grid``, ``layers``.
+        :class:`Rollout` with ``maps`` ``(B, N_upto, H_in * W_in)`` (an expanded view when no layer
+        depends on x), ``grid``, ``input_grid``, ``layers``.
+
+    Every mixer's dense ``(B|1, M, N, N)`` affinity is built, and R holds ``N_upto x H_in W_in``
+    numbers per image: meant for the small grids of the ``_nano`` and ``_cifar`` presets.
     """
     check_heads(heads)
     if not isinstance(signed, bool):
