@@ -290,3 +290,74 @@ def test_without_anywidget_the_sliders_still_work(monkeypatch, model, images):
     explorer.controls["col"].value = 0
     assert explorer.query == (2, 0) and parse(explorer.rendered()["fields"])[0] == (2, 0)
     assert not np.array_equal(before["map"], explorer.rendered()["map"])
+
+
+def test_heads_share_one_stated_scale(images):
+    """No per-head rescaling: one scale for every head and query of a layer, 1/N for softmax."""
+    explorer = AffinityExplorer(_model("deit_tiny_nano"), images, query=(3, 3))
+    a = explorer.data.affinity(explorer.model_name, 0, explorer.layer, "dynamic")
+    scale = explorer.scale
+    assert (scale.cmap, scale.vmin, scale.vmax) == ("magma", 0.0, float(a.max()))
+    assert scale.uniform == pytest.approx(1 / 64)
+    assert "uniform 1/64" in explorer.status["scale"]
+    peaks = explorer.maps().reshape(explorer.heads, -1).max(1)
+    assert peaks.max() <= scale.vmax and not np.allclose(peaks, scale.vmax)  # heads are not stretched
+    explorer.query = (0, 0)
+    assert explorer.scale == scale  # moving the query keeps the scale
+
+
+def test_status_is_laid_out_as_fields(explorer):
+    fields = explorer.status
+    assert list(fields) == ["image", "layer", "head", "component", "query", "kind", "scale"]
+    assert fields["kind"] == "mixed" and fields["component"] == "mixed"
+    html = explorer.controls["label"].value
+    assert html.count('class="ucx-field-name"') == len(fields)
+    assert 'class="ucx-field ucx-field-query"' in html
+
+
+def test_a_new_model_carries_the_query_like_a_new_layer(images):
+    models = {"container": _model("container_light_nano"), "deit": _model("deit_tiny_nano")}
+    explorer = AffinityExplorer(models, images, query=(1, 2))  # 4x4: rows 8..15, cols 16..23 of 32x32
+    explorer.model_name = "deit"  # 8x8 grid, 4 pixels a cell: the same place is cell (3, 5)
+    assert explorer.grid == (8, 8) and explorer.query == (3, 5)
+    assert parse(explorer.rendered()["fields"])[0] == (3, 5)
+    explorer.model_name = "container"  # its layer of that name is the dwconv on 16x16
+    assert explorer.layer == FIRST_LAYER and explorer.query == (7, 11)
+
+
+def test_the_explorer_leaves_models_and_the_rng_as_found(images, tmp_path):
+    model = _model("container_light_nano").train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    model.stages[0].eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    explorer = AffinityExplorer(model, images)
+    for layer in explorer.layers:
+        explorer.layer = layer
+    explorer.to_html(tmp_path / "page.html")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_one_owner_of_the_state(explorer):
+    """The explorer's fields are its state object's; the view gets a Frame of plain data."""
+    from unifiedctx.widgets.explorer_view import Frame
+
+    explorer.show(head=1, query=(2, 3))
+    assert explorer.state.as_dict() == {"model_name": explorer.model_name, "image_index": 0, "head": 1,
+                                        "layer": MIXED_LAYER, "component": "mixed", "query": (2, 3)}
+    assert explorer.state.view_mode == "one head"
+    frames = []
+    original = explorer.view.show
+    explorer.view.show = lambda frame: (frames.append(frame), original(frame))[1]
+    try:
+        explorer.query = (0, 0)
+    finally:
+        explorer.view.show = original
+    (frame,) = frames
+    assert isinstance(frame, Frame) and isinstance(frame.maps, np.ndarray) and frame.heads == [1]
+    assert frame.query == (0, 0) and frame.fields == explorer.status
