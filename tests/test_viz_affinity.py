@@ -136,25 +136,23 @@ def test_comparison_figure_draws_the_four_computed_affinities():
     # attention rows are distributions; the conv matrix is banded (zero beyond one grid row)
     torch.testing.assert_close(affs["attention"].sum(-1), torch.ones(16, dtype=torch.float64))
     assert affs["dwconv"][0, 2 * 4:].abs().sum() == 0
-    # container = alpha * its attention + beta * (mean over head 0's channels 0..3 of) its dwconv
+    # container = alpha * attention + beta * (mean over head 0's channels 0..3 of) dwconv, alpha = beta = 0.5:
+    # literally the two panels beside it
     mixers = comparison_mixers(8, (4, 4), seed=0)
-    container = mixers["container"]
-    x = grid_features(image, 8, (4, 4), seed=0)
-    weights = {k: v.item() for k, v in container.mixing_weights().items()}
+    kernels = mixers["dwconv"].static_kernels()[:4].detach()
+    static = local_affinity(kernels, (4, 4)).mean(0)
+    torch.testing.assert_close(affs["container"], 0.5 * affs["attention"] + 0.5 * static, rtol=0, atol=1e-15)
+    weights = {k: v.item() for k, v in mixers["container"].mixing_weights().items()}
     assert weights == {"alpha": 0.5, "beta": 0.5}
-    static = local_affinity(container.static_kernels()[:4].detach(), (4, 4)).mean(0)
-    dynamic = container.components(x)["dynamic"][0, 0]
-    torch.testing.assert_close(affs["container"], 0.5 * dynamic + 0.5 * static, rtol=0, atol=1e-15)
-    torch.testing.assert_close(affs["dwconv"], local_affinity(mixers["dwconv"].static_kernels()[:1].detach(),
-                                                              (4, 4))[0], rtol=0, atol=0)
+    torch.testing.assert_close(affs["dwconv"], local_affinity(kernels[:1], (4, 4))[0], rtol=0, atol=0)
     # default query: the brightest grid cell (on the bar), marked on every query panel
     box = panels[4].patches[0]
     assert (box.get_x(), box.get_y()) == (7.5, 3.5)
 
 
 def test_comparison_mixers_are_the_registrys_own_seeded_mixers():
-    """Nothing is written into them: each equals a fresh registry mixer from the same seed,
-    and building them leaves the global RNG as it was."""
+    """Each equals a fresh registry mixer from the same seed, except Container's static kernel,
+    which is the depthwise conv's; building them leaves the global RNG as it was."""
     from unifiedctx.mixers import create
 
     state = torch.get_rng_state()
@@ -166,8 +164,13 @@ def test_comparison_mixers_are_the_registrys_own_seeded_mixers():
         torch.manual_seed(3)
         fresh = create(name, dim=8, **options[name]).double()
         assert mixer.state_dict().keys() == fresh.state_dict().keys()
-        for key, value in fresh.state_dict().items():
-            torch.testing.assert_close(mixer.state_dict()[key], value, rtol=0, atol=0)
+        changed = [k for k, v in fresh.state_dict().items() if not torch.equal(mixer.state_dict()[k], v)]
+        assert len(changed) == (1 if name == "container" else 0), (name, changed)  # only the kernel
+    torch.testing.assert_close(mixers["container"].static_kernels(), mixers["dwconv"].static_kernels(),
+                               rtol=0, atol=0)
+    x = grid_features(torch.rand(1, 16, 16), 8, (4, 4))
+    torch.testing.assert_close(mixers["container"].components(x)["dynamic"], mixers["attention"].affinity(x),
+                               rtol=0, atol=0)  # the same seed gives Container the attention's q and k
 
 
 def test_comparison_figure_on_a_photo():
@@ -184,3 +187,16 @@ def test_comparison_figure_on_a_photo():
     on_digit = comparison_affinities(digit, dim=16, grid=(8, 8))
     assert not torch.allclose(on_photo["attention"], on_digit["attention"])
     torch.testing.assert_close(on_photo["dwconv"], on_digit["dwconv"], rtol=0, atol=0)  # static
+
+
+def test_load_static_kernels_goes_through_the_contract():
+    from unifiedctx.viz.affinity import load_static_kernels
+
+    conv = build("dwconv", dim=3, kernel_size=3)
+    kernels = torch.arange(27, dtype=torch.float64).view(3, 3, 3)
+    load_static_kernels(conv, kernels)
+    torch.testing.assert_close(conv.static_kernels().detach(), kernels, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shape"):
+        load_static_kernels(conv, kernels[:2])
+    with pytest.raises(ValueError, match="no static kernel"):
+        load_static_kernels(build("attention", dim=4), kernels)

@@ -163,3 +163,9 @@ def test_epoch_ticks_are_integers_and_axes_speak_words():
     assert ax.get_ylabel() == "test accuracy" and "_" not in ax.get_title()
     assert viz.metric_label("train_loss") == "training loss"
     assert viz.metric_label("top5_acc") == "top5 accuracy"
+
+
+def test_distance_plot_labels_are_readable():
+    distances = {"stages.0.mixer": torch.tensor([1.0, 2.0]), "stages.1.mixer": torch.tensor([3.0])}
+    fig = viz.plot_affinity_distance(distances)
+    assert small_text(fig) == []

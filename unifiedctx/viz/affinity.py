@@ -244,8 +244,11 @@ def comparison_mixers(dim: int, grid, seed: int = 0, heads: int = 2, kernel_size
     """The four mixers of :func:`comparison_figure`: ``{family: mixer}``, float64, eval mode.
 
     Each is built by the registry (``unifiedctx.mixers.create``) from ``torch.manual_seed(seed)``
-    and keeps its own initial weights: nothing is written into a mixer. The global RNG is
-    left as it was (``torch.random.fork_rng``).
+    with its own initialisation, so Container's attention half is the attention mixer's (same
+    seed, same parameter order). So that Container is literally ``alpha * attention + beta *
+    conv`` of the panels beside it, its static kernel is the depthwise conv's: loaded with
+    ``load_state_dict`` into the entry of its own state dict that holds its
+    ``static_kernels()`` (no submodule is named). The global RNG is left as it was.
     """
     from ..mixers import create
 
@@ -257,7 +260,26 @@ def comparison_mixers(dim: int, grid, seed: int = 0, heads: int = 2, kernel_size
         for name, opts in options.items():
             torch.manual_seed(seed)
             out[name] = create(_registry_name(name), dim=dim, **opts).double().eval()
+    load_static_kernels(out["container"], out["dwconv"].static_kernels())
     return out
+
+
+def load_static_kernels(mixer, kernels: torch.Tensor) -> None:
+    """Make ``kernels`` ``(C, kh, kw)`` the learned static kernel of ``mixer``.
+
+    Through the contract only: the entry of ``mixer.state_dict()`` whose storage holds
+    ``mixer.static_kernels()`` is replaced and the dict loaded back (``load_state_dict``).
+    """
+    own = mixer.static_kernels()
+    if own is None:
+        raise ValueError(f"{type(mixer).__name__} has no static kernel (static_kernels() is None)")
+    if tuple(kernels.shape) != tuple(own.shape):
+        raise ValueError(f"kernels must have shape {tuple(own.shape)}, got {tuple(kernels.shape)}")
+    state = mixer.state_dict()
+    ptr = own.untyped_storage().data_ptr()
+    (key,) = [k for k, v in state.items() if v.untyped_storage().data_ptr() == ptr]
+    state[key] = kernels.detach().reshape(state[key].shape).to(state[key])
+    mixer.load_state_dict(state)
 
 
 def _registry_name(family: str) -> str:
