@@ -131,6 +131,6 @@ def plot_affinity_distance(distances: Mapping, image_size=None, grids: Mapping |
     ax.set_ylabel("mean affinity distance (input px)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=MIN_FONTSIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(fontsize=MIN_FONTSIZE)
     ax.set_title(title or "How far each head looks", fontsize=10)
     return fig

@@ -138,7 +138,8 @@ def plot_static_kernels(kernels, channels: int = 16, cmap: str = DIVERGING, fig=
                 ax.set_visible(False)
         grid[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=MIN_FONTSIZE)
         add_colorbar(fig, scale, list(grid[r]), shrink=0.9, aspect=6, pad=0.01)
-    for c in range(ncols):
-        grid[0, c].set_title(f"ch {c}", fontsize=MIN_FONTSIZE)
+    for c in range(ncols):  # each column says its channel, on the first row that has one there
+        first = next(r for r, k in enumerate(layers.values()) if c < min(ncols, k.shape[0]))
+        grid[first, c].set_title(f"ch {c}", fontsize=MIN_FONTSIZE)
     fig.suptitle(title or "Learned static kernels (one row per layer, channel = column)", fontsize=10)
     return fig
