@@ -207,11 +207,11 @@ def test_loading_uses_weights_only(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
-    ({"epochs": 0}, ValueError, "epochs must be > 0"),
-    ({"epochs": 2.5}, TypeError, "epochs must be int"),
-    ({"batch_size": 0}, ValueError, "batch_size must be > 0"),
+    ({"epochs": 0}, ValueError, "epochs must be positive, got 0"),
+    ({"epochs": 2.5}, TypeError, "epochs must be an int, got float 2.5"),
+    ({"batch_size": 0}, ValueError, "batch_size must be positive, got 0"),
     ({"lr": -1.0}, ValueError, "lr must be > 0"),
-    ({"label_smoothing": 1.0}, ValueError, "label_smoothing must be < 1"),
+    ({"label_smoothing": 1.0}, ValueError, r"label_smoothing must be in \[0, 1\), got 1"),
     ({"ema": 0.5, "clip_grad": 0}, ValueError, "clip_grad must be > 0"),
     ({"amp": "fp8"}, ValueError, "amp must be"),
     ({"device": "tpu9"}, ValueError, "device must be"),

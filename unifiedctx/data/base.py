@@ -62,6 +62,8 @@ class ImageData:
         classes: the class names, ``classes[label]``.
         mean, std: per channel, in ``[0, 1]`` units, measured on the training split; used by
             :meth:`normalize`.
+        crop_ok: a shift by a few pixels keeps every label (random-crop augmentation may be used).
+        flip_ok: a left-right mirror keeps every label (not for digits or oriented textures).
     """
 
     name: str
@@ -72,6 +74,8 @@ class ImageData:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop_ok: bool = True
+    flip_ok: bool = True
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unifiedctx.validation import check_bool, check_choice, check_float
+from unifiedctx.validation import check_bool, check_choice, check_positive_int
 
 from . import distributed as D
 from .batches import DeviceBatches, derive_seed, make_batches
@@ -47,19 +47,18 @@ from .finite import (
 )
 from .history import History, write_atomic
 from .optim import ModelEma, WarmupCosine, make_optimizer
+from .recipe import Recipe
 from .rundir import RunFolder
 from .tasks import Task, autocast_context, evaluate_classifier
 from .tasks import create as create_task
 
-#: fit settings that decide the trained weights; a resumed run must use the same ones.
-RECIPE_KEYS = ("epochs", "batch_size", "world_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
-               "clip_grad", "ema", "mixup", "cutmix", "augment", "seed", "max_steps_per_epoch")
-
 #: Settings beside the recipe that change the trained weights; recorded and compared on resume too.
 RUN_KEYS = ("amp", "channels_last", "compile", "task", "data")
 
-__all__ = ["StopTraining", "TrainingDiverged", "evaluate", "fit", "resolve_amp", "resolve_device",
+__all__ = ["Recipe", "StopTraining", "TrainingDiverged", "evaluate", "fit", "resolve_amp", "resolve_device",
            "run_recipe"]
+#: ``fit(progress=...)``: bars, nothing, or one compact line per epoch.
+PROGRESS = (True, False, "epoch")
 
 
 class StopTraining(Exception):
@@ -97,36 +96,15 @@ def resolve_amp(amp, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
 
 
-def _int(name: str, value, low: int, none_ok: bool = False) -> None:
-    """An int (not a bool) ``>= low`` (``None`` too when ``none_ok``), else an error naming ``name``."""
-    if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        kinds = "int or None" if none_ok else "int"
-        raise TypeError(f"{name} must be {kinds}, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be {'> 0' if low == 1 else f'>= {low}'}, got {value}")
-
-
-def _check_fit_args(a: dict) -> None:
-    """Every argument of :func:`fit` checked at the door (``TypeError``/``ValueError`` naming it):
-    finite numbers in range, strict bools, strings from their lists."""
-    _int("epochs", a["epochs"], 1)
-    _int("batch_size", a["batch_size"], 1)
-    check_float("lr", a["lr"], low=0, low_open=True)
-    check_float("weight_decay", a["weight_decay"], low=0)
-    check_float("warmup_epochs", a["warmup_epochs"], low=0)
-    if check_float("label_smoothing", a["label_smoothing"], low=0) >= 1:
-        raise ValueError(f"label_smoothing must be < 1, got {a['label_smoothing']}")
-    check_float("clip_grad", a["clip_grad"], low=0, low_open=True, none_ok=True)
-    check_float("ema", a["ema"], low=0, high=1, low_open=True, high_open=True, none_ok=True)
-    check_float("mixup", a["mixup"], low=0)
-    check_float("cutmix", a["cutmix"], low=0)
-    _int("seed", a["seed"], 0)
-    _int("max_steps_per_epoch", a["max_steps_per_epoch"], 1, none_ok=True)
-    _int("eval_batch_size", a["eval_batch_size"], 1, none_ok=True)
-    for name in ("augment", "channels_last", "resume", "progress", "save_rank_weights", "allow_foreign"):
+def _check_run_args(a: dict) -> None:
+    """The arguments of :func:`fit` beside the recipe (which checks itself), checked at the door
+    (``TypeError``/``ValueError`` naming them): strict bools, strings from their lists, paths."""
+    if a["eval_batch_size"] is not None:
+        check_positive_int("eval_batch_size", a["eval_batch_size"])
+    for name in ("channels_last", "resume", "save_rank_weights", "allow_foreign"):
         check_bool(name, a[name])
+    if not isinstance(a["progress"], bool):
+        check_choice("progress", a["progress"], [p for p in PROGRESS if isinstance(p, str)])
     if not isinstance(a["compile"], bool):
         check_choice("compile", a["compile"], ("auto",))
     if a["out"] is not None and not isinstance(a["out"], (str, os.PathLike)):
@@ -144,6 +122,39 @@ def _check_fit_args(a: dict) -> None:
         except (TypeError, ValueError) as err:
             raise ValueError(f"run_info must be JSON-serialisable (it goes into config.json): "
                              f"{err}") from None
+
+
+def recipe_and_task(recipe: Recipe | None, task, settings: dict) -> tuple[Recipe, Task]:
+    """The run's :class:`Recipe` (``recipe`` with the keyword ``settings``) and its Task.
+
+    ``task`` is ``None`` (the recipe's), a task name, or a Task instance (its name and settings
+    then go into the recipe; giving task options or label smoothing beside it is an error).
+    """
+    if isinstance(task, str):
+        settings = {**settings, "task": task}
+    elif task is not None and not isinstance(task, Task):
+        raise TypeError(f"task must be a task name or a Task instance, got {type(task).__name__}")
+    recipe = Recipe.from_settings(recipe, **settings)
+    if isinstance(task, Task):
+        if (recipe.label_smoothing or recipe.task_options) and \
+                recipe.for_task(task).task_settings() != recipe.task_settings():
+            raise ValueError("label_smoothing and task_options are settings of a task built by name; "
+                             f"set them on the {type(task).__name__} instance instead")
+        return recipe.for_task(task), task
+    built = create_task(recipe.task, **recipe.task_settings())
+    return recipe.for_task(built), built
+
+
+def _epoch_lines(callback, epochs: int, metric: str):
+    """``callback`` that also prints one compact line per epoch: loss, the task's metric, time."""
+    def report(info: dict) -> None:
+        if info["event"] == "epoch":
+            row = info["row"]
+            print(f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
+                  f"{metric} {row.get(metric, float('nan')):.4f}  {row['epoch_time']:.1f}s", flush=True)
+        if callback is not None:
+            callback(info)
+    return report
 
 
 def _check_data(data) -> None:
@@ -225,7 +236,7 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device="auto", amp="
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _int("batch_size", batch_size, 1)
+    check_positive_int("batch_size", batch_size)
     check_bool("channels_last", channels_last)
     _check_data(data)
     dev = resolve_device(device)
@@ -266,38 +277,29 @@ def data_identity(data) -> dict:
 
 def _recipe(a: dict, task: Task, world_size: int, amp_dtype, compile_on: bool, data) -> dict:
     """Every setting that changes the trained weights (stored in checkpoints and config.json,
-    compared on resume and by :func:`unifiedctx.train.train_or_load`)."""
-    recipe = {k: a[k] for k in RECIPE_KEYS if k not in ("world_size", "label_smoothing")}
-    return recipe | {"world_size": world_size, "task": {"name": task.name, "settings": task.settings()},
-                     "amp": "bf16" if amp_dtype == torch.bfloat16 else "off",
-                     "channels_last": a["channels_last"], "compile": compile_on, "data": data_identity(data)}
-
-
-def _task_of(a: dict) -> Task:
-    if a["task"] is None or a["task"] == "classify":
-        return create_task("classify", label_smoothing=a["label_smoothing"])
-    if a["label_smoothing"]:
-        raise ValueError("label_smoothing is a classification setting; give it to the task instead")
-    return create_task(a["task"])
+    compared on resume and by :func:`unifiedctx.train.train_or_load`): the :class:`Recipe`, then
+    the world size, amp, channels_last, compile and the data's identity."""
+    amp = "bf16" if amp_dtype == torch.bfloat16 else "off"
+    return a["recipe"].to_dict() | {"world_size": world_size, "amp": amp, "channels_last": a["channels_last"],
+                                    "compile": compile_on, "data": data_identity(data)}
 
 
 def _compile_on(compile_arg, dev: torch.device) -> bool:
     return compile_arg is True or (compile_arg == "auto" and dev.type == "cuda")
 
 
-def run_recipe(data, **fit_kwargs) -> dict:
-    """The recipe that ``fit(model, data, **fit_kwargs)`` would record (and compare on resume)."""
-    known = inspect.signature(fit).parameters
-    unknown = sorted(set(fit_kwargs) - set(known))
-    if unknown:
-        raise TypeError(f"fit takes no argument {', '.join(map(repr, unknown))}")
-    a = {k: p.default for k, p in known.items() if p.default is not inspect.Parameter.empty} | fit_kwargs
-    a.setdefault("epochs", None)
-    _check_fit_args(a)
-    dev = resolve_device(a["device"])
+def run_recipe(data, recipe: Recipe | None = None, **fit_kwargs) -> dict:
+    """The recipe that ``fit(model, data, recipe, **fit_kwargs)`` would record (and compare on resume)."""
+    known = {k: p.default for k, p in inspect.signature(fit).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    run = {**known, **{k: v for k, v in fit_kwargs.items() if k in known}}
+    settings = {k: v for k, v in fit_kwargs.items() if k not in known}
+    recipe, task = recipe_and_task(recipe, run.pop("task"), settings)
+    _check_run_args(run)
+    dev = resolve_device(run["device"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    amp_dtype, compile_on = resolve_amp(a["amp"], dev), _compile_on(a["compile"], dev)
-    return _recipe(a, _task_of(a), world_size, amp_dtype, compile_on, data)
+    amp_dtype, compile_on = resolve_amp(run["amp"], dev), _compile_on(run["compile"], dev)
+    return _recipe({**run, "recipe": recipe}, task, world_size, amp_dtype, compile_on, data)
 
 
 def recipe_differences(stored: dict, wanted: dict, where: str = "in the checkpoint") -> list[str]:
@@ -330,34 +332,25 @@ def _resume_state(path: Path, model: nn.Module, recipe: dict) -> dict:
     return state
 
 
-def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3,
-        weight_decay: float = 0.05, warmup_epochs: float = 1, label_smoothing: float = 0.0,
-        clip_grad: float | None = None, ema: float | None = None, mixup: float = 0.0, cutmix: float = 0.0,
-        augment: bool = True, task: str | Task | None = None, device="auto", amp="auto",
-        compile: bool | str = False,
-        channels_last: bool = False, out=None, resume: bool = False, seed: int = 0, progress: bool = True,
-        eval_batch_size: int | None = None, max_steps_per_epoch: int | None = None,
+def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | Task | None = None,
+        device="auto", amp="auto", compile: bool | str = False, channels_last: bool = False, out=None,
+        resume: bool = False, progress: bool | str = True, eval_batch_size: int | None = None,
         callback: Callable[[dict], None] | None = None, run_info: dict | None = None,
-        save_rank_weights: bool = False, allow_foreign: bool = False) -> History:
-    """Train ``model`` on ``data`` with AdamW and a warmup + cosine schedule; return its History.
+        save_rank_weights: bool = False, allow_foreign: bool = False, **settings) -> History:
+    """Train ``model`` on ``data`` by a :class:`Recipe` (AdamW, warm-up + cosine); return its History.
+
+    ``fit(model, data, Recipe(epochs=4, lr=5e-3))`` and ``fit(model, data, epochs=4, lr=5e-3)`` are
+    the same run; keywords given beside a recipe replace its settings.
 
     Args:
         model: maps float ``(B, C, H, W)`` to ``(B, num_classes)`` logits. Should have a ``config``
             dict (every ``create_model`` model does): it is stored in checkpoints and checked on resume.
         data: an ImageData (kept on the device, augmented there) or a FolderData (DataLoaders).
-        epochs: passes over the training split (each drops its last partial global batch).
-        batch_size: images per step *per process*; under DDP the global batch is
-            ``batch_size * world_size``.
-        lr, weight_decay: AdamW peak learning rate and decoupled weight decay (none on norms, biases).
-        warmup_epochs: linear warmup length (may be fractional), then cosine decay to 0.
-        label_smoothing: ``eps`` in ``q = (1 - eps) t + eps / K``.
-        clip_grad: clip the global gradient norm to this value (``None``: no clipping).
-        ema: decay of an exponential moving average of the weights (``None``: off); its test
-            metrics are logged as ``ema_test_loss``/``ema_test_acc``.
-        mixup, cutmix: Beta(a, a) parameters for mixup / cutmix (0: off).
-        augment: random crop with padding and horizontal flip (ImageData only).
-        task: what to optimise and measure (:mod:`unifiedctx.train.tasks`): ``None`` or
-            ``"classify"`` (with ``label_smoothing``), ``"segment"``, ``"dino"``, or a Task instance.
+        recipe: the settings that decide the result (``None``: from the keywords).
+        **settings: any :class:`Recipe` setting by name (``epochs`` is required without a recipe):
+{recipe_settings}
+        task: what to optimise and measure (:mod:`unifiedctx.train.tasks`): a name (the recipe's
+            ``task``) or a Task instance (its name and ``settings()`` go into the recipe).
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` or ``"off"``.
         compile: ``torch.compile`` the model; ``"auto"`` compiles on CUDA only.
@@ -366,10 +359,9 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
             ``config.json``; ``None`` writes nothing.
         resume: continue from ``out/last.pt`` if it exists (same settings required); without it an
             existing ``out/last.pt`` is a ``FileExistsError``.
-        seed: data order, augmentation, dropout: all derive from ``(seed, epoch, step)``.
-        progress: tqdm bars (rank 0 only) with loss, accuracy and images/s.
+        progress: ``True``: tqdm bars (rank 0 only) with loss, accuracy and images/s; ``False``:
+            nothing; ``"epoch"``: one line per epoch (epoch, train loss, the task's metric, time).
         eval_batch_size: test batch size (default ``2 * batch_size``).
-        max_steps_per_epoch: cut each epoch short (smoke runs, benchmarks).
         callback: called after every optimizer step with a dict ``event="step"``, ``epoch``
             (1-based), ``step`` (1-based in the epoch), ``global_step``, ``loss`` (a 0-d tensor),
             ``model``; and after every epoch (checkpoint written) with ``event="epoch"``, ``epoch``,
@@ -393,13 +385,18 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
         FileExistsError: ``out`` holds another run's or a person's files (see ``allow_foreign``).
         unifiedctx.train.rundir.FolderInUse: another live process is training into ``out``.
     """
-    args = dict(locals())
-    _check_fit_args(args)
+    run = {k: v for k, v in locals().items() if k not in ("model", "data", "recipe", "task", "settings")}
+    recipe, task = recipe_and_task(recipe, task, settings)
+    _check_run_args(run)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    args["task"] = _task_of(args)
+    args = {**{k: getattr(recipe, k) for k in Recipe.keys()}, **run, "task": task, "recipe": recipe}
     dev = resolve_device(device)
     ctx = D.setup(dev.type)
+    if progress == "epoch":
+        args["progress"] = False
+        if ctx.is_main:
+            args["callback"] = _epoch_lines(callback, recipe.epochs, task.best_metric)
     history = History()
     try:
         return _fit(model, data, args, dev, ctx, history)
@@ -407,6 +404,22 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
         return history
     finally:
         D.cleanup(ctx)
+
+
+def _recipe_doc() -> str:
+    """The :class:`Recipe` settings as docstring lines (``name (default): help``)."""
+    from dataclasses import MISSING, fields
+
+    lines = []
+    for f in fields(Recipe):
+        required = f.default is MISSING and f.default_factory is MISSING
+        value = f.default if f.default is not MISSING else None if required else f.default_factory()
+        default = "required" if required else repr(value)
+        lines.append(f"            ``{f.name}`` ({default}): {f.metadata['help']}.")
+    return "\n".join(lines)
+
+
+fit.__doc__ = fit.__doc__.replace("{recipe_settings}", _recipe_doc())
 
 
 def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext, history: History) -> History:
@@ -429,7 +442,7 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
     if a["max_steps_per_epoch"] is not None:
         spe = min(spe, a["max_steps_per_epoch"])
     epochs = a["epochs"]
-    schedule = WarmupCosine(a["lr"], epochs * spe, round(a["warmup_epochs"] * spe))
+    schedule = WarmupCosine(a["lr"], epochs * spe, a["recipe"].warmup_steps(spe))
     optimizer = make_optimizer(nn.ModuleList([model, extra]), a["lr"], a["weight_decay"], dev)
     ema = ModelEma(model, a["ema"]) if a["ema"] else None
     recipe = _recipe(a, task, ctx.world_size, amp_dtype, compile_on, data)
