@@ -11,7 +11,7 @@ count their cost and read their affinities.
 from __future__ import annotations
 
 from .blocks import Block
-from .factory import create_model, from_config, list_models
+from .factory import create_model, from_config, list_models, normalize_config
 from .flops import SDPA_FLOPS, count_flops, count_macs, count_params
 from .network import ContextNet, Stage
 from .presets import PRESETS
@@ -29,5 +29,5 @@ __all__ = [
     "PRESETS", "SDPA_FLOPS", "STAGE_DEFAULTS", "STAGE_REQUIRED", "Block", "StageSpec", "merge_mixer",
     "ContextNet", "Stage", "count_flops", "count_macs", "count_params",
     "create_model", "from_config", "list_models", "mixer_components", "mixer_inputs", "mixer_layers",
-    "mixing_weights", "record_affinities", "record_components",
+    "mixing_weights", "normalize_config", "record_affinities", "record_components",
 ]

@@ -123,6 +123,14 @@ def create_model(name: str, num_classes: int | None = None, img_size=None, in_ch
     return model
 
 
+def normalize_config(config: dict) -> dict:
+    """``config`` with every stage dict completed by :class:`StageSpec` (defaults filled, values
+    checked), so configs written before the spec compare equal to today's. No model is built."""
+    if not isinstance(config, dict) or not isinstance(config.get("stages"), (list, tuple)):
+        return config
+    return {**config, "stages": [s.to_dict() for s in stage_specs(config["stages"])]}
+
+
 def from_config(config: dict) -> ContextNet:
     """Rebuild a model from its ``model.config`` (fresh weights, same architecture)."""
     if not isinstance(config, dict) or "preset" not in config:

@@ -38,9 +38,24 @@ def describe(config) -> str:
     return f"{name}({rest})"
 
 
+def _normalized(config):
+    """A model config with its stages completed by the stage spec (older configs list only what
+    their preset gave); a config the spec cannot read is compared as it is."""
+    from unifiedctx.models import normalize_config
+
+    try:
+        return normalize_config(config)
+    except (TypeError, ValueError):
+        return config
+
+
 def check_config(stored, current, where: str) -> None:
-    """Raise ``ValueError`` naming both architectures when ``stored`` and ``current`` differ."""
+    """Raise ``ValueError`` naming both architectures when ``stored`` and ``current`` differ
+    (stage dicts are compared as stage specs: defaults filled, ``8`` and ``8.0`` alike)."""
     if stored is None or current is None or stored == current:
+        return
+    stored, current = _normalized(stored), _normalized(current)
+    if stored == current:
         return
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
     raise ValueError(f"{where} was made for {describe(stored)}, not for {describe(current)} "

@@ -78,15 +78,15 @@ class Recipe:
                          "the _cifar ones with 2e-3 at batch 256)", check=_float(low=0, low_open=True))
     weight_decay: float = _setting(0.05, help="AdamW decoupled weight decay (not on norms and biases)",
                                    check=_float(low=0))
-    warmup_epochs: float = _setting(1.0, help="linear warm-up length in epochs (may be fractional), then "
-                                    "cosine decay to 0", check=_float(low=0))
+    warmup_epochs: float = _setting(1.0, help="linear warm-up length in epochs (fractional too; at most "
+                                    "warmup_cap of the run), then cosine decay to 0", check=_float(low=0))
     warmup_cap: float = _setting(0.2, help="the warm-up is at most this fraction of all the run's steps",
                                  check=_float(low=0, high=1))
     label_smoothing: float = _setting(0.0, help="label smoothing eps of the classify task: q = (1 - eps) t "
                                       "+ eps / K", check=_float(low=0, high=1, high_open=True))
-    clip_grad: float | None = _setting(None, help="clip the global gradient norm to this value (None: off)",
+    clip_grad: float | None = _setting(None, help="clip the global gradient norm to this value",
                                        check=_float(low=0, low_open=True, none_ok=True))
-    ema: float | None = _setting(None, help="decay of an EMA of the weights, e.g. 0.999 (None: off)",
+    ema: float | None = _setting(None, help="decay of an EMA of the weights, e.g. 0.999",
                                  check=_float(low=0, high=1, low_open=True, high_open=True, none_ok=True))
     mixup: float = _setting(0.0, help="mixup Beta(a, a) parameter (0: off)", check=_float(low=0))
     cutmix: float = _setting(0.0, help="cutmix Beta(a, a) parameter (0: off)", check=_float(low=0))
@@ -170,10 +170,11 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
         """The recipe that :meth:`to_dict` wrote; settings missing from an older file take their
-        defaults, and a file from before tasks (``label_smoothing`` at the top) is read as classify."""
+        defaults, and a file from before tasks (``label_smoothing`` at the top) is read as classify.
+        What the engine records beside the recipe (``world_size``, ``amp``, ``data``, ...) is left out."""
         if not isinstance(data, dict):
             raise TypeError(f"a stored recipe must be a dict, got {type(data).__name__}")
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k in cls.keys()}
         task = data.pop("task", None) or {"name": CLASSIFY, "settings": {}}
         settings = dict(task.get("settings") or {})
         name = task.get("name", CLASSIFY)
