@@ -19,6 +19,7 @@ from unifiedctx.models import (
     create_model,
     factory,
     from_config,
+    normalize_config,
 )
 from unifiedctx.models.presets import PRESETS, preset
 from unifiedctx.train import Recipe, load_checkpoint, save_checkpoint
@@ -74,6 +75,18 @@ def test_config_and_checkpoint_written_the_old_way_keep_loading(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     loaded_into, _ = load_checkpoint(path, create_model("container_light_nano"))  # the same architecture
     assert shapes(loaded_into) == shapes(model)
+
+
+def test_an_old_mixer_name_reads_as_the_registered_one():
+    """Configs from before a registry rename (``mixer`` -> ``tokenmlp``) say the old name."""
+    from unifiedctx import mixers
+
+    model = create_model("mixer_s16_nano")
+    for old_name, name in getattr(mixers, "ALIASES", {}).items():
+        old = {**copy.deepcopy(model.config), "stages": stages_of("mixer_s16_nano")}
+        old["stages"][0]["mixer"] = old_name
+        assert from_config(old).config["stages"][0]["mixer"] == name
+        assert normalize_config(old) == normalize_config(model.config)
 
 
 @pytest.mark.parametrize("changes, error, words", [

@@ -39,11 +39,12 @@ def _optional(check):
 
 
 def _mixer_name(name, value) -> str:
+    """A registered mixer name; an old alias (``"mixer"``) becomes the name it stands for."""
     from .. import mixers
 
-    aliases = getattr(mixers, "ALIASES", {})
+    aliases = getattr(mixers, "ALIASES", {})  # the registry's renamed keys, where it has any
     if isinstance(value, str) and value in aliases:
-        return value  # an old name that the registry still accepts (kept as written)
+        return aliases[value]
     return check_choice(name, value, mixers.available())
 
 
@@ -60,10 +61,13 @@ def _positive_float(name, value) -> float:
 
 
 def mixer_takes(mixer: str) -> tuple[str, ...]:
-    """The options the registered mixer ``mixer`` takes, read from its class's signature."""
+    """The options the registered mixer ``mixer`` takes, read from its class's signature (by the
+    registry's ``options_of`` where it has one)."""
     from .. import mixers
 
-    cls = mixers.REGISTRY[getattr(mixers, "ALIASES", {}).get(mixer, mixer)]
+    if hasattr(mixers, "options_of"):
+        return tuple(mixers.options_of(mixer))
+    cls = mixers.REGISTRY[mixer]
     return tuple(p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "dim"))
 
 
@@ -188,8 +192,7 @@ def merge_mixer(specs: list[StageSpec], mixer: str | None = None, options: dict 
     used: set[str] = set()
     out = []
     for spec in specs:
-        name = spec.mixer if mixer is None else mixer
-        _mixer_name("mixer", name)
+        name = spec.mixer if mixer is None else _mixer_name("mixer", mixer)
         takes = mixer_takes(name)
         kept = spec.mixer_options if name == spec.mixer else {k: v for k, v in spec.mixer_options.items()
                                                               if k in takes}
