@@ -27,9 +27,8 @@ class Block(nn.Module):
     """norm -> mixer -> residual -> norm -> MLP -> residual (see the module docstring).
 
     Args:
-        spec: the stage's settings (``dim``, ``mixer``, ``mixer_options``, ``mlp_ratio``, ``norm``,
-            ``norm_eps``, ``pos_conv``, ``layer_scale``: see :class:`StageSpec`); a stage dict is
-            read with :meth:`StageSpec.from_dict`.
+        spec: the stage's :class:`StageSpec` (a stage dict is read with ``StageSpec.from_dict``);
+            a block uses every setting but the embedding's, ``depth`` and ``stride``.
         grid: the ``(H, W)`` token grid the block will see (grid-bound mixers are sized by it).
         drop_path: stochastic-depth rate of both residual branches.
         dropout: dropout inside the MLP.

@@ -419,7 +419,8 @@ def _recipe_doc() -> str:
     return "\n".join(lines)
 
 
-fit.__doc__ = fit.__doc__.replace("{recipe_settings}", _recipe_doc())
+if fit.__doc__:  # (python -OO strips docstrings)
+    fit.__doc__ = fit.__doc__.replace("{recipe_settings}", _recipe_doc())
 
 
 def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext, history: History) -> History:

@@ -11,7 +11,7 @@ it), the task's loss (classification: cross-entropy with ``label_smoothing``), o
 cutmix, gradient clipping and an EMA of the weights; all randomness derives from ``seed``.
 
 :class:`Recipe` holds exactly these settings. ``fit``'s keywords, the CLI's ``train`` options
-(:func:`unifiedctx.cli.build_parser` reads ``RECIPE_FIELDS``: type, default, help), the stored
+(:func:`unifiedctx.cli.add_recipe_options` reads ``RECIPE_FIELDS``: type, default, help), the stored
 ``config.json``/checkpoint ``recipe`` and the resume check all come from it. How a run is
 executed (device, amp, compile, output folder, progress) is not part of it.
 """
