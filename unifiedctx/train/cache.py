@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, read_checkpoint
-from .engine import fit
+from .engine import fit, recipe_differences, run_recipe
 from .history import History
 
 
@@ -29,9 +29,12 @@ def train_or_load(model_name: str, data, out, *, model_options: dict | None = No
                   **fit_kwargs) -> tuple[nn.Module, History]:
     """Return ``(model, history)`` for ``model_name`` trained on ``data`` with ``fit_kwargs``.
 
-    If ``out/last.pt`` says all ``fit_kwargs["epochs"]`` epochs are done, the model is rebuilt from
-    it and nothing is trained; otherwise the run starts (or resumes exactly, from the last completed
-    epoch). A checkpoint in ``out`` made for another architecture or other settings is a ``ValueError``.
+    If ``out/last.pt`` holds this very run (same architecture, and the same recipe: every
+    setting that changes the result, ``amp``, memory format, compile, the task and the data's
+    name, options and fingerprint) with all ``fit_kwargs["epochs"]`` epochs done, the model is
+    rebuilt from it and nothing is trained; otherwise the run starts (or resumes exactly, from the
+    last completed epoch). A checkpoint in ``out`` made for another architecture or with other
+    settings is a ``ValueError`` that lists the differences.
 
     Args:
         model_name: a preset of :func:`unifiedctx.models.create_model`.
@@ -43,12 +46,21 @@ def train_or_load(model_name: str, data, out, *, model_options: dict | None = No
     """
     if "epochs" not in fit_kwargs:
         raise TypeError("train_or_load needs epochs=... (passed on to fit)")
+    if model_options is not None and not isinstance(model_options, dict):
+        raise TypeError(f"model_options must be a dict or None, got {type(model_options).__name__}")
+    fit_kwargs = {k: v for k, v in fit_kwargs.items() if k != "resume"}
     model = build_model(model_name, data, fit_kwargs.get("seed", 0), **(model_options or {}))
     last = Path(out) / "last.pt"
     if last.exists():
         state = read_checkpoint(last)
         if state.get("epoch", 0) >= fit_kwargs["epochs"] and state.get("epochs") == fit_kwargs["epochs"]:
+            wanted = run_recipe(data, **fit_kwargs)
+            diff = recipe_differences(state.get("recipe", {}), wanted, "in the cached run")
+            if diff:
+                raise ValueError(f"the cached run in {out} was trained with other settings "
+                                 f"({'; '.join(diff)}): use the same settings, or another folder "
+                                 "(or delete it) to train anew")
             model, state = load_checkpoint(last, model)
             return model, History(state["history"])
-    history = fit(model, data, out=out, resume=True, **{k: v for k, v in fit_kwargs.items() if k != "resume"})
+    history = fit(model, data, out=out, resume=True, **fit_kwargs)
     return model, history
