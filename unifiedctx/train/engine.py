@@ -41,6 +41,7 @@ from .finite import (
     LastGood,
     TrainingDiverged,
     check_row,
+    check_weights,
     grad_norm,
     max_abs,
     nonfinite_tensors,
@@ -544,6 +545,8 @@ def _train(model, extra, task, batches, optimizer, schedule, ema, a, recipe, inf
                 torch.cuda.synchronize(dev)
             epoch_time = time.perf_counter() - t0
         train_time += epoch_time
+        check_weights({"model": model.state_dict(), "task_modules": extra.state_dict(),
+                       "ema": ema.state_dict() if ema else None}, epoch, last_good)
         keys = sorted(sums)
         reduced = torch.stack([loss_sum, *(sums[k] for k in keys)])
         D.all_reduce_sum(reduced, ctx)
