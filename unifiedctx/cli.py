@@ -199,6 +199,9 @@ def _train(args) -> int:
 
     _check_model_name(args.model)
     if args.task == "classify":
+        if "label_smoothing" in dict(args.task_option):
+            raise ValueError("label smoothing is set with --label-smoothing, "
+                             "not --task-option label_smoothing")
         task = T.tasks.create("classify", label_smoothing=args.label_smoothing, **dict(args.task_option))
     elif args.label_smoothing:
         raise ValueError(f"--label-smoothing is a classification option, not one of --task {args.task}")
