@@ -16,7 +16,6 @@ from PIL import Image
 from unifiedctx import cli
 from unifiedctx.cli import main
 from unifiedctx.train import read_checkpoint
-from unifiedctx.train.rundir import FileLock
 
 TINY = ["--model", "convnet_nano", "--data", "texture", "--img-size", "16", "--data-option", "n_train=32",
         "--data-option", "n_test=16", "--batch-size", "16", "--device", "cpu", "--no-progress",
@@ -26,7 +25,10 @@ TINY = ["--model", "convnet_nano", "--data", "texture", "--img-size", "16", "--d
 def fails(argv, capsys, code=2) -> str:
     """Run main(argv), expect SystemExit(code) and return the one stderr line."""
     with pytest.raises(SystemExit) as exc:
-        main(argv)
+        try:
+            main(argv)
+        except KeyboardInterrupt:
+            pytest.fail("a KeyboardInterrupt escaped main as a traceback")
     err = capsys.readouterr().err.strip()
     assert exc.value.code == code, err
     assert err and len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -49,7 +51,8 @@ def test_a_folder_with_a_persons_files_is_refused_and_kept(tmp_path, capsys):
 
 
 def test_a_folder_in_use_is_refused_naming_its_holder(tmp_path, capsys):
-    tmp_path.mkdir(exist_ok=True)
+    from unifiedctx.train.rundir import FileLock
+
     with FileLock(tmp_path / ".lock", "run folder"):
         err = fails(["train", *TINY, "--out", str(tmp_path)], capsys)
     assert f"in use by another process (pid {os.getpid()} on" in err

@@ -9,7 +9,6 @@ import torch
 from misuse_helpers import FAST, Tiny, all_finite, bright, make
 
 from unifiedctx.train import TrainingDiverged, fit, read_checkpoint, save_checkpoint
-from unifiedctx.train.finite import DivergenceWatch, nonfinite_tensors
 
 STEPS = 8  # bright(): 128 images, batch 16
 
@@ -121,6 +120,8 @@ def test_resuming_from_a_checkpoint_with_nan_weights_is_refused(tmp_path):
 
 
 def test_the_watch_never_syncs_with_the_host_per_step(monkeypatch):
+    from unifiedctx.train.finite import DivergenceWatch
+
     watch = DivergenceWatch(torch.device("cpu"))
 
     def no_sync(*args, **kwargs):
@@ -136,6 +137,8 @@ def test_the_watch_never_syncs_with_the_host_per_step(monkeypatch):
 
 
 def test_nonfinite_tensors_names_every_bad_tensor_in_a_nested_state():
+    from unifiedctx.train.finite import nonfinite_tensors
+
     nan, inf = float("nan"), float("inf")
     state = {"a": torch.ones(2), "b": {"c": torch.tensor([1.0, nan]), "d": [torch.tensor(inf)]},
              "n": torch.tensor([1, 2]), "x": 1.5}

@@ -15,7 +15,13 @@ import pytest
 from misuse_helpers import FAST, bright, make
 
 from unifiedctx.train import fit, read_checkpoint
-from unifiedctx.train.rundir import FileLock, FolderInUse
+
+
+def rundir():
+    """The module under test (imported here, so that this file also runs against older code)."""
+    from unifiedctx.train import rundir
+
+    return rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +113,7 @@ def test_a_second_process_into_the_same_folder_stops_at_once_naming_the_holder(t
         lock = json.loads((out / ".lock").read_text())
         assert lock["pid"] == holder.pid and lock["host"] and lock["started"]
         t0 = time.perf_counter()
-        with pytest.raises(FolderInUse, match=rf"in use by another process \(pid {holder.pid} on "):
+        with pytest.raises(rundir().FolderInUse, match=rf"in use by another process \(pid {holder.pid} on "):
             fit(make(), bright(), epochs=1, out=out, **FAST)
         assert time.perf_counter() - t0 < 5  # at once, not after training
         assert not (out / "last.pt").exists()  # the intruder wrote nothing
@@ -130,8 +136,8 @@ def test_the_lock_is_held_for_the_whole_run(tmp_path):
     seen = []
 
     def probe(info):
-        with pytest.raises(FolderInUse, match=f"pid {os.getpid()}"):
-            FileLock(tmp_path / ".lock", "run folder").acquire()
+        with pytest.raises(rundir().FolderInUse, match=f"pid {os.getpid()}"):
+            rundir().FileLock(tmp_path / ".lock", "run folder").acquire()
         seen.append(info["event"])
 
     fit(make(), bright(), epochs=2, out=tmp_path, callback=probe, **FAST)
