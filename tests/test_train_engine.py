@@ -328,7 +328,7 @@ def test_progress_epoch_prints_one_line_per_epoch(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
     assert all(" train_loss " in line and " test_acc " in line for line in lines)
-    with pytest.raises(ValueError, match="progress must be 'epoch'"):
+    with pytest.raises(ValueError, match="progress must be True, False or 'epoch', got str 'bars'"):
         fit(make(), brightness_data(), epochs=1, **{**FAST, "progress": "bars"})
 
 

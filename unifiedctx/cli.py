@@ -6,8 +6,10 @@
     unifiedctx data
 
 Under ``torchrun --nproc_per_node=K`` the same ``train`` command runs DistributedDataParallel
-(``--batch-size`` is per process). A bad option is one line on stderr and exit code 2; a run whose
-loss becomes NaN stops with one line and exit code 1, its last good checkpoint kept.
+(``--batch-size`` is per process). A bad option, a missing, foreign or busy folder, a read-only
+or full disk: one line on stderr naming the argument or the path, exit code 2, never a traceback.
+A run whose loss becomes NaN, or one interrupted with Ctrl-C, stops with one line and exit code 1,
+its last good checkpoint kept (every file is written atomically: nothing is left half-written).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import inspect
 import json
 import os
@@ -36,14 +39,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: Python's spellings of the JSON constants, read as those (``drop_path=None``, ``proj=False``).
+PY_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
+def _refuse_constant(name: str):
+    """``json.loads``'s hook for ``NaN`` and ``Infinity``: refuse them."""
+    raise ValueError(f"non-finite number {name}")
+
+
 def _key_value(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE read as JSON when it parses (``3``, ``0.1``, ``true``), else a string."""
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (``3``, ``0.1``, ``true``), or as one of
+    Python's ``True``/``False``/``None`` (so ``False`` never becomes the true string ``"False"``),
+    else a string. Non-finite numbers (``nan``, ``inf``) are refused."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a key, got {text!r}")
+    if raw.strip() in PY_CONSTANTS:
+        return key.strip(), PY_CONSTANTS[raw.strip()]
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except ValueError:  # JSONDecodeError, or NaN / Infinity
+        if raw.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+            raise argparse.ArgumentTypeError(f"{key.strip()} must be a finite number, got {raw!r}") from None
         value = raw
     return key.strip(), value
 
@@ -116,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (same settings); without it an existing run is an error")
     add_recipe_options(t)
+    t.add_argument("--allow-foreign", action="store_true",
+                   help="train into an OUT that holds other files (a run owns its folder: refused otherwise)")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (auto)")
     t.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
                    help="autocast: auto = bf16 on CUDA, off on CPU (auto)")
@@ -204,6 +226,8 @@ def _train(args) -> int:
     from unifiedctx.train.recipe import Recipe
 
     _check_model_name(args.model)
+    if "label_smoothing" in dict(args.task_options):
+        raise ValueError("label smoothing is set with --label-smoothing, not --task-option label_smoothing")
     settings = {k: getattr(args, k) for k in Recipe.keys()}
     recipe, task = recipe_and_task(None, None, {**settings, "task_options": dict(args.task_options)})
     ds = _load_data(args, args.limit_train)
@@ -215,7 +239,8 @@ def _train(args) -> int:
     history = T.fit(model, ds, recipe, task=task, device=args.device, amp=args.amp, compile=args.compile,
                     channels_last=args.channels_last, out=args.out, resume=args.resume,
                     progress="epoch" if args.no_progress else True, eval_batch_size=args.eval_batch_size,
-                    run_info=run_info, save_rank_weights=args.save_rank_weights)
+                    run_info=run_info, save_rank_weights=args.save_rank_weights,
+                    allow_foreign=args.allow_foreign)
     if int(os.environ.get("RANK", 0)) == 0 and history:
         metric = task.best_metric
         best = history.best(metric)
@@ -326,13 +351,43 @@ def main(argv: list[str] | None = None) -> int:
         return _data()
     from unifiedctx.data import DatasetUnavailable
     from unifiedctx.train import TrainingDiverged
+    from unifiedctx.train.rundir import FolderInUse
 
     run = _train if args.command == "train" else _eval
+    prefix = f"unifiedctx {args.command}: error:"
     try:
         return run(args)
     except TrainingDiverged as err:
-        print(f"unifiedctx {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, DatasetUnavailable) as err:
-        parser.exit(2, f"unifiedctx {args.command}: error: {' '.join(str(err).split())}\n")
+    except KeyboardInterrupt:
+        where = f"; {args.out}/last.pt holds the last completed epoch (--resume continues)" \
+            if args.command == "train" else ""
+        print(f"unifiedctx {args.command}: interrupted{where}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (ValueError, TypeError, KeyError, DatasetUnavailable, FolderInUse) as err:
+        parser.exit(2, f"{prefix} {_one_line(err)}\n")
+    except OSError as err:  # a read-only or full disk, a path under a file, no permission
+        parser.exit(2, f"{prefix} {_os_error(err, args)}\n")
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; for an error re-raised from a DataLoader worker (whose
+    message carries the worker's traceback) only its last line, the original message."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1].split(": ", 1)[-1] if lines else text
+    return " ".join(text.split())
+
+
+def _os_error(err: OSError, args) -> str:
+    """``PATH: reason`` for an OSError (the output folder when the error names no file)."""
+    if not err.errno:  # raised by us with a whole sentence (no checkpoint at ..., a foreign folder)
+        return _one_line(err)
+    reason = err.strerror or os.strerror(err.errno)
+    if err.errno == errno.ENOSPC:
+        reason += " (free some space, or choose another --out)"
+    path = err.filename or getattr(args, "out", None) or getattr(args, "checkpoint", None)
+    return f"{path}: {reason}" if path else reason

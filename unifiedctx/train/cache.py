@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, read_checkpoint
-from .engine import fit, recipe_differences
+from .engine import fit, recipe_differences, run_recipe
 from .history import History
 from .recipe import Recipe
 
@@ -30,10 +30,12 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
                   model_options: dict | None = None, **fit_kwargs) -> tuple[nn.Module, History]:
     """Return ``(model, history)`` for ``model_name`` trained on ``data`` by ``recipe``.
 
-    If ``out/last.pt`` holds a finished run of the same recipe (every setting it recorded), the
-    model is rebuilt from it and nothing is trained; otherwise the run starts (or resumes exactly,
-    from the last completed epoch). A checkpoint in ``out`` made for another architecture or
-    another recipe is a ``ValueError`` that lists the differences.
+    If ``out/last.pt`` holds this very run (same architecture, and the same recipe: every
+    setting that changes the result, ``amp``, memory format, compile, the task and the data's
+    name, options and fingerprint) with all ``recipe.epochs`` epochs done, the model is rebuilt
+    from it and nothing is trained; otherwise the run starts (or resumes exactly, from the last
+    completed epoch). A checkpoint in ``out`` made for another architecture or with other
+    settings is a ``ValueError`` that lists the differences.
 
     Args:
         model_name: a preset of :func:`unifiedctx.models.create_model`.
@@ -46,6 +48,8 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
     """
     from .engine import recipe_and_task
 
+    if model_options is not None and not isinstance(model_options, dict):
+        raise TypeError(f"model_options must be a dict or None, got {type(model_options).__name__}")
     settings = {k: v for k, v in fit_kwargs.items() if k in Recipe.keys()}
     run = {k: v for k, v in fit_kwargs.items() if k not in settings and k != "resume"}
     recipe, _ = recipe_and_task(recipe, run.get("task"), settings)
@@ -53,13 +57,13 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
     last = Path(out) / "last.pt"
     if last.exists():
         state = read_checkpoint(last)
-        stored, wanted = state.get("recipe") or {}, recipe.to_dict()
-        recorded = {k: v for k, v in wanted.items() if k in stored and k != "epochs"}  # fit judges epochs
-        diff = recipe_differences(stored, recorded)
-        if diff:
-            raise ValueError(f"{last} was trained by another recipe ({'; '.join(diff)}); use the same "
-                             "settings or another output folder")
         if state.get("epoch", 0) >= recipe.epochs and state.get("epochs") == recipe.epochs:
+            wanted = run_recipe(data, recipe, **run)
+            diff = recipe_differences(state.get("recipe", {}), wanted, "in the cached run")
+            if diff:
+                raise ValueError(f"the cached run in {out} was trained with other settings "
+                                 f"({'; '.join(diff)}): use the same settings, or another folder "
+                                 "(or delete it) to train anew")
             model, state = load_checkpoint(last, model)
             return model, History(state["history"])
     history = fit(model, data, recipe, out=out, resume=True, **run)

@@ -41,6 +41,7 @@ from .finite import (
     LastGood,
     TrainingDiverged,
     check_row,
+    check_weights,
     grad_norm,
     max_abs,
     nonfinite_tensors,
@@ -103,8 +104,10 @@ def _check_run_args(a: dict) -> None:
         check_positive_int("eval_batch_size", a["eval_batch_size"])
     for name in ("channels_last", "resume", "save_rank_weights", "allow_foreign"):
         check_bool(name, a[name])
-    if not isinstance(a["progress"], bool):
-        check_choice("progress", a["progress"], [p for p in PROGRESS if isinstance(p, str)])
+    if a["progress"] not in PROGRESS or not isinstance(a["progress"], (bool, str)):  # 1 == True: refused
+        kind = TypeError if not isinstance(a["progress"], str) else ValueError
+        raise kind(f"progress must be True, False or 'epoch', got {type(a['progress']).__name__} "
+                   f"{a['progress']!r}")
     if not isinstance(a["compile"], bool):
         check_choice("compile", a["compile"], ("auto",))
     if a["out"] is not None and not isinstance(a["out"], (str, os.PathLike)):
@@ -558,6 +561,8 @@ def _train(model, extra, task, batches, optimizer, schedule, ema, a, recipe, inf
                 torch.cuda.synchronize(dev)
             epoch_time = time.perf_counter() - t0
         train_time += epoch_time
+        check_weights({"model": model.state_dict(), "task_modules": extra.state_dict(),
+                       "ema": ema.state_dict() if ema else None}, epoch, last_good)
         keys = sorted(sums)
         reduced = torch.stack([loss_sum, *(sums[k] for k in keys)])
         D.all_reduce_sum(reduced, ctx)

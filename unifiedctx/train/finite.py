@@ -127,3 +127,13 @@ def check_row(row: dict, epoch: int, last_good: LastGood) -> None:
         shown = ", ".join(f"{k} = {v}" for k, v in bad.items())
         raise TrainingDiverged(f"{shown} after epoch {epoch + 1}: the model gives non-finite outputs; "
                                f"training stopped and {last_good.describe()}.")
+
+
+def check_weights(state: dict, epoch: int, last_good: LastGood) -> None:
+    """Raise :class:`TrainingDiverged` when a tensor of ``state`` (weights, EMA, ...) is not finite:
+    checked before anything is saved, once per epoch."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise TrainingDiverged(f"{shown} became non-finite in epoch {epoch + 1}; training stopped, nothing "
+                               f"was saved, and {last_good.describe()}.")

@@ -62,11 +62,12 @@ class FileLock:
     def __init__(self, path: str | os.PathLike, what: str):
         self.path, self.what, self.fd = Path(path), what, None
 
-    def acquire(self) -> FileLock:
+    def acquire(self, wait: bool = False) -> FileLock:
+        """Take the lock (``wait``: block until its holder ends, instead of :class:`FolderInUse`)."""
         for _ in range(100):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError as err:
                 os.close(fd)
                 if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
@@ -105,7 +106,7 @@ class FileLock:
             self.fd = None
 
     def __enter__(self) -> FileLock:
-        return self.acquire()
+        return self if self.fd is not None else self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
