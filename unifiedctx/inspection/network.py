@@ -110,14 +110,18 @@ def _skip_reason(module: nn.Module) -> str:
     return f"{type(module).__name__}: no affinity view (not a type inspect supports)"
 
 
-def _copied(value):
-    """Tensors (also inside a tuple, list or dict) detached and cloned; anything else as it is."""
+def _copied(value, memo=None):
+    """Tensors (also inside a tuple, list or dict) detached and cloned, one copy per tensor so that
+    ``attn(x, x, x)`` still gets one tensor three times; anything else as it is."""
+    memo = {} if memo is None else memo
     if isinstance(value, torch.Tensor):
-        return value.detach().clone()
+        if id(value) not in memo:
+            memo[id(value)] = value.detach().clone()
+        return memo[id(value)]
     if isinstance(value, (tuple, list)):
-        return type(value)(_copied(v) for v in value)
+        return type(value)(_copied(v, memo) for v in value)
     if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
+        return {k: _copied(v, memo) for k, v in value.items()}
     return value
 
 
@@ -236,7 +240,9 @@ def inspect_model(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: in
         def hook(module, args, kwargs, output):
             if name not in captured:  # the view is of the first call; copies, in case a later
                 # in-place layer changes these tensors
-                captured[name] = (_bound_call(module, _copied(args), _copied(kwargs)), _copied(output))
+                memo = {}
+                call = _bound_call(module, _copied(args, memo), _copied(kwargs, memo))
+                captured[name] = (call, _copied(output, memo))
         return hook
 
     modules = list(model.named_modules())
