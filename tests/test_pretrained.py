@@ -200,7 +200,8 @@ def test_authors_checkpoint_gives_their_function(authors, authors_file, referenc
     for size in (224, 96):  # the release's size, and another one the strides divide
         assert error(model, reference(0, size), size) < TOL
     alpha = torch.sigmoid(authors[0].blocks4[1].sa_weight).item()
-    assert model.stages[3].blocks[1].mixer.mixing_weights()[0].item() == pytest.approx(alpha, abs=1e-15)
+    mixing = unifiedctx.mixing_weights(model)["stages.3.blocks.1.mixer"]
+    assert mixing["alpha"] == pytest.approx(alpha, abs=1e-15)
 
 
 def test_authors_checkpoint_ema_weights(authors_file, reference):
