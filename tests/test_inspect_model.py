@@ -38,6 +38,9 @@ def test_unifiedctx_network_every_view_rebuilds_its_layer(container_light):
     assert isinstance(result, NetworkInspection) and no_hooks_left(container_light)
     errors = result.rebuild_errors()
     assert errors and max(errors.values()) < TOL
+    view = result["stages.3.blocks.0.mixer"]
+    view.affinity = view.affinity * 1.01  # a wrong affinity no longer rebuilds the layer's own output
+    assert result.rebuild_errors()["stages.3.blocks.0.mixer"] > 1e-3
     mixers = [n for n, m in container_light.named_modules() if isinstance(m, unifiedctx.mixers.AffinityMixer)]
     pos_convs = [n for n, m in container_light.named_modules() if n.endswith(".pos")]
     # forward order: each block's positional conv comes before its mixer
@@ -141,6 +144,7 @@ def test_layer_selection_and_token_limit(container_light):
     small = inspect_model(container_light, x, max_tokens=16)
     assert {v.grid for v in small.values()} == {(4, 4)}
     assert "max_tokens=16" in small.skipped["stages.0.blocks.0.mixer"]
+    assert "strided conv" in small.skipped["stages.0.embed.proj"]  # the reason that matters comes first
 
 
 def test_hooks_removed_when_the_forward_fails(container_light):

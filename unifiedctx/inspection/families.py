@@ -87,6 +87,8 @@ def _mha_call(module, call: dict):
 
 
 def _conv_call(module, call: dict):
+    if module.stride != (1, 1):  # said before any token limit: it is why there is no view
+        raise NoView(f"stride {module.stride}: a strided conv changes the grid (a downsampling, not a mixer)")
     if module.kernel_size == (1, 1) and module.groups == 1:
         raise NoView("a 1x1 conv: a per-token channel map (its affinity is the identity)")
     return _first_input(module, call)
