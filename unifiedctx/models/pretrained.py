@@ -188,9 +188,6 @@ def _pick_deit_state(state: dict, path, ema: bool) -> dict:
         hint = " (it was trained without model EMA; call with ema=False)" if ema else ""
         raise ValueError(f"{path} has no {key!r} entry{hint}; its entries are: {', '.join(map(str, state))}")
     weights = state[key]
-    if isinstance(weights, dict) and "state_dict" in weights and not isinstance(weights["state_dict"],
-                                                                                torch.Tensor):
-        weights = weights["state_dict"]  # some EMA helpers nest their weights once more
     if not isinstance(weights, dict):
         raise ValueError(f"{path}[{key!r}] is a {type(weights).__name__}, not a state dict")
     return weights
