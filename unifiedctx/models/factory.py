@@ -15,6 +15,7 @@ import json
 
 from .network import ContextNet, as_size
 from .presets import PRESETS, preset
+from .pretrained import apply_weights
 from .spec import StageSpec, merge_mixer, mixer_options_dict, stage_specs
 
 #: Arguments of the builder that an override may replace.
@@ -50,7 +51,8 @@ def _check_count(name: str, value, minimum: int) -> int:
     return value
 
 
-def create_model(name: str, num_classes: int | None = None, img_size=None, in_chans: int = 3,
+def create_model(name: str, num_classes: int | None = None, img_size=None, in_chans: int = 3, *,
+                 checkpoint_path=None, pretrained: bool = False, ema: bool = False,
                  **overrides) -> ContextNet:
     """Build the preset ``name``.
 
@@ -62,6 +64,11 @@ def create_model(name: str, num_classes: int | None = None, img_size=None, in_ch
             be divisible by the total stride (``ValueError`` naming ``img_size`` otherwise).
             Models with ``mixer`` layers (MLP-Mixer) are built for this size only.
         in_chans: input channels.
+        checkpoint_path: load these weights: a unifiedctx checkpoint or the authors' DeiT-engine
+            Container-Light checkpoint (see :mod:`unifiedctx.models.pretrained`).
+        pretrained: load the authors' released ImageNet Container-Light (downloaded once into the
+            cache folder; ``container_light`` only).
+        ema: with either of the two, take the EMA weights of the file.
         **overrides: any builder argument (``drop_path=0.1``, ``init=...``, ``stages=[...]``, which
             replaces the whole body), a per-stage setting of :class:`StageSpec` applied to every
             stage (``layer_scale=1e-6``, ``norm="layer"``), or ``dims=(...)`` / ``depths=(...)``
@@ -120,7 +127,7 @@ def create_model(name: str, num_classes: int | None = None, img_size=None, in_ch
     config = json.loads(json.dumps({"preset": name, **cfg}))
     model = ContextNet(**{k: v for k, v in config.items() if k != "preset"}, name=name)
     model.config = config
-    return model
+    return apply_weights(model, name, checkpoint_path, pretrained, ema)
 
 
 def normalize_config(config: dict) -> dict:
