@@ -435,7 +435,7 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
     ema = ModelEma(model, a["ema"]) if a["ema"] else None
     recipe = _recipe(a, task, ctx.world_size, amp_dtype, compile_on, data)
 
-    out = Path(a["out"]) if a["out"] is not None else None
+    out = Path(a["out"]).expanduser() if a["out"] is not None else None  # "~/runs/x" means the home folder
     last = out / "last.pt" if out else None
     resuming = last is not None and last.exists()
     if resuming and not a["resume"]:
