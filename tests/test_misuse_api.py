@@ -13,7 +13,7 @@ from torch import nn
 
 from unifiedctx import data as datasets
 from unifiedctx.data import ImageData
-from unifiedctx.train import cache, evaluate, fit
+from unifiedctx.train import cache, evaluate, fit, load_checkpoint, save_checkpoint
 
 NAN, INF = float("nan"), float("inf")
 
@@ -73,6 +73,11 @@ class Flat(nn.Module):
         return self.head(x.flatten(1))
 
 
+def saved() -> str:
+    """A checkpoint of a Tiny model in the current folder."""
+    return str(save_checkpoint("tiny.pt", make(), epoch=1))
+
+
 def empty_test_split() -> ImageData:
     d = bright()
     return ImageData("empty", d.train_x, d.train_y, d.test_x[:0], d.test_y[:0], d.classes, d.mean, d.std)
@@ -124,6 +129,11 @@ def test_fit_checks_the_model_against_the_data_before_the_first_step(model, data
     (lambda: cache.train_or_load("convnet_nano", bright(), "x", model_options="depth=2", epochs=1),
      TypeError, "model_options must be a dict"),
     (lambda: cache.train_or_load("convnet_nano", bright(), "x"), TypeError, "needs epochs"),
+    (lambda: evaluate(make(), fake_data(test_y=bright().test_y - 1), device="cpu"), ValueError,
+     r"data.test_y has labels in \[-1, 1\]"),
+    (lambda: load_checkpoint(saved(), make(), ema="False"), TypeError, "ema must be True or False"),
+    (lambda: load_checkpoint(saved(), "tiny"), TypeError, "model must be a torch.nn.Module or None"),
+    (lambda: load_checkpoint(3), TypeError, "path must be a file path"),
 ])
 def test_the_other_doors_reject_bad_arguments_by_name(call, error, words, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

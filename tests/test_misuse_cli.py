@@ -175,3 +175,18 @@ def test_an_undecodable_image_is_one_line_naming_the_file(tmp_path, capsys):
                  "--data-option", "val_fraction=0.25", "--batch-size", "2", "--device", "cpu",
                  "--no-progress", "--epochs", "1", "--out", str(tmp_path / "run")], capsys)
     assert f"cannot decode image {bad}" in err
+
+
+@pytest.mark.parametrize("change, words", [
+    (["--data-option", "n_train=48"], "data.options"),
+    (["--amp", "bf16"], "amp: 'off' in the checkpoint, 'bf16' now"),
+    (["--channels-last"], "channels_last: False in the checkpoint, True now"),
+])
+def test_resume_with_other_data_or_settings_is_one_line_listing_them(tmp_path, capsys, change, words):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    argv = [*TINY, "--out", str(out), "--resume", "--epochs", "1", *change]
+    assert words in fails(["train", *argv], capsys)
+    assert (out / "last.pt").read_bytes() == before

@@ -74,6 +74,14 @@ def test_the_same_run_killed_before_its_first_checkpoint_restarts(tmp_path):
         fit(make(), bright(), epochs=1, out=tmp_path, **{**FAST, "lr": 0.5})
 
 
+def test_a_tilde_in_out_means_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    fit(make(), bright(), epochs=1, out="~/runs/a", **FAST)
+    assert read_checkpoint(tmp_path / "home" / "runs" / "a" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "~").exists()
+
+
 def test_out_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError, match="out must be a folder"):

@@ -87,7 +87,7 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
                         f"its options are: {', '.join(accepted)}")
     recorded = dict(options)
     if "root" in inspect.signature(loader).parameters:
-        options.update(root=Path(root) if root is not None else DATA_ROOT, download=download)
+        options.update(root=Path(root).expanduser() if root is not None else DATA_ROOT, download=download)
     data = loader(**options)
     data.options = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in recorded.items()
                     if k != "progress"}  # a progress bar changes nothing

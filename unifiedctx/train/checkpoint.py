@@ -86,6 +86,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> Path:
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """The raw checkpoint dict (``weights_only=True``); clear errors for a missing or foreign file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -125,6 +127,10 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
     Raises:
         ValueError: the checkpoint was made for another architecture (both are named).
     """
+    if not isinstance(ema, bool):
+        raise TypeError(f"ema must be True or False, got {type(ema).__name__} {ema!r}")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     state = read_checkpoint(path, map_location)
     if model is None:
         if state.get("model_config") is None:

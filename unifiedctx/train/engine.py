@@ -451,7 +451,7 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
     ema = ModelEma(model, a["ema"]) if a["ema"] else None
     recipe = _recipe(a, task, ctx.world_size, amp_dtype, compile_on, data)
 
-    out = Path(a["out"]) if a["out"] is not None else None
+    out = Path(a["out"]).expanduser() if a["out"] is not None else None  # "~/runs/x" means the home folder
     last = out / "last.pt" if out else None
     resuming = last is not None and last.exists()
     if resuming and not a["resume"]:
@@ -461,10 +461,17 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
             "device": str(dev), "amp": str(amp_dtype), "compile": compile_on,
             "channels_last": a["channels_last"], "run": a["run_info"]}
     with contextlib.ExitStack() as stack:
+        refused = None
         if out is not None and ctx.is_main:  # the folder is ours (locked) until the run ends
-            stack.enter_context(RunFolder(out, resuming=resuming, config=info,
-                                          allow_foreign=a["allow_foreign"]))
-        D.barrier(ctx)
+            try:
+                stack.enter_context(RunFolder(out, resuming=resuming, config=info,
+                                              allow_foreign=a["allow_foreign"]))
+            except (OSError, RuntimeError) as err:
+                refused = err
+        flag = torch.tensor([float(refused is not None)], device=dev)
+        if D.all_reduce_sum(flag, ctx).item() > 0:  # every rank stops when the main one may not write
+            raise refused if refused is not None else RuntimeError(
+                f"the main process could not claim the run folder {out} (its error says why)")
         return _train(model, extra, task, batches, optimizer, schedule, ema, a, recipe, info, history, spe,
                       out, last, resuming, amp_dtype, compile_on, dev, ctx)
 
