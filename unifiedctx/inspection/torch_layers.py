@@ -26,7 +26,7 @@ from .view import AffinityView, check_image, check_window, pair, softmax_affinit
 def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
     """The view of a stride-1, centred ``nn.Conv2d``: depthwise (banded, one head per channel) or full
     (im2col: kh*kw shift heads, the kernel in ``project``). Shapes: see the module docstring."""
-    grid = check_image(x, module)
+    grid = check_image(x, module, channels=module.in_channels)
     cin, cout, groups = module.in_channels, module.out_channels, module.groups
     if pair(module.stride) != (1, 1):
         raise ValueError(f"Conv2d.stride must be 1 (a strided conv changes the grid), got {module.stride}")

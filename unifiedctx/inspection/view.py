@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..mixers.base import check_grid
+from ..validation import check_float_image
 
 
 @dataclass
@@ -58,11 +59,16 @@ def pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def check_image(x, module) -> tuple[int, int]:
-    """The ``(H, W)`` of an image input ``(B, C, H, W)``, or a ``ValueError`` naming the module."""
+def check_image(x, module, channels: int | None = None) -> tuple[int, int]:
+    """The ``(H, W)`` of an image input ``(B, C, H, W)`` for ``module``: a ``ValueError`` naming the
+    module for another rank or (with ``channels``) another channel count, a ``TypeError`` for a
+    dtype other than the module's parameters'."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x for {type(module).__name__} must be a (B, C, H, W) tensor, "
                          f"got {getattr(x, 'shape', type(x).__name__)}")
+    check_float_image("x", x, like=module)
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"x has {x.shape[1]} channels but this {type(module).__name__} takes {channels}")
     return (x.shape[2], x.shape[3])
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..mixers import AffinityMixer
+from ..validation import check_bool, check_choice, check_float, check_float_image
 from .blocks import Block
 from .layers import PatchEmbed, make_norm
 from .spec import StageSpec, stage_specs
@@ -90,8 +91,10 @@ class ContextNet(nn.Module):
                  abs_pos_embed: bool = False,
                  drop_path: float = 0.0, dropout: float = 0.0, init: str = "linear", name: str | None = None):
         super().__init__()
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        check_choice("init", init, INITS)
+        check_bool("abs_pos_embed", abs_pos_embed)
+        drop_path = check_float("drop_path", drop_path, low=0, high=1, high_open=True)
+        dropout = check_float("dropout", dropout, low=0, high=1, high_open=True)
         self.name = name
         self.img_size = as_size(img_size)
         self.in_chans, self.num_classes = in_chans, int(num_classes)
@@ -137,6 +140,7 @@ class ContextNet(nn.Module):
             raise TypeError(f"x must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"x must have shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_float_image("x", x, like=self)
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"input size {h}x{w} is not divisible by the network's stride {self.stride}: "
