@@ -214,3 +214,70 @@ def test_cli_trains_dino(tmp_path):
     state = read_checkpoint(out / "last.pt")
     assert state["recipe"]["task"]["name"] == "dino" and state["recipe"]["task"]["settings"]["out_dim"] == 32
     assert "knn_acc" in state["history"][-1] and state["model_config"]["num_classes"] == 0
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_dino_to_identical_weights(tmp_path):
+    # the head sits outside DDP (the engine averages its gradients) and the centre is all-reduced:
+    # both ranks must end with the same backbone, and rank 0's checkpoint holds it
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_ddp import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "unifiedctx",
+        "train",
+        "--task",
+        "dino",
+        "--model",
+        "deit_tiny_nano",
+        "--data",
+        "mnist5k",
+        "--data-option",
+        "channels=3",
+        "--limit-train",
+        "128",
+        "--limit-test",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--max-steps-per-epoch",
+        "3",
+        "--task-option",
+        "out_dim=32",
+        "--task-option",
+        "local_crops=2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--save-rank-weights",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r0, r1 = read_checkpoint(out / "rank0.pt")["model"], read_checkpoint(out / "rank1.pt")["model"]
+    last = read_checkpoint(out / "last.pt")
+    assert last["recipe"]["world_size"] == 2 and last["step"] == 6
+    for name in r0:
+        assert torch.equal(r0[name], r1[name]), f"ranks differ in {name}"
+        assert torch.equal(last["model"][name], r0[name])
+    assert "knn_acc" in last["history"][-1] and "center" in last["task_state"]
