@@ -8,7 +8,7 @@ from einops import rearrange
 from torch import nn
 
 from unifiedctx.mixers import Container, DepthwiseConv
-from unifiedctx.models import Block, create_model
+from unifiedctx.models import Block, StageSpec, create_model
 from unifiedctx.models.layers import DropPath, LayerNorm2d, PatchEmbed, make_norm
 
 
@@ -53,8 +53,10 @@ def test_drop_path():
 def test_block_is_pos_then_two_residual_branches():
     """y = x' + g2 * mlp(n2(x' + g1 * mixer(n1(x')))) with x' = x + pos(x)."""
     torch.manual_seed(0)
-    block = Block(8, "container", {"heads": 2, "kernel_size": 3}, mlp_ratio=2, norm="batch",
-                  pos_conv=True, layer_scale=0.3).eval()
+    spec = StageSpec(dim=8, depth=1, stride=1, mixer="container",
+                     mixer_options={"heads": 2, "kernel_size": 3}, mlp_ratio=2, norm="batch", pos_conv=True,
+                     layer_scale=0.3)
+    block = Block(spec).eval()
     for p in block.parameters():
         p.data.normal_(0, 0.3)
     x = torch.randn(2, 8, 4, 4)
@@ -81,7 +83,7 @@ def test_container_light_has_the_released_structure():
                 assert isinstance(block.mixer.proj_in, nn.Conv2d)
             else:
                 assert isinstance(block.mixer, Container)
-                assert (block.mixer.attn_heads, block.mixer.head_dim) == (16, 32)
+                assert (block.mixer.attention_heads, block.mixer.head_dim) == (16, 32)
     assert isinstance(model.stages[-1].norm, nn.BatchNorm2d)
     assert [s.blocks[0].mlp.fc1.out_channels // s.blocks[0].mlp.fc1.in_channels for s in model.stages] \
         == [8, 8, 4, 4]
