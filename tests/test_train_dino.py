@@ -55,6 +55,14 @@ def test_setup_builds_head_teacher_and_decides_augmentation_from_the_data(digits
     assert other.multicrop.flip is True and other.multicrop.jitter == pytest.approx(0.4)
 
 
+def test_settings_rebuild_the_same_task_before_and_after_setup(digits):
+    task = Dino(**SMALL, flip=None, momentum=0.95, global_scale=(0.6, 1.0))
+    before = task.settings()
+    task.setup(model_for(task, digits), digits, torch.device("cpu"))
+    assert task.settings() == before and Dino(**before).settings() == before
+    assert before["flip"] is None and before["global_scale"] == [0.6, 1.0]
+
+
 def test_setup_refuses_models_and_data_it_cannot_train(digits):
     task = Dino(**SMALL)
     grey1 = load("mnist5k", channels=1).subset(64, 16)

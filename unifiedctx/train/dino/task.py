@@ -150,21 +150,22 @@ class Dino(Task):
 
     # ------------------------------------------------------------------ settings and set-up
     def settings(self) -> dict:
-        crops = (
-            self.multicrop.settings()
-            if self.multicrop is not None
-            else {
-                "local_crops": self.local_crops,
-                "local_size": self.local_size,
-                "global_scale": list(self.global_scale),
-                "local_scale": list(self.local_scale),
-                "flip": self.flip,
-                "jitter": self.jitter,
-            }
-        )
+        """The constructor's arguments as given (JSON-able): ``Dino(**task.settings())`` is the same
+        task. ``flip``/``jitter`` stay ``None`` when the data decides them (the data is part of the
+        run's record, so the resolved values follow from it); ``self.multicrop`` holds those."""
+        head = self.head_options
         return {
-            **self.head_options,
-            **crops,
+            "out_dim": head["out_dim"],
+            "hidden_dim": head["hidden_dim"],
+            "bottleneck_dim": head["bottleneck_dim"],
+            "head_layers": head["layers"],
+            "head_bn": head["batch_norm"],
+            "local_crops": self.local_crops,
+            "local_size": self.local_size,
+            "global_scale": list(self.global_scale),
+            "local_scale": list(self.local_scale),
+            "flip": self.flip,
+            "jitter": self.jitter,
             "student_temp": self.student_temp,
             "teacher_temp": self.teacher_temp,
             "warmup_teacher_temp": self.warmup_teacher_temp,
@@ -175,6 +176,7 @@ class Dino(Task):
             "head_seed": self.head_seed,
             "knn_k": self.knn_k,
             "knn_temperature": self.knn_temperature,
+            "eval_teacher": self.eval_teacher,
         }
 
     def build_model(self, preset: str, data, seed: int = 0, **overrides) -> nn.Module:
