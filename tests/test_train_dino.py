@@ -289,3 +289,16 @@ def test_two_gloo_ranks_train_dino_to_identical_weights(tmp_path):
         assert torch.equal(r0[name], r1[name]), f"ranks differ in {name}"
         assert torch.equal(last["model"][name], r0[name])
     assert "knn_acc" in last["history"][-1] and "center" in last["task_state"]
+
+
+def test_the_run_cache_takes_a_dino_instance_and_builds_its_model(tmp_path, digits):
+    from unifiedctx.train import train_or_load
+
+    recipe = dict(epochs=1, max_steps_per_epoch=2, **FAST)
+    model, history = train_or_load("deit_tiny_nano", digits, tmp_path, task=Dino(**SMALL), **recipe)
+    assert "knn_acc" in history[-1] and model.num_classes == 0  # the task built the classifier-free model
+    again, cached = train_or_load("deit_tiny_nano", digits, tmp_path, task=Dino(**SMALL), **recipe)
+    assert cached == history
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="other settings"):
+        train_or_load("deit_tiny_nano", digits, tmp_path, task=Dino(**{**SMALL, "out_dim": 32}), **recipe)

@@ -43,17 +43,21 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
         out: the run's folder.
         recipe: a :class:`Recipe`; recipe settings may also (or instead) be given as keywords.
         model_options: extra ``create_model`` arguments (``num_classes``, ``img_size`` and
-            ``in_chans`` come from ``data``).
+            ``in_chans`` come from ``data``); the model is built by the task
+            (:meth:`Task.build_model`: a segmenter for ``segment``).
         **fit_kwargs: recipe settings (``epochs=...``) and the other arguments of :func:`fit`.
     """
     from .engine import recipe_and_task
+    from .tasks import Task
 
     if model_options is not None and not isinstance(model_options, dict):
         raise TypeError(f"model_options must be a dict or None, got {type(model_options).__name__}")
-    settings = {k: v for k, v in fit_kwargs.items() if k in Recipe.keys()}
+    # a Task instance is a run argument (fit's task=), a task name a recipe setting
+    instance = isinstance(fit_kwargs.get("task"), Task)
+    settings = {k: v for k, v in fit_kwargs.items() if k in Recipe.keys() and not (instance and k == "task")}
     run = {k: v for k, v in fit_kwargs.items() if k not in settings and k != "resume"}
-    recipe, _ = recipe_and_task(recipe, run.get("task"), settings)
-    model = build_model(model_name, data, recipe.seed, **(model_options or {}))
+    recipe, task = recipe_and_task(recipe, run.get("task"), settings)
+    model = task.build_model(model_name, data, recipe.seed, **(model_options or {}))
     last = Path(out) / "last.pt"
     if last.exists():
         state = read_checkpoint(last)
