@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="dataset name (see `unifiedctx data`)")
     t.add_argument("--epochs", required=True, type=_positive_int, help="number of epochs (> 0)")
     t.add_argument("--out", required=True, type=Path, help="output folder of the run")
+    t.add_argument("--task", default="classify",
+                   help="what to train for: classify, segment or dino (classify)")
+    t.add_argument("--task-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the task, e.g. out_dim=1024 for dino (repeatable)")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (same settings); without it an existing run is an error")
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step per process (128)")
@@ -172,24 +176,31 @@ def _train(args) -> int:
     from unifiedctx import train as T
 
     _check_model_name(args.model)
+    if args.task == "classify":
+        task = T.tasks.create("classify", label_smoothing=args.label_smoothing, **dict(args.task_option))
+    elif args.label_smoothing:
+        raise ValueError(f"--label-smoothing is a classification option, not one of --task {args.task}")
+    else:
+        task = T.tasks.create(args.task, **dict(args.task_option))
     ds = _load_data(args, args.limit_train)
-    model = T.build_model(args.model, ds, seed=args.seed, **dict(args.model_option))
-    run_info = {"command": "train", "model": args.model, "data": args.data,
+    model = task.build_model(args.model, ds, seed=args.seed, **dict(args.model_option))
+    run_info = {"command": "train", "task": args.task, "model": args.model, "data": args.data,
                 "data_options": dict(args.data_option),
                 "img_size": args.img_size, "limit_train": args.limit_train, "limit_test": args.limit_test,
                 "model_options": dict(args.model_option)}
     history = T.fit(model, ds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                    label_smoothing=args.label_smoothing, clip_grad=args.clip_grad, ema=args.ema,
+                    task=task, clip_grad=args.clip_grad, ema=args.ema,
                     mixup=args.mixup, cutmix=args.cutmix, augment=not args.no_augment, device=args.device,
                     amp=args.amp, compile=args.compile, channels_last=args.channels_last, out=args.out,
                     resume=args.resume, seed=args.seed, progress=not args.no_progress,
                     eval_batch_size=args.eval_batch_size, max_steps_per_epoch=args.max_steps_per_epoch,
                     run_info=run_info, save_rank_weights=args.save_rank_weights)
     if int(os.environ.get("RANK", 0)) == 0 and history:
-        best = history.best("test_acc")
-        print(f"{args.model} on {args.data}: {len(history)} epochs, test_acc {history[-1]['test_acc']:.4f} "
-              f"(best {best['test_acc']:.4f} at epoch {best['epoch']}); wrote {args.out}/")
+        metric = task.best_metric
+        best = history.best(metric)
+        print(f"{args.model} on {args.data}: {len(history)} epochs, {metric} {history[-1][metric]:.4f} "
+              f"(best {best[metric]:.4f} at epoch {best['epoch']}); wrote {args.out}/")
     return 0
 
 

@@ -14,17 +14,19 @@ the per-epoch record (``history.py``); cached runs for notebooks (``cache.py``).
 
 from __future__ import annotations
 
+from . import tasks
 from .batches import DeviceBatches, LoaderBatches, crop_flip, derive_seed, make_batches, mix_batch
 from .cache import build_model, train_or_load
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .engine import StopTraining, TrainingDiverged, evaluate, fit, resolve_amp, resolve_device
 from .history import History
 from .optim import ModelEma, WarmupCosine, param_groups
+from .tasks import Classify, Task
 
 __all__ = [
-    "DeviceBatches", "History", "LoaderBatches", "ModelEma", "StopTraining", "TrainingDiverged",
-    "WarmupCosine",
+    "Classify", "DeviceBatches", "History", "LoaderBatches", "ModelEma", "StopTraining", "Task",
+    "TrainingDiverged", "WarmupCosine",
     "build_model", "crop_flip", "derive_seed", "evaluate", "fit", "load_checkpoint", "make_batches",
     "mix_batch", "param_groups", "read_checkpoint", "resolve_amp", "resolve_device", "save_checkpoint",
-    "train_or_load",
+    "tasks", "train_or_load",
 ]

@@ -19,7 +19,6 @@ remaining epochs bit for bit on a CPU.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -27,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as D
@@ -35,6 +33,8 @@ from .batches import DeviceBatches, derive_seed, make_batches
 from .checkpoint import check_config, model_config, read_checkpoint, save_checkpoint
 from .history import History, write_atomic
 from .optim import ModelEma, WarmupCosine, make_optimizer
+from .tasks import Task, autocast_context, evaluate_classifier
+from .tasks import create as create_task
 
 #: fit settings that decide the trained weights; a resumed run must use the same ones.
 RECIPE_KEYS = ("epochs", "batch_size", "world_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
@@ -106,28 +106,6 @@ def _check_fit_args(a: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def _evaluate(model: nn.Module, batches, amp_dtype, ctx: D.DistContext, device: torch.device) -> dict:
-    """Mean cross-entropy and accuracy of ``model`` over ``batches`` of ``(x, labels)``, summed over ranks."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-    for x, y in batches:
-        with autocast:
-            logits = model(x)
-        logits = logits.float()
-        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-        sums[1] += (logits.argmax(-1) == y).sum()
-        sums[2] += y.numel()
-    D.all_reduce_sum(sums, ctx)
-    model.train(was_training)
-    loss, correct, count = sums.tolist()
-    if count == 0:
-        raise ValueError("the test split is empty: nothing to evaluate")
-    return {"loss": loss / count, "acc": correct / count}
-
-
 def evaluate(model: nn.Module, data, batch_size: int = 256, device="auto", amp="auto",
              channels_last: bool = False) -> dict:
     """Test-split loss (mean cross-entropy, no smoothing) and accuracy (fraction in [0, 1]).
@@ -149,7 +127,9 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device="auto", amp="
         batches = DeviceBatches(data, 1, dev, augment=False, train=False, **opts)
     else:
         batches = make_batches(data, batch_size, dev, **opts)
-    return _evaluate(model, batches.test_batches(batch_size), resolve_amp(amp, dev), D.DistContext(), dev)
+    amp_dtype = resolve_amp(amp, dev)
+    result = evaluate_classifier(model, batches.test_batches(batch_size), amp_dtype, D.DistContext(), dev)
+    return {"loss": result["test_loss"], "acc": result["test_acc"]}
 
 
 def _mixing_columns(model: nn.Module) -> dict:
@@ -171,7 +151,9 @@ def _resume_state(path: Path, model: nn.Module, recipe: dict) -> dict:
     state = read_checkpoint(path)
     check_config(state.get("model_config"), model_config(model), f"checkpoint {path}")
     stored = state.get("recipe", {})
-    diff = [f"{k}: {stored.get(k)!r} in the checkpoint, {recipe[k]!r} now" for k in RECIPE_KEYS
+    stored = {"task": {"name": "classify", "settings": {"label_smoothing": stored.get("label_smoothing")}},
+              **stored}  # checkpoints from before tasks were classification runs
+    diff = [f"{k}: {stored.get(k)!r} in the checkpoint, {recipe[k]!r} now" for k in recipe
             if stored.get(k) != recipe[k]]
     if diff:
         raise ValueError(f"cannot resume {path} exactly with other settings ({'; '.join(diff)}); "
@@ -182,7 +164,8 @@ def _resume_state(path: Path, model: nn.Module, recipe: dict) -> dict:
 def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3,
         weight_decay: float = 0.05, warmup_epochs: float = 1, label_smoothing: float = 0.0,
         clip_grad: float | None = None, ema: float | None = None, mixup: float = 0.0, cutmix: float = 0.0,
-        augment: bool = True, device="auto", amp="auto", compile: bool | str = False,
+        augment: bool = True, task: str | Task | None = None, device="auto", amp="auto",
+        compile: bool | str = False,
         channels_last: bool = False, out=None, resume: bool = False, seed: int = 0, progress: bool = True,
         eval_batch_size: int | None = None, max_steps_per_epoch: int | None = None,
         callback: Callable[[dict], None] | None = None, run_info: dict | None = None,
@@ -204,6 +187,8 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
             metrics are logged as ``ema_test_loss``/``ema_test_acc``.
         mixup, cutmix: Beta(a, a) parameters for mixup / cutmix (0: off).
         augment: random crop with padding and horizontal flip (ImageData only).
+        task: what to optimise and measure (:mod:`unifiedctx.train.tasks`): ``None`` or
+            ``"classify"`` (with ``label_smoothing``), ``"segment"``, ``"dino"``, or a Task instance.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` or ``"off"``.
         compile: ``torch.compile`` the model; ``"auto"`` compiles on CUDA only.
@@ -234,6 +219,12 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
     _check_fit_args(args)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if task is None or task == "classify":
+        args["task"] = create_task("classify", label_smoothing=label_smoothing)
+    else:
+        if label_smoothing:
+            raise ValueError("label_smoothing is a classification setting; give it to the task instead")
+        args["task"] = create_task(task)
     dev = resolve_device(device)
     ctx = D.setup(dev.type)
     history = History()
@@ -248,11 +239,14 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
 def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext, history: History) -> History:
     if dev.type == "cuda" and ctx.active:
         dev = torch.device("cuda", ctx.local_rank)
+    task: Task = a["task"]
     amp_dtype = resolve_amp(a["amp"], dev)
     compile_on = a["compile"] is True or (a["compile"] == "auto" and dev.type == "cuda")
     fmt = torch.channels_last if a["channels_last"] else torch.contiguous_format
     model.to(dev, memory_format=fmt)
-    batches = make_batches(data, a["batch_size"], dev, seed=a["seed"], augment=a["augment"], mixup=a["mixup"],
+    task.setup(model, data, dev)
+    extra = task.modules().to(dev)
+    batches = task.batches(data, a["batch_size"], dev, seed=a["seed"], augment=a["augment"], mixup=a["mixup"],
                            cutmix=a["cutmix"], rank=ctx.rank, world_size=ctx.world_size,
                            channels_last=a["channels_last"])
     spe = batches.steps_per_epoch
@@ -260,9 +254,10 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
         spe = min(spe, a["max_steps_per_epoch"])
     epochs = a["epochs"]
     schedule = WarmupCosine(a["lr"], epochs * spe, round(a["warmup_epochs"] * spe))
-    optimizer = make_optimizer(model, a["lr"], a["weight_decay"], dev)
+    optimizer = make_optimizer(nn.ModuleList([model, extra]), a["lr"], a["weight_decay"], dev)
     ema = ModelEma(model, a["ema"]) if a["ema"] else None
-    recipe = {k: a[k] for k in RECIPE_KEYS if k != "world_size"} | {"world_size": ctx.world_size}
+    recipe = ({k: a[k] for k in RECIPE_KEYS if k not in ("world_size", "label_smoothing")}
+              | {"world_size": ctx.world_size, "task": {"name": task.name, "settings": task.settings()}})
 
     out = Path(a["out"]) if a["out"] is not None else None
     start_epoch, global_step = 0, 0
@@ -273,6 +268,8 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
                                   "or choose another output folder")
         state = _resume_state(last, model, recipe)
         model.load_state_dict(state["model"])
+        extra.load_state_dict(state.get("task_modules") or {})
+        task.load_state_dict(state.get("task_state") or {})
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # the kernel choice follows this device, not the saved one
             group["fused"] = dev.type == "cuda"
@@ -292,50 +289,57 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile_on:
         train_model = torch.compile(train_model)
-    autocast = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    extra_params = [p for p in extra.parameters() if p.requires_grad]
     eval_bs = a["eval_batch_size"] or 2 * a["batch_size"]
     log_every = 1 if dev.type == "cpu" else 25
     show = a["progress"] and ctx.is_main
     train_time = history[-1]["time"] if history else 0.0
-    best = max((r["test_acc"] for r in history), default=-1.0)
+    metric = task.best_metric
+    best = max((r[metric] for r in history if metric in r), default=-math.inf)
 
     from tqdm.auto import tqdm
 
     for epoch in range(start_epoch, epochs):
         rng_devices = [dev] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(derive_seed(a["seed"], epoch, 2))  # dropout / drop-path of this epoch
+            torch.manual_seed(derive_seed(a["seed"], epoch, 2))  # dropout / drop-path / task randomness
             model.train()
+            extra.train()
             bar = tqdm(total=spe, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=True,
                        dynamic_ncols=True)
-            sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, images
+            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            sums: dict[str, torch.Tensor] = {}
             chunk: list[torch.Tensor] = []
             seen, t0 = 0, time.perf_counter()
-            for step, (x, target, labels) in enumerate(batches.epoch(epoch, spe)):
+            for step, batch in enumerate(batches.epoch(epoch, spe)):
                 lr_now = schedule.apply(optimizer, global_step)
-                with autocast():
-                    logits = train_model(x)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=a["label_smoothing"])
+                with autocast_context(dev, amp_dtype):
+                    loss, step_sums = task.loss(train_model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if ctx.active and extra_params:  # the task's own modules sit outside DDP
+                    _average_gradients(extra_params, ctx)
                 if a["clip_grad"] is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), a["clip_grad"])
+                    nn.utils.clip_grad_norm_([*model.parameters(), *extra_params], a["clip_grad"])
                 optimizer.step()
+                task.after_step(model, global_step, epochs * spe)
                 if ema is not None:
                     ema.update(model)
                 global_step += 1
                 chunk.append(loss.detach())
-                sums[1] += (logits.detach().argmax(-1) == labels).sum()
-                sums[2] += labels.numel()
-                seen += labels.numel() * ctx.world_size
+                for key, value in step_sums.items():
+                    value = value.detach().double()
+                    sums[key] = sums[key] + value if key in sums else value
+                seen += batch[0].shape[0] * ctx.world_size
                 if (step + 1) % log_every == 0 or step + 1 == spe:
-                    sums[0] += _check_chunk(chunk, ctx, epoch, step, lr_now, last, dev)
+                    loss_sum += _check_chunk(chunk, ctx, epoch, step, lr_now, last, dev)
                     chunk = []
                     if show:
                         bar.update((step + 1) - bar.n)
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
-                        done = sums.tolist()
-                        bar.set_postfix(loss=f"{done[0] / (step + 1):.3f}", acc=f"{done[1] / done[2]:.3f}",
+                        shown = task.train_metrics({k: float(v) for k, v in sums.items()})
+                        bar.set_postfix(loss=f"{float(loss_sum) / (step + 1):.3f}",
+                                        **{k.removeprefix("train_"): f"{v:.3f}" for k, v in shown.items()},
                                         img_s=f"{rate:.0f}", refresh=False)
                 if a["callback"] is not None:
                     a["callback"]({"event": "step", "epoch": epoch + 1, "step": step + 1,
@@ -344,29 +348,31 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
                 torch.cuda.synchronize(dev)
             epoch_time = time.perf_counter() - t0
         train_time += epoch_time
-        D.all_reduce_sum(sums, ctx)
-        loss_sum, correct, count = sums.tolist()
-        test = _evaluate(model, batches.test_batches(eval_bs), amp_dtype, ctx, dev)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / (spe * ctx.world_size),
-               "train_acc": correct / count, "test_loss": test["loss"], "test_acc": test["acc"]}
+        keys = sorted(sums)
+        reduced = torch.stack([loss_sum, *(sums[k] for k in keys)])
+        D.all_reduce_sum(reduced, ctx)
+        totals = dict(zip(keys, reduced[1:].tolist()))
+        row = {"epoch": epoch + 1, "train_loss": reduced[0].item() / (spe * ctx.world_size),
+               **task.train_metrics(totals), **task.evaluate(model, batches, eval_bs, amp_dtype, ctx, dev)}
         if ema is not None:
-            ema_test = _evaluate(ema.module, batches.test_batches(eval_bs), amp_dtype, ctx, dev)
-            row |= {"ema_test_loss": ema_test["loss"], "ema_test_acc": ema_test["acc"]}
+            ema_test = task.evaluate(ema.module, batches, eval_bs, amp_dtype, ctx, dev)
+            row |= {f"ema_{k}": v for k, v in ema_test.items()}
         row |= {"lr": lr_now, "images_per_s": seen / max(epoch_time, 1e-9), "epoch_time": epoch_time,
                 "time": train_time, **_mixing_columns(model)}
         history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
-                        test_acc=f"{row['test_acc']:.3f}", img_s=f"{row['images_per_s']:.0f}")
+        shown = {k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", metric)}
+        bar.set_postfix(**shown, img_s=f"{row['images_per_s']:.0f}")
         bar.close()
         if out is not None and ctx.is_main:
+            task_state = {"task_modules": extra.state_dict(), "task_state": task.state_dict()}
             state = {"optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
                      "epoch": epoch + 1, "epochs": epochs, "step": global_step, "recipe": recipe,
-                     "history": list(history)}
+                     "history": list(history), **task_state}
             save_checkpoint(last, model, **state)
-            if row["test_acc"] > best:
-                best = row["test_acc"]
+            if row[metric] > best:
+                best = row[metric]
                 save_checkpoint(out / "best.pt", model, epoch=epoch + 1, epochs=epochs, recipe=recipe,
-                                history=list(history))
+                                history=list(history), **task_state)
             history.to_json(out / "history.json")
             history.to_csv(out / "history.csv")
         D.barrier(ctx)
@@ -375,6 +381,20 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
     if a["save_rank_weights"] and out is not None:
         save_checkpoint(out / f"rank{ctx.rank}.pt", model, rank=ctx.rank)
     return history
+
+
+def _average_gradients(params: list[torch.Tensor], ctx: D.DistContext) -> None:
+    """Average the gradients of ``params`` over the ranks (what DDP does for the model)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    D.all_reduce_sum(flat, ctx)
+    flat /= ctx.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _check_chunk(chunk: list[torch.Tensor], ctx: D.DistContext, epoch: int, step: int, lr: float,

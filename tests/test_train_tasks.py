@@ -1,0 +1,91 @@
+"""The engine is task-generic: a task says its loss, metric and data; fit does the rest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_train_engine import FAST, Tiny, brightness_data
+from torch import nn
+
+from unifiedctx.train import Task, fit, read_checkpoint, tasks
+from unifiedctx.train import distributed as D
+
+
+class MeanBrightness(Task):
+    """Regress each image's mean pixel value (in normalised units) with the model's first output."""
+
+    name = "mean_brightness"
+    best_metric = "test_neg_mse"
+
+    def __init__(self):
+        self.steps = 0
+
+    def loss(self, model, batch):
+        x = batch[0]
+        err = model(x)[:, 0] - x.mean((1, 2, 3))
+        return (err**2).mean(), {"sq": (err.detach() ** 2).sum(), "n": torch.tensor(float(len(x)))}
+
+    def after_step(self, model, global_step, total_steps):
+        self.steps += 1
+
+    def train_metrics(self, sums):
+        return {"train_mse": sums["sq"] / sums["n"]}
+
+    @torch.no_grad()
+    def evaluate(self, model, batches, batch_size, amp_dtype, ctx, device):
+        sums = torch.zeros(2, dtype=torch.float64)
+        for x, _ in batches.test_batches(batch_size):
+            sums += torch.stack([((model(x)[:, 0] - x.mean((1, 2, 3))) ** 2).sum().double(),
+                                 torch.tensor(float(len(x)), dtype=torch.float64)])
+        D.all_reduce_sum(sums, ctx)
+        return {"test_neg_mse": -(sums[0] / sums[1]).item()}
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state.get("steps", 0)
+
+
+def test_a_new_task_trains_checkpoints_and_picks_best_by_its_own_metric(tmp_path):
+    data = brightness_data()
+    torch.manual_seed(0)
+    task = MeanBrightness()
+    history = fit(Tiny(), data, epochs=3, task=task, out=tmp_path, **FAST)
+    assert "test_acc" not in history[-1] and "train_mse" in history[-1]
+    assert history[-1]["train_mse"] < history[0]["train_mse"]
+    assert task.steps == 3 * (128 // 16)
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert state["task_state"] == {"steps": task.steps}
+    assert state["recipe"]["task"] == {"name": "mean_brightness", "settings": {}}
+    best = read_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == max(history, key=lambda r: r["test_neg_mse"])["epoch"]
+
+
+def test_resume_refuses_another_task(tmp_path):
+    data = brightness_data()
+    fit(Tiny(), data, epochs=1, out=tmp_path, **FAST)
+    with pytest.raises(ValueError, match="task"):
+        fit(Tiny(), data, epochs=1, out=tmp_path, resume=True, task=MeanBrightness(), **FAST)
+
+
+def test_classify_refuses_a_model_with_other_classes_before_the_first_step():
+    data = brightness_data()  # 3 classes
+    model = Tiny(num_classes=2)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="2 classes but the data has 3"):
+        fit(model, data, epochs=1, **FAST)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_task_registry_names_and_errors():
+    assert {"classify", "segment", "dino"} <= set(tasks.available())
+    assert isinstance(tasks.create("classify"), tasks.Classify)
+    with pytest.raises(ValueError, match="Did you mean 'classify'"):
+        tasks.create("clasify")
+    with pytest.raises(TypeError, match="task must be"):
+        tasks.create(3)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        tasks.create("classify", label_smoothing=1.5)
+    with pytest.raises(TypeError, match="Task subclass"):
+        tasks.register(nn.Linear)
