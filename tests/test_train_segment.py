@@ -193,3 +193,16 @@ def test_setup_refuses_a_model_that_does_not_fit_the_data(canvases):
         fit(make_model(task, canvases), canvases, epochs=1, task="segment", mixup=0.2, **FAST)
     with pytest.raises(TypeError, match="flip"):
         Segment(flip="yes")
+
+
+def test_the_command_line_trains_a_segmenter(tmp_path, capsys):
+    from unifiedctx.cli import main
+
+    args = ["train", "--model", "convnet_nano", "--data", "mnist_canvas", "--img-size", "64",
+            "--data-option", "n_train=16", "--data-option", "n_test=4", "--epochs", "1", "--batch-size", "8",
+            "--task", "segment", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    assert "test_miou" in capsys.readouterr().out
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert state["model_config"]["segmenter"] == {"num_classes": 11, "width": 32}
+    assert state["recipe"]["task"]["name"] == "segment"
