@@ -6,10 +6,12 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
-# jupyter refuses to run as root without --allow-root
-LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
+# jupyter refuses to run as root without --allow-root; kept apart from LAB_ARGS so that
+# `make lab LAB_ARGS="--port 8890"` still works as root
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
+LAB_ARGS ?=
 
-.PHONY: lab test course install unit notebooks browser lint bench clean
+.PHONY: lab test course site install unit notebooks browser lint bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,10 +24,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
+	$(BIN)/jupyter lab notebooks/ $(ROOT_ARGS) $(LAB_ARGS)
 
 course: $(STAMP)
 	$(BIN)/python -m unifiedctx.course --out build/course
+
+site: $(STAMP)
+	$(BIN)/python -m unifiedctx.site --out build/site
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

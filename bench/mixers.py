@@ -33,18 +33,18 @@ import time
 
 
 def build(name: str, side: int, dim: int, heads: int):
-    """The mixer ``name`` for a ``side`` x ``side`` grid, as the table in the docs describes it."""
+    """The mixer ``name`` for a ``side`` x ``side`` grid with its defaults and the shared options
+    (``heads`` where it takes them: attention heads; ``grid`` for grid-bound mixers)."""
     from unifiedctx.mixers import create
 
-    extra = {"window_size": 7} if name == "window" else {}
-    return create(name, dim=dim, heads=heads, grid=(side, side), **extra).eval()
+    return create(name, dim=dim, heads=heads, grid=(side, side)).eval()
 
 
-def dense_bytes(name: str, side: int, dim: int, heads: int) -> int:
-    """Bytes of the float32 dense affinity ``A`` (batch 1) the reference path would build."""
+def dense_bytes(mixer, side: int) -> int:
+    """Bytes of the float32 dense affinity ``A`` (batch 1, ``mixer.heads`` matrices of N x N)
+    that the reference path would build: M is read from the mixer, never assumed."""
     n = side * side
-    m = {"dwconv": dim, "conv": 9, "pool": 1, "mixer": 1, "container": dim}.get(name, heads)
-    return m * n * n * 4
+    return mixer.heads * n * n * 4
 
 
 def measure_time(name: str, side: int, dense: bool, repeats: int, threads: int, dim: int, heads: int) -> dict:
@@ -138,7 +138,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip the dense reference when A alone would exceed this many GiB")
     p.add_argument("--mixers", default=None, help="comma-separated subset of mixers (default: all)")
     p.add_argument("--dim", type=int, default=64, help="channels (default 64)")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    p.add_argument("--heads", type=int, default=4,
+                   help="the shared option heads= (attention heads; each mixer's M is read from it)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--fast-only", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -171,7 +172,7 @@ def main(argv=None) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         for side in sizes:
-            a_bytes = dense_bytes(name, side, args.dim, args.heads)
+            a_bytes = dense_bytes(build(name, side, args.dim, args.heads), side)
             skip = a_bytes > args.max_dense_gib * 2**30
             print(f"[bench] {name} {side}x{side}", file=sys.stderr, flush=True)
             timing = run_child(f"time,{name},{side}", args, fast_only=skip)

@@ -19,7 +19,7 @@ DIM = 6
 
 #: (name, extra options) for the variants the registry defaults do not reach.
 VARIANTS = [(name, {}) for name in available()] + [
-    ("mixer", {"hidden": 5}),
+    ("tokenmlp", {"hidden": 5}),
     ("container", {"mixing": "independent"}),
     ("pool", {"subtract_input": True}),
     ("dwconv", {"proj": True}),
@@ -31,7 +31,7 @@ IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in VA
 
 def test_registry_is_the_nine_documented_mixers():
     """The registry holds exactly the mixers the package documents, in its table order."""
-    assert available() == ["dwconv", "conv", "pool", "mixer", "attention", "container",
+    assert available() == ["dwconv", "conv", "pool", "tokenmlp", "attention", "container",
                            "window", "relattn", "gpsa"]
 
 
@@ -73,12 +73,12 @@ def test_kind_and_heads(name, opts):
 
 
 EXPECTED_KIND = {
-    "dwconv": "static", "conv": "static", "pool": "static", "mixer": "static",
+    "dwconv": "static", "conv": "static", "pool": "static", "tokenmlp": "static",
     "attention": "dynamic", "window": "dynamic", "relattn": "dynamic",
     "container": "mixed", "gpsa": "mixed",
 }
 EXPECTED_HEADS = {  # for DIM = 6 channels, heads = 2, kernel_size = 3
-    "dwconv": DIM, "conv": 9, "pool": 1, "mixer": 1, "attention": 2, "window": 2,
+    "dwconv": DIM, "conv": 9, "pool": 1, "tokenmlp": 1, "attention": 2, "window": 2,
     "relattn": 2, "container": DIM, "gpsa": 2,
 }
 
@@ -93,21 +93,21 @@ def test_kind_and_heads_match_the_table(name):
 
 def test_gated_token_mlp_is_dynamic_with_one_head_per_channel():
     """``mixer`` with ``hidden=`` is input-dependent and has one affinity per channel."""
-    mixer = build("mixer", dim=DIM, hidden=5)
+    mixer = build("tokenmlp", dim=DIM, hidden=5)
     assert mixer.kind == "dynamic" and mixer.heads == DIM
 
 
 @pytest.mark.parametrize("name", available())
 def test_project_without_a_grid_uses_the_last_input(name):
     """``project`` folds tokens onto the grid of the last input when no grid is given."""
-    grid = (4, 8) if name != "mixer" else (4, 4)
+    grid = (4, 8) if name != "tokenmlp" else (4, 4)
     mixer = build(name, dim=DIM, grid=grid)
     x = rand_x(DIM, grid, batch=1)
     z = mixer.affinity(x) @ mixer.values(x)
     assert rel_err(mixer.project(z), mixer.project(z, grid)) == 0.0
 
 
-@pytest.mark.parametrize("name", [n for n in available() if n != "mixer"])
+@pytest.mark.parametrize("name", [n for n in available() if n != "tokenmlp"])
 def test_one_mixer_serves_many_grids(name):
     """Every mixer except MLP-Mixer's works on any grid: the same module, two sizes in a row."""
     mixer = build(name, dim=DIM)

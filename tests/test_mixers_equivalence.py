@@ -104,7 +104,7 @@ def test_pool_equals_nn_avgpool2d(grid, subtract_input):
 @pytest.mark.parametrize("grid", GRIDS, ids=grid_ids)
 def test_token_mixing_equals_token_axis_linear(grid):
     """mixer == nn.Linear(N, N) applied along the token axis of every channel."""
-    mixer = build("mixer", dim=DIM, grid=grid)
+    mixer = build("tokenmlp", dim=DIM, grid=grid)
     n = grid[0] * grid[1]
     ref = nn.Linear(n, n, dtype=torch.float64)
     ref.load_state_dict(mixer.token.state_dict())
@@ -118,7 +118,7 @@ def test_token_mixing_equals_token_axis_linear(grid):
 def test_gated_token_mlp_equals_linear_gelu_linear(grid):
     """mixer(hidden=h) == Sequential(Linear(N, h, bias=False), GELU(), Linear(h, N)) on the token axis."""
     hidden = 7
-    mixer = build("mixer", dim=DIM, grid=grid, hidden=hidden)
+    mixer = build("tokenmlp", dim=DIM, grid=grid, hidden=hidden)
     n = grid[0] * grid[1]
     ref = nn.Sequential(nn.Linear(n, hidden, bias=False, dtype=torch.float64), nn.GELU(),
                         nn.Linear(hidden, n, dtype=torch.float64))

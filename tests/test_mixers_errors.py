@@ -90,7 +90,7 @@ def test_even_kernel_size(name, k):
 @pytest.mark.parametrize("grid", [(4, 5), (5, 4), (2, 8)])
 def test_mixer_on_a_grid_it_was_not_built_for(hidden, grid):
     """A token-mixing layer for 4 x 4 refuses a 4 x 5 (or same-N 2 x 8) input and names both grids."""
-    mixer = create("mixer", dim=6, grid=(4, 4), hidden=hidden)
+    mixer = create("tokenmlp", dim=6, grid=(4, 4), hidden=hidden)
     x = torch.randn(1, 6, *grid)
     for method in (mixer, mixer.values, mixer.affinity):
         pattern = re.escape("built for grid=(4, 4)") + r".*" + re.escape(str(grid))
@@ -101,7 +101,7 @@ def test_mixer_on_a_grid_it_was_not_built_for(hidden, grid):
 def test_mixer_without_grid():
     """``mixer`` needs grid=(H, W): the message names grid and says why."""
     with pytest.raises(ValueError, match=r"needs grid=\(H, W\)"):
-        create("mixer", dim=6)
+        create("tokenmlp", dim=6)
 
 
 @pytest.mark.parametrize(("grid", "error", "pattern"), [
@@ -112,19 +112,12 @@ def test_mixer_without_grid():
 def test_mixer_with_a_malformed_grid(grid, error, pattern):
     """A grid that is not an int or a positive (H, W) pair is refused by name."""
     with pytest.raises(error, match=pattern):
-        create("mixer", dim=6, grid=grid)
-
-
-def test_window_needs_a_divisible_grid():
-    """window attention on a grid its window does not divide names window_size and the grid."""
-    mixer = create("window", dim=6, heads=2, window_size=3)
-    with pytest.raises(ValueError, match=r"divisible by window_size=3.*\(4, 6\)"):
-        mixer(torch.randn(1, 6, 4, 6))
+        create("tokenmlp", dim=6, grid=grid)
 
 
 def test_unknown_mixer_lists_the_existing_names():
     """``create`` with an unknown name lists every registered mixer and suggests a close one."""
-    with pytest.raises(ValueError, match=r"unknown mixer 'dwconvv'") as info:
+    with pytest.raises(ValueError, match=r"^mixer must be one of .*, got 'dwconvv'") as info:
         create("dwconvv", dim=6)
     message = str(info.value)
     for name in available():
@@ -177,3 +170,39 @@ def test_project_with_the_wrong_number_of_tokens():
     mixer = create("attention", dim=6, heads=2)
     with pytest.raises(ValueError, match=r"z has 16 tokens but grid \(4, 5\) holds 20"):
         mixer.project(torch.randn(1, 2, 16, 3), grid=(4, 5))
+
+
+@pytest.mark.parametrize(("name", "option"), [
+    ("dwconv", "proj"), ("dwconv", "bias"), ("conv", "bias"), ("pool", "subtract_input"),
+    ("attention", "qkv_bias"), ("container", "qkv_bias"), ("window", "qkv_bias"), ("gpsa", "qkv_bias"),
+])
+def test_switches_are_strict_bools(name, option):
+    """A switch given as the string "False" (truthy!) is a TypeError naming it, never silently True."""
+    with pytest.raises(TypeError, match=rf"^{option} must be True or False, got str 'False'$"):
+        create(name, dim=6, heads=2, **{option: "False"})
+
+
+@pytest.mark.parametrize(("value", "error", "pattern"), [
+    (float("nan"), ValueError, r"locality_strength must be a finite number, got nan"),
+    ("1.0", TypeError, r"locality_strength must be a float, got str '1\.0'"),
+])
+def test_gpsa_locality_strength_is_a_finite_float(value, error, pattern):
+    with pytest.raises(error, match=pattern):
+        create("gpsa", dim=6, heads=2, locality_strength=value)
+
+
+def test_window_size_must_be_a_positive_int():
+    with pytest.raises(ValueError, match=r"window_size must be positive, got 0"):
+        create("window", dim=6, heads=2, window_size=0)
+
+
+def test_input_dtype_must_match_the_mixer():
+    """A float32 image into a float64 mixer is a TypeError naming both dtypes (not a matmul error)."""
+    mixer = create("attention", dim=6, heads=2).double()
+    with pytest.raises(TypeError, match=r"x has dtype torch\.float32 but .* torch\.float64"):
+        mixer(torch.randn(1, 6, 4, 4))
+
+
+def test_uint8_image_says_how_to_convert():
+    with pytest.raises(TypeError, match=r"x is a uint8 image.*x\.float\(\) / 255"):
+        create("dwconv", dim=6)(torch.zeros(1, 6, 4, 4, dtype=torch.uint8))

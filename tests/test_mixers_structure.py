@@ -103,7 +103,7 @@ def test_pool_affinity_is_uniform_over_the_window_on_the_grid(grid, subtract_inp
 
 
 # --------------------------------------------------------------------------- static means static
-@pytest.mark.parametrize("name", ["dwconv", "conv", "pool", "mixer"])
+@pytest.mark.parametrize("name", ["dwconv", "conv", "pool", "tokenmlp"])
 def test_static_affinities_do_not_depend_on_x(name):
     """Two different inputs give bit-identical affinities for every static mixer."""
     mixer = build(name, dim=DIM, grid=(4, 4))
@@ -114,7 +114,7 @@ def test_static_affinities_do_not_depend_on_x(name):
 
 
 @pytest.mark.parametrize(("name", "opts"), [("attention", {}), ("window", {}), ("relattn", {}),
-                                            ("container", {}), ("gpsa", {}), ("mixer", {"hidden": 5})])
+                                            ("container", {}), ("gpsa", {}), ("tokenmlp", {"hidden": 5})])
 def test_dynamic_and_mixed_affinities_depend_on_x(name, opts):
     """The same check on input-dependent mixers sees a change (so the check above has teeth)."""
     mixer = build(name, dim=DIM, grid=(4, 4), **opts)
@@ -126,14 +126,14 @@ def test_dynamic_and_mixed_affinities_depend_on_x(name, opts):
 
 def test_token_mixing_affinity_is_its_weight():
     """mixer (static): A is the token-axis weight W itself, one matrix for all channels."""
-    mixer = build("mixer", dim=DIM, grid=(4, 4))
+    mixer = build("tokenmlp", dim=DIM, grid=(4, 4))
     a = mixer.affinity(rand_x(DIM, (4, 4), batch=1))
     assert torch.equal(a[0, 0], mixer.token.weight)
 
 
 def test_gated_token_mlp_affinity_is_the_input_gated_product():
     """mixer(hidden=h): A[b, c] = W2 diag(Phi(W1 x_c)) W1, so that A x_c = W2 GELU(W1 x_c)."""
-    mixer = build("mixer", dim=DIM, grid=(4, 4), hidden=5)
+    mixer = build("tokenmlp", dim=DIM, grid=(4, 4), hidden=5)
     x = rand_x(DIM, (4, 4), batch=2)
     a = mixer.affinity(x)  # (B, C, N, N)
     w1, w2 = mixer.token_in.weight, mixer.token_out.weight
@@ -244,7 +244,8 @@ def test_container_components_mix_linearly_and_average_the_channels():
     mixer = build("container", dim=DIM, grid=grid, heads=2)
     x = rand_x(DIM, grid, batch=2)
     parts = mixer.components(x)
-    alpha, beta = mixer.mixing_weights()
+    weights = mixer.mixing_weights()
+    alpha, beta = weights["alpha"], weights["beta"]
     assert parts["dynamic"].shape == (2, 2, 16, 16) and parts["static"].shape == (1, 2, 16, 16)
     assert rel_err(parts["mixed"], alpha * parts["dynamic"] + beta * parts["static"]) < 1e-14
     assert rel_err(parts["dynamic"], softmax_attention(mixer, x, 2)) < 1e-13

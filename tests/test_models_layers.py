@@ -81,7 +81,7 @@ def test_container_light_has_the_released_structure():
                 assert isinstance(block.mixer.proj_in, nn.Conv2d)
             else:
                 assert isinstance(block.mixer, Container)
-                assert (block.mixer.attn_heads, block.mixer.head_dim) == (16, 32)
+                assert (block.mixer.attention_heads, block.mixer.head_dim) == (16, 32)
     assert isinstance(model.stages[-1].norm, nn.BatchNorm2d)
     assert [s.blocks[0].mlp.fc1.out_channels // s.blocks[0].mlp.fc1.in_channels for s in model.stages] \
         == [8, 8, 4, 4]

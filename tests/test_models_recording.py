@@ -77,8 +77,9 @@ def test_components_and_mixing_weights():
     model = create_model("container_light_nano").eval()
     container_layers = [n for n, m in mixer_layers(model).items() if m.kind == "mixed"]
     assert container_layers == ["stages.3.blocks.0.mixer"]
-    with torch.no_grad():
-        mixer_layers(model)[container_layers[0]].mix_logit.fill_(1.5)
+    with torch.no_grad():  # the sigmoid mix's one scalar logit w: alpha = sigmoid(w)
+        (logit,) = [p for p in mixer_layers(model)[container_layers[0]].parameters() if p.dim() == 0]
+        logit.fill_(1.5)
     weights = mixing_weights(model)
     assert list(weights) == container_layers
     alpha = torch.sigmoid(torch.tensor(1.5)).item()
@@ -92,3 +93,61 @@ def test_components_and_mixing_weights():
     torch.testing.assert_close(mixed["mixed"], alpha * mixed["dynamic"] + (1 - alpha) * mixed["static"])
     assert set(parts["stages.0.blocks.0.mixer"]) == {"static"}
     assert mixing_weights(create_model("deit_tiny_nano")) == {}
+
+
+class DropoutNet(torch.nn.Module):
+    """dwconv -> BatchNorm -> dropout -> attention: every kind of state a forward can change."""
+
+    def __init__(self):
+        super().__init__()
+        from unifiedctx.mixers import create
+
+        self.conv = create("dwconv", dim=4, kernel_size=3)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.drop = torch.nn.Dropout(0.5)
+        self.attn = create("attention", dim=4, heads=2)
+
+    def forward(self, x):
+        return self.attn(self.drop(self.norm(self.conv(x))))
+
+
+def _state(model):
+    return ({n: m.training for n, m in model.named_modules()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+@pytest.mark.parametrize("read", [record_affinities, record_components, mixer_inputs])
+def test_reading_leaves_modes_statistics_grads_and_the_rng_as_found(read):
+    """Dropout in train mode draws random numbers and BatchNorm updates its statistics in a
+    forward: after a read, the global RNG, every mode, buffer and requires_grad are as before."""
+    torch.manual_seed(0)
+    model = DropoutNet().train()
+    model.norm.eval()  # modes that differ between modules are kept module by module
+    model.conv.requires_grad_(False)
+    before = _state(model)
+    x = torch.randn(2, 4, 6, 6)
+    rng = torch.get_rng_state()
+    out = read(model, x)
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = _state(model)
+    assert after[0] == before[0] and after[1] == before[1]
+    assert all(torch.equal(before[2][k], v) for k, v in after[2].items())
+    assert list(out) == ["conv", "attn"]
+    # the next random numbers are the ones the caller would have drawn without the read
+    torch.set_rng_state(rng)
+    expected = torch.rand(3)
+    torch.set_rng_state(rng)
+    read(model, x)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_recording_in_train_mode_sees_the_train_mode_forward():
+    """The mode is the model's own: in train mode BatchNorm normalises with batch statistics."""
+    model = DropoutNet()
+    model.drop.p = 0.0
+    x = torch.randn(2, 4, 6, 6) * 3 + 1
+    train_in = mixer_inputs(model.train(), x)["attn"]
+    eval_in = mixer_inputs(model.eval(), x)["attn"]
+    assert not torch.allclose(train_in, eval_in)
+    torch.testing.assert_close(train_in.mean((0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)

@@ -17,6 +17,7 @@ from unifiedctx.viz import (  # noqa: E402
     comparison_affinities,
     comparison_figure,
     comparison_mixers,
+    grid_features,
     plot_affinity_matrix,
     plot_query_maps,
     query_maps,
@@ -99,7 +100,9 @@ def test_plot_query_maps_overlays_upsampled_maps():
     a = random_affinity().softmax(-1)
     image = torch.rand(3, 12, 16, generator=torch.Generator().manual_seed(0))
     fig = plot_query_maps(a, (3, 4), (2, 1), image=image, heads=[0, 2], batch=1, mode="nearest")
-    assert len([ax for ax in fig.axes if ax.get_visible()]) == 2
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.images]
+    assert len(panels) == 2 and [ax.get_title() for ax in panels] == ["head 0", "head 2"]
+    assert len(fig.axes) == 3  # the two heads and their one shared colorbar
     ax = fig.axes[1]
     assert len(ax.images) == 2  # the image, then the map
     shown = np.asarray(ax.images[1].get_array())
@@ -124,19 +127,76 @@ def test_comparison_figure_draws_the_four_computed_affinities():
     image = torch.zeros(1, 16, 16)
     image[0, 4:12, 8:12] = 1.0  # a vertical bar, like a "1": grid cells (1, 2) and (2, 2)
     affs = comparison_affinities(image, dim=8, grid=(4, 4), seed=0)
-    assert list(affs) == ["dwconv", "attention", "mixer", "container"]
+    assert list(affs) == ["dwconv", "attention", "tokenmlp", "container"]
     fig = comparison_figure(image, dim=8, grid=(4, 4), seed=0)
-    axes = fig.axes
-    assert len(axes) == 8
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 8
     for col, a in enumerate(affs.values()):
-        np.testing.assert_array_equal(np.asarray(axes[col].images[0].get_array()), a.numpy())
+        np.testing.assert_array_equal(np.asarray(panels[col].images[0].get_array()), a.numpy())
     # attention rows are distributions; the conv matrix is banded (zero beyond one grid row)
     torch.testing.assert_close(affs["attention"].sum(-1), torch.ones(16, dtype=torch.float64))
     assert affs["dwconv"][0, 2 * 4:].abs().sum() == 0
-    # container = alpha * attention + beta * (mean over head 0's channels 0..3 of) dwconv, alpha = beta = 0.5
-    kernels = comparison_mixers(8, (4, 4), seed=0)["dwconv"].conv.weight[:4, 0].detach()
+    # container = alpha * attention + beta * (mean over head 0's channels 0..3 of) dwconv, alpha = beta = 0.5:
+    # literally the two panels beside it
+    mixers = comparison_mixers(8, (4, 4), seed=0)
+    kernels = mixers["dwconv"].static_kernels()[:4].detach()
     static = local_affinity(kernels, (4, 4)).mean(0)
     torch.testing.assert_close(affs["container"], 0.5 * affs["attention"] + 0.5 * static, rtol=0, atol=1e-15)
+    weights = {k: v.item() for k, v in mixers["container"].mixing_weights().items()}
+    assert weights == {"alpha": 0.5, "beta": 0.5}
+    torch.testing.assert_close(affs["dwconv"], local_affinity(kernels[:1], (4, 4))[0], rtol=0, atol=0)
     # default query: the brightest grid cell (on the bar), marked on every query panel
-    box = axes[4].patches[0]
+    box = panels[4].patches[0]
     assert (box.get_x(), box.get_y()) == (7.5, 3.5)
+
+
+def test_comparison_mixers_are_the_registrys_own_seeded_mixers():
+    """Each equals a fresh registry mixer from the same seed, except Container's static kernel,
+    which is the depthwise conv's; building them leaves the global RNG as it was."""
+    from unifiedctx.mixers import create
+
+    state = torch.get_rng_state()
+    mixers = comparison_mixers(8, (4, 4), seed=3, heads=2, kernel_size=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    options = {"dwconv": {"kernel_size": 3}, "attention": {"heads": 2}, "tokenmlp": {"grid": (4, 4)},
+               "container": {"heads": 2, "kernel_size": 3}}
+    for name, mixer in mixers.items():
+        torch.manual_seed(3)
+        fresh = create(name, dim=8, **options[name]).double()
+        assert mixer.state_dict().keys() == fresh.state_dict().keys()
+        changed = [k for k, v in fresh.state_dict().items() if not torch.equal(mixer.state_dict()[k], v)]
+        assert len(changed) == (1 if name == "container" else 0), (name, changed)  # only the kernel
+    torch.testing.assert_close(mixers["container"].static_kernels(), mixers["dwconv"].static_kernels(),
+                               rtol=0, atol=0)
+    x = grid_features(torch.rand(1, 16, 16), 8, (4, 4))
+    torch.testing.assert_close(mixers["container"].components(x)["dynamic"], mixers["attention"].affinity(x),
+                               rtol=0, atol=0)  # the same seed gives Container the attention's q and k
+
+
+def test_comparison_figure_on_a_photo():
+    """An RGB photo (scikit-learn's sample image) works as well as a digit, and attention's
+    affinity depends on which image it sees."""
+    from sklearn.datasets import load_sample_images
+
+    photo = torch.tensor(load_sample_images().images[0][::8, ::8]).permute(2, 0, 1).double() / 255
+    digit = torch.zeros(1, 32, 32, dtype=torch.float64)
+    digit[0, 8:24, 14:18] = 1.0
+    fig = comparison_figure(photo, dim=16, grid=(8, 8))
+    assert len([ax for ax in fig.axes if ax.images]) == 8
+    on_photo = comparison_affinities(photo, dim=16, grid=(8, 8))
+    on_digit = comparison_affinities(digit, dim=16, grid=(8, 8))
+    assert not torch.allclose(on_photo["attention"], on_digit["attention"])
+    torch.testing.assert_close(on_photo["dwconv"], on_digit["dwconv"], rtol=0, atol=0)  # static
+
+
+def test_load_static_kernels_goes_through_the_contract():
+    from unifiedctx.viz.affinity import load_static_kernels
+
+    conv = build("dwconv", dim=3, kernel_size=3)
+    kernels = torch.arange(27, dtype=torch.float64).view(3, 3, 3)
+    load_static_kernels(conv, kernels)
+    torch.testing.assert_close(conv.static_kernels().detach(), kernels, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shape"):
+        load_static_kernels(conv, kernels[:2])
+    with pytest.raises(ValueError, match="no static kernel"):
+        load_static_kernels(build("attention", dim=4), kernels)

@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from unifiedctx.models import create_model, record_components
+from unifiedctx.viz.scales import scale_for
 from unifiedctx.widgets import AffinityExplorer, ExplorerTypeError, ExplorerValueError, rendering
 
-LABEL = re.compile(r"query \((\d+), (\d+)\) on a (\d+)x(\d+) grid, layer (\S+), (all heads|head \d+)")
+QUERY = re.compile(r"\((\d+), (\d+)\) on a (\d+)x(\d+) grid")
+HEAD = re.compile(r"^(all heads|head \d+)")
 MIXED_LAYER = "stages.3.blocks.0.mixer"  # container_light_nano: the only mixed (Container) stage
 FIRST_LAYER = "stages.0.blocks.0.mixer"  # a depthwise conv on a 16x16 grid
 
@@ -54,21 +56,26 @@ def explorer(shared_explorer):
 
 
 def expected_rows(model, image, layer, component, query, grid):
-    """Row ``query`` of each head of the recorded affinity, folded onto the grid."""
+    """Row ``query`` of each head of the recorded affinity, folded onto the grid
+    (``query=None``: every row, ``(M, N, N)``)."""
     a = record_components(model.eval(), image[None])[layer][component][0].numpy()
+    if query is None:
+        return a
     h, w = grid
     return a[:, query[0] * w + query[1], :].reshape(a.shape[0], h, w)
 
 
-def parse(label: str):
-    m = LABEL.search(label)
-    assert m, f"label does not say where the query is: {label!r}"
-    return (int(m[1]), int(m[2])), (int(m[3]), int(m[4])), m[5], m[6]
+def parse(fields: dict):
+    """(query, grid, layer, head) as the status fields state them."""
+    m = QUERY.search(fields["query"])
+    assert m, f"the status does not say where the query is: {fields!r}"
+    layer = fields["layer"].split(" (")[0]
+    return (int(m[1]), int(m[2])), (int(m[3]), int(m[4])), layer, HEAD.match(fields["head"])[1]
 
 
 def test_initial_state_is_drawn(explorer, model, images):
     shown = explorer.rendered()
-    assert parse(shown["label"]) == ((1, 1), (4, 4), MIXED_LAYER, "all heads")
+    assert parse(shown["fields"]) == ((1, 1), (4, 4), MIXED_LAYER, "all heads")
     assert explorer.components == ["mixed", "dynamic", "static"] and explorer.component == "mixed"
     want = expected_rows(model, images[0], MIXED_LAYER, "mixed", (1, 1), (4, 4))
     np.testing.assert_allclose(shown["maps"], want, rtol=1e-5, atol=1e-7)
@@ -81,7 +88,7 @@ def test_query_changes_the_drawing(explorer, model, images):
     before = explorer.rendered()
     explorer.query = (3, 2)
     after = explorer.rendered()
-    assert parse(after["label"])[0] == (3, 2)
+    assert parse(after["fields"])[0] == (3, 2)
     assert not np.array_equal(before["map"], after["map"]), "the map picture did not change"
     assert not np.array_equal(before["image"], after["image"]), "the query marker did not move"
     want = expected_rows(model, images[0], MIXED_LAYER, "mixed", (3, 2), (4, 4))
@@ -94,9 +101,14 @@ def test_query_changes_the_drawing(explorer, model, images):
 
 def test_map_pixels_are_the_recorded_affinity(explorer, model, images):
     explorer.show(head=1, query=(0, 3))
-    want = expected_rows(model, images[0], MIXED_LAYER, "mixed", (0, 3), (4, 4))[1:2]
+    rows = expected_rows(model, images[0], MIXED_LAYER, "mixed", None, (4, 4))
+    want = rows[1:2, 3].reshape(1, 4, 4)  # head 1, row of token (0, 3)
     display = rendering.as_display_image(images[0])
-    picture = rendering.map_panel(display, want, (256, 256), (0, 3), (4, 4), rendering.colormap_lut())
+    scale = scale_for(rows)  # one scale for all heads and queries of the layer
+    assert explorer.scale == scale
+    lut = rendering.colormap_lut(scale.cmap)
+    tiles = rendering.map_panel(display, want, (256, 256), (0, 3), (4, 4), lut, scale=scale, heads=[1])
+    picture = rendering.beside(tiles, rendering.colorbar_panel(scale, lut, 256))
     np.testing.assert_array_equal(explorer.rendered()["map"], picture)
 
 
@@ -106,8 +118,9 @@ def test_head_changes_the_drawing(explorer):
     head0 = explorer.rendered()
     explorer.head = 1
     head1 = explorer.rendered()
-    assert parse(head0["label"])[3] == "head 0" and parse(head1["label"])[3] == "head 1"
-    assert head0["map"].shape == (256, 256, 3) != grid_of_heads["map"].shape
+    assert parse(head0["fields"])[3] == "head 0" and parse(head1["fields"])[3] == "head 1"
+    bar = 6 + 96  # the gap and the colorbar beside the tiles
+    assert head0["map"].shape == (256, 256 + bar, 3) != grid_of_heads["map"].shape
     assert head0["maps"].shape == (1, 4, 4)
     assert not np.array_equal(head0["map"], head1["map"])
     np.testing.assert_array_equal(head1["maps"][0], grid_of_heads["maps"][1])
@@ -120,7 +133,7 @@ def test_layer_change_redraws_and_keeps_the_query_in_place(explorer, model, imag
     after = explorer.rendered()
     assert explorer.component == "static" and explorer.components == ["static"]
     assert explorer.query == (6, 10)  # the same place of the image on the finer grid
-    assert parse(after["label"])[:3] == ((6, 10), (16, 16), FIRST_LAYER)
+    assert parse(after["fields"])[:3] == ((6, 10), (16, 16), FIRST_LAYER)
     assert after["maps"].shape == (8, 16, 16)
     assert not np.array_equal(before["map"], after["map"])
     want = expected_rows(model, images[0], FIRST_LAYER, "static", (6, 10), (16, 16))
@@ -137,11 +150,11 @@ def test_component_changes_the_drawing(explorer, model, images):
     static = explorer.rendered()
     explorer.component = "dynamic"
     dynamic = explorer.rendered()
-    assert "component static" in static["label"] and "component dynamic" in dynamic["label"]
+    assert static["fields"]["component"] == "static" and dynamic["fields"]["component"] == "dynamic"
     assert not np.array_equal(mixed["map"], static["map"])
     assert not np.array_equal(static["map"], dynamic["map"])
     mixer = dict(model.named_modules())[MIXED_LAYER]
-    alpha, beta = (float(w.detach()) for w in mixer.mixing_weights())
+    alpha, beta = (float(mixer.mixing_weights()[k].detach()) for k in ("alpha", "beta"))
     np.testing.assert_allclose(mixed["maps"], alpha * dynamic["maps"] + beta * static["maps"],
                                rtol=1e-5, atol=1e-7)
 
@@ -150,7 +163,7 @@ def test_image_index_changes_the_drawing(explorer, model, images):
     before = explorer.rendered()
     explorer.image_index = 2
     after = explorer.rendered()
-    assert "image 2" in after["label"]
+    assert after["fields"]["image"] == "2 of 3"
     assert not np.array_equal(before["image"], after["image"])
     want = expected_rows(model, images[2], MIXED_LAYER, "mixed", (1, 1), (4, 4))
     np.testing.assert_allclose(after["maps"], want, rtol=1e-5, atol=1e-7)
@@ -161,7 +174,7 @@ def test_click_sets_the_query_under_the_pixel(explorer):
     explorer.click(200.0, 70.0)  # picture pixels: x=200 -> col 3, y=70 -> row 1 on the 4x4 grid
     after = explorer.rendered()
     assert explorer.query == (1, 3)
-    assert parse(after["label"])[0] == (1, 3)
+    assert parse(after["fields"])[0] == (1, 3)
     assert not np.array_equal(before["map"], after["map"])
     assert (explorer.controls["row"].value, explorer.controls["col"].value) == (1, 3)
     explorer.layer = FIRST_LAYER
@@ -173,13 +186,14 @@ def test_sliders_and_query_stay_in_sync(explorer):
     controls = explorer.controls
     controls["row"].value = 3
     assert explorer.query == (3, 1)
-    assert parse(explorer.rendered()["label"])[0] == (3, 1)
+    assert parse(explorer.rendered()["fields"])[0] == (3, 1)
     explorer.query = (2, 0)
     assert (controls["row"].value, controls["col"].value) == (2, 0)
     controls["layer"].value = FIRST_LAYER
     assert explorer.layer == FIRST_LAYER and controls["row"].max == 15 and controls["col"].max == 15
     controls["head"].value = 3
-    assert explorer.head == 3 and "head 3" in explorer.label_text
+    assert explorer.head == 3 and explorer.status["head"] == "head 3 of 8"
+    assert "head: head 3 of 8" in explorer.label_text
 
 
 @pytest.mark.parametrize(("trait", "value", "error", "words"), [
@@ -202,7 +216,7 @@ def test_bad_values_are_clear_errors(explorer, trait, value, error, words):
     for word in words:
         assert word in str(info.value)
     # nothing changed
-    assert explorer.rendered()["label"] == before["label"]
+    assert explorer.rendered()["fields"] == before["fields"]
     np.testing.assert_array_equal(explorer.rendered()["map"], before["map"])
 
 
@@ -228,7 +242,7 @@ def test_dict_of_models_compares(images):
     after = explorer.rendered()
     assert explorer.layers == ["stages.0.blocks.0.mixer", "stages.0.blocks.1.mixer"]
     assert explorer.component == "dynamic" and explorer.grid == (8, 8)
-    assert "model deit" in after["label"] and "model container" in before["label"]
+    assert after["fields"]["model"] == "deit" and before["fields"]["model"] == "container"
     assert not np.array_equal(before["map"], after["map"])
     want = expected_rows(models["deit"], images[0], explorer.layer, "dynamic", explorer.query, (8, 8))
     np.testing.assert_allclose(after["maps"], want, rtol=1e-5, atol=1e-7)
@@ -274,5 +288,76 @@ def test_without_anywidget_the_sliders_still_work(monkeypatch, model, images):
     assert type(explorer.controls["picture"]) is ipywidgets.Image
     before = explorer.rendered()
     explorer.controls["col"].value = 0
-    assert explorer.query == (2, 0) and parse(explorer.rendered()["label"])[0] == (2, 0)
+    assert explorer.query == (2, 0) and parse(explorer.rendered()["fields"])[0] == (2, 0)
     assert not np.array_equal(before["map"], explorer.rendered()["map"])
+
+
+def test_heads_share_one_stated_scale(images):
+    """No per-head rescaling: one scale for every head and query of a layer, 1/N for softmax."""
+    explorer = AffinityExplorer(_model("deit_tiny_nano"), images, query=(3, 3))
+    a = explorer.data.affinity(explorer.model_name, 0, explorer.layer, "dynamic")
+    scale = explorer.scale
+    assert (scale.cmap, scale.vmin, scale.vmax) == ("magma", 0.0, float(a.max()))
+    assert scale.uniform == pytest.approx(1 / 64)
+    assert "uniform 1/64" in explorer.status["scale"]
+    peaks = explorer.maps().reshape(explorer.heads, -1).max(1)
+    assert peaks.max() <= scale.vmax and not np.allclose(peaks, scale.vmax)  # heads are not stretched
+    explorer.query = (0, 0)
+    assert explorer.scale == scale  # moving the query keeps the scale
+
+
+def test_status_is_laid_out_as_fields(explorer):
+    fields = explorer.status
+    assert list(fields) == ["image", "layer", "head", "component", "query", "kind", "scale"]
+    assert fields["kind"] == "mixed" and fields["component"] == "mixed"
+    html = explorer.controls["label"].value
+    assert html.count('class="ucx-field-name"') == len(fields)
+    assert 'class="ucx-field ucx-field-query"' in html
+
+
+def test_a_new_model_carries_the_query_like_a_new_layer(images):
+    models = {"container": _model("container_light_nano"), "deit": _model("deit_tiny_nano")}
+    explorer = AffinityExplorer(models, images, query=(1, 2))  # 4x4: rows 8..15, cols 16..23 of 32x32
+    explorer.model_name = "deit"  # 8x8 grid, 4 pixels a cell: the same place is cell (3, 5)
+    assert explorer.grid == (8, 8) and explorer.query == (3, 5)
+    assert parse(explorer.rendered()["fields"])[0] == (3, 5)
+    explorer.model_name = "container"  # its layer of that name is the dwconv on 16x16
+    assert explorer.layer == FIRST_LAYER and explorer.query == (7, 11)
+
+
+def test_the_explorer_leaves_models_and_the_rng_as_found(images, tmp_path):
+    model = _model("container_light_nano").train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    model.stages[0].eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    explorer = AffinityExplorer(model, images)
+    for layer in explorer.layers:
+        explorer.layer = layer
+    explorer.to_html(tmp_path / "page.html")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_one_owner_of_the_state(explorer):
+    """The explorer's fields are its state object's; the view gets a Frame of plain data."""
+    from unifiedctx.widgets.explorer_view import Frame
+
+    explorer.show(head=1, query=(2, 3))
+    assert explorer.state.as_dict() == {"model_name": explorer.model_name, "image_index": 0, "head": 1,
+                                        "layer": MIXED_LAYER, "component": "mixed", "query": (2, 3)}
+    assert explorer.state.view_mode == "one head"
+    frames = []
+    original = explorer.view.show
+    explorer.view.show = lambda frame: (frames.append(frame), original(frame))[1]
+    try:
+        explorer.query = (0, 0)
+    finally:
+        explorer.view.show = original
+    (frame,) = frames
+    assert isinstance(frame, Frame) and isinstance(frame.maps, np.ndarray) and frame.heads == [1]
+    assert frame.query == (0, 0) and frame.fields == explorer.status

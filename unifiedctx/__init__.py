@@ -19,7 +19,8 @@ _LAZY_ATTRS = {
     "mixing_weights": "unifiedctx.models",
     "inspect": "unifiedctx.inspection",
 }
-_SUBMODULES = ("mixers", "models", "data", "train", "viz", "widgets", "inspection", "profiles")
+_SUBMODULES = ("mixers", "models", "data", "train", "viz", "widgets", "inspection", "profiles",
+               "context")
 
 
 def __getattr__(name: str):

@@ -2,7 +2,7 @@
 
 Opens ``explorer_test.ipynb`` (a seeded ``container_nano`` on an 8x8 layer, head 0, query
 (0, 0)), runs it from the Run menu, waits for the explorer and an idle kernel, clicks on the
-explorer's image at a known pixel and checks that the label now names the grid cell under
+explorer's image at a known pixel and checks that the status's query field now names the grid cell under
 that pixel and that the map picture (its bytes, not only its URL) changed. A screenshot goes
 to ``artifacts/explorer.png`` (the JupyterLab window) and ``artifacts/explorer_widget.png``
 (the explorer alone). Run with ``pytest -m browser``; needs ``tests/browser/setup.sh``.
@@ -20,10 +20,10 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-LABEL = re.compile(r"query \((\d+), (\d+)\) on a (\d+)x(\d+) grid")
+LABEL = re.compile(r"\((\d+), (\d+)\) on a (\d+)x(\d+) grid")
 IMAGE = ".ucx-explorer-image img.ucx-clickable-img"
 MAP = "img.ucx-explorer-map"
-LABEL_SEL = ".ucx-explorer-label"
+LABEL_SEL = ".ucx-explorer-label .ucx-field-query"  # the status field that states the query
 #: where to click, as fractions (x, y) of the drawn image: inside cell (3, 5) of an 8x8 grid
 CLICK = (0.70, 0.40)
 
@@ -86,7 +86,7 @@ def test_click_on_the_image_moves_the_query(chromium_page, jupyter_lab):
         start = time.monotonic()
         page.mouse.click(box["x"] + CLICK[0] * box["width"], box["y"] + CLICK[1] * box["height"])
         expected = (int(CLICK[1] * grid[0]), int(CLICK[0] * grid[1]))
-        text = f"query ({expected[0]}, {expected[1]}) on a {grid[0]}x{grid[1]} grid"
+        text = f"({expected[0]}, {expected[1]}) on a {grid[0]}x{grid[1]} grid"
         page.wait_for_function(f"() => document.querySelector('{LABEL_SEL}').innerText.includes({text!r})",
                                timeout=15_000)
         print(f"click -> new label in the browser: {1e3 * (time.monotonic() - start):.0f} ms")

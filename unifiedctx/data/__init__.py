@@ -34,6 +34,7 @@ from .cifar import load_cifar
 from .folder import FolderData, load_imagefolder
 from .longrange import load_longrange, longrange_scenes
 from .mnist import load_mnist5k
+from .photos import sample_photo
 from .segfolder import load_segfolder
 from .texture import load_texture, texture_images
 
@@ -94,4 +95,4 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
 
 
 __all__ = ["DATA_ROOT", "DatasetUnavailable", "FolderData", "ImageData", "SegmentationData", "available",
-           "channel_stats", "load", "longrange_scenes", "texture_images"]
+           "channel_stats", "load", "longrange_scenes", "sample_photo", "texture_images"]

@@ -8,7 +8,7 @@ name           affinity A_m                                kind     fast path
 ``dwconv``     banded Toeplitz from a k x k kernel / chan  static   ``F.conv2d(groups=C)``
 ``conv``       k*k shift matrices (kernel in ``project``)  static   ``F.conv2d``
 ``pool``       uniform over the window (PoolFormer)        static   ``F.avg_pool2d``
-``mixer``      learned N x N (MLP-Mixer token mixing)      static   token-axis matmul
+``tokenmlp``   learned N x N (MLP-Mixer token mixing)      static   token-axis matmul
 ``attention``  softmax(q k^T / sqrt(d))                    dynamic  SDPA
 ``container``  alpha A_attention + beta A_dwconv           mixed    alpha SDPA + beta dwconv
 ``window``     attention inside w x w windows              dynamic  SDPA over windows
@@ -16,24 +16,32 @@ name           affinity A_m                                kind     fast path
 ``gpsa``       (1-g) softmax(q k^T) + g softmax(positions) mixed    SDPA + static matmul
 =============  ==========================================  =======  =========================
 
-Create one with ``create(name, dim=..., **options)``; ``available()`` lists the names.
+Create one with ``create(name, dim=..., **options)``; ``available()`` lists the names. The old
+name ``mixer`` of ``tokenmlp`` is still accepted by ``create`` (configs and checkpoints that
+name it keep working) but no longer listed.
+
+Adding a mixer is one class (a subclass of :class:`AffinityMixer`, see ``base.py`` and
+``docs/adding_a_mixer.md``) and one line in ``REGISTRY``.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 
-from .attention import Attention, Container, GatedPositionalAttention, RelPosAttention, WindowAttention
+from ..validation import check_choice
+from .attention import Attention, RelPosAttention
 from .base import AffinityMixer
+from .container import Container
 from .conv import AvgPool, DepthwiseConv, FullConv
 from .dense import TokenMixing
+from .gpsa import GatedPositionalAttention
+from .window import WindowAttention
 
 REGISTRY: dict[str, type[AffinityMixer]] = {
     "dwconv": DepthwiseConv,
     "conv": FullConv,
     "pool": AvgPool,
-    "mixer": TokenMixing,
+    "tokenmlp": TokenMixing,
     "attention": Attention,
     "container": Container,
     "window": WindowAttention,
@@ -41,13 +49,28 @@ REGISTRY: dict[str, type[AffinityMixer]] = {
     "gpsa": GatedPositionalAttention,
 }
 
+#: Old names ``create`` still accepts: ``{old: registered name}`` (not listed by ``available()``).
+ALIASES = {"mixer": "tokenmlp"}
+
 #: Options a model builder may pass to any mixer; a mixer that has no use for one ignores it.
 SHARED_OPTIONS = ("heads", "kernel_size", "grid")
 
 
 def available() -> list[str]:
-    """Names of the registered mixers, in the order of the table above."""
+    """Names of the registered mixers, in the order of the table above (aliases left out)."""
     return list(REGISTRY)
+
+
+def resolve(name: str) -> str:
+    """The registered name for ``name`` (an alias maps to its mixer); a clear error if unknown."""
+    name = ALIASES.get(name, name) if isinstance(name, str) else name
+    return check_choice("mixer", name, available())
+
+
+def options_of(name: str) -> list[str]:
+    """The options mixer ``name`` takes, in its constructor's order (``dim`` aside)."""
+    cls = REGISTRY[resolve(name)]
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "dim")]
 
 
 def create(name: str, dim: int, **options) -> AffinityMixer:
@@ -55,14 +78,11 @@ def create(name: str, dim: int, **options) -> AffinityMixer:
 
     Shared options (``heads``, ``kernel_size``, ``grid``) are passed where the mixer takes
     them and ignored where it does not (``heads`` means nothing to pooling); any other option
-    the mixer does not take is a ``TypeError`` that lists the options it does take.
+    the mixer does not take is a ``TypeError`` that lists the options it does take. An unknown
+    ``name`` is a ``ValueError`` that lists the mixers and suggests close names.
     """
-    if name not in REGISTRY:
-        close = difflib.get_close_matches(str(name), REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown mixer {name!r}; available: {', '.join(REGISTRY)}.{hint}")
-    cls = REGISTRY[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "dim")]
+    name = resolve(name)
+    accepted = options_of(name)
     kwargs = {}
     for key, value in options.items():
         if key in accepted:
@@ -70,11 +90,11 @@ def create(name: str, dim: int, **options) -> AffinityMixer:
         elif key not in SHARED_OPTIONS:
             raise TypeError(f"mixer {name!r} has no option {key!r}; its options are: "
                             f"{', '.join(accepted) or 'none'}")
-    return cls(dim, **kwargs)
+    return REGISTRY[name](dim, **kwargs)
 
 
 __all__ = [
-    "REGISTRY", "SHARED_OPTIONS", "AffinityMixer", "Attention", "AvgPool", "Container",
+    "ALIASES", "REGISTRY", "SHARED_OPTIONS", "AffinityMixer", "Attention", "AvgPool", "Container",
     "DepthwiseConv", "FullConv", "GatedPositionalAttention", "RelPosAttention", "TokenMixing",
-    "WindowAttention", "available", "create",
+    "WindowAttention", "available", "create", "options_of", "resolve",
 ]

@@ -13,8 +13,17 @@ A token mixer aggregates context over the N = H*W positions of an image ``x`` of
   by (``F.conv2d``, ``F.avg_pool2d``, ``F.scaled_dot_product_attention``, ...). It never builds
   an N x N matrix unless the family itself is a dense static matrix.
 
-``AffinityMixer`` holds what all mixers share: input checks with clear errors, the grid that
-``project`` folds tokens back onto, and the reference computation ``project(A @ V)``.
+and each one answers for what it alone knows (every method has a default, so a simple mixer
+writes none of them)::
+
+    components(x)      {"static"|"dynamic"|"mixed": (B|1, M_view, N, N)}   the parts of A
+    mixing_weights()   {"alpha": w, "beta": w} or {"gate": g} or None      the mixing knob
+    static_kernels()   (M_s, kh, kw) or None                               a learned static kernel
+    reset_parameters()                                                     its own weight init
+    example_options(grid)  [{"dim": ..., **options}, ...]                  tiny instances (tests)
+
+Layers above ``mixers/`` (recording, plots, the trainer, the explorer, model builders) use only
+these names: they never test for a particular mixer class or reach into a mixer's submodules.
 """
 
 from __future__ import annotations
@@ -25,42 +34,35 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..validation import check_float_image, check_int_or_pair, check_positive_int
+
 KINDS = ("static", "dynamic", "mixed")
 
-
-def check_positive_int(name: str, value, *, odd: bool = False) -> int:
-    """Return ``value`` if it is a positive int (odd when ``odd``), else raise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    if odd and value % 2 == 0:
-        raise ValueError(f"{name} must be odd so the window is centred on its token, got {value}")
-    return value
+__all__ = ["KINDS", "AffinityMixer", "check_grid", "check_heads", "check_positive_int", "image",
+           "merge_heads", "split_heads", "tokens"]
 
 
-def check_heads(dim: int, heads: int) -> int:
-    """Validate ``heads`` against ``dim``: the channels split evenly into heads."""
-    check_positive_int("heads", heads)
+def check_heads(dim: int, heads) -> int:
+    """Validate ``heads`` against ``dim``: a positive int that splits the channels evenly."""
+    heads = check_positive_int("heads", heads)
     if dim % heads != 0:
         raise ValueError(f"dim={dim} must be divisible by heads={heads}")
     return heads
 
 
 def check_grid(grid) -> tuple[int, int]:
-    """Turn ``grid`` (an int or an (H, W) pair) into a validated ``(H, W)`` tuple."""
-    if isinstance(grid, int) and not isinstance(grid, bool):
-        grid = (grid, grid)
-    if not (isinstance(grid, (tuple, list)) and len(grid) == 2):
-        raise TypeError(f"grid must be an int or a pair (H, W), got {grid!r}")
-    return (check_positive_int("grid[0] (H)", grid[0]), check_positive_int("grid[1] (W)", grid[1]))
+    """``grid`` (an int or an ``(H, W)`` pair) as a validated ``(H, W)`` tuple of positive ints."""
+    return check_int_or_pair("grid", grid)
 
 
 class AffinityMixer(nn.Module, ABC):
     """Base class of every token mixer: ``y = project(affinity(x) @ values(x))``.
 
-    Subclasses set ``kind`` (``"static"``, ``"dynamic"`` or ``"mixed"``) and ``heads`` (M),
-    and implement ``forward``, ``values``, ``affinity`` and ``_project``.
+    Subclasses set ``kind`` (``"static"``, ``"dynamic"`` or ``"mixed"``) and ``heads`` (M, the
+    number of affinities ``affinity(x)`` returns, always), implement ``forward``, ``values``,
+    ``affinity`` and ``_project``, and override the methods below where they have something to
+    say (``components``, ``mixing_weights``, ``static_kernels``, ``reset_parameters``,
+    ``example_options``).
     """
 
     kind: str = "static"
@@ -73,13 +75,9 @@ class AffinityMixer(nn.Module, ABC):
 
     # ----------------------------------------------------------------- input checks
     def check_input(self, x) -> tuple[int, int]:
-        """Check ``x`` is a float ``(B, dim, H, W)`` tensor; remember and return its grid."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
-        if not (x.is_floating_point()):
-            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() != 4:
-            raise ValueError(f"x must have shape (B, C, H, W) (rank 4), got shape {tuple(x.shape)}")
+        """Check ``x`` is a float ``(B, dim, H, W)`` tensor of this mixer's dtype; remember and
+        return its grid ``(H, W)``."""
+        check_float_image("x", x, like=self)
         if x.shape[1] != self.dim:
             raise ValueError(
                 f"x has {x.shape[1]} channels but this {type(self).__name__} was built with "
@@ -122,6 +120,51 @@ class AffinityMixer(nn.Module, ABC):
         """The generic, slow computation ``project(affinity(x) @ values(x))``."""
         grid = self.check_input(x)
         return self.project(self.affinity(x) @ self.values(x), grid)
+
+    # ----------------------------------------------------------------- what each mixer knows
+    def components(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The affinity by part, at the resolution a person reads: ``{part: (B|1, M_view, N, N)}``.
+
+        Default: ``{kind: affinity(x)}`` (M_view = M). A mixed mixer returns ``{"dynamic",
+        "static", "mixed"}`` with ``mixed = alpha * dynamic + beta * static`` (see
+        ``mixing_weights``), each at the resolution of its attention heads; then M divides into
+        M_view groups of consecutive heads and ``mixed`` is the mean of ``affinity(x)`` over each.
+        """
+        return {self.kind: self.affinity(x)}
+
+    def mixing_weights(self) -> dict[str, torch.Tensor] | None:
+        """The learned knob between the dynamic and the static part, or ``None`` (the default).
+
+        Either ``{"alpha": a, "beta": b}`` (``mixed = a * dynamic + b * static``) or
+        ``{"gate": g}`` (``mixed = (1 - g) * dynamic + g * static``); each weight is a 0-d
+        tensor or one per head ``(M_view,)``. Tensors, still differentiable: a caller that wants
+        numbers writes ``w.detach().tolist()``.
+        """
+        return None
+
+    def static_kernels(self) -> torch.Tensor | None:
+        """The learned static kernel ``(M_s, kh, kw)``, or ``None`` (the default).
+
+        When given, ``local.local_affinity(static_kernels(), grid)`` is the static part of the
+        affinity, one ``(N, N)`` matrix per static head (averaged over groups of M_s / M_view
+        heads it is ``components(x)["static"]``).
+        """
+        return None
+
+    def reset_parameters(self) -> None:
+        """(Re-)initialise what only this mixer knows how to initialise (default: nothing).
+
+        A model builder first runs its generic init over the whole network (trunc_normal on
+        linear layers, ...), then calls this on every mixer, so a mixer with an init of its own
+        (GPSA's local positional init) keeps it.
+        """
+
+    @classmethod
+    def example_options(cls, grid: tuple[int, int]) -> list[dict]:
+        """Keyword arguments of tiny instances that accept an input on ``grid``, ``dim`` included:
+        ``[create(name, **o) for o in example_options(grid)]``. Between them they should reach
+        every code path (the contract test builds each one). Default: one with 6 channels."""
+        return [{"dim": 6}]
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, kind={self.kind!r}"

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .base import AffinityMixer, check_positive_int, image
+from ..validation import check_bool, check_positive_int
+from .base import AffinityMixer, image
 from .local import local_affinity, shift_matrices
 
 
@@ -23,9 +24,9 @@ class DepthwiseConv(AffinityMixer):
         A[c]    = sum_o w[c, o] * S_o     (banded Toeplitz, zero outside the k x k window)
         y       = W_out (A V) + bias      (W_out likewise)
 
-    Shapes: ``values -> (B, C, N, 1)``, ``affinity -> (1, C, N, N)``.
-    Fast path: ``F.conv2d(..., groups=C)``. ``proj=True`` gives Container-Light's static
-    mixer (1x1 -> depthwise k x k -> 1x1).
+    Shapes: ``values -> (B, C, N, 1)``, ``affinity -> (1, C, N, N)``,
+    ``static_kernels -> (C, k, k)`` (the kernels ``w``). Fast path: ``F.conv2d(..., groups=C)``.
+    ``proj=True`` gives Container-Light's static mixer (1x1 -> depthwise k x k -> 1x1).
     """
 
     kind = "static"
@@ -33,6 +34,7 @@ class DepthwiseConv(AffinityMixer):
     def __init__(self, dim: int, kernel_size: int = 3, proj: bool = False, bias: bool = True):
         super().__init__(dim)
         self.kernel_size = check_positive_int("kernel_size", kernel_size, odd=True)
+        proj, bias = check_bool("proj", proj), check_bool("bias", bias)
         self.heads = dim
         self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias)
         self.proj_in = nn.Conv2d(dim, dim, 1) if proj else nn.Identity()
@@ -48,7 +50,16 @@ class DepthwiseConv(AffinityMixer):
 
     def affinity(self, x: torch.Tensor) -> torch.Tensor:
         grid = self.check_input(x)
-        return local_affinity(self.conv.weight[:, 0], grid).unsqueeze(0)
+        return local_affinity(self.static_kernels(), grid).unsqueeze(0)
+
+    def static_kernels(self) -> torch.Tensor:
+        """The depthwise kernels ``(C, k, k)``: channel c's affinity is ``sum_o w[c, o] S_o``."""
+        return self.conv.weight[:, 0]
+
+    @classmethod
+    def example_options(cls, grid):
+        return [{"dim": 6, "kernel_size": 3}, {"dim": 6, "kernel_size": 5, "proj": True},
+                {"dim": 4, "kernel_size": 3, "bias": False}]
 
     def _project(self, z, grid):
         y = rearrange(z, "b c (h w) 1 -> b c h w", h=grid[0])
@@ -67,7 +78,8 @@ class FullConv(AffinityMixer):
         y[:, c_out]   = sum_o sum_c W[c_out, c, o] (S_o x)[:, c] + b[c_out]
 
     Shapes: ``values -> (B, k*k, N, C)`` (an expanded view, no copy), ``affinity ->
-    (1, k*k, N, N)``. Fast path: ``F.conv2d``.
+    (1, k*k, N, N)``. Fast path: ``F.conv2d``. ``static_kernels()`` is ``None``: the affinities
+    are fixed shifts, the learned kernel mixes channels inside ``project``.
     """
 
     kind = "static"
@@ -76,7 +88,7 @@ class FullConv(AffinityMixer):
         super().__init__(dim)
         self.kernel_size = check_positive_int("kernel_size", kernel_size, odd=True)
         self.heads = kernel_size * kernel_size
-        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, bias=check_bool("bias", bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -90,6 +102,10 @@ class FullConv(AffinityMixer):
         grid = self.check_input(x)
         w = self.conv.weight
         return shift_matrices(self.kernel_size, grid, dtype=w.dtype, device=w.device).unsqueeze(0)
+
+    @classmethod
+    def example_options(cls, grid):
+        return [{"dim": 6, "kernel_size": 3}, {"dim": 4, "kernel_size": 5, "bias": False}]
 
     def _project(self, z, grid):
         w = rearrange(self.conv.weight, "o c kh kw -> (kh kw) c o")
@@ -116,7 +132,7 @@ class AvgPool(AffinityMixer):
     def __init__(self, dim: int, kernel_size: int = 3, subtract_input: bool = False):
         super().__init__(dim)
         self.kernel_size = check_positive_int("kernel_size", kernel_size, odd=True)
-        self.subtract_input = bool(subtract_input)
+        self.subtract_input = check_bool("subtract_input", subtract_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -136,6 +152,10 @@ class AvgPool(AffinityMixer):
         if self.subtract_input:
             a = a - torch.eye(a.shape[0], dtype=dtype, device=device)
         return a.view(1, 1, *a.shape)
+
+    @classmethod
+    def example_options(cls, grid):
+        return [{"dim": 6, "kernel_size": 3}, {"dim": 6, "kernel_size": 5, "subtract_input": True}]
 
     def _project(self, z, grid):
         return rearrange(z, "b 1 (h w) c -> b c h w", h=grid[0])

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .base import AffinityMixer, check_grid, check_positive_int
+from ..validation import check_positive_int
+from .base import AffinityMixer, check_grid
 
 
 def gelu_gate(u: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ class TokenMixing(AffinityMixer):
     def __init__(self, dim: int, grid=None, hidden: int | None = None):
         super().__init__(dim)
         if grid is None:
-            raise ValueError("the 'mixer' token-mixing layer needs grid=(H, W): its N x N "
+            raise ValueError("the 'tokenmlp' token-mixing layer needs grid=(H, W): its N x N "
                              "affinity is learned for one grid size")
         self.grid = check_grid(grid)
         n = self.grid[0] * self.grid[1]
@@ -56,11 +57,15 @@ class TokenMixing(AffinityMixer):
         grid = super().check_input(x)
         if grid != self.grid:
             raise ValueError(
-                f"this 'mixer' layer was built for grid={self.grid} ({self.grid[0] * self.grid[1]} "
+                f"this 'tokenmlp' layer was built for grid={self.grid} ({self.grid[0] * self.grid[1]} "
                 f"tokens) but x has grid {grid}; MLP-Mixer's token weights exist for one size only: "
                 f"build the model for this size (img_size) instead"
             )
         return grid
+
+    @classmethod
+    def example_options(cls, grid):
+        return [{"dim": 6, "grid": tuple(grid)}, {"dim": 6, "grid": tuple(grid), "hidden": 5}]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

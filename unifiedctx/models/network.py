@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mixers import AffinityMixer, GatedPositionalAttention
+from ..mixers import AffinityMixer
 from .blocks import Block
 from .layers import PatchEmbed, make_norm
 
@@ -213,17 +213,18 @@ class ContextNet(nn.Module):
 
 @torch.no_grad()
 def init_weights(model: nn.Module, policy: str) -> None:
-    """trunc_normal(std .02) and zero bias for linear layers (see ``ContextNet``'s ``init``).
+    """trunc_normal(std .02) and zero bias for linear layers (see ``ContextNet``'s ``init``),
+    then each mixer's own ``reset_parameters()`` (e.g. ConViT's local init of GPSA).
 
-    Layers a mixer initialises itself are left alone (ConViT's local init of GPSA's ``pos_proj``).
+    The generic pass runs over every module; a mixer whose init is its own re-applies it after.
     """
-    keep = {id(m.pos_proj) for m in model.modules() if isinstance(m, GatedPositionalAttention)}
     for m in model.modules():
-        if id(m) in keep:
-            continue
         is_conv = isinstance(m, nn.Conv2d)
         pointwise = is_conv and m.kernel_size == (1, 1) and m.groups == 1
         if isinstance(m, nn.Linear) or (pointwise and policy != "linear") or (is_conv and policy == "all"):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, AffinityMixer):
+            m.reset_parameters()

@@ -112,7 +112,7 @@ def deit(variant: str):
 
 def mixer_s16(size: str) -> dict:
     dim, depth, hidden, patch = MIXER[size]
-    return isotropic(dim, depth, patch, "mixer", {"hidden": hidden})
+    return isotropic(dim, depth, patch, "tokenmlp", {"hidden": hidden})
 
 
 FAMILIES = {

@@ -133,17 +133,17 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device="auto", amp="
 
 
 def _mixing_columns(model: nn.Module) -> dict:
-    """``alpha/<layer>`` and ``beta/<layer>`` for every Container layer (empty if there is none)."""
+    """``{"mixing": {layer: {name: value}}}`` for the mixers that have a knob (``{}`` if none).
+
+    The weights are the mixers' own ``mixing_weights()`` as plain numbers (Container's alpha and
+    beta, GPSA's per-head gate), kept nested; only ``History.to_csv`` flattens them.
+    """
     try:
         from unifiedctx.models import mixing_weights
     except ImportError:
         return {}
-    row = {}
-    with torch.no_grad():
-        weights = mixing_weights(model)
-    for name, w in weights.items():
-        row[f"alpha/{name}"], row[f"beta/{name}"] = float(w["alpha"]), float(w["beta"])
-    return row
+    weights = mixing_weights(model)
+    return {"mixing": {name: dict(w) for name, w in weights.items()}} if weights else {}
 
 
 # ---------------------------------------------------------------------------------- fit

@@ -3,7 +3,16 @@
 Each entry holds ``epoch`` (1-based), ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``
 (``ema_test_loss``/``ema_test_acc`` with EMA), ``lr`` (at the epoch's last step), ``images_per_s``
 (training throughput over all ranks), ``epoch_time`` and ``time`` (cumulative training seconds),
-and ``alpha/<layer>``, ``beta/<layer>`` for every Container layer.
+and, when the model has mixers with a mixing knob, their weights as nested data::
+
+    row["mixing"] == {"stages.3.blocks.0.mixer": {"alpha": 0.52, "beta": 0.48},   # Container
+                      "stages.0.blocks.1.mixer": {"gate": [0.73, 0.71]}}          # GPSA, per head
+
+(the names are the ones each mixer's ``mixing_weights()`` gives). Only :meth:`History.to_csv`
+flattens them, into columns ``mixing/<layer>/<name>`` (``mixing/<layer>/<name>/<head>`` for
+per-head lists). Histories written before this layout, with flat ``alpha/<layer>`` and
+``beta/<layer>`` columns, keep working: :func:`mixing_of` reads either layout (the plots read
+the mixing weights through it).
 """
 
 from __future__ import annotations
@@ -44,12 +53,40 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def mixing_of(row) -> dict:
+    """The ``{layer: {name: value}}`` mixing weights of one history row (empty if none).
+
+    Reads the nested ``"mixing"`` entry, or the flat ``alpha/<layer>`` / ``beta/<layer>``
+    columns of histories written before it existed (beta defaults to ``1 - alpha``).
+    """
+    if row.get("mixing"):
+        return row["mixing"]
+    return {key[len("alpha/"):]: {"alpha": value, "beta": row.get("beta/" + key[len("alpha/"):], 1 - value)}
+            for key, value in row.items() if key.startswith("alpha/")}
+
+
+def flat_row(row: dict) -> dict:
+    """``row`` for a CSV line: ``"mixing"`` flattened into ``mixing/<layer>/<name>[/<head>]``."""
+    out = {k: v for k, v in row.items() if k != "mixing"}
+    for layer, weights in (row.get("mixing") or {}).items():
+        for name, value in weights.items():
+            if isinstance(value, (list, tuple)):
+                out.update({f"mixing/{layer}/{name}/{i}": v for i, v in enumerate(value)})
+            else:
+                out[f"mixing/{layer}/{name}"] = value
+    return out
+
+
 class History(list):
     """A list of per-epoch dicts with helpers to read and write it."""
 
     def column(self, key: str) -> list:
         """The values of ``key`` over the epochs (``None`` where an epoch lacks it)."""
         return [row.get(key) for row in self]
+
+    def mixing(self) -> list[dict]:
+        """Every epoch's ``{layer: {name: value}}`` mixing weights (:func:`mixing_of`; ``{}`` if none)."""
+        return [mixing_of(row) for row in self]
 
     def keys(self) -> list[str]:
         """Every key that some epoch has, in order of first appearance."""
@@ -72,11 +109,19 @@ class History(list):
         write_atomic(path, json.dumps(list(self), indent=1) + "\n")
 
     def to_csv(self, path: str | os.PathLike) -> None:
-        """Write one row per epoch, one column per key (atomically)."""
+        """Write one row per epoch, one column per key (atomically).
+
+        The nested ``"mixing"`` entry becomes the columns ``mixing/<layer>/<name>`` (per-head
+        lists ``mixing/<layer>/<name>/<head>``): the only place the mixing weights are flat.
+        """
+        rows = [flat_row(r) for r in self]
+        fields: dict[str, None] = {}
+        for row in rows:
+            fields.update(dict.fromkeys(row))
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.keys())
+        writer = csv.DictWriter(buf, fieldnames=list(fields))
         writer.writeheader()
-        writer.writerows(self)
+        writer.writerows(rows)
         write_atomic(path, buf.getvalue())
 
     @classmethod

@@ -1,5 +1,9 @@
 """Plots of the unified view: affinity matrices, query maps, distances, kernels, training curves.
 
+Colours follow one rule, in :mod:`unifiedctx.viz.scales`: non-negative quantities on one
+sequential colormap from 0, signed ones on one diverging colormap centred at 0, a colorbar (or a
+stated shared scale) on every affinity map, and the uniform level 1/N marked on softmax maps.
+
 Every plotting function returns the matplotlib ``Figure`` and draws into a given ``ax=`` /
 ``axes=`` when passed one. The numbers behind the figures come from plain functions that the
 tests and widgets use too: :func:`query_maps`, :func:`affinity_distance`,
@@ -13,8 +17,8 @@ function                        figure
 ``comparison_figure``           conv / attention / MLP-Mixer / Container for one image
 ``plot_affinity_distance``      mean affinity distance (input pixels) per layer and head
 ``plot_static_kernels``         learned depthwise kernels as k x k tiles
-``plot_mixing_weights``         Container's alpha / beta per layer (bars)
-``plot_mixing_history``         alpha / beta over training (lines)
+``plot_mixing_weights``         the mixing weights per layer (Container's alpha / beta), bars
+``plot_mixing_history``         the mixing weights over training (lines)
 ``learning_curves``             a metric of several runs on one figure
 ==============================  ================================================================
 """
@@ -31,13 +35,16 @@ from .affinity import (
     query_maps,
     upsample_maps,
 )
-from .curves import learning_curves, plot_mixing_history, plot_mixing_weights, row_mixing
+from .curves import learning_curves, metric_label, plot_mixing_history, plot_mixing_weights, row_mixing
 from .distance import affinity_distance, layer_distances, plot_affinity_distance, token_distances
-from .kernels import plot_static_kernels, static_kernels
+from .kernels import kernel_limits, plot_static_kernels, static_kernels
+from .scales import DIVERGING, SEQUENTIAL, Scale, add_colorbar, maps_scale, scale_for
 
 __all__ = [
-    "affinity_distance", "comparison_affinities", "comparison_figure", "comparison_mixers",
-    "grid_features", "layer_distances", "learning_curves", "plot_affinity_distance",
-    "plot_affinity_matrix", "plot_mixing_history", "plot_mixing_weights", "plot_query_maps",
-    "plot_static_kernels", "query_maps", "row_mixing", "static_kernels", "token_distances", "upsample_maps",
+    "DIVERGING", "SEQUENTIAL", "add_colorbar", "affinity_distance", "comparison_affinities",
+    "comparison_figure", "comparison_mixers", "grid_features", "kernel_limits", "layer_distances",
+    "learning_curves", "maps_scale", "metric_label", "plot_affinity_distance", "plot_affinity_matrix",
+    "plot_mixing_history", "plot_mixing_weights", "plot_query_maps", "plot_static_kernels",
+    "query_maps", "row_mixing", "Scale", "scale_for", "static_kernels", "token_distances",
+    "upsample_maps",
 ]

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..mixers.base import check_grid
+from ..validation import check_int_or_pair
+from .scales import symmetric_limits  # noqa: F401  (re-exported: the one colour rule lives in scales)
 
 
 def as_affinity(a, name: str = "A") -> torch.Tensor:
@@ -33,7 +34,7 @@ def grid_of(grid, n: int, name: str = "grid") -> tuple[int, int]:
     """Validate ``grid`` against N tokens; ``None`` means one row of N tokens ``(1, N)``."""
     if grid is None:
         return (1, n)
-    grid = check_grid(grid)
+    grid = check_int_or_pair("grid", grid)
     if grid[0] * grid[1] != n:
         raise ValueError(f"{name}={grid} holds {grid[0] * grid[1]} tokens but the affinity has N={n}")
     return grid
@@ -123,10 +124,3 @@ def image_array(image) -> np.ndarray:
     lo, hi = t.min(), t.max()
     t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
     return t.numpy()
-
-
-def symmetric_limits(values) -> tuple[float, float]:
-    """``(-v, v)`` with v the largest absolute value (1 if all are zero): a diverging scale."""
-    v = float(np.nanmax(np.abs(np.asarray(values)))) if np.size(values) else 1.0
-    v = v if v > 0 else 1.0
-    return -v, v

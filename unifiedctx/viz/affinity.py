@@ -12,6 +12,8 @@ Every mixer aggregates context as ``Y = project(A @ V)`` with ``A`` of shape
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,36 +27,37 @@ from ._common import (
     pick_heads,
     pick_index,
     query_index,
-    symmetric_limits,
 )
+from .scales import DIVERGING, MIN_FONTSIZE, SEQUENTIAL, Scale, add_colorbar, maps_scale, scale_for
 
-SEQUENTIAL_CMAP = "magma"
-DIVERGING_CMAP = "RdBu_r"
+SEQUENTIAL_CMAP = SEQUENTIAL  # kept names; the rule itself lives in viz.scales
+DIVERGING_CMAP = DIVERGING
 
 
-def _matrix_cmap(values: np.ndarray, cmap):
-    """Colormap and limits: diverging and centred on 0 for signed data, sequential otherwise."""
-    if (values < 0).any():
-        vmin, vmax = symmetric_limits(values)
-        return cmap or DIVERGING_CMAP, vmin, vmax
-    return cmap or SEQUENTIAL_CMAP, 0.0, float(values.max()) if values.max() > 0 else 1.0
+def _with_cmap(scale: Scale, cmap) -> Scale:
+    """``scale`` with the caller's colormap, when one was asked for."""
+    return scale if cmap is None else replace(scale, cmap=cmap)
 
 
 def plot_affinity_matrix(A, grid=None, head: int = 0, batch: int = 0, ax=None, cmap=None,
-                         title: str | None = None, colorbar: bool = True, row_lines: bool = True):
+                         title: str | None = None, colorbar: bool = True, row_lines: bool = True,
+                         scale: Scale | None = None):
     """Draw the N x N affinity matrix ``A[batch, head]`` of one head.
 
     Row i, column j is the weight token i gives token j (``y_i = sum_j A_ij v_j``). Tokens are
     numbered row-major on the ``grid=(H, W)``, so thin lines every W tokens separate the image
-    rows and the ticks name the grid row each block starts. Signed matrices (convolution
-    kernels, MLP-Mixer weights) use a diverging colormap centred on 0; non-negative ones
-    (attention, pooling) a sequential one.
+    rows and the ticks name the grid row each block starts. Colours follow the library's one
+    rule (:mod:`unifiedctx.viz.scales`): signed matrices (convolution kernels, MLP-Mixer
+    weights) on the diverging colormap centred on 0, non-negative ones (attention, pooling) on
+    the sequential one from 0; the colorbar of a row-stochastic matrix marks the uniform 1/N.
 
     Args:
         A: ``(B|1, M, N, N)``, ``(M, N, N)`` or ``(N, N)`` tensor or array.
         grid: ``(H, W)`` with H*W = N; ``None`` draws no row structure (a 1 x N sequence).
         head, batch: which head and which sample to draw.
         ax: an existing matplotlib axes to draw into; a new figure when ``None``.
+        colorbar: draw the colorbar (pass ``False`` only when the caller states the scale).
+        scale: a shared :class:`~unifiedctx.viz.scales.Scale` (default: this matrix's own).
         row_lines: draw the image-row separators (they are skipped when W = N).
 
     Returns:
@@ -69,8 +72,8 @@ def plot_affinity_matrix(A, grid=None, head: int = 0, batch: int = 0, ax=None, c
     h, w = grid_of(grid, n)
     values = a[b, m].numpy()
     fig, ax = new_axes(ax, figsize=(5, 4.4))
-    cmap, vmin, vmax = _matrix_cmap(values, cmap)
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    scale = _with_cmap(scale or scale_for(values), cmap)
+    ax.imshow(values, cmap=scale.cmap, vmin=scale.vmin, vmax=scale.vmax, interpolation="nearest")
     if grid is not None and h > 1:
         if row_lines:
             for r in range(1, h):
@@ -80,15 +83,15 @@ def plot_affinity_matrix(A, grid=None, head: int = 0, batch: int = 0, ax=None, c
         rows = list(range(0, h, step))
         ax.set_xticks([r * w - 0.5 + w / 2 for r in rows], [str(r) for r in rows])
         ax.set_yticks([r * w - 0.5 + w / 2 for r in rows], [str(r) for r in rows])
-        ax.set_xlabel("key token j (grid row)")
-        ax.set_ylabel("query token i (grid row)")
+        ax.set_xlabel("key token j (grid row)", fontsize=MIN_FONTSIZE + 1)
+        ax.set_ylabel("query token i (grid row)", fontsize=MIN_FONTSIZE + 1)
     else:
-        ax.set_xlabel("key token j")
-        ax.set_ylabel("query token i")
-    ax.tick_params(length=0, labelsize=7)
+        ax.set_xlabel("key token j", fontsize=MIN_FONTSIZE + 1)
+        ax.set_ylabel("query token i", fontsize=MIN_FONTSIZE + 1)
+    ax.tick_params(length=0, labelsize=MIN_FONTSIZE)
     ax.set_title(title if title is not None else f"affinity, head {m}", fontsize=10)
     if colorbar:
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        add_colorbar(fig, scale, ax)
     return fig
 
 
@@ -123,14 +126,18 @@ def upsample_maps(maps: torch.Tensor, size, mode: str = "nearest") -> torch.Tens
 
 def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode: str = "nearest",
                     axes=None, ncols: int | None = None, alpha: float = 0.85, cmap=None,
-                    title: str | None = None):
+                    title: str | None = None, scale: Scale | None = None, colorbar: bool = True):
     """Draw, for each head, where the query token gathers its context, over the input image.
 
     Each panel shows ``A[batch, m, q, :]`` folded onto the layer's ``grid`` (see
     :func:`query_maps`), upsampled to the image size when the layer is coarser (``mode``
-    ``"nearest"`` keeps the tokens' blocks, ``"bilinear"`` smooths them), drawn with
-    over the image with an opacity of ``alpha * sqrt(|A| / max |A|)`` (tokens that get no weight
-    leave the image visible), with the query's cell marked by a cyan square.
+    ``"nearest"`` keeps the tokens' blocks, ``"bilinear"`` smooths them), drawn over the image
+    with an opacity of ``alpha * sqrt(|A| / max |A|)`` (tokens that get no weight leave the
+    image visible), with the query's cell marked by a cyan square (the figure says so).
+
+    All heads share one colour scale (:func:`unifiedctx.viz.scales.maps_scale`: no per-head
+    rescaling), stated by one colorbar; when the maps are softmax (or pooling) rows, the
+    colorbar marks the uniform level 1/N.
 
     Args:
         A: ``(B|1, M, N, N)`` affinity (or ``(M, N, N)`` / ``(N, N)``).
@@ -138,6 +145,8 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
         query: ``(y, x)`` on that grid.
         image: the input ``(C, H_img, W_img)`` / ``(H_img, W_img)``; ``None`` draws maps alone.
         heads: which heads (default all); axes: existing axes, one per head.
+        scale: a scale shared with other panels (default: the one of these maps).
+        colorbar: draw the colorbar (``False`` when the caller draws one for ``scale``).
 
     Returns:
         the ``Figure``; panel k's ``images[-1]`` holds the (upsampled) map of head ``heads[k]``.
@@ -150,30 +159,45 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
     img = None if image is None else image_array(image)
     size = (h, w) if img is None else img.shape[:2]
     up = upsample_maps(maps[chosen], size, mode=mode).numpy()
+    scale = _with_cmap(scale or maps_scale(maps[chosen].numpy()), cmap)
     fig, axs = axes_grid(len(chosen), axes=axes, ncols=ncols)
     sy, sx = size[0] / h, size[1] / w
+    peak = max(abs(scale.vmin), abs(scale.vmax))
     for ax, m, amap in zip(axs, chosen, up):
         if img is not None:
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
-        cm, vmin, vmax = _matrix_cmap(amap, cmap if cmap is not None else ("inferno"
-                                       if (amap >= 0).all() else None))
         # over an image, opacity grows with |A| so that tokens given no weight show the image
-        opacity = alpha * np.sqrt(np.clip(np.abs(amap) / max(abs(vmin), vmax), 0, 1)) if img is not None \
-            else None
-        ax.imshow(amap, cmap=cm, vmin=vmin, vmax=vmax, alpha=opacity, interpolation="nearest")
+        opacity = alpha * np.sqrt(np.clip(np.abs(amap) / peak, 0, 1)) if img is not None else None
+        ax.imshow(amap, cmap=scale.cmap, vmin=scale.vmin, vmax=scale.vmax, alpha=opacity,
+                  interpolation="nearest")
         ax.add_patch(_query_box(qy, qx, sy, sx))
         ax.set_title(f"head {m}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+    if colorbar:
+        add_colorbar(fig, scale, axs, label=f"A[q, j] (query {(qy, qx)})")
+    explain_query_marker(fig)
     if axes is None or title:
         fig.suptitle(title if title is not None else f"query {(qy, qx)} on grid {(h, w)}", fontsize=10)
     return fig
 
 
+#: The caption that explains the query marker, once per figure (found by its gid).
+MARKER_CAPTION = "cyan square: the query token q; colour: A[q, j], the weight q gives token j"
+
+
+def explain_query_marker(fig) -> None:
+    """Say on ``fig`` (once) what the cyan square of the query maps is."""
+    if not any(t.get_gid() == "query-marker-caption" for t in fig.texts):
+        fig.text(0.5, 0.0, MARKER_CAPTION, ha="center", va="bottom", fontsize=MIN_FONTSIZE,
+                 gid="query-marker-caption")
+
+
 def _query_box(qy, qx, sy, sx):
     from matplotlib.patches import Rectangle
 
-    return Rectangle((qx * sx - 0.5, qy * sy - 0.5), sx, sy, fill=False, ec="cyan", lw=1.8)
+    return Rectangle((qx * sx - 0.5, qy * sy - 0.5), sx, sy, fill=False, ec="cyan", lw=1.8,
+                     label="query token")
 
 
 # ------------------------------------------------------------------- the comparison figure
@@ -181,7 +205,7 @@ def _query_box(qy, qx, sy, sx):
 FAMILIES = {
     "dwconv": "depthwise conv\n(static, local)",
     "attention": "self-attention\n(dynamic, dense)",
-    "mixer": "MLP-Mixer\n(static, dense)",
+    "tokenmlp": "MLP-Mixer\n(static, dense)",
     "container": "Container\n(α·attention + β·conv)",
 }
 
@@ -192,8 +216,8 @@ def grid_features(image, dim: int, grid, seed: int = 0) -> torch.Tensor:
     The image is area-averaged to ``grid``; each token gets its 3 x 3 neighbourhood of
     intensities (per channel, zero padded) and its (y, x) position in [-1, 1], mapped to
     ``dim`` channels by a fixed random matrix (``seed``), then scaled to norm ``sqrt(dim)``.
-    Similar-looking tokens thus get similar features (``q . k`` is a cosine similarity), which
-    is what makes attention's affinity content-dependent.
+    Similar-looking tokens thus get similar features, which is what makes attention's
+    affinity content-dependent.
     """
     t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
     t = t.detach().to("cpu", torch.float64)
@@ -216,36 +240,53 @@ def grid_features(image, dim: int, grid, seed: int = 0) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) * dim**0.5
 
 
-@torch.no_grad()
-def comparison_mixers(dim: int, grid, seed: int = 0, heads: int = 2, kernel_size: int = 3,
-                      sharpness: float = 1.2) -> dict:
-    """The four mixers of :func:`comparison_figure`, float64, built with ``mixers.create``.
+def comparison_mixers(dim: int, grid, seed: int = 0, heads: int = 2, kernel_size: int = 3) -> dict:
+    """The four mixers of :func:`comparison_figure`: ``{family: mixer}``, float64, eval mode.
 
-    Attention and Container's attention use the same "similarity" query/key maps
-    (``W_q = W_k = sharpness * I`` per head), so a token attends to tokens whose features
-    look like its own; values and projections are identities. The depthwise kernels and the
-    MLP-Mixer matrix keep their seeded default initialisation; Container mixes with its
-    initial ``alpha = beta = 0.5``.
+    Each is built by the registry (``unifiedctx.mixers.create``) from ``torch.manual_seed(seed)``
+    with its own initialisation, so Container's attention half is the attention mixer's (same
+    seed, same parameter order). So that Container is literally ``alpha * attention + beta *
+    conv`` of the panels beside it, its static kernel is the depthwise conv's: loaded with
+    ``load_state_dict`` into the entry of its own state dict that holds its
+    ``static_kernels()`` (no submodule is named). The global RNG is left as it was.
     """
     from ..mixers import create
 
-    torch.manual_seed(seed)
-    mixers = {
-        "dwconv": create("dwconv", dim=dim, kernel_size=kernel_size),
-        "attention": create("attention", dim=dim, heads=heads),
-        "mixer": create("mixer", dim=dim, grid=tuple(grid)),
-        "container": create("container", dim=dim, heads=heads, kernel_size=kernel_size),
-    }
-    mixers = {k: v.double().eval() for k, v in mixers.items()}
-    eye = torch.eye(dim, dtype=torch.float64)
-    for name in ("attention", "container"):
-        mod = mixers[name]
-        mod.qkv.weight.copy_(torch.cat([sharpness * eye, sharpness * eye, eye]))
-        mod.qkv.bias.zero_()
-        mod.proj.weight.copy_(eye)
-        mod.proj.bias.zero_()
-    mixers["container"].static.weight.copy_(mixers["dwconv"].conv.weight)
-    return mixers
+    options = {"dwconv": {"kernel_size": kernel_size}, "attention": {"heads": heads},
+               "tokenmlp": {"grid": tuple(grid)},
+               "container": {"heads": heads, "kernel_size": kernel_size}}
+    out = {}
+    with torch.random.fork_rng(devices=[]):
+        for name, opts in options.items():
+            torch.manual_seed(seed)
+            out[name] = create(_registry_name(name), dim=dim, **opts).double().eval()
+    load_static_kernels(out["container"], out["dwconv"].static_kernels())
+    return out
+
+
+def load_static_kernels(mixer, kernels: torch.Tensor) -> None:
+    """Make ``kernels`` ``(C, kh, kw)`` the learned static kernel of ``mixer``.
+
+    Through the contract only: the entry of ``mixer.state_dict()`` whose storage holds
+    ``mixer.static_kernels()`` is replaced and the dict loaded back (``load_state_dict``).
+    """
+    own = mixer.static_kernels()
+    if own is None:
+        raise ValueError(f"{type(mixer).__name__} has no static kernel (static_kernels() is None)")
+    if tuple(kernels.shape) != tuple(own.shape):
+        raise ValueError(f"kernels must have shape {tuple(own.shape)}, got {tuple(kernels.shape)}")
+    state = mixer.state_dict()
+    ptr = own.untyped_storage().data_ptr()
+    (key,) = [k for k, v in state.items() if v.untyped_storage().data_ptr() == ptr]
+    state[key] = kernels.detach().reshape(state[key].shape).to(state[key])
+    mixer.load_state_dict(state)
+
+
+def _registry_name(family: str) -> str:
+    """``tokenmlp`` is registered under its new name after issue 9, ``mixer`` before."""
+    from ..mixers import REGISTRY
+
+    return family if family in REGISTRY or family != "tokenmlp" else "mixer"
 
 
 @torch.no_grad()
@@ -253,29 +294,26 @@ def comparison_affinities(image, dim: int = 16, grid=(8, 8), seed: int = 0, head
                           kernel_size: int = 3) -> dict[str, torch.Tensor]:
     """Head-0 affinities ``{family: (N, N)}`` of the four families for one image (float64).
 
-    For ``container`` this is the head-level mixed affinity
-    ``alpha * A_attention + beta * mean_c A_dwconv[c]`` (``Container.components``).
+    Each is the mixer's ``components(x)`` entry of its own kind (``"mixed"`` for Container:
+    ``alpha * A_attention + beta * mean_c A_dwconv[c]`` over the channels of head 0).
     """
     x = grid_features(image, dim, grid, seed=seed)
     mixers = comparison_mixers(dim, grid, seed=seed, heads=heads, kernel_size=kernel_size)
-    out = {}
-    for name, mod in mixers.items():
-        a = mod.components(x)["mixed"] if name == "container" else mod.affinity(x)
-        out[name] = a[0, 0].detach().clone()
-    return out
+    return {name: mod.components(x)[mod.kind][0, 0].detach().clone() for name, mod in mixers.items()}
 
 
 def comparison_figure(image, dim: int = 16, grid=(8, 8), query=None, seed: int = 0,
                       heads: int = 2, kernel_size: int = 3, mode: str = "nearest"):
     """The paper's comparison, computed: conv, attention, MLP-Mixer and Container side by side.
 
-    For one input image, each family's mixer (built by ``unifiedctx.mixers.create`` on a
-    ``grid`` of tokens with ``dim`` channels, see :func:`comparison_mixers` and
-    :func:`grid_features`) gives an affinity ``A`` (head 0 shown). Top row: the N x N matrix
-    (banded for the convolution, dense for the others; input-dependent only for attention and
-    Container). Bottom row: the query's row of ``A`` folded onto the grid and laid over the
-    image. ``query=(y, x)`` on the grid defaults to the token with the brightest average
-    intensity (on an MNIST digit: a point on the stroke).
+    For one input image (a digit or an RGB photo), each family's mixer (built by
+    ``unifiedctx.mixers.create`` with seeded initial weights on a ``grid`` of tokens with
+    ``dim`` channels, see :func:`comparison_mixers` and :func:`grid_features`) gives an
+    affinity ``A`` (head 0 shown). Top row: the N x N matrix (banded for the convolution, dense
+    for the others; input-dependent only for attention and Container). Bottom row: the query's
+    row of ``A`` folded onto the grid and laid over the image. Each column has one colour scale
+    (its colorbar, shared by the matrix and the map; 1/N marked for the softmax). ``query=(y,
+    x)`` on the grid defaults to the token with the brightest average intensity.
 
     Returns:
         the ``Figure`` (2 rows x 4 columns; the matrices are ``fig.axes[0:4]``'s images).
@@ -290,12 +328,14 @@ def comparison_figure(image, dim: int = 16, grid=(8, 8), query=None, seed: int =
         query = divmod(int(small.argmax()), grid[1])
     fig, axes = axes_grid(8, ncols=4, size=2.9)
     for col, (name, a) in enumerate(affs.items()):
-        plot_affinity_matrix(a, grid=grid, ax=axes[col], title=FAMILIES[name], colorbar=False)
-        plot_query_maps(a, grid, query, image=image, axes=[axes[4 + col]], mode=mode,
-                        title="")
-        axes[col].set_xlabel("key j (grid row)", fontsize=7)
-        axes[col].set_ylabel("query i (grid row)" if col == 0 else "", fontsize=7)
-        axes[4 + col].set_title(f"query {tuple(query)}: A[q, :]", fontsize=8)
-    fig.suptitle(f"One operator, four affinities: head 0 on a {grid[0]}x{grid[1]} grid, {dim} channels",
-                 fontsize=11)
+        scale = scale_for(a.numpy())
+        plot_affinity_matrix(a, grid=grid, ax=axes[col], title=FAMILIES[name], colorbar=False, scale=scale)
+        plot_query_maps(a, grid, query, image=image, axes=[axes[4 + col]], mode=mode, title="",
+                        scale=scale, colorbar=False)
+        axes[col].set_xlabel("key j (grid row)", fontsize=MIN_FONTSIZE)
+        axes[col].set_ylabel("query i (grid row)" if col == 0 else "", fontsize=MIN_FONTSIZE)
+        axes[4 + col].set_title(f"query {tuple(query)}: A[q, :]", fontsize=MIN_FONTSIZE + 1)
+        add_colorbar(fig, scale, [axes[col], axes[4 + col]], shrink=0.7)
+    fig.suptitle(f"One operator, four affinities: head 0 on a {grid[0]}x{grid[1]} grid, {dim} channels, "
+                 "seeded initial weights", fontsize=11)
     return fig

@@ -1,8 +1,11 @@
-"""Training curves: Container's alpha/beta per layer, their course over training, learning curves.
+"""Training curves: the mixing weights per layer, their course over training, learning curves.
 
 A training history is a list of per-epoch dicts (``unifiedctx.train``'s ``History`` is
 list-like) with keys such as ``"epoch"``, ``"train_loss"``, ``"test_acc"``, ``"lr"`` and
-``"mixing"`` -> ``{layer: {"alpha": a, "beta": b}}``.
+``"mixing"`` -> ``{layer: {name: value}}``: the mixing knob of every layer that has one, under
+the names its mixer's ``mixing_weights()`` gives (Container: ``"alpha"``, ``"beta"``; GPSA:
+``"gate"``, a list with one value per head). Old histories with flat ``alpha/<layer>`` columns
+are read too (:func:`unifiedctx.train.history.mixing_of`).
 """
 
 from __future__ import annotations
@@ -10,12 +13,38 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
+from ..train.history import mixing_of
 from ._common import new_axes
+from .scales import MIN_FONTSIZE
+
+#: ``row_mixing(row)`` is the history's compatibility reader (kept under its old name).
+row_mixing = mixing_of
+
+#: How the history's columns read on an axis.
+METRIC_LABELS = {
+    "train_loss": "training loss", "train_acc": "training accuracy",
+    "test_loss": "test loss", "test_acc": "test accuracy",
+    "ema_test_loss": "test loss (EMA weights)", "ema_test_acc": "test accuracy (EMA weights)",
+    "lr": "learning rate", "images_per_s": "images per second", "epoch_time": "seconds per epoch",
+    "time": "training time (s)",
+}
+GREEK = {"alpha": "α", "beta": "β", "gate": "gate g"}
+MEANING = {"alpha": "attention, dynamic", "beta": "conv, static", "gate": "positional share"}
+STYLES = ("-", "--", ":", "-.")
+
+
+def metric_label(key: str) -> str:
+    """A column name as words: ``"test_acc"`` -> ``"test accuracy"``."""
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    words = ["accuracy" if w == "acc" else w for w in key.split("_")]
+    return " ".join(words)
 
 
 def _as_weights(weights) -> dict:
-    """``{layer: {"alpha", "beta"}}`` from such a mapping or from a model (``models.mixing_weights``)."""
+    """``{layer: {name: float | list}}`` from such a mapping or from a model (``models.mixing_weights``)."""
     import torch
 
     if isinstance(weights, torch.nn.Module):
@@ -23,36 +52,62 @@ def _as_weights(weights) -> dict:
 
         weights = mixing_weights(weights)
     if not isinstance(weights, Mapping):
-        raise TypeError(f"weights must be a mapping {{layer: {{'alpha', 'beta'}}}} or a model, "
+        raise TypeError(f"weights must be a mapping {{layer: {{name: value}}}} or a model, "
                         f"got {type(weights).__name__}")
-    for name, ab in weights.items():
-        if not (isinstance(ab, Mapping) and "alpha" in ab and "beta" in ab):
-            raise ValueError(f"weights[{name!r}] must hold 'alpha' and 'beta', got {ab!r}")
-    return {name: {"alpha": float(ab["alpha"]), "beta": float(ab["beta"])} for name, ab in weights.items()}
+    out = {}
+    for layer, named in weights.items():
+        if not isinstance(named, Mapping) or not named:
+            raise ValueError(f"weights[{layer!r}] must map weight names to values, got {named!r}")
+        if ("alpha" in named) != ("beta" in named):
+            raise ValueError(f"weights[{layer!r}] must hold both 'alpha' and 'beta' (Container's "
+                             f"mix), got {sorted(named)}")
+        out[layer] = {name: (np.asarray(v, dtype=float).tolist()) for name, v in named.items()}
+    return out
+
+
+def _names(weights: Mapping) -> list[str]:
+    return list(dict.fromkeys(n for named in weights.values() for n in named))
+
+
+def _mean(value) -> float:
+    return float(np.mean(value)) if isinstance(value, list) else float(value)
 
 
 def plot_mixing_weights(weights, ax=None, title: str | None = None):
-    """Bars of alpha (dynamic / attention share) and beta (static / conv share) of every Container layer.
+    """Bars of every layer's mixing weights: Container's alpha (dynamic) and beta (static), ...
 
     Container mixes ``A = alpha * A_attention + beta * A_dwconv``; with the released code's
-    sigmoid mixing alpha + beta = 1, so the bars show which way each layer has leaned.
-    ``weights`` is ``{layer: {"alpha": a, "beta": b}}`` (``models.mixing_weights(model)``) or the
-    model itself. Returns the ``Figure``; ``ax.containers[0]`` are the alpha bars, ``[1]`` beta.
+    sigmoid mixing alpha + beta = 1, so the bars show which way each layer has leaned. A
+    per-head weight (GPSA's gate) is drawn as the bar of its mean with one dot per head.
+    ``weights`` is ``{layer: {name: value}}`` (``models.mixing_weights(model)``) or the model.
+    The legend sits outside the axes, so it never covers a bar.
+
+    Returns:
+        the ``Figure``; ``ax.containers[k]`` are the bars of the k-th weight name (alpha, beta).
     """
     weights = _as_weights(weights)
     if not weights:
-        raise ValueError("no mixing weights: the model has no Container (mixed) layers")
-    names = list(weights)
-    fig, ax = new_axes(ax, figsize=(max(4.0, 0.7 * len(names) + 2), 3.4))
-    pos = np.arange(len(names))
-    ax.bar(pos - 0.2, [weights[n]["alpha"] for n in names], 0.4, label="α (attention, dynamic)",
-           color="tab:orange")
-    ax.bar(pos + 0.2, [weights[n]["beta"] for n in names], 0.4, label="β (conv, static)", color="tab:blue")
-    ax.set_xticks(pos, names, rotation=45, ha="right", fontsize=7)
+        raise ValueError("no mixing weights: the model has no mixer with a mixing knob")
+    layers, names = list(weights), _names(weights)
+    fig, ax = new_axes(ax, figsize=(max(4.0, 0.7 * len(layers) + 3.2), 3.4))
+    pos = np.arange(len(layers))
+    width = 0.8 / len(names)
+    colors = {"alpha": "tab:orange", "beta": "tab:blue"}
+    for k, name in enumerate(names):
+        x = pos - 0.4 + width * (k + 0.5)
+        has = [name in weights[la] for la in layers]
+        heights = [_mean(weights[la][name]) if h else 0.0 for la, h in zip(layers, has)]
+        label = f"{GREEK.get(name, name)} ({MEANING[name]})" if name in MEANING else name
+        ax.bar(x, heights, width, label=label, color=colors.get(name, f"C{k + 2}"))
+        for xi, la in zip(x, layers):
+            if isinstance(weights[la].get(name), list):
+                ax.plot([xi] * len(weights[la][name]), weights[la][name], "k.", ms=3)
+    ax.set_xticks(pos, layers, rotation=45, ha="right", fontsize=MIN_FONTSIZE)
+    ax.tick_params(labelsize=MIN_FONTSIZE)
     ax.axhline(0.5, color="0.5", lw=0.6, ls=":")
     ax.set_ylabel("mixing weight")
-    ax.legend(fontsize=8)
-    ax.set_title(title or "Container mixing per layer", fontsize=10)
+    ax.legend(fontsize=MIN_FONTSIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title or "Mixing weights per layer", fontsize=10)
     return fig
 
 
@@ -69,45 +124,44 @@ def _check_history(history, name: str = "history") -> list:
     return rows
 
 
-def row_mixing(row: Mapping) -> dict:
-    """The ``{layer: {"alpha", "beta"}}`` of one history row: its ``"mixing"`` entry, or the
-    ``alpha/<layer>`` and ``beta/<layer>`` columns that ``unifiedctx.train.fit`` writes."""
-    if row.get("mixing"):
-        return row["mixing"]
-    return {key[len("alpha/"):]: {"alpha": value, "beta": row.get("beta/" + key[len("alpha/"):], 1 - value)}
-            for key, value in row.items() if key.startswith("alpha/")}
-
-
 def plot_mixing_history(history, ax=None, title: str | None = None):
-    """The course of every Container layer's alpha (solid) and beta (dashed) over training.
+    """The course of every layer's mixing weights over training: one colour per layer.
 
-    ``history`` is a list of per-epoch dicts (a ``unifiedctx.train.History``): each row holds
-    the engine's ``alpha/<layer>`` and ``beta/<layer>`` columns, or a ``"mixing"`` entry mapping
-    layer names to ``{"alpha", "beta"}`` (for example ``{"epoch": 0, "mixing":
-    mixing_weights(untrained_model)}`` to start the curve at initialisation); x is each row's
-    ``"epoch"`` (its 1-based position if absent). One colour per layer. Returns the
-    ``Figure``; the lines are ``ax.lines`` in order (alpha of layer 0, beta of layer 0, ...).
+    ``history`` is a list of per-epoch dicts (a ``unifiedctx.train.History``) whose
+    ``"mixing"`` entries map layers to ``{name: value}`` (old flat ``alpha/<layer>`` columns are
+    read too); put ``{"epoch": 0, "mixing": mixing_weights(untrained_model)}`` first to start
+    the curve at initialisation. Each weight name has its line style (alpha solid, beta dashed;
+    per-head weights as their mean). x is each row's ``"epoch"`` (its 1-based position if
+    absent), with integer ticks.
+
+    Returns:
+        the ``Figure``; the lines are ``ax.lines`` in order (alpha of layer 0, beta of layer 0, ...).
     """
     rows = _check_history(history)
-    rows = [{**r, "mixing": row_mixing(r)} for r in rows]
+    rows = [{**r, "mixing": mixing_of(r)} for r in rows]
     rows = [r for r in rows if r["mixing"]]
     if not rows:
-        raise ValueError("history has no 'mixing' entries (was the model a Container?)")
-    names = list(dict.fromkeys(n for r in rows for n in r["mixing"]))
+        raise ValueError("history has no 'mixing' entries (does the model have a mixing knob?)")
+    layers = list(dict.fromkeys(n for r in rows for n in r["mixing"]))
+    names = list(dict.fromkeys(k for r in rows for w in r["mixing"].values() for k in w))
     epochs = _epochs(rows)
-    fig, ax = new_axes(ax, figsize=(5.5, 3.6))
-    colors = _colors(len(names))
-    for name, color in zip(names, colors):
-        xs = [e for e, r in zip(epochs, rows) if name in r["mixing"]]
-        for key, style in (("alpha", "-"), ("beta", "--")):
-            ys = [float(r["mixing"][name][key]) for r in rows if name in r["mixing"]]
-            ax.plot(xs, ys, style, color=color, marker="o", ms=2.5,
-                    label=f"{name} α" if key == "alpha" else None)
+    fig, ax = new_axes(ax, figsize=(6.5, 3.6))
+    for layer, color in zip(layers, _colors(len(layers))):
+        seen = [(e, r["mixing"][layer]) for e, r in zip(epochs, rows) if layer in r["mixing"]]
+        for k, name in enumerate(names):
+            pts = [(e, _mean(w[name])) for e, w in seen if name in w]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], STYLES[k % len(STYLES)], color=color,
+                        marker="o", ms=2.5, label=f"{layer} {GREEK.get(name, name)}" if k == 0 else None)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mixing weight (α solid, β dashed)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    styles = ", ".join(f"{GREEK.get(n, n)} {('solid', 'dashed', 'dotted', 'dash-dot')[k % 4]}"
+                       for k, n in enumerate(names))
+    ax.set_ylabel(f"mixing weight ({styles})", fontsize=9)
+    ax.tick_params(labelsize=MIN_FONTSIZE)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=max(1, len(names) // 6))
-    ax.set_title(title or "Container mixing over training", fontsize=10)
+    ax.legend(fontsize=MIN_FONTSIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title or "Mixing weights over training", fontsize=10)
     return fig
 
 
@@ -122,9 +176,10 @@ def learning_curves(runs: Mapping, metric="test_acc", axes=None, title: str | No
     """Learning curves of several runs on one figure: one line per run, one panel per metric.
 
     ``runs`` maps a label (``"conv"``, ``"attention"``...) to a history (a list of per-epoch
-    dicts); ``metric`` is a key of those dicts or a list of keys (one panel each). Epochs
-    without the metric (evaluated every few epochs, say) are skipped; a run that never has it
-    is a ``ValueError`` naming the metric and the keys it does have.
+    dicts); ``metric`` is a key of those dicts or a list of keys (one panel each), labelled in
+    words (``test_acc`` -> "test accuracy"). Epochs without the metric (evaluated every few
+    epochs, say) are skipped; a run that never has it is a ``ValueError`` naming the metric and
+    the keys it does have. Epoch ticks are integers.
 
     Returns:
         the ``Figure``; in panel k, ``ax.lines[r]`` is run r's curve of ``metric[k]``.
@@ -155,10 +210,12 @@ def learning_curves(runs: Mapping, metric="test_acc", axes=None, title: str | No
             pts = [(e, float(r[m])) for e, r in zip(_epochs(rows), rows) if m in r and r[m] is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=2.5, color=color, label=label)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(m)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric_label(m))
+        ax.tick_params(labelsize=MIN_FONTSIZE)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(m.replace("_", " "), fontsize=10)
+        ax.legend(fontsize=MIN_FONTSIZE)
+        ax.set_title(metric_label(m), fontsize=10)
     if title:
         fig.suptitle(title)
     return fig

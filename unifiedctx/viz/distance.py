@@ -23,6 +23,7 @@ import torch
 
 from ..mixers.local import token_offsets
 from ._common import as_affinity, grid_of, new_axes
+from .scales import MIN_FONTSIZE
 
 
 def _strides(pixel_stride) -> tuple[float, float]:
@@ -125,10 +126,11 @@ def plot_affinity_distance(distances: Mapping, image_size=None, grids: Mapping |
         means.append(float(np.nanmean(d)) if np.isfinite(d).any() else math.nan)
     ax.scatter(xs, ys, s=14, alpha=0.55, color="tab:blue", label="one head")
     ax.plot(range(len(names)), means, "-o", color="tab:red", ms=4, label="layer mean")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=MIN_FONTSIZE)
+    ax.tick_params(labelsize=MIN_FONTSIZE)
     ax.set_ylabel("mean affinity distance (input px)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=MIN_FONTSIZE)
     ax.set_title(title or "How far each head looks", fontsize=10)
     return fig

@@ -2,8 +2,9 @@
 
 A depthwise k x k kernel is the whole content of a static, local affinity (``A[c]`` is the
 banded matrix that repeats the kernel along the grid), so looking at the kernels is looking
-at the static affinities. Each kernel is drawn as a small k x k tile in a diverging colormap
-centred on 0 (red positive, blue negative, white zero).
+at the static affinities. Each kernel is drawn as a small k x k tile in the library's diverging
+colormap centred on 0 (red positive, blue negative, white zero). The kernels are read through
+the mixer contract (``static_kernels()``), so a new mixer with a static kernel shows up here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._common import symmetric_limits
+from .scales import DIVERGING, MIN_FONTSIZE, Scale, add_colorbar, symmetric_limits
 
 
 def _is_depthwise(conv: nn.Module) -> bool:
@@ -25,27 +26,27 @@ def _is_depthwise(conv: nn.Module) -> bool:
 
 
 def static_kernels(model: nn.Module, all_depthwise: bool = False) -> OrderedDict:
-    """The depthwise kernels of a model: ``{layer name: (C, kh, kw)}`` (detached float CPU tensors).
+    """The learned static kernels of a model: ``{layer name: (C, kh, kw)}`` (detached float64 CPU).
 
-    By default only the static affinities of token mixers: ``DepthwiseConv.conv`` (``dwconv``)
-    and ``Container.static`` (the conv half of the mixed affinity). ``all_depthwise=True``
-    takes every depthwise ``nn.Conv2d`` with a kernel larger than 1 (positional convs too).
-    A bare ``nn.Conv2d`` or mixer is accepted as a model of one layer.
+    Every token mixer is asked through the contract (``mixer.static_kernels()``: dwconv's
+    kernel, the conv half of Container's mixed affinity; ``None`` for mixers without a learned
+    static kernel). ``all_depthwise=True`` adds every other depthwise ``nn.Conv2d`` outside the
+    mixers with a kernel larger than 1 (positional convs). A bare ``nn.Conv2d`` or mixer is
+    accepted as a model of one layer.
     """
-    from ..mixers import Container, DepthwiseConv
+    from ..models.recording import mixer_layers
 
     out = OrderedDict()
-    for name, mod in model.named_modules():
-        if isinstance(mod, DepthwiseConv):
-            conv, label = mod.conv, name
-        elif isinstance(mod, Container):
-            conv, label = mod.static, name
-        elif all_depthwise and _is_depthwise(mod):
-            conv, label = mod, name
-        else:
-            continue
-        if _is_depthwise(conv) and label not in out:
-            out[label or type(mod).__name__] = conv.weight.detach().to("cpu", torch.float64)[:, 0]
+    mixers = mixer_layers(model)
+    for name, mixer in mixers.items():
+        kernel = mixer.static_kernels()
+        if kernel is not None:
+            out[name or type(mixer).__name__] = kernel.detach().to("cpu", torch.float64)
+    if all_depthwise:
+        inside = {id(m) for mixer in mixers.values() for m in mixer.modules()}
+        for name, mod in model.named_modules():
+            if id(mod) not in inside and _is_depthwise(mod):
+                out[name or type(mod).__name__] = mod.weight.detach().to("cpu", torch.float64)[:, 0]
     if not out and _is_depthwise(model):
         out[type(model).__name__] = model.weight.detach().to("cpu", torch.float64)[:, 0]
     return out
@@ -74,19 +75,37 @@ def _as_kernel_dict(kernels) -> OrderedDict:
     return out
 
 
-def plot_static_kernels(kernels, channels: int = 16, cmap: str = "RdBu_r", fig=None,
-                        title: str | None = None):
+def kernel_limits(*kernel_sets, channels: int | None = None) -> OrderedDict:
+    """``{layer: v}``: the symmetric colour limit ``±v`` of each layer over several kernel sets.
+
+    Give it the kernels before and after training (each a model, a tensor or a mapping, as
+    :func:`plot_static_kernels` takes) and pass the result as ``limits=`` to both plots: the
+    two figures then share one colour range per layer. Only the first ``channels`` are read.
+    """
+    limits = OrderedDict()
+    for kernels in kernel_sets:
+        for name, k in _as_kernel_dict(kernels).items():
+            shown = k[:channels] if channels else k
+            limits[name] = max(limits.get(name, 0.0), symmetric_limits(shown.numpy())[1])
+    return limits
+
+
+def plot_static_kernels(kernels, channels: int = 16, cmap: str = DIVERGING, fig=None,
+                        title: str | None = None, limits=None):
     """Draw learned depthwise kernels as a grid of k x k tiles: one row per layer.
 
-    Row r shows the first ``channels`` channels of layer r, on a diverging colormap centred on 0
-    whose range is symmetric and shared within the row (``±max |w|`` of those tiles, given by
-    the row's colorbar), so tiles of one layer compare directly.
+    Row r shows the first ``channels`` channels of layer r, on the diverging colormap centred on
+    0 whose range is symmetric and shared within the row (``±max |w|`` of those tiles, stated by
+    the row's colorbar), so tiles of one layer compare directly. ``limits`` (a number, or
+    ``{layer: v}`` from :func:`kernel_limits`) fixes the range ``±v`` instead, so that two
+    figures (before and after training) share one scale.
 
     Args:
         kernels: a ``(C, kh, kw)`` (or ``(C, 1, kh, kw)`` conv weight) tensor, a mapping
             ``{layer name: such a tensor}``, or a model (see :func:`static_kernels`).
         channels: how many channels per layer (the first ones).
         fig: an existing figure to draw into (it is cleared).
+        limits: shared symmetric colour limits (see above).
 
     Returns:
         the ``Figure``; tile ``(r, c)`` is ``fig.axes[r * channels + c]``'s image (the
@@ -98,25 +117,29 @@ def plot_static_kernels(kernels, channels: int = 16, cmap: str = "RdBu_r", fig=N
     ncols = min(channels, max(k.shape[0] for k in layers.values()))
     nrows = len(layers)
     if fig is None:
-        fig = plt.figure(figsize=(0.55 * ncols + 2.6, 0.62 * nrows + 0.9), layout="constrained")
+        fig = plt.figure(figsize=(0.6 * ncols + 3.2, 0.7 * nrows + 1.1), layout="constrained")
     else:
         fig.clear()
     grid = fig.subplots(nrows, ncols, squeeze=False)
     for r, (name, k) in enumerate(layers.items()):
         shown = k[:ncols].numpy()
         vmin, vmax = symmetric_limits(shown)
-        im = None
+        if limits is not None:
+            v = limits.get(name, vmax) if isinstance(limits, Mapping) else float(limits)
+            vmin, vmax = -v, v
+        scale = Scale(cmap, vmin, vmax, True)
         for c in range(ncols):
             ax = grid[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
             if c < shown.shape[0]:
-                im = ax.imshow(shown[c], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+                ax.imshow(shown[c], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
             else:
                 ax.set_visible(False)
-        grid[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-        fig.colorbar(im, ax=list(grid[r]), shrink=0.9, aspect=6, pad=0.01).ax.tick_params(labelsize=6)
-    for c in range(ncols):
-        grid[0, c].set_title(str(c), fontsize=6)
-    fig.suptitle(title or "Learned static kernels (channel = column)", fontsize=10)
+        grid[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=MIN_FONTSIZE)
+        add_colorbar(fig, scale, list(grid[r]), shrink=0.9, aspect=6, pad=0.01)
+    for c in range(ncols):  # each column says its channel, on the first row that has one there
+        first = next(r for r, k in enumerate(layers.values()) if c < min(ncols, k.shape[0]))
+        grid[first, c].set_title(f"ch {c}", fontsize=MIN_FONTSIZE)
+    fig.suptitle(title or "Learned static kernels (one row per layer, channel = column)", fontsize=10)
     return fig

@@ -5,6 +5,7 @@ click on the image (or move the query sliders) to pick the query token, and choo
 layer, the head (or all heads as a grid) and, for mixed layers (Container, GPSA), the
 component (``mixed``, ``dynamic``, ``static``). It runs in JupyterLab 4 offline: the pictures
 are PNGs in widgets, and the clickable image is a tiny inline ``anywidget`` module.
+``explorer.to_html(path)`` writes the same explorer as one self-contained static page.
 """
 
 from __future__ import annotations

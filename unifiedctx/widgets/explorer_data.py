@@ -1,20 +1,24 @@
-"""The explorer's data: its images, and its models' layer layouts and affinities, cached.
+"""The explorer's data: its images, and its models' layer catalogues and affinities, cached.
 
 One forward per (model, image) records the input of every mixer (``mixer_inputs``); a
-layer's affinities (what ``record_components`` gives) are computed from its input the first
-time it is shown and kept (LRU, at most ``cache_mb``), so a big model never holds every
-layer's N x N at once.
+layer's affinities (``components(x)`` of the mixer contract) are computed from its input the
+first time they are asked for and kept (LRU, at most ``cache_mb``), so a big model never holds
+every layer's N x N at once. Everything this module hands out is plain data: numpy arrays,
+:class:`LayerInfo` records and :class:`~unifiedctx.viz.scales.Scale` objects. Reading leaves
+every model as it was (``models.recording.untouched``: modes, statistics, RNG).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..models.recording import mixer_components, mixer_inputs, mixer_layers
+from ..models.recording import mixer_components, mixer_inputs, mixer_layers, untouched
+from ..viz.scales import Scale, scale_for
 
 #: The order components are offered in: the paper's mixed affinity first, then its parts.
 COMPONENT_ORDER = ("mixed", "dynamic", "static")
@@ -43,56 +47,87 @@ def as_images(images) -> list[torch.Tensor]:
     return [im.float() for im in out]
 
 
-def _eval_no_grad(model: nn.Module, fn, *args):
-    """``fn(*args)`` with ``model`` in eval mode and no grad; the mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return fn(*args)
-    finally:
-        model.train(was_training)
+@dataclass
+class LayerInfo:
+    """What the explorer shows of one layer: its mixer's ``kind``, its token ``grid`` and, once
+    its affinities have been computed, ``heads`` per component (in :data:`COMPONENT_ORDER`)."""
+
+    kind: str
+    grid: tuple[int, int]
+    heads: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def components(self) -> list[str]:
+        return list(self.heads)
+
+    def image_independent(self, component: str) -> bool:
+        """True when the component's affinity is the same for every image (a static one)."""
+        return component == "static" or self.kind == "static"
 
 
-class AffinityCache:
+class ExplorerData:
     """The affinities of named models on a list of images, computed when first asked for.
 
     ``models`` is ``{name: nn.Module}`` and ``images`` a list of ``(C, H, W)`` tensors (see
     :func:`as_images`). Layer affinities are kept least recently used first out, within
-    ``cache_mb``; mixer inputs and layouts are kept for good.
+    ``cache_mb``; mixer inputs and catalogues are kept for good.
     """
 
-    def __init__(self, models: dict[str, nn.Module], images: list[torch.Tensor], cache_mb: float):
+    def __init__(self, models: dict[str, nn.Module], images: list[torch.Tensor], cache_mb: float = 512):
         self.models = models
         self.images = images
         self._cache: OrderedDict = OrderedDict()  # (model, image, layer) -> {component: array}
         self._cache_bytes, self._cache_limit = 0, int(cache_mb * 2**20)
-        self._input_cache: dict = {}  # (model, image) -> {layer: mixer input}
-        self._layouts: dict[str, OrderedDict] = {}  # model -> layer -> {"mixer", "kind", "grid", ...}
+        self._inputs: dict = {}  # (model, image) -> {layer: mixer input}
+        self._catalogues: dict[str, OrderedDict] = {}  # model -> layer -> LayerInfo
+        self._scales: dict = {}  # (model, image, layer, component) -> Scale
 
     def inputs(self, model_name: str, index: int) -> OrderedDict:
         """The input of every mixer of one model for one image (cached)."""
-
         key = (model_name, index)
-        if key not in self._input_cache:
+        if key not in self._inputs:
             model = self.models[model_name]
             x = self.images[index].unsqueeze(0)
             try:
                 x = x.to(next(model.parameters()))
             except StopIteration:
                 pass
-            self._input_cache[key] = _eval_no_grad(model, mixer_inputs, model, x)
-        return self._input_cache[key]
+            with untouched(model, eval_mode=True):
+                self._inputs[key] = mixer_inputs(model, x)
+        return self._inputs[key]
 
-    def layer_data(self, model_name: str, index: int, layer: str) -> OrderedDict:
+    def catalogue(self, model_name: str) -> OrderedDict:
+        """``layer -> LayerInfo`` of a model (its mixers, in forward order), from one forward of
+        image 0; the heads per component are filled in as layers are read (:meth:`info`)."""
+        if model_name not in self._catalogues:
+            mixers = mixer_layers(self.models[model_name])
+            inputs = self.inputs(model_name, 0)
+            catalogue = OrderedDict(
+                (layer, LayerInfo(mixers[layer].kind, (int(inp.shape[-2]), int(inp.shape[-1]))))
+                for layer, inp in inputs.items())
+            if not catalogue:
+                raise ValueError(f"model {model_name!r} has no affinity mixers (AffinityMixer) to explore")
+            self._catalogues[model_name] = catalogue
+        return self._catalogues[model_name]
+
+    def info(self, model_name: str, layer: str) -> LayerInfo:
+        """The :class:`LayerInfo` of one layer with its components and heads filled in."""
+        info = self.catalogue(model_name)[layer]
+        if not info.heads:
+            data = self.affinities(model_name, 0, layer)
+            info.heads.update({c: a.shape[0] for c, a in data.items()})
+        return info
+
+    def affinities(self, model_name: str, index: int, layer: str) -> OrderedDict:
         """``{component: (M, N, N) float32 array}`` of one layer for one image (cached, LRU)."""
         key = (model_name, index, layer)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         model = self.models[model_name]
-        mixer = self.layout(model_name, index)[layer]["mixer"]
-        parts = _eval_no_grad(model, mixer_components, mixer, self.inputs(model_name, index)[layer])
+        mixer = mixer_layers(model)[layer]
+        with untouched(model, eval_mode=True):
+            parts = mixer_components(mixer, self.inputs(model_name, index)[layer])
         ordered = sorted(parts, key=lambda c: COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else 99)
         data = OrderedDict((c, parts[c][0].detach().float().cpu().numpy()) for c in ordered)
         self._cache[key] = data
@@ -102,39 +137,21 @@ class AffinityCache:
             self._cache_bytes -= sum(a.nbytes for a in dropped.values())
         return data
 
-    def layout(self, model_name: str, index: int) -> OrderedDict:
-        """``layer -> {"mixer", "kind", "grid"}`` of a model, from one recorded forward.
+    def affinity(self, model_name: str, index: int, layer: str, component: str) -> np.ndarray:
+        """One component's ``(M, N, N)`` affinity (float32)."""
+        return self.affinities(model_name, index, layer)[component]
 
-        The forward is the one of image ``index`` (image 0 if ``index`` is out of range) the
-        first time a model's layout is asked for; the layout is the same for every image.
-        """
-        if model_name not in self._layouts:
-
-            mixers = mixer_layers(self.models[model_name])
-            index = index if 0 <= index < len(self.images) else 0
-            inputs = self.inputs(model_name, index)
-            layout = OrderedDict(
-                (layer, {"mixer": mixers[layer], "kind": mixers[layer].kind,
-                         "grid": (int(inp.shape[-2]), int(inp.shape[-1]))})
-                for layer, inp in inputs.items())
-            if not layout:
-                raise ValueError(f"model {model_name!r} has no affinity mixers (AffinityMixer) to explore")
-            self._layouts[model_name] = layout
-        return self._layouts[model_name]
-
-    def info(self, model_name: str, index: int, layer: str) -> dict:
-        """The layout of ``layer`` plus its ``components`` and their ``heads`` (computed once)."""
-        info = self.layout(model_name, index)[layer]
-        if "components" not in info:
-            data = self.layer_data(model_name, index, layer)
-            info["components"] = list(data)
-            info["heads"] = {c: a.shape[0] for c, a in data.items()}
-        return info
+    def scale(self, model_name: str, index: int, layer: str, component: str) -> Scale:
+        """The colour scale of one component, shared by all its heads and queries (cached)."""
+        key = (model_name, index, layer, component)
+        if key not in self._scales:
+            self._scales[key] = scale_for(self.affinity(model_name, index, layer, component))
+        return self._scales[key]
 
 
-def default_layer(layout: OrderedDict) -> str:
-    """The first layer of ``layout`` that has a mixed affinity, else its first layer."""
-    for name, info in layout.items():
-        if info["kind"] == "mixed":
+def default_layer(catalogue: OrderedDict) -> str:
+    """The first layer of ``catalogue`` that has a mixed affinity, else its first layer."""
+    for name, info in catalogue.items():
+        if info.kind == "mixed":
             return name
-    return next(iter(layout))
+    return next(iter(catalogue))

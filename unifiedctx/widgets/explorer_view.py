@@ -1,16 +1,39 @@
-"""The explorer's widgets: the two pictures, the label and the controls, and drawing them.
+"""The explorer's widgets: controls, the two pictures and the status fields.
 
-:class:`ExplorerView` builds the widgets, lays them out, draws the image and the maps as
-PNGs, and shows the explorer's traits in the controls; a control moved in the browser sets
-the explorer's trait (and is not echoed back while the controls are being synced).
+:class:`ExplorerView` knows nothing of models or of the explorer: it is given plain data (a
+:class:`Frame`: the display image, the maps as a numpy array, the grid, the query, the colour
+scale, the status fields and the options of the controls) and draws it; a control moved, or a
+click on the image, is reported to the callbacks registered with :meth:`on_control`
+(``callback(name, value)``, with ``name`` one of ``model_name``, ``image_index``, ``layer``,
+``head``, ``component``, ``query``, ``click``). Controls are not echoed back while a frame is
+being shown.
 """
 
 from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import ipywidgets as widgets
 import numpy as np
 
 from . import rendering
+
+
+@dataclass
+class Frame:
+    """Everything one picture of the explorer shows, as plain data."""
+
+    image: np.ndarray                   # float (h, w, 3) in [0, 1]
+    maps: np.ndarray                    # (M', H, W): row `query` of each shown head
+    heads: list[int]                    # which head each map is
+    grid: tuple[int, int]
+    query: tuple[int, int]
+    scale: object                       # unifiedctx.viz.scales.Scale, shared by all maps
+    fields: dict[str, str]              # status: layer, head, component, query, kind, scale, ...
+    state: dict                         # the values the controls show
+    options: dict = field(default_factory=dict)  # layers [(label, name)], heads M, components
 
 
 def _image_widget():
@@ -22,27 +45,34 @@ def _image_widget():
     return ClickableImage()
 
 
+def status_html(fields: dict[str, str]) -> str:
+    """The status fields as an HTML grid of ``name: value`` rows (one field a row)."""
+    rows = "".join(f'<span class="ucx-field-name">{html.escape(k)}</span>'
+                   f'<span class="ucx-field ucx-field-{html.escape(k)}">{html.escape(v)}</span>'
+                   for k, v in fields.items())
+    return ('<div class="ucx-explorer-status" style="display:grid;grid-template-columns:max-content auto;'
+            f'column-gap:10px;font-family:monospace;font-size:12px">{rows}</div>')
+
+
 class ExplorerView:
-    """The widgets of one :class:`AffinityExplorer`, kept in step with its traits.
+    """The widgets of one explorer.
 
     Parameters
     ----------
-    explorer:
-        The explorer whose traits the controls set and show.
     model_names, n_images:
         The models offered (a dropdown when several) and the number of images (a slider when
         several).
     image_hw, panel:
         Size of the images, and of the longer side of each picture in pixels.
-    cmap, alpha:
-        Colormap of the maps and their opacity over the (grey) image.
+    alpha:
+        Opacity of the maps over the (grey) image.
     """
 
-    def __init__(self, explorer, model_names: list[str], n_images: int, image_hw: tuple[int, int],
-                 panel: int, cmap: str, alpha: float):
-        self._explorer = explorer
+    def __init__(self, model_names: list[str], n_images: int, image_hw: tuple[int, int], panel: int,
+                 alpha: float):
+        self._callbacks: list[Callable[[str, object], None]] = []
         self._syncing = False
-        self.lut = rendering.colormap_lut(cmap)
+        self._luts: dict[str, np.ndarray] = {}
         self.alpha = float(alpha)
         scale = panel / max(image_hw)
         self.panel_hw = (max(1, round(image_hw[0] * scale)), max(1, round(image_hw[1] * scale)))
@@ -51,7 +81,7 @@ class ExplorerView:
         self.image = _image_widget()
         self.image.add_class("ucx-explorer-image")
         if hasattr(self.image, "on_click"):
-            self.image.on_click(explorer._on_image_click)
+            self.image.on_click(lambda x, y: self._emit("click", (x, y)))
         self.map = widgets.Image(format="png")
         self.map.add_class("ucx-explorer-map")
         self.label = widgets.HTML()
@@ -66,12 +96,23 @@ class ExplorerView:
         self.component = widgets.ToggleButtons(description="component", style=style)
         self.row = widgets.IntSlider(min=0, max=0, description="query row", style=style)
         self.col = widgets.IntSlider(min=0, max=0, description="query col", style=style)
-        for control, handler in ((self.model, self._from_model), (self.image_slider, self._from_image),
-                                 (self.layer, self._from_layer), (self.head, self._from_head),
-                                 (self.component, self._from_component),
-                                 (self.row, self._from_query), (self.col, self._from_query)):
-            control.observe(handler, names="value")
+        for control, name in ((self.model, "model_name"), (self.image_slider, "image_index"),
+                              (self.layer, "layer"), (self.head, "head"), (self.component, "component")):
+            control.observe(lambda change, name=name: self._emit(name, change["new"]), names="value")
+        for control in (self.row, self.col):
+            control.observe(lambda change: self._emit("query", (self.row.value, self.col.value)),
+                            names="value")
         self.children = self._layout_children(len(model_names), n_images)
+
+    def on_control(self, callback: Callable[[str, object], None]) -> None:
+        """Call ``callback(name, value)`` when the user moves a control or clicks the image."""
+        self._callbacks.append(callback)
+
+    def _emit(self, name: str, value) -> None:
+        if self._syncing or value is None:
+            return
+        for callback in list(self._callbacks):
+            callback(name, value)
 
     def by_role(self) -> dict[str, widgets.Widget]:
         """The widgets by role: ``model``, ``image``, ``layer``, ``head``, ``component``,
@@ -95,76 +136,63 @@ class ExplorerView:
         ]
         return rows
 
-    # ------------------------------------------------------------------ controls -> traits
-    def _from_model(self, change):
-        if not self._syncing:
-            self._explorer.model_name = change["new"]
+    def pixel_to_cell(self, x: float, y: float, grid: tuple[int, int]) -> tuple[int, int]:
+        """Grid cell ``(row, col)`` of ``grid`` under pixel ``(x, y)`` of the image picture."""
+        (h, w), (ph, pw) = grid, self.panel_hw
+        row = int(np.clip(np.floor(y * h / ph), 0, h - 1))
+        col = int(np.clip(np.floor(x * w / pw), 0, w - 1))
+        return row, col
 
-    def _from_image(self, change):
-        if not self._syncing:
-            self._explorer.image_index = change["new"]
+    def lut(self, cmap: str) -> np.ndarray:
+        if cmap not in self._luts:
+            self._luts[cmap] = rendering.colormap_lut(cmap)
+        return self._luts[cmap]
 
-    def _from_layer(self, change):
-        if not self._syncing and change["new"] is not None:
-            self._explorer.layer = change["new"]
-
-    def _from_head(self, change):
-        if not self._syncing and change["new"] is not None:
-            self._explorer.head = change["new"]
-
-    def _from_component(self, change):
-        if not self._syncing and change["new"] is not None:
-            self._explorer.component = change["new"]
-
-    def _from_query(self, change):
-        if not self._syncing:
-            self._explorer.query = (self.row.value, self.col.value)
-
-    # ------------------------------------------------------------------ traits -> widgets
-    def sync(self) -> None:
-        """Show the explorer's traits in the controls (without echoing back)."""
-        ex = self._explorer
-        self._syncing = True
-        try:
-            layout = ex._layout()
-            info = ex._info(ex.layer)
-            self.model.value = ex.model_name
-            self.image_slider.value = ex.image_index
-            layer_options = [(f"{name}  [{i['kind']}, {i['grid'][0]}x{i['grid'][1]}]", name)
-                             for name, i in layout.items()]
-            if list(self.layer.options) != layer_options:
-                self.layer.options = layer_options
-            self.layer.value = ex.layer
-            m = info["heads"][ex.component]
-            head_options = [("all heads", -1)] + [(f"head {i}", i) for i in range(m)]
-            if list(self.head.options) != head_options:
-                self.head.options = head_options
-            self.head.value = ex.head
-            if tuple(self.component.options) != tuple(info["components"]):
-                self.component.options = list(info["components"])
-            self.component.value = ex.component
-            h, w = info["grid"]
-            self.row.max, self.col.max = h - 1, w - 1
-            self.row.value, self.col.value = ex.query
-        finally:
-            self._syncing = False
-
-    def draw(self, image: np.ndarray, maps: np.ndarray, grid: tuple[int, int],
-             query: tuple[int, int], label_html: str) -> tuple[np.ndarray, np.ndarray]:
-        """Draw the image with the query marked, the maps over it and the label.
-
-        ``maps`` is ``(M', H, W)``: one map fills a picture as big as the image's; several are
-        tiled as a grid of heads. Returns the two pictures (uint8 ``(h, w, 3)``).
-        """
-        picture = rendering.image_panel(image, self.panel_hw, query, grid)
-        if len(maps) == 1:
+    def maps_picture(self, frame: Frame) -> np.ndarray:
+        """The maps of ``frame`` over its image, tiled and labelled by head, with their colorbar."""
+        if len(frame.maps) == 1:
             size = self.panel_hw
         else:
-            side = rendering.head_tile_size(len(maps), self.panel, grid)
-            scale = side / max(self.panel_hw)
-            size = (max(1, round(self.panel_hw[0] * scale)), max(1, round(self.panel_hw[1] * scale)))
-        map_picture = rendering.map_panel(image, maps, size, query, grid, self.lut, self.alpha)
-        self.image.value = rendering.png_bytes(picture)
-        self.map.value = rendering.png_bytes(map_picture)
-        self.label.value = label_html
+            side = rendering.head_tile_size(len(frame.maps), self.panel, frame.grid)
+            ratio = side / max(self.panel_hw)
+            size = (max(1, round(self.panel_hw[0] * ratio)), max(1, round(self.panel_hw[1] * ratio)))
+        lut = self.lut(frame.scale.cmap)
+        tiles = rendering.map_panel(frame.image, frame.maps, size, frame.query, frame.grid, lut,
+                                    self.alpha, scale=frame.scale, heads=frame.heads)
+        bar = rendering.colorbar_panel(frame.scale, lut, max(tiles.shape[0], 96))
+        return rendering.beside(tiles, bar)
+
+    def show(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``frame``: the image with the query marked, the maps, the status; set the controls.
+
+        Returns the two pictures (uint8 ``(h, w, 3)``).
+        """
+        picture = rendering.image_panel(frame.image, self.panel_hw, frame.query, frame.grid)
+        map_picture = self.maps_picture(frame)
+        self._syncing = True
+        try:
+            self.image.value = rendering.png_bytes(picture)
+            self.map.value = rendering.png_bytes(map_picture)
+            self.label.value = status_html(frame.fields)
+            self._set_controls(frame)
+        finally:
+            self._syncing = False
         return picture, map_picture
+
+    def _set_controls(self, frame: Frame) -> None:
+        state, options = frame.state, frame.options
+        self.model.value = state["model_name"]
+        self.image_slider.value = state["image_index"]
+        if list(self.layer.options) != options["layers"]:
+            self.layer.options = options["layers"]
+        self.layer.value = state["layer"]
+        head_options = [("all heads", -1)] + [(f"head {i}", i) for i in range(options["heads"])]
+        if list(self.head.options) != head_options:
+            self.head.options = head_options
+        self.head.value = state["head"]
+        if tuple(self.component.options) != tuple(options["components"]):
+            self.component.options = list(options["components"])
+        self.component.value = state["component"]
+        h, w = frame.grid
+        self.row.max, self.col.max = h - 1, w - 1
+        self.row.value, self.col.value = frame.query

@@ -5,8 +5,9 @@ explorer draws two pictures:
 
 * the **input image** with the query cell outlined (``image_panel``), and
 * the **affinity map(s)**: row ``q`` of ``A_m`` folded onto the ``H x W`` grid, upsampled
-  (nearest) to the image and laid over it with alpha (``map_panel``); all heads at once are
-  tiled into a grid (``tile``).
+  (nearest) to the image and laid over it with alpha (``map_panel``), on one colour scale
+  shared by all heads and stated by a colorbar (``colorbar_panel``); all heads at once are
+  tiled into a grid, each tile labelled with its head.
 
 Pictures are ``uint8`` arrays of shape ``(height, width, 3)``; ``png_bytes`` encodes them
 with Pillow (fast, no matplotlib figure involved).
@@ -54,7 +55,7 @@ def upsample(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return array[rows][:, cols]
 
 
-def colormap_lut(name: str = "inferno") -> np.ndarray:
+def colormap_lut(name: str = "magma") -> np.ndarray:
     """A ``(256, 3)`` float lookup table of the matplotlib colormap ``name``."""
     from matplotlib import colormaps
 
@@ -97,40 +98,104 @@ def image_panel(image: np.ndarray, size: tuple[int, int], query, grid) -> np.nda
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, lut: np.ndarray, alpha: float = 0.75) -> np.ndarray:
-    """Blend the map ``amap`` (float ``(h, w)`` in ``[0, 1]``) coloured by ``lut`` over ``image``.
-
-    The image is shown grey so that the colours belong to the map alone.
+    """Blend the map ``amap`` (float ``(h, w)`` in ``[0, 1]``: positions on the colormap) coloured
+    by ``lut`` over ``image``. The image is shown grey so that the colours belong to the map alone.
     """
     grey = image.mean(axis=2, keepdims=True)
-    colours = lut[np.clip((amap * 255.0).astype(np.int32), 0, 255)]
+    colours = lut[np.clip(np.rint(amap * 255.0).astype(np.int32), 0, 255)]
     return (1.0 - alpha) * grey + alpha * colours
 
 
-def normalise(maps: np.ndarray) -> np.ndarray:
-    """Scale each map of ``(M, H, W)`` to ``[0, 1]`` by its own maximum (all-zero stays zero).
+def label(picture: np.ndarray, text: str, xy=(3, 2), size: int = 12) -> np.ndarray:
+    """Write ``text`` on ``picture`` (``uint8``, in place) in white on a dark box at ``xy``."""
+    from PIL import Image, ImageDraw
 
-    Affinities are non-negative for every softmax or averaging mixer; learned static ones may
-    be signed, and then the absolute value is shown.
-    """
-    maps = np.abs(maps)
-    peak = maps.reshape(len(maps), -1).max(axis=1)
-    peak[peak <= 0] = 1.0
-    return maps / peak[:, None, None]
+    canvas = Image.fromarray(picture)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(size)
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=(20, 20, 20))
+    draw.text(xy, text, fill=(255, 255, 255), font=font)
+    picture[...] = np.asarray(canvas)
+    return picture
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
 
 
 def map_panel(image: np.ndarray, maps: np.ndarray, size: tuple[int, int], query, grid,
-              lut: np.ndarray, alpha: float = 0.75, gap: int = 4) -> np.ndarray:
+              lut: np.ndarray, alpha: float = 0.75, gap: int = 4, scale=None,
+              heads: list[int] | None = None) -> np.ndarray:
     """Overlay each map of ``maps`` (``(M, H, W)``) on ``image`` and tile them (``uint8``).
 
-    Each tile is ``size`` pixels, shows one head's map normalised to its own maximum, and
-    outlines the query cell. One map gives one tile, so no tiling then.
+    All tiles share one colour ``scale`` (a :class:`unifiedctx.viz.scales.Scale`; by default
+    the one of these maps, :func:`~unifiedctx.viz.scales.maps_scale`): no per-head rescaling.
+    Each tile is ``size`` pixels, outlines the query cell and, when several are shown, says
+    which head it is (``heads``, default ``0..M-1``). One map gives one tile, so no tiling then.
     """
-    tiles = []
+    from ..viz.scales import maps_scale
+
+    scale = scale or maps_scale(maps)
+    heads = list(range(len(maps))) if heads is None else list(heads)
     small = upsample(image, size)
-    for amap in normalise(maps):
+    tiles = []
+    for m, amap in zip(heads, scale.normalise(maps)):
         tile = to_uint8(overlay(small, upsample(amap, size), lut, alpha))
-        tiles.append(draw_box(tile, cell_box(query, grid, size), thickness=1))
+        draw_box(tile, cell_box(query, grid, size), thickness=1)
+        tiles.append(label(tile, f"head {m}") if len(maps) > 1 else tile)
     return tile_grid(tiles, gap=gap)
+
+
+def colorbar_panel(scale, lut: np.ndarray, height: int, width: int = 96, bar: int = 14) -> np.ndarray:
+    """A vertical colorbar of ``scale`` as a ``uint8`` picture, ``height`` pixels tall.
+
+    The bar runs from ``vmin`` (bottom) to ``vmax`` (top), labelled with both; the uniform
+    level of softmax maps is a cyan line labelled ``1/N``.
+    """
+    height = max(int(height), 48)
+    out = np.full((height, width, 3), 255, np.uint8)
+    top, bottom = 8, height - 8
+    t = np.linspace(1.0, 0.0, bottom - top)
+    out[top:bottom, 2:2 + bar] = to_uint8(lut[np.rint(t * 255).astype(int)])[:, None, :]
+    marks = [(scale.vmax, f"{scale.vmax:.3g}"), (scale.vmin, f"{scale.vmin:.3g}")]
+    if scale.signed:
+        marks.append((0.0, "0"))
+    if scale.uniform is not None:
+        marks.append((scale.uniform, f"1/{scale.keys}"))
+    def at(value):
+        return int(round(top + (1 - float(scale.normalise(value))) * (bottom - top - 1)))
+
+    uniform_y = at(scale.uniform) if scale.uniform is not None else None
+    for value, text in marks:
+        y = at(value)
+        if uniform_y is not None and not text.startswith("1/") and abs(y - uniform_y) < 12:
+            continue  # a number this close to the uniform mark would collide with its label
+        colour = (0, 200, 230) if text.startswith("1/") else (60, 60, 60)
+        out[max(0, y - 1):y + 1, 2:2 + bar + 4] = colour
+        label_text(out, text, (bar + 9, max(0, min(height - 12, y - 6))))
+    return out
+
+
+def label_text(picture: np.ndarray, text: str, xy, size: int = 11) -> np.ndarray:
+    """Write dark ``text`` on ``picture`` (``uint8``, in place) at ``xy`` (no box)."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(picture)
+    ImageDraw.Draw(canvas).text(xy, text, fill=(30, 30, 30), font=_font(size))
+    picture[...] = np.asarray(canvas)
+    return picture
+
+
+def beside(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarray:
+    """Two ``uint8`` pictures side by side on white, top-aligned."""
+    height = max(left.shape[0], right.shape[0])
+    out = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, np.uint8)
+    out[:left.shape[0], :left.shape[1]] = left
+    out[:right.shape[0], left.shape[1] + gap:] = right
+    return out
 
 
 def tile_grid(tiles: list[np.ndarray], ncols: int | None = None, gap: int = 4) -> np.ndarray:

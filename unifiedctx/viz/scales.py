@@ -1,0 +1,129 @@
+"""The one colour rule of the library: which colormap, which limits, and the uniform level.
+
+Every picture of an affinity (matrix plots, query maps, the comparison figure, kernels, the
+explorer and its static page) takes its colours from :func:`scale_for`::
+
+    non-negative values (softmax, pooling)  ->  SEQUENTIAL, limits [0, max]
+    signed values (conv kernels, MLP-Mixer weights, alpha-beta mixes, signed affinities)
+                                            ->  DIVERGING, limits [-max|v|, +max|v|] (0 in the middle)
+
+Signed or not is read from the data (any value below 0). When the maps are rows of a
+row-stochastic affinity (every row non-negative and summing to 1: softmax attention, pooling),
+the scale also carries the uniform level ``1/N``, which the colorbars mark: a head that
+"peaks" at 0.03 on a grid whose uniform level is 0.016 is then seen for what it is.
+All heads of a figure share one scale (one call of :func:`scale_for` over all of them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Colormap of non-negative quantities (softmax, pooling, |A|).
+SEQUENTIAL = "magma"
+#: Colormap of signed quantities, centred at 0 (red positive, blue negative, white zero).
+DIVERGING = "RdBu_r"
+#: Smallest tick-label size in points used by the library's figures.
+MIN_FONTSIZE = 8
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A colour scale: ``cmap`` over ``[vmin, vmax]``; ``uniform`` is 1/N for softmax-like maps."""
+
+    cmap: str
+    vmin: float
+    vmax: float
+    signed: bool
+    uniform: float | None = None
+    keys: int | None = None  # N, the number of tokens a row spreads over (for the "1/N" label)
+
+    def describe(self) -> str:
+        """One line that states the scale, e.g. ``"0 to 0.031 (magma); uniform 1/64 = 0.0156"``."""
+        text = f"{self.vmin:.3g} to {self.vmax:.3g} ({self.cmap}"
+        text += ", centred at 0)" if self.signed else ")"
+        if self.uniform is not None:
+            text += f"; uniform 1/{self.keys} = {self.uniform:.3g}"
+        return text
+
+    def normalise(self, values) -> np.ndarray:
+        """``values`` mapped to ``[0, 1]`` on this scale (clipped), the position in the colormap."""
+        span = self.vmax - self.vmin
+        return np.clip((np.asarray(values, dtype=np.float64) - self.vmin) / span, 0.0, 1.0)
+
+
+def symmetric_limits(values) -> tuple[float, float]:
+    """``(-v, v)`` with v the largest absolute value (1 if all are zero): a diverging scale."""
+    v = float(np.nanmax(np.abs(np.asarray(values)))) if np.size(values) else 1.0
+    v = v if v > 0 else 1.0
+    return -v, v
+
+
+def rows_are_distributions(rows, atol: float = 1e-5) -> bool:
+    """True when every row (last axis) of ``rows`` is non-negative and sums to 1 (softmax, pooling)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.size == 0 or (rows < 0).any():
+        return False
+    return bool(np.allclose(rows.sum(axis=-1), 1.0, atol=atol, rtol=0))
+
+
+def scale_for(values, *, rows=None, signed: bool | None = None) -> Scale:
+    """The colour scale of ``values`` (any shape: one map, all heads' maps, a whole affinity).
+
+    ``signed`` (default: read from the data, any value < 0) picks the diverging colormap with
+    symmetric limits, else the sequential one with ``vmin = 0``. ``rows`` (default: ``values``
+    itself) are the affinity rows the values come from, ``(..., N)``: when they are all
+    distributions (:func:`rows_are_distributions`) the scale carries ``uniform = 1/N``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    rows = values if rows is None else np.asarray(rows, dtype=np.float64)
+    if signed is None:
+        signed = bool((values < 0).any())
+    keys = rows.shape[-1] if rows.ndim else None
+    uniform = 1.0 / keys if keys and rows_are_distributions(rows) else None
+    if signed:
+        vmin, vmax = symmetric_limits(values)
+        return Scale(DIVERGING, vmin, vmax, True, uniform, keys)
+    peak = float(np.nanmax(values)) if values.size else 0.0
+    vmax = peak if peak > 0 else 1.0
+    if uniform is not None:
+        vmax = max(vmax, uniform)
+    return Scale(SEQUENTIAL, 0.0, vmax, False, uniform, keys)
+
+
+def maps_scale(maps) -> Scale:
+    """The shared scale of query maps ``(M, H, W)`` (each one row of an affinity, N = H*W)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    return scale_for(maps, rows=maps.reshape(len(maps), -1))
+
+
+def mappable(scale: Scale):
+    """A matplotlib ``ScalarMappable`` of ``scale`` (what a colorbar is drawn from)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    return ScalarMappable(norm=Normalize(scale.vmin, scale.vmax), cmap=colormaps[scale.cmap])
+
+
+def add_colorbar(fig, scale: Scale, ax, label: str | None = None, **kwargs):
+    """Draw the colorbar of ``scale`` beside ``ax`` (an axes or a list of them) and return it.
+
+    The uniform level of softmax-like maps is a cyan line across the bar with the tick label
+    ``"uniform 1/N"``; regular ticks too close to it are dropped so no labels collide.
+    """
+    kwargs.setdefault("shrink", 0.85)
+    bar = fig.colorbar(mappable(scale), ax=ax, **kwargs)
+    bar.ax.tick_params(labelsize=MIN_FONTSIZE)
+    if label:
+        bar.set_label(label, fontsize=MIN_FONTSIZE)
+    if scale.uniform is not None:
+        span = scale.vmax - scale.vmin
+        ticks = [t for t in bar.get_ticks()
+                 if scale.vmin <= t <= scale.vmax and abs(t - scale.uniform) > 0.12 * span]
+        labels = [f"{t:.3g}" for t in ticks] + [f"uniform 1/{scale.keys}"]
+        bar.set_ticks([*ticks, scale.uniform], labels=labels)
+        bar.ax.axhline(scale.uniform, color="cyan", lw=1.5)
+    bar.scale = scale  # what the bar shows, for readers and tests
+    return bar
