@@ -1,5 +1,7 @@
 """Segmenter: (B, K, H, W) logits from every backbone family, the stated FPN formula, config round trip."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,22 +45,24 @@ def _reference_head(head: SegmentationHead, maps):
     for conv, f in zip(reversed(head.lateral[:-1]), reversed(maps[:-1])):
         ry, rx = f.shape[-2] // p.shape[-2], f.shape[-1] // p.shape[-1]
         p = lateral(conv, f) + p.repeat_interleave(ry, -2).repeat_interleave(rx, -1)
-    conv, bn = head.smooth[0], head.smooth[1]
+    conv, gn = head.smooth[0], head.smooth[1]
     z = F.conv2d(p, conv.weight, padding=1)
-    z = (z - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
-    z = F.gelu(z * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1))
+    b, c, h, w = z.shape
+    groups = z.reshape(b, gn.num_groups, -1)  # each sample's group: (C / G) x H x W values
+    mean, var = groups.mean(-1, keepdim=True), groups.var(-1, unbiased=False, keepdim=True)
+    z = ((groups - mean) / torch.sqrt(var + gn.eps)).reshape(b, c, h, w)
+    z = F.gelu(z * gn.weight.view(1, -1, 1, 1) + gn.bias.view(1, -1, 1, 1))
     return lateral(head.classifier, z)
 
 
-@pytest.mark.parametrize("dims, sizes", [([4, 6, 8, 10], [16, 8, 4, 4]), ([7], [6])])
-def test_head_is_the_stated_top_down_formula(dims, sizes):
+@pytest.mark.parametrize("dims, sizes, width", [([4, 6, 8, 10], [16, 8, 4, 4], 12), ([7], [6], 5)])
+def test_head_is_the_stated_top_down_formula(dims, sizes, width):
     torch.manual_seed(1)
-    head = SegmentationHead(dims, num_classes=3, width=5).double()
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        head.smooth[1].running_mean.uniform_(-1, 1)
-        head.smooth[1].running_var.uniform_(0.5, 2)
+    head = SegmentationHead(dims, num_classes=3, width=width).double()
+    with torch.no_grad():  # a non-trivial GroupNorm affine
         head.smooth[1].weight.uniform_(0.5, 2)
-    head.eval()
+        head.smooth[1].bias.uniform_(-1, 1)
+    assert head.smooth[1].num_groups == math.gcd(8, width)  # 4 groups of 3 channels; 1 group of 5
     maps = [torch.randn(2, c, s, s, dtype=torch.float64) for c, s in zip(dims, sizes)]
     torch.testing.assert_close(head(maps), _reference_head(head, maps), rtol=1e-12, atol=1e-12)
 

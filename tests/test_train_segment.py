@@ -78,7 +78,7 @@ def test_evaluation_matches_numpy_over_batches(canvases):
     right = torch.nn.functional.one_hot(truth, 11).permute(0, 3, 1, 2)
     logits += 4.0 * right * (torch.rand(8, 1, 64, 64, generator=gen) < 0.7)  # about 70 % of pixels right
     batches = SegmentBatches(canvases, 4, "cpu")
-    result = evaluate_segmenter(FixedLogits(logits), batches.test_batches(3), None, D.DistContext(),
+    result = evaluate_segmenter(FixedLogits(logits), batches.test_batches(3), 11, None, D.DistContext(),
                                 torch.device("cpu"))
     pred = logits.argmax(1).numpy()
     assert abs(result["test_miou"] - numpy_miou(pred, truth.numpy(), 11)) < 1e-12
@@ -206,3 +206,43 @@ def test_the_command_line_trains_a_segmenter(tmp_path, capsys):
     state = read_checkpoint(tmp_path / "last.pt")
     assert state["model_config"]["segmenter"] == {"num_classes": 11, "width": 32}
     assert state["recipe"]["task"]["name"] == "segment"
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_the_segmenter_one_process_trains(tmp_path):
+    """DDP: each rank cuts its half of the global batch and the confusion matrix is summed over ranks, so
+    2 ranks of batch 4 end where 1 process of batch 8 ends (deit_tiny_nano and the head's GroupNorm do not
+    depend on the batch)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from unifiedctx.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    common = ["train", "--model", "deit_tiny_nano", "--data", "mnist_canvas", "--img-size", "64",
+              "--data-option", "n_train=32", "--data-option", "n_test=6", "--epochs", "2",
+              "--task", "segment", "--lr", "3e-3", "--device", "cpu", "--no-progress", "--seed", "1"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", "--master_addr",
+           "127.0.0.1", "--master_port", str(port), "-m", "unifiedctx", *common, "--batch-size", "4",
+           "--out", str(tmp_path / "ddp"), "--save-rank-weights"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert main([*common, "--batch-size", "8", "--out", str(tmp_path / "single")]) == 0
+
+    r0 = read_checkpoint(tmp_path / "ddp" / "rank0.pt")["model"]
+    r1 = read_checkpoint(tmp_path / "ddp" / "rank1.pt")["model"]
+    single = read_checkpoint(tmp_path / "single" / "last.pt")
+    ddp = read_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ddp["step"] == single["step"] == 8
+    for name, w in single["model"].items():
+        assert torch.equal(r0[name], r1[name]), name
+        torch.testing.assert_close(r0[name], w, atol=2e-5, rtol=1e-4, msg=f"DDP vs one process: {name}")
+    # the test metrics come from the summed confusion matrix: the same pixels counted once
+    assert ddp["history"][-1]["test_miou"] == pytest.approx(single["history"][-1]["test_miou"], abs=1e-3)

@@ -5,8 +5,11 @@ The head is FPN-style (Lin et al. 2017, the top-down path only) over the stage m
 
     P_last = L_last(F_last)                                   L_s: 1x1 conv C_s -> D (lateral)
     P_s    = L_s(F_s) + up(P_{s+1}, size of F_s)              top-down, up = nearest, s = last-1 .. 0
-    Z      = GELU(BN(conv3x3(P_0)))                           (B, D, H / S_0, W / S_0)
+    Z      = GELU(GN(conv3x3(P_0)))                           (B, D, H / S_0, W / S_0)
     logits = up_bilinear(conv1x1(Z), (H, W))                  (B, K, H, W)
+
+GN is GroupNorm with ``GROUPS`` groups (``gcd(8, D)``): unlike BatchNorm it does not depend on
+the batch, so the small batches of dense prediction and the ranks of DDP all compute one function.
 
 For an isotropic backbone (DeiT, MLP-Mixer: one stage, one stride-16 map, stride 4 in the nano
 and cifar sizes) there is one map and the same formula reduces to ``lateral -> 3x3 conv ->
@@ -21,6 +24,7 @@ hierarchical backbone's head reads every stage, so its finest prediction grid is
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +36,8 @@ from .network import ContextNet
 
 #: Default common width ``D`` of the head.
 DEFAULT_WIDTH = 32
+#: At most this many GroupNorm groups in the head (``gcd(GROUPS, D)`` are used).
+GROUPS = 8
 
 
 class SegmentationHead(nn.Module):
@@ -48,7 +54,7 @@ class SegmentationHead(nn.Module):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, kernel_size=1) for c in in_dims)
         self.smooth = nn.Sequential(nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False),
-                                    nn.BatchNorm2d(width), nn.GELU())
+                                    nn.GroupNorm(math.gcd(GROUPS, width), width), nn.GELU())
         self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:

@@ -74,6 +74,7 @@ class SegmentBatches:
         self.device = torch.device(device)
         self.train_x, self.test_x = data.train_x.to(self.device), data.test_x.to(self.device)
         self.train_masks, self.test_masks = data.train_masks.to(self.device), data.test_masks.to(self.device)
+        self.num_classes = int(data.num_classes)
         c = self.train_x.shape[1]
         self.mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self.std = torch.tensor(data.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
@@ -217,34 +218,35 @@ class Segment(Task):
     def evaluate(self, model: nn.Module, batches, batch_size: int, amp_dtype, ctx: D.DistContext,
                  device: torch.device) -> dict[str, float]:
         """``test_loss``, ``test_miou``, ``test_pixel_acc`` over the test split (all ranks)."""
-        result = evaluate_segmenter(model, batches.test_batches(batch_size), amp_dtype, ctx, device)
+        result = evaluate_segmenter(model, batches.test_batches(batch_size), batches.num_classes, amp_dtype,
+                                    ctx, device)
         return {k: v for k, v in result.items() if k != "confusion"}
 
 
 @torch.no_grad()
-def evaluate_segmenter(model: nn.Module, test_batches, amp_dtype, ctx: D.DistContext,
+def evaluate_segmenter(model: nn.Module, test_batches, num_classes: int, amp_dtype, ctx: D.DistContext,
                        device: torch.device) -> dict:
-    """Loss, mIoU, pixel accuracy and the confusion matrix (int64 ``(K, K)``) over ``(x, mask)``
-    batches, summed over ranks; the model is put in eval mode and back."""
+    """Loss, mIoU, pixel accuracy and the confusion matrix (int64 ``(K, K)``, ``K = num_classes``)
+    over ``(x, mask)`` batches, summed over ranks (a rank may have no batch: it adds zeros); the
+    model is put in eval mode and back."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
-    confusion = None
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     try:
         for x, mask in test_batches:
             with autocast_context(device, amp_dtype):
                 logits = model(x)
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, mask, reduction="sum").double()
-            part = confusion_matrix(logits.argmax(1), mask, logits.shape[1])
-            confusion = part if confusion is None else confusion + part
-        if confusion is None:
-            raise ValueError("the test split is empty: nothing to evaluate")
+            confusion += confusion_matrix(logits.argmax(1), mask, num_classes)
         D.all_reduce_sum(loss_sum, ctx)
         D.all_reduce_sum(confusion, ctx)
     finally:
         model.train(was_training)
     pixels = int(confusion.sum())
+    if pixels == 0:
+        raise ValueError("the test split is empty: nothing to evaluate")
     return {"test_loss": float(loss_sum) / pixels, "test_miou": mean_iou(confusion),
             "test_pixel_acc": float(confusion.diagonal().sum()) / pixels, "confusion": confusion.cpu()}
 
