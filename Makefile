@@ -6,12 +6,18 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
+# the second environment: timm (which needs torchvision) for the tests and notebook 07 that read timm's models
+TIMM_VENV  := .venv-timm
+TIMM_BIN   := $(TIMM_VENV)/bin
+TIMM_STAMP := $(TIMM_VENV)/.installed
+TIMM_PKGS  ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31
+TIMM_TESTS := tests/test_inspect_timm.py tests/test_inspect_model_timm.py
 # jupyter refuses to run as root without --allow-root; kept apart from LAB_ARGS so that
 # `make lab LAB_ARGS="--port 8890"` still works as root
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
 
-.PHONY: lab test course site install unit notebooks browser lint bench clean
+.PHONY: lab test course site install unit notebooks browser lint bench clean timm-env timm-test
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,6 +28,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(TIMM_STAMP): pyproject.toml
+	test -d $(TIMM_VENV) || $(PY) -m venv $(TIMM_VENV)
+	$(TIMM_BIN)/pip install --quiet --upgrade pip
+	$(TIMM_BIN)/pip install --quiet $(TIMM_PKGS)
+	$(TIMM_BIN)/pip install --quiet -e ".[dev]"
+	$(TIMM_BIN)/python -m ipykernel install --sys-prefix --name unifiedctx-timm --display-name "unifiedctx + timm (.venv-timm)"
+	touch $(TIMM_STAMP)
+
+timm-env: $(TIMM_STAMP)
+
+# UNIFIEDCTX_REQUIRE_TIMM=1 turns "timm is missing" from a skip into a failure, here and in notebook 07
+timm-test: $(TIMM_STAMP)
+	UNIFIEDCTX_REQUIRE_TIMM=1 $(TIMM_BIN)/pytest -q $(TIMM_TESTS)
+	UNIFIEDCTX_REQUIRE_TIMM=1 $(TIMM_BIN)/pytest -q -m timm tests/test_context.py
+	UNIFIEDCTX_REQUIRE_TIMM=1 UNIFIEDCTX_PROFILE=quick $(TIMM_BIN)/pytest -q --nbval-lax \
+		--nbval-kernel-name unifiedctx-timm notebooks/07_trained_networks.ipynb
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(ROOT_ARGS) $(LAB_ARGS)
@@ -50,9 +73,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q tests
 	UNIFIEDCTX_PROFILE=quick $(BIN)/pytest -q --nbval-lax notebooks/
+	$(MAKE) timm-test
 
 bench: $(STAMP)
 	$(BIN)/python bench/mixers.py
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) $(TIMM_VENV) build

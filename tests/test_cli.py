@@ -29,22 +29,30 @@ def fails(argv, capsys, code=2) -> str:
 
 def test_train_then_eval(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--model", "deit_tiny_nano", "--epochs", "1", "--out", str(out), *TINY]) == 0
-    assert "deit_tiny_nano on texture: 1 epochs" in capsys.readouterr().out
+    assert main(["train", "--model", "deit_tiny_nano", "--epochs", "2", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "deit_tiny_nano on texture: 2 epochs" in printed[-1]
+    # --no-progress: one compact line per epoch (epoch, train loss, the task's metric, time)
+    assert [line.split()[:2] for line in printed[:-1]] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert all("train_loss" in line and "test_acc" in line and line.endswith("s") for line in printed[:-1])
     files = {p.name for p in out.iterdir()}
     assert files == {"last.pt", "best.pt", "history.json", "history.csv", "config.json"}
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["preset"] == "deit_tiny_nano" and config["recipe"]["epochs"] == 1
+    assert config["model"]["preset"] == "deit_tiny_nano" and config["recipe"]["epochs"] == 2
     assert config["run"]["data_options"] == {"n_train": 48, "n_test": 32}
     history = json.loads((out / "history.json").read_text())
 
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", "texture", "--img-size", "16",
                  "--data-option", "n_train=48", "--data-option", "n_test=32", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["epoch"] == 1 and result["acc"] == pytest.approx(history[-1]["test_acc"])
+    assert result["epoch"] == 2 and result["acc"] == pytest.approx(history[-1]["test_acc"])
     assert result["loss"] == pytest.approx(history[-1]["test_loss"], rel=1e-5)
+    # without --data, eval reads the dataset (name, options, image size) from the run's config.json
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["data"] == "texture" and again["acc"] == result["acc"] and again["loss"] == result["loss"]
 
-    err = fails(["train", "--model", "deit_tiny_nano", "--epochs", "1", "--out", str(out), *TINY], capsys)
+    err = fails(["train", "--model", "deit_tiny_nano", "--epochs", "2", "--out", str(out), *TINY], capsys)
     assert "already exists" in err and "--resume" in err
     err = fails(["train", "--model", "mixer_s16_nano", "--epochs", "1", "--out", str(out), "--resume", *TINY],
                 capsys)
@@ -60,9 +68,9 @@ def test_train_then_eval(tmp_path, capsys):
     (["train", "--model", "convnet_nano", "--data", "cifar11", "--epochs", "1", "--out", "x"],
      "unknown dataset 'cifar11'; available: cifar10"),
     (["train", "--model", "convnet_nano", "--data", "texture", "--epochs", "0", "--out", "x"],
-     "--epochs: expected a positive integer, got 0"),
+     "argument --epochs: epochs must be positive, got 0"),
     (["train", "--model", "convnet_nano", "--data", "texture", "--epochs", "two", "--out", "x"],
-     "--epochs: expected a positive integer, got 'two'"),
+     "argument --epochs: epochs must be an int, got str 'two'"),
     (["train", "--model", "convnet_nano", "--data", "texture", "--epochs", "1"],
      "the following arguments are required: --out"),
     (["train", "--model", "convnet_nano", "--data", "cifar10", "--img-size", "16", "--epochs", "1",
@@ -71,7 +79,12 @@ def test_train_then_eval(tmp_path, capsys):
     (["train", "--model", "convnet_nano", "--data", "texture", "--data-option", "colour=red", "--epochs", "1",
       "--out", "x"], "takes no option 'colour'"),
     (["train", "--model", "convnet_nano", "--data", "texture", "--epochs", "1", "--out", "x", "--lr", "-1"],
-     "lr must be > 0"),
+     "argument --lr: lr must be > 0, got -1"),
+    (["train", "--model", "convnet_nano", "--data", "texture", "--epochs", "1", "--out", "x", "--ema", "1"],
+     r"argument --ema: ema must be in (0, 1), got 1"),
+    (["train", "--model", "convnet_nano", "--data", "texture", "--epochs", "1", "--out", "x",
+      "--task", "dino", "--label-smoothing", "0.1"], "label_smoothing is a setting of the classify task"),
+    (["eval", "--checkpoint", "x.pt"], "no checkpoint at x.pt"),
     (["eval", "--checkpoint", "missing.pt", "--data", "texture"], "no checkpoint at missing.pt"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
@@ -81,12 +94,50 @@ def test_bad_options_are_one_line_errors(argv, words, capsys, tmp_path, monkeypa
     assert not (tmp_path / "x").exists()
 
 
-def test_listings(capsys):
+def test_listings_give_sizes_and_whether_data_is_offline(capsys):
+    from unifiedctx.models import count_params, create_model
+
     assert main(["models", "*_nano"]) == 0
-    names = capsys.readouterr().out.split()
-    assert "container_light_nano" in names and all(n.endswith("_nano") for n in names)
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["model", "params", "img_size", "classes"]
+    table = {row.split()[0]: row.split()[1:] for row in rows}
+    assert "container_light_nano" in table and all(n.endswith("_nano") for n in table)
+    assert table["container_light_nano"] == [f"{count_params(create_model('container_light_nano')):,d}",
+                                             "32x32", "10"]
+    assert main(["models", "deit_tiny", "--macs"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[-1] == "GMACs" and 1.0 < float(row.split()[-1]) < 1.5  # DeiT-Ti: 1.3 GMACs
     assert main(["data"]) == 0
-    assert {"cifar10", "mnist5k", "texture", "imagefolder"} <= set(capsys.readouterr().out.split())
+    header, *rows = capsys.readouterr().out.splitlines()
+    table = {row.split()[0]: row for row in rows}
+    assert {"cifar10", "mnist5k", "texture", "imagefolder"} <= set(table)
+    assert table["mnist5k"].split()[1:] == ["4000", "1000", "1x32x32", "10", "yes"]
+    assert table["texture"].endswith("yes") and "needs path" in table["imagefolder"]
+    assert "no: downloaded on first use" in table["cifar10"] or "cached" in table["cifar10"]
+
+
+def test_train_options_are_generated_from_the_recipe():
+    """Every Recipe field is a train option with the field's default and help; the parsed options
+    build the Recipe whose defaults they are."""
+    import dataclasses
+
+    from unifiedctx.train.recipe import RECIPE_FIELDS, Recipe
+
+    sub = build_parser()._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in sub._actions}
+    for f in RECIPE_FIELDS:
+        action = actions[f.name]
+        assert action.help.startswith(f.metadata["help"]), f.name
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            assert action.required
+        elif f.default_factory is not dataclasses.MISSING:
+            assert action.default == []  # KEY=VALUE pairs, gathered into the dict
+        else:
+            assert action.default == f.default, f.name
+    args = build_parser().parse_args(["train", "--model", "m", "--data", "d", "--out", "o", "--epochs", "3",
+                                      "--no-augment", "--clip-grad", "off", "--warmup-cap", "0.1"])
+    recipe = Recipe(**{k: getattr(args, k) for k in Recipe.keys() if k != "task_options"})
+    assert recipe == Recipe(epochs=3, augment=False, warmup_cap=0.1)
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])

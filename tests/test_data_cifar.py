@@ -59,8 +59,15 @@ def make_archive(folder: Path, name: str, seed: int = 0) -> tuple[Path, dict]:
     return path, {"train": np.concatenate(batches), "test": test}
 
 
+#: Records per file of the tiny archives of make_archive: (per training file, test file).
+TINY_RECORDS = {"cifar10": (2, 3), "cifar100": (4, 3)}
+
+
 def patch_md5(monkeypatch, name: str, md5: str) -> None:
-    monkeypatch.setitem(cifar.ARCHIVES, name, dataclasses.replace(cifar.ARCHIVES[name], md5=md5))
+    """Make the loader expect the tiny archive: its MD5 and its record counts."""
+    train, test = TINY_RECORDS[name]
+    monkeypatch.setitem(cifar.ARCHIVES, name, dataclasses.replace(
+        cifar.ARCHIVES[name], md5=md5, train_file_records=train, test_records=test))
 
 
 def md5_of(path: Path) -> str:

@@ -59,6 +59,7 @@ def check_contract(name, options, grid):
     # the two views agree, with the documented shapes
     values, affinity = mixer.values(x), mixer.affinity(x)
     assert values.dim() == 4 and values.shape[:3] == (b, m, n)
+    assert values.shape[3] == mixer.value_dim  # what project() checks z against
     assert affinity.shape == (1 if mixer.kind == "static" else b, m, n, n)
     fast = mixer(x)
     assert fast.shape == x.shape and fast.dtype == torch.float64

@@ -8,7 +8,7 @@ from einops import rearrange
 from torch import nn
 
 from unifiedctx.mixers import Container, DepthwiseConv
-from unifiedctx.models import Block, create_model
+from unifiedctx.models import Block, StageSpec, create_model
 from unifiedctx.models.layers import DropPath, LayerNorm2d, PatchEmbed, make_norm
 
 
@@ -53,8 +53,10 @@ def test_drop_path():
 def test_block_is_pos_then_two_residual_branches():
     """y = x' + g2 * mlp(n2(x' + g1 * mixer(n1(x')))) with x' = x + pos(x)."""
     torch.manual_seed(0)
-    block = Block(8, "container", {"heads": 2, "kernel_size": 3}, mlp_ratio=2, norm="batch",
-                  pos_conv=True, layer_scale=0.3).eval()
+    spec = StageSpec(dim=8, depth=1, stride=1, mixer="container",
+                     mixer_options={"heads": 2, "kernel_size": 3}, mlp_ratio=2, norm="batch", pos_conv=True,
+                     layer_scale=0.3)
+    block = Block(spec).eval()
     for p in block.parameters():
         p.data.normal_(0, 0.3)
     x = torch.randn(2, 8, 4, 4)

@@ -207,11 +207,11 @@ def test_loading_uses_weights_only(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
-    ({"epochs": 0}, ValueError, "epochs must be > 0"),
-    ({"epochs": 2.5}, TypeError, "epochs must be int"),
-    ({"batch_size": 0}, ValueError, "batch_size must be > 0"),
+    ({"epochs": 0}, ValueError, "epochs must be positive, got 0"),
+    ({"epochs": 2.5}, TypeError, "epochs must be an int, got float 2.5"),
+    ({"batch_size": 0}, ValueError, "batch_size must be positive, got 0"),
     ({"lr": -1.0}, ValueError, "lr must be > 0"),
-    ({"label_smoothing": 1.0}, ValueError, "label_smoothing must be < 1"),
+    ({"label_smoothing": 1.0}, ValueError, r"label_smoothing must be in \[0, 1\), got 1"),
     ({"ema": 0.5, "clip_grad": 0}, ValueError, "clip_grad must be > 0"),
     ({"amp": "fp8"}, ValueError, "amp must be"),
     ({"device": "tpu9"}, ValueError, "device must be"),
@@ -264,3 +264,103 @@ def test_train_or_load_trains_once_then_loads(tmp_path, monkeypatch):
         cache.train_or_load("deit_tiny_nano", ds, tmp_path, **{**opts, "epochs": 2})
     rebuilt, _ = load_checkpoint(tmp_path / "last.pt")  # no model given: rebuilt from model.config
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values()))
+
+
+# ------------------------------------------------------------------ the recipe
+def _strip(history):
+    timing = ("images_per_s", "epoch_time", "time")
+    return [{k: v for k, v in row.items() if k not in timing} for row in history]
+
+
+def test_fit_takes_a_recipe_or_the_same_keywords(tmp_path):
+    from unifiedctx.train import Recipe
+
+    data = brightness_data()
+    run = {k: FAST[k] for k in ("progress", "device")}
+    settings = dict(epochs=2, batch_size=16, lr=1e-2, warmup_epochs=0.5, label_smoothing=0.1, seed=2)
+    by_keywords = fit(make(), data, out=tmp_path / "a", **run, **settings)
+    by_recipe = fit(make(), data, Recipe(**settings), out=tmp_path / "b", **run)
+    mixed = fit(make(), data, Recipe(**{**settings, "lr": 0.5}), lr=1e-2, **run)  # keywords replace
+    assert _strip(by_keywords) == _strip(by_recipe) == _strip(mixed)
+    stored = read_checkpoint(tmp_path / "b" / "last.pt")["recipe"]
+    assert Recipe.from_dict(stored) == Recipe(**settings)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["recipe"]["task"] == {
+        "name": "classify", "settings": {"label_smoothing": 0.1}}
+    with pytest.raises(TypeError, match="unknown training setting 'learning_rate'"):
+        fit(make(), data, epochs=1, learning_rate=0.1, **run)
+    with pytest.raises(TypeError, match="needs epochs"):
+        fit(make(), data, **run)
+
+
+def test_fit_documents_every_recipe_setting():
+    from unifiedctx.train import Recipe
+
+    for name in Recipe.keys():
+        assert f"``{name}``" in fit.__doc__, name
+
+
+def test_resume_lists_every_difference_of_the_recipe(tmp_path):
+    data = brightness_data()
+    with pytest.raises(Crash):
+        fit(make(), data, epochs=2, out=tmp_path, callback=_stop_at(2, 1), **FAST)
+    with pytest.raises(ValueError) as err:
+        fit(make(), data, epochs=2, out=tmp_path, resume=True, **{**FAST, "lr": 0.5, "seed": 4, "mixup": 0.2})
+    message = str(err.value)
+    for words in ("lr: 0.01 in the checkpoint, 0.5 now", "seed: 0 in the checkpoint, 4 now",
+                  "mixup: 0.0 in the checkpoint, 0.2 now"):
+        assert words in message
+
+
+def test_the_warmup_is_capped_to_a_fifth_of_the_run():
+    from unifiedctx.train import WarmupCosine
+
+    data = brightness_data()  # 128 images, batch 16: 8 steps per epoch, 16 in all
+    hist = fit(make(), data, epochs=2, **{**FAST, "warmup_epochs": 2.0})
+    capped = WarmupCosine(FAST["lr"], 16, 3)   # floor(0.2 * 16) = 3 warm-up steps, not 16
+    assert hist[0]["lr"] == pytest.approx(capped(7), rel=1e-12) and hist[0]["lr"] != WarmupCosine(
+        FAST["lr"], 16, 16)(7)
+    uncapped = fit(make(), data, epochs=2, **{**FAST, "warmup_epochs": 2.0, "warmup_cap": 1.0})
+    assert uncapped[0]["lr"] == pytest.approx(WarmupCosine(FAST["lr"], 16, 16)(7), rel=1e-12)
+
+
+def test_progress_epoch_prints_one_line_per_epoch(capsys):
+    fit(make(), brightness_data(), epochs=2, **{**FAST, "progress": "epoch"})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert all(" train_loss " in line and " test_acc " in line for line in lines)
+    with pytest.raises(ValueError, match="progress must be True, False or 'epoch', got str 'bars'"):
+        fit(make(), brightness_data(), epochs=1, **{**FAST, "progress": "bars"})
+
+
+def _indexed_data(crop_ok: bool, flip_ok: bool, n: int = 32, size: int = 8) -> ImageData:
+    """n random images, label i for image i (so a batch says which images it holds)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8)
+    y = torch.arange(n)
+    return ImageData("indexed", x, y, x[:4], y[:4], [str(i) for i in range(n)], (0.5,) * 3, (0.25,) * 3,
+                     crop_ok=crop_ok, flip_ok=flip_ok)
+
+
+@pytest.mark.parametrize("crop_ok, flip_ok", [(False, False), (False, True), (True, False), (True, True)])
+def test_augmentation_follows_what_the_data_allows(crop_ok, flip_ok):
+    from unifiedctx.train import DeviceBatches
+
+    data = _indexed_data(crop_ok, flip_ok)
+    batches = DeviceBatches(data, 32, "cpu", augment=True, seed=1)
+    x, _, labels = next(batches.epoch(0))
+    images = data.train_x[labels]
+    plain = [torch.equal(a, b) for a, b in zip(x, batches.normalize(images))]
+    mirrored = [torch.equal(a, b) for a, b in zip(x, batches.normalize(images.flip(-1)))]
+    assert any(mirrored) == flip_ok                       # some image flipped only where flips are ok
+    assert all(p or m for p, m in zip(plain, mirrored)) == (not crop_ok)  # shifted only where crops are ok
+
+
+def test_datasets_declare_their_augmentation():
+    from unifiedctx import data as datasets
+
+    assert (datasets.load("mnist5k").crop_ok, datasets.load("mnist5k").flip_ok) == (False, False)
+    small = {"n_train": 8, "n_test": 4, "size": 16}
+    for name in ("texture", "longrange"):
+        ds = datasets.load(name, **small)
+        assert not ds.crop_ok and not ds.flip_ok and not ds.subset(4, 2).flip_ok  # kept by subset()
+    assert brightness_data().crop_ok and brightness_data().flip_ok  # natural images: both by default

@@ -18,6 +18,7 @@ _LAZY_ATTRS = {
     "record_affinities": "unifiedctx.models",
     "mixing_weights": "unifiedctx.models",
     "inspect": "unifiedctx.inspection",
+    "inspect_model": "unifiedctx.inspection",
 }
 _SUBMODULES = ("mixers", "models", "data", "train", "viz", "widgets", "inspection", "profiles",
                "context")

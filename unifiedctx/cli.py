@@ -6,18 +6,23 @@
     unifiedctx data
 
 Under ``torchrun --nproc_per_node=K`` the same ``train`` command runs DistributedDataParallel
-(``--batch-size`` is per process). A bad option is one line on stderr and exit code 2; a run whose
-loss becomes NaN stops with one line and exit code 1, its last good checkpoint kept.
+(``--batch-size`` is per process). A bad option, a missing, foreign or busy folder, a read-only
+or full disk: one line on stderr naming the argument or the path, exit code 2, never a traceback.
+A run whose loss becomes NaN, or one interrupted with Ctrl-C, stops with one line and exit code 1,
+its last good checkpoint kept (every file is written atomically: nothing is left half-written).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import errno
 import inspect
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 #: Which option of each dataset's loader ``--img-size`` sets.
@@ -34,24 +39,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+#: Python's spellings of the JSON constants, read as those (``drop_path=None``, ``proj=False``).
+PY_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
+def _refuse_constant(name: str):
+    """``json.loads``'s hook for ``NaN`` and ``Infinity``: refuse them."""
+    raise ValueError(f"non-finite number {name}")
 
 
 def _key_value(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE read as JSON when it parses (``3``, ``0.1``, ``true``), else a string."""
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (``3``, ``0.1``, ``true``), or as one of
+    Python's ``True``/``False``/``None`` (so ``False`` never becomes the true string ``"False"``),
+    else a string. Non-finite numbers (``nan``, ``inf``) are refused."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a key, got {text!r}")
+    if raw.strip() in PY_CONSTANTS:
+        return key.strip(), PY_CONSTANTS[raw.strip()]
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except ValueError:  # JSONDecodeError, or NaN / Infinity
+        if raw.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+            raise argparse.ArgumentTypeError(f"{key.strip()} must be a finite number, got {raw!r}") from None
         value = raw
     return key.strip(), value
 
@@ -61,6 +73,50 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+
+
+def _recipe_parser(f: dataclasses.Field, kind: type, none_ok: bool):
+    """Text -> a value of the Recipe field ``f``, checked by the field's own check (its message)."""
+    def parse(text: str):
+        if none_ok and text.strip().lower() in ("none", "off"):
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            value = text  # the field's check names what it expected
+        try:
+            return f.metadata["check"](f.name, value)
+        except (TypeError, ValueError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = f.name  # argparse names the type in some messages
+    return parse
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`~unifiedctx.train.recipe.Recipe` field: flag, type, default and help
+    are read from the field (``--warmup-epochs 0.5``, ``--augment/--no-augment``,
+    ``--task-option KEY=VALUE``); nothing here repeats the recipe."""
+    from unifiedctx.train.recipe import RECIPE_FIELDS, Recipe
+
+    hints = typing.get_type_hints(Recipe)
+    for f in RECIPE_FIELDS:
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        kind, none_ok = next(k for k in kinds if k is not type(None)), type(None) in kinds
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = (None if required else f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory())
+        text = f.metadata["help"]
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{text} (default {'on' if default else 'off'})")
+        elif kind is dict:
+            parser.add_argument(flag, dest=f.name, type=_key_value, action="append", default=[],
+                                metavar="KEY=VALUE", help=f"{text} (repeatable)")
+        else:
+            shown = "required" if required else f"default {'off' if default is None else default}"
+            parser.add_argument(flag, dest=f.name, type=_recipe_parser(f, kind, none_ok), default=default,
+                                required=required, metavar=kind.__name__.upper(), help=f"{text} ({shown})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,27 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "--nproc_per_node=K it runs DistributedDataParallel; --batch-size is per process.")
     t.add_argument("--model", required=True, help="model preset (see `unifiedctx models`)")
     t.add_argument("--data", required=True, help="dataset name (see `unifiedctx data`)")
-    t.add_argument("--epochs", required=True, type=_positive_int, help="number of epochs (> 0)")
     t.add_argument("--out", required=True, type=Path, help="output folder of the run")
-    t.add_argument("--task", default="classify",
-                   help="what to train for: classify, segment or dino (classify)")
-    t.add_argument("--task-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the task, e.g. out_dim=1024 for dino (repeatable)")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (same settings); without it an existing run is an error")
-    t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step per process (128)")
-    t.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (1e-3)")
-    t.add_argument("--weight-decay", type=_nonneg_float, default=0.05,
-                   help="AdamW weight decay, not applied to norms and biases (0.05)")
-    t.add_argument("--warmup-epochs", type=_nonneg_float, default=1.0,
-                   help="linear warmup epochs before the cosine decay (1)")
-    t.add_argument("--label-smoothing", type=_nonneg_float, default=0.0, help="label smoothing in [0, 1) (0)")
-    t.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value (off)")
-    t.add_argument("--ema", type=float, default=None, help="EMA decay of the weights, e.g. 0.999 (off)")
-    t.add_argument("--mixup", type=_nonneg_float, default=0.0, help="mixup Beta(a, a) parameter (0: off)")
-    t.add_argument("--cutmix", type=_nonneg_float, default=0.0, help="cutmix Beta(a, a) parameter (0: off)")
-    t.add_argument("--no-augment", action="store_true", help="no random crop and flip")
-    t.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and augmentation (0)")
+    add_recipe_options(t)
+    t.add_argument("--allow-foreign", action="store_true",
+                   help="train into an OUT that holds other files (a run owns its folder: refused otherwise)")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (auto)")
     t.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
                    help="autocast: auto = bf16 on CUDA, off on CPU (auto)")
@@ -115,15 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-test", type=_positive_int, default=None,
                    help="test on a random subset of this many images (smoke runs)")
     t.add_argument("--eval-batch-size", type=_positive_int, default=None, help="test batch size (2 x batch)")
-    t.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cut every epoch short")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bars: one line per epoch (epoch, train loss, the task's metric, time)")
     t.add_argument("--save-rank-weights", action="store_true",
                    help="every process also writes OUT/rank{R}.pt with its final weights (DDP checks)")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split",
-                       description="Print the test loss and accuracy of CHECKPOINT on DATA as one JSON line.")
+                       description="Print the test loss and accuracy of CHECKPOINT on DATA as one JSON line. "
+                       "Without --data, the dataset (name, options, image size, subsets) is read from the "
+                       "run's config.json next to the checkpoint.")
     e.add_argument("--checkpoint", required=True, type=Path, help="a .pt file written by `train`")
-    e.add_argument("--data", required=True, help="dataset name (see `unifiedctx data`)")
+    e.add_argument("--data", default=None,
+                   help="dataset name (see `unifiedctx data`); default: the one the run was trained on")
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     e.add_argument("--batch-size", type=_positive_int, default=256, help="test batch size (256)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
@@ -133,9 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a dataset option (repeatable)")
     e.add_argument("--limit-test", type=_positive_int, default=None, help="test on a random subset")
 
-    m = sub.add_parser("models", help="list model presets", description="List model presets.")
+    m = sub.add_parser("models", help="list model presets with their sizes",
+                       description="List model presets: parameters, image size, classes (and GMACs).")
     m.add_argument("pattern", nargs="?", default=None, help="an fnmatch pattern such as '*_nano'")
-    sub.add_parser("data", help="list datasets", description="List the dataset names --data accepts.")
+    m.add_argument("--macs", action="store_true", help="also count multiply-accumulates per image (slower)")
+    sub.add_parser("data", help="list datasets with their sizes and whether they are offline",
+                   description="List the datasets --data accepts: sizes, classes, and whether each can be "
+                   "had without a network (offline) or needs a download.")
     return parser
 
 
@@ -174,28 +222,25 @@ def _load_data(args, limit_train=None):
 
 def _train(args) -> int:
     from unifiedctx import train as T
+    from unifiedctx.train.engine import recipe_and_task
+    from unifiedctx.train.recipe import Recipe
 
     _check_model_name(args.model)
-    if args.task == "classify":
-        task = T.tasks.create("classify", label_smoothing=args.label_smoothing, **dict(args.task_option))
-    elif args.label_smoothing:
-        raise ValueError(f"--label-smoothing is a classification option, not one of --task {args.task}")
-    else:
-        task = T.tasks.create(args.task, **dict(args.task_option))
+    if "label_smoothing" in dict(args.task_options):
+        raise ValueError("label smoothing is set with --label-smoothing, not --task-option label_smoothing")
+    settings = {k: getattr(args, k) for k in Recipe.keys()}
+    recipe, task = recipe_and_task(None, None, {**settings, "task_options": dict(args.task_options)})
     ds = _load_data(args, args.limit_train)
-    model = task.build_model(args.model, ds, seed=args.seed, **dict(args.model_option))
-    run_info = {"command": "train", "task": args.task, "model": args.model, "data": args.data,
-                "data_options": dict(args.data_option),
+    model = task.build_model(args.model, ds, seed=recipe.seed, **dict(args.model_option))
+    run_info = {"command": "train", "task": recipe.task, "model": args.model, "data": args.data,
+                "data_options": dict(args.data_option), "data_root": args.data_root,
                 "img_size": args.img_size, "limit_train": args.limit_train, "limit_test": args.limit_test,
                 "model_options": dict(args.model_option)}
-    history = T.fit(model, ds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                    task=task, clip_grad=args.clip_grad, ema=args.ema,
-                    mixup=args.mixup, cutmix=args.cutmix, augment=not args.no_augment, device=args.device,
-                    amp=args.amp, compile=args.compile, channels_last=args.channels_last, out=args.out,
-                    resume=args.resume, seed=args.seed, progress=not args.no_progress,
-                    eval_batch_size=args.eval_batch_size, max_steps_per_epoch=args.max_steps_per_epoch,
-                    run_info=run_info, save_rank_weights=args.save_rank_weights)
+    history = T.fit(model, ds, recipe, task=task, device=args.device, amp=args.amp, compile=args.compile,
+                    channels_last=args.channels_last, out=args.out, resume=args.resume,
+                    progress="epoch" if args.no_progress else True, eval_batch_size=args.eval_batch_size,
+                    run_info=run_info, save_rank_weights=args.save_rank_weights,
+                    allow_foreign=args.allow_foreign)
     if int(os.environ.get("RANK", 0)) == 0 and history:
         metric = task.best_metric
         best = history.best(metric)
@@ -204,13 +249,39 @@ def _train(args) -> int:
     return 0
 
 
+def _trained_on(checkpoint: Path, state: dict) -> argparse.Namespace:
+    """The dataset arguments of the run that wrote ``checkpoint``, from its ``config.json``."""
+    config_path = checkpoint.parent / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"--data is needed: there is no config.json next to {checkpoint} to say which "
+                         "dataset the run was trained on")
+    config = json.loads(config_path.read_text())
+    run = config.get("run") or {}
+    data = run.get("data") or (config.get("recipe") or {}).get("data", {}).get("name") or config.get("data")
+    if isinstance(data, dict):
+        data = data.get("name")
+    if not isinstance(data, str):
+        raise ValueError(f"--data is needed: {config_path} names no dataset")
+    seed = (state.get("recipe") or config.get("recipe") or {}).get("seed", 0)
+    return argparse.Namespace(data=data, data_option=list((run.get("data_options") or {}).items()),
+                              img_size=run.get("img_size"), data_root=run.get("data_root"),
+                              limit_train=run.get("limit_train"), limit_test=run.get("limit_test"), seed=seed)
+
+
 def _eval(args) -> int:
     from unifiedctx import train as T
 
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {args.checkpoint}")
     model, state = T.load_checkpoint(args.checkpoint, ema=args.ema)
-    ds = _load_data(args)
+    if args.data is None:  # the data the run was trained and tested on, its subsets included
+        trained = _trained_on(args.checkpoint, state)
+        if args.data_root is not None:
+            trained.data_root = args.data_root
+        args.data = trained.data
+        ds = _load_data(trained, trained.limit_train)
+    else:
+        ds = _load_data(args)
     cfg = state.get("model_config") or {}
     if cfg.get("num_classes") not in (None, ds.num_classes) or cfg.get("in_chans") not in (None, ds.channels):
         raise ValueError(f"{args.checkpoint} was trained for {cfg.get('num_classes')} classes of "
@@ -219,6 +290,47 @@ def _eval(args) -> int:
     result = T.evaluate(model, ds, batch_size=args.batch_size, device=args.device)
     print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "epoch": state.get("epoch"),
                       **result}))
+    return 0
+
+
+def _models(pattern, macs: bool) -> int:
+    """A table of presets: parameters, image size, classes (and GMACs); built on the meta device."""
+    import torch
+
+    from unifiedctx.models import count_macs, count_params, create_model, list_models
+
+    names = list_models(pattern)
+    header = f"{'model':24s} {'params':>11s} {'img_size':>9s} {'classes':>7s}"
+    print(header + (f" {'GMACs':>8s}" if macs else ""))
+    for name in names:
+        with torch.device("meta"):  # shapes only: no memory, no time
+            model = create_model(name)
+        size = "x".join(map(str, model.img_size))
+        line = f"{name:24s} {count_params(model):11,d} {size:>9s} {model.num_classes:7d}"
+        print(line + (f" {count_macs(model) / 1e9:8.3f}" if macs else ""))
+    return 0
+
+
+def _data() -> int:
+    """A table of datasets: train/test sizes, image size, classes, and whether they are offline."""
+    from unifiedctx import data as D
+
+    print(f"{'dataset':12s} {'train':>6s} {'test':>6s} {'image':>9s} {'classes':>7s}  offline")
+    unknown = f"{'-':>6s} {'-':>6s} {'-':>9s} {'-':>7s}"
+    for name in D.available():
+        downloads = "root" in inspect.signature(D.LOADERS[name]).parameters  # loaders that fetch files
+        try:
+            ds = D.load(name, download=False)
+        except D.DatasetUnavailable:
+            print(f"{name:12s} {unknown}  no: downloaded on first use")
+            continue
+        except (TypeError, ValueError) as err:
+            print(f"{name:12s} {unknown}  your own files ({str(err).split(';')[0]})")
+            continue
+        train, test = (len(getattr(ds, f"{split}_x", ())) for split in ("train", "test"))
+        size = "x".join(map(str, (ds.channels, *ds.image_size)))
+        where = "yes (downloaded, cached)" if downloads else "yes"
+        print(f"{name:12s} {train:6d} {test:6d} {size:>9s} {ds.num_classes:7d}  {where}")
     return 0
 
 
@@ -231,27 +343,51 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "models":
-        from unifiedctx.models import list_models
-
         try:
-            print("\n".join(list_models(args.pattern)))
+            return _models(args.pattern, args.macs)
         except (TypeError, ValueError) as err:
             parser.error(str(err))
-        return 0
     if args.command == "data":
-        from unifiedctx.data import available
-
-        print("\n".join(available()))
-        return 0
+        return _data()
     from unifiedctx.data import DatasetUnavailable
     from unifiedctx.train import TrainingDiverged
+    from unifiedctx.train.rundir import FolderInUse
 
     run = _train if args.command == "train" else _eval
+    prefix = f"unifiedctx {args.command}: error:"
     try:
         return run(args)
     except TrainingDiverged as err:
-        print(f"unifiedctx {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, DatasetUnavailable) as err:
-        parser.exit(2, f"unifiedctx {args.command}: error: {' '.join(str(err).split())}\n")
+    except KeyboardInterrupt:
+        where = f"; {args.out}/last.pt holds the last completed epoch (--resume continues)" \
+            if args.command == "train" else ""
+        print(f"unifiedctx {args.command}: interrupted{where}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (ValueError, TypeError, KeyError, DatasetUnavailable, FolderInUse) as err:
+        parser.exit(2, f"{prefix} {_one_line(err)}\n")
+    except OSError as err:  # a read-only or full disk, a path under a file, no permission
+        parser.exit(2, f"{prefix} {_os_error(err, args)}\n")
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; for an error re-raised from a DataLoader worker (whose
+    message carries the worker's traceback) only its last line, the original message."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1].split(": ", 1)[-1] if lines else text
+    return " ".join(text.split())
+
+
+def _os_error(err: OSError, args) -> str:
+    """``PATH: reason`` for an OSError (the output folder when the error names no file)."""
+    if not err.errno:  # raised by us with a whole sentence (no checkpoint at ..., a foreign folder)
+        return _one_line(err)
+    reason = err.strerror or os.strerror(err.errno)
+    if err.errno == errno.ENOSPC:
+        reason += " (free some space, or choose another --out)"
+    path = err.filename or getattr(args, "out", None) or getattr(args, "checkpoint", None)
+    return f"{path}: {reason}" if path else reason

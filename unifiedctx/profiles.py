@@ -7,6 +7,10 @@ Without it, :func:`current` picks ``full`` when CUDA is available and ``quick`` 
     from unifiedctx.profiles import current
     profile = current()
     model = unifiedctx.create_model(profile.model("container_light"), num_classes=10)
+    history = unifiedctx.train.fit(model, data, profile.recipe, device=profile.device)
+
+A notebook takes its epochs, batch size and learning rate from ``profile.recipe`` (notebooks 04
+and 05) or ``profile.synthetic_recipes[task]`` (notebook 03's probes), never its own numbers.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .train.recipe import Recipe
 
 ENV_VAR = "UNIFIEDCTX_PROFILE"
 PROFILES = ("quick", "full")
@@ -31,10 +37,11 @@ class Profile:
         preset_suffix: appended to a model family name (``"_nano"`` or ``"_cifar"``).
         dataset: the real image dataset (``"mnist5k"`` offline, ``"cifar10"`` online).
         dataset_options: keyword arguments for :func:`unifiedctx.data.load`.
-        epochs: training epochs for one run.
-        batch_size: training batch size.
+        recipe: the :class:`~unifiedctx.train.recipe.Recipe` of one run on ``dataset``
+            (notebooks 04 and 05).
         synthetic_train: number of training images of each synthetic task.
-        synthetic_epochs: training epochs on the synthetic tasks.
+        synthetic_recipes: the Recipe of a probe on each synthetic task (notebook 03):
+            ``{"texture": ..., "longrange": ...}``.
         cache_dir: where trained checkpoints are kept so re-running loads instead of retraining.
     """
 
@@ -43,15 +50,24 @@ class Profile:
     preset_suffix: str
     dataset: str
     dataset_options: dict = field(default_factory=dict)
-    epochs: int = 3
-    batch_size: int = 128
+    recipe: Recipe = Recipe(epochs=3)
     synthetic_train: int = 2000
-    synthetic_epochs: int = 4
+    synthetic_recipes: dict = field(default_factory=dict)
     cache_dir: Path = Path("runs")
 
     def model(self, family: str) -> str:
         """The preset name of ``family`` in this profile, e.g. ``container_light_nano``."""
         return f"{family}{self.preset_suffix}"
+
+    @property
+    def epochs(self) -> int:
+        """``recipe.epochs``: training epochs of one run."""
+        return self.recipe.epochs
+
+    @property
+    def batch_size(self) -> int:
+        """``recipe.batch_size``: training batch size."""
+        return self.recipe.batch_size
 
     @property
     def quick(self) -> bool:
@@ -70,15 +86,22 @@ def _repo_runs_dir() -> Path:
 def make(name: str) -> Profile:
     """Build the profile called ``name`` (``"quick"`` or ``"full"``)."""
     runs = _repo_runs_dir()
+    # notebook 03's probes: same seed, data order and optimizer for every probe; no augmentation
+    probe = Recipe(epochs=1, batch_size=32, lr=3e-3, weight_decay=0.05, augment=False, seed=0)
     if name == "quick":
+        recipe = Recipe(epochs=4, batch_size=128, lr=5e-3, warmup_epochs=0.5, augment=False,
+                        weight_decay=0.05, seed=0)
+        probes = {"texture": probe.replace(epochs=3), "longrange": probe.replace(epochs=8)}
         return Profile(name="quick", device="cpu", preset_suffix="_nano", dataset="mnist5k",
-                       dataset_options={"channels": 3}, epochs=3, batch_size=128,
-                       synthetic_train=2000, synthetic_epochs=6, cache_dir=runs / "quick")
+                       dataset_options={"channels": 3}, recipe=recipe, synthetic_train=2000,
+                       synthetic_recipes=probes, cache_dir=runs / "quick")
     if name == "full":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return Profile(name="full", device=device, preset_suffix="_cifar", dataset="cifar10",
-                       epochs=30, batch_size=256, synthetic_train=20000, synthetic_epochs=20,
-                       cache_dir=runs / "full")
+        recipe = Recipe(epochs=30, batch_size=256, lr=2e-3, warmup_epochs=2, augment=True,
+                        label_smoothing=0.1, weight_decay=0.05, seed=0)
+        probes = {"texture": probe.replace(epochs=10), "longrange": probe.replace(epochs=20)}
+        return Profile(name="full", device=device, preset_suffix="_cifar", dataset="cifar10", recipe=recipe,
+                       synthetic_train=20000, synthetic_recipes=probes, cache_dir=runs / "full")
     raise ValueError(f"{ENV_VAR} must be one of {PROFILES}, got {name!r}")
 
 

@@ -89,7 +89,8 @@ def render(config_path: Path, out: Path) -> None:
         raise RuntimeError("mkdocs is not installed: pip install mkdocs mkdocs-jupyter (in the dev extra)")
     cmd = [sys.executable, "-m", "mkdocs", "build", "--quiet", "--clean", "-f", str(config_path),
            "-d", str(out.resolve())]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    # mkdocs-jupyter caches rendered pages in ./.cache: keep that inside the build folder
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=config_path.parent)
     if result.returncode != 0:
         raise RuntimeError(f"mkdocs build failed:\n{result.stderr.strip()}")
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from pathlib import Path
 
 from .base import DatasetUnavailable, ImageData, channel_stats, default_data_root
@@ -81,6 +82,10 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if not isinstance(download, bool):
+        raise TypeError(f"download must be True or False, got {type(download).__name__} {download!r}")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path (str or os.PathLike), got {type(root).__name__}")
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(LOADERS)}")
     loader = LOADERS[name]
@@ -89,9 +94,13 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
     if unknown:
         raise TypeError(f"dataset {name!r} takes no option {', '.join(map(repr, unknown))}; "
                         f"its options are: {', '.join(accepted)}")
+    recorded = dict(options)
     if "root" in inspect.signature(loader).parameters:
-        options.update(root=Path(root) if root is not None else DATA_ROOT, download=download)
-    return loader(**options)
+        options.update(root=Path(root).expanduser() if root is not None else DATA_ROOT, download=download)
+    data = loader(**options)
+    data.options = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in recorded.items()
+                    if k != "progress"}  # a progress bar changes nothing
+    return data
 
 
 __all__ = ["DATA_ROOT", "DatasetUnavailable", "FolderData", "ImageData", "SegmentationData", "available",

@@ -4,8 +4,9 @@ where datasets are cached (:func:`default_data_root`)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,6 +50,19 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def tensor_fingerprint(*tensors: torch.Tensor, extra=(), samples: int = 65536) -> str:
+    """16 hex digits of SHA-256 over each tensor's shape, dtype, exact sum and ``samples`` entries
+    taken at a stride (computed on the tensor's device; only the sample moves to the host)."""
+    digest = hashlib.sha256(repr(extra).encode())
+    for t in tensors:
+        flat = t.detach().reshape(-1)
+        stride = max(1, flat.numel() // samples)
+        total = int(flat.sum(dtype=torch.int64)) if not t.is_floating_point() else float(flat.double().sum())
+        digest.update(f"{tuple(t.shape)} {t.dtype} {total}".encode())
+        digest.update(flat[::stride].cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass
 class ImageData:
     """A small-image dataset held as one uint8 tensor per split, ready to move to a device.
@@ -62,6 +76,10 @@ class ImageData:
         classes: the class names, ``classes[label]``.
         mean, std: per channel, in ``[0, 1]`` units, measured on the training split; used by
             :meth:`normalize`.
+        options: the options :func:`unifiedctx.data.load` was called with (for the record).
+        crop_ok: random shifted crops fit this data (``augment=True`` uses them; False for digits,
+            centred by construction, and for the synthetic tasks).
+        flip_ok: a left-right mirror keeps every label (False for digits and oriented textures).
     """
 
     name: str
@@ -72,6 +90,9 @@ class ImageData:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    options: dict = field(default_factory=dict)
+    crop_ok: bool = True
+    flip_ok: bool = True
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -108,6 +129,13 @@ class ImageData:
     def __repr__(self) -> str:
         return (f"ImageData({self.name!r}, train={tuple(self.train_x.shape)}, "
                 f"test={tuple(self.test_x.shape)}, classes={self.num_classes}, device={self.train_x.device})")
+
+    def fingerprint(self) -> str:
+        """A short hash of the contents, cheap enough for every run: per split the shape, the
+        full sum of the pixels, about 64k pixels at a stride and every label, plus the class
+        names, mean and std. Two datasets of the same shape with other images differ in it."""
+        return tensor_fingerprint(self.train_x, self.train_y, self.test_x, self.test_y,
+                                  extra=(self.classes, self.mean, self.std))
 
     def to(self, device: torch.device | str) -> ImageData:
         """A new :class:`ImageData` whose four tensors live on ``device`` (still uint8: a CIFAR-10

@@ -13,6 +13,7 @@ deletes the archive; later calls read the folder and touch no network. An archiv
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class Archive:
     train_files: tuple[str, ...]
     test_file: str
     label_bytes: int
+    train_file_records: int = 10000
+    test_records: int = 10000
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -57,7 +60,7 @@ ARCHIVES = {
     "cifar10": Archive("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", "cifar-10-batches-bin",
                        tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin", 1),
     "cifar100": Archive("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8", "cifar-100-binary",
-                        ("train.bin",), "test.bin", 2),
+                        ("train.bin",), "test.bin", 2, train_file_records=50000),
 }
 
 
@@ -82,6 +85,31 @@ def prepare(spec: Archive, root: Path, download: bool, url: str | None, progress
             raise DatasetUnavailable(f"{folder} lacks {', '.join(missing)}: delete that folder and call "
                                      f"again to unpack it anew. " + how_to_fetch(source, archive, spec.md5))
         return folder
+    if not archive.is_file() and not download:
+        raise DatasetUnavailable(f"{spec.folder} is not in {root} and download=False. "
+                                 + how_to_fetch(source, archive, spec.md5))
+    from unifiedctx.train.rundir import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / f".{spec.folder}.lock", f"the download of {spec.folder}").acquire(wait=True):
+        remove_stale_temporaries(root, spec)  # we hold the lock: whoever left them is gone
+        if folder.is_dir():  # another process unpacked it while we waited
+            return prepare(spec, root, download, url, progress)
+        return _fetch_and_unpack(spec, root, download, source, archive, progress)
+
+
+def remove_stale_temporaries(root: Path, spec: Archive) -> None:
+    """Delete what a killed download or unpack of ``spec`` left in ``root``: the partial download
+    ``.<archive>.*.part`` and the staging folder ``.<folder>.*.tmp``."""
+    for path in root.glob(f".{spec.filename}.*.part"):
+        path.unlink(missing_ok=True)
+    for path in root.glob(f".{spec.folder}.*.tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fetch_and_unpack(spec: Archive, root: Path, download: bool, source: str, archive: Path,
+                      progress: bool) -> Path:
+    folder = root / spec.folder
     members = [f"{spec.folder}/{name}" for name in spec.files]
     if archive.is_file():
         got = md5sum(archive)
@@ -90,10 +118,6 @@ def prepare(spec: Archive, root: Path, download: bool, url: str | None, progress
             raise DatasetUnavailable(f"{archive} has MD5 {got}, not {spec.md5}: it is damaged or not the "
                                      f"official archive. Delete it. {hint}")
         return extract_members(archive, members, folder)
-    if not download:
-        raise DatasetUnavailable(f"{spec.folder} is not in {root} and download=False. "
-                                 + how_to_fetch(source, archive, spec.md5))
-    root.mkdir(parents=True, exist_ok=True)
     fetch(source, archive, spec.md5, progress=progress)
     try:
         extract_members(archive, members, folder)
@@ -107,9 +131,12 @@ def read_names(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def read_records(paths: list[Path], label_bytes: int, label_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def read_records(paths: list[Path], label_bytes: int, label_index: int,
+                 records: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Parse binary record files into uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)``,
-    taking the label from byte ``label_index`` of each record's ``label_bytes`` label bytes."""
+    taking the label from byte ``label_index`` of each record's ``label_bytes`` label bytes.
+    With ``records``, every file must hold exactly that many records (a file cut short is an
+    error naming it, never a smaller dataset)."""
     record = label_bytes + PIXELS
     rows = []
     for path in paths:
@@ -117,6 +144,10 @@ def read_records(paths: list[Path], label_bytes: int, label_index: int) -> tuple
         if raw.size == 0 or raw.size % record:
             raise DatasetUnavailable(f"{path} holds {raw.size} bytes, not a whole number of {record}-byte "
                                      "records: delete its folder and call again to unpack it anew.")
+        if records is not None and raw.size != records * record:
+            raise DatasetUnavailable(f"{path} holds {raw.size // record} records, expected {records} "
+                                     f"({records * record} bytes): it is damaged or cut short; delete its "
+                                     "folder and call again to unpack it anew.")
         rows.append(raw.reshape(-1, record))
     table = np.concatenate(rows)
     labels = torch.from_numpy(table[:, label_index].astype(np.int64))
@@ -140,8 +171,9 @@ def load_cifar(name: str, root: Path, download: bool = True, url: str | None = N
     else:
         label_index = 1 if label_type == "fine" else 0
         classes = read_names(folder / f"{label_type}_label_names.txt")
-    train_x, train_y = read_records([folder / f for f in spec.train_files], spec.label_bytes, label_index)
-    test_x, test_y = read_records([folder / spec.test_file], spec.label_bytes, label_index)
+    train_x, train_y = read_records([folder / f for f in spec.train_files], spec.label_bytes, label_index,
+                                    spec.train_file_records)
+    test_x, test_y = read_records([folder / spec.test_file], spec.label_bytes, label_index, spec.test_records)
     top = int(max(train_y.max(), test_y.max()))
     if top >= len(classes):
         raise DatasetUnavailable(f"{folder} has label {top} but only {len(classes)} class names: delete "

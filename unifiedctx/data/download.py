@@ -33,14 +33,18 @@ def md5sum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def how_to_fetch(url: str, dest: Path, md5: str) -> str:
+def how_to_fetch(url: str, dest: Path, md5: str | None) -> str:
     """The sentence that tells a person how to put ``url`` at ``dest`` by hand."""
+    check = f" (its MD5 must be {md5})" if md5 else ""
     return (f"Fetch {dest.name} from {url} yourself (e.g. `curl -L -o {dest} {url}`) and put it at "
-            f"{dest} (its MD5 must be {md5}); the next call will verify and unpack it.")
+            f"{dest}{check}; the next call will verify and use it.")
 
 
-def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
+def download(url: str, dest: Path, md5: str | None, progress: bool = True, min_bytes: int = 0) -> Path:
     """Download ``url`` to ``dest``, verifying its MD5 against ``md5``.
+
+    ``md5=None`` is for files whose checksum nobody has published: then only the size is checked
+    (at least ``min_bytes``, and the server's Content-Length when it sends one).
 
     The bytes go to a temporary file in ``dest``'s folder, which becomes ``dest`` (one
     ``os.replace``) only when it is complete and its checksum matches. Any failure (unreachable
@@ -71,7 +75,11 @@ def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
         if expected is not None and received != expected:
             raise DatasetUnavailable(f"The download of {dest.name} from {url} was cut short "
                                      f"({received} of {expected} bytes). " + how_to_fetch(url, dest, md5))
-        got = md5sum(tmp)
+        if received < min_bytes:
+            raise DatasetUnavailable(f"The download of {dest.name} from {url} has only {received} bytes "
+                                     f"(at least {min_bytes} expected: an error page, not the file). "
+                                     + how_to_fetch(url, dest, md5))
+        got = md5sum(tmp) if md5 else None
         if got != md5:
             raise DatasetUnavailable(f"The download of {dest.name} from {url} has MD5 {got}, expected "
                                      f"{md5}; it was deleted. " + how_to_fetch(url, dest, md5))

@@ -11,10 +11,15 @@ Pillow decodes and resizes; torch does the rest (no torchvision). Training image
 random resized crop (scale 0.08-1, aspect 3/4-4/3) and a horizontal flip; test images are
 resized so the shorter side is ``image_size / 0.875`` and centre-cropped. Both are normalised
 with the ImageNet mean and std.
+
+Every image is decoded with its real bit depth (:func:`decode_rgb`: a 16-bit PNG is scaled by
+255 / 65535, not clipped to white); a file that cannot be decoded (truncated, not an image) is a
+:class:`UnreadableImage` error naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -31,6 +36,35 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", 
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 TEST_CROP = 0.875
+
+
+#: Pillow modes of one channel with more than 8 bits, and the largest value of each.
+HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+class UnreadableImage(ValueError):
+    """An image file of the dataset cannot be decoded; the message names the file."""
+
+
+def decode_rgb(path: str | os.PathLike):
+    """The image at ``path`` as an 8-bit RGB Pillow image, every pixel decoded.
+
+    High-bit-depth grey images (16-bit PNG: Pillow mode ``I;16`` or ``I``) are scaled to 8 bits,
+    ``round(v * 255 / 65535)``, instead of saturating. A truncated or unreadable file raises
+    :class:`UnreadableImage` naming ``path``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in HIGH_DEPTH:
+                value = np.asarray(img, dtype=np.float64).clip(0, HIGH_DEPTH[img.mode])
+                grey = np.round(value * (255.0 / HIGH_DEPTH[img.mode])).astype(np.uint8)
+                return Image.fromarray(grey, mode="L").convert("RGB")
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(f"cannot decode image {path}: {err}") from None
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -133,12 +167,11 @@ class ImageFiles(Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            gen = self.generator() if self.train else None
-            box = random_crop_box(*img.size, gen) if self.train else centre_crop_box(*img.size, self.size)
-            img = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
-            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        img = decode_rgb(path)
+        gen = self.generator() if self.train else None
+        box = random_crop_box(*img.size, gen) if self.train else centre_crop_box(*img.size, self.size)
+        img = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         if self.train and torch.rand(1, generator=gen).item() < 0.5:
             x = x.flip(-1)
         return (x.float() / 255.0 - self.mean) / self.std, label
@@ -168,11 +201,22 @@ class FolderData:
     std: tuple[float, ...] = IMAGENET_STD
     num_workers: int = 2
     channels: int = 3
+    options: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
+
+    def fingerprint(self) -> str:
+        """A short hash of the index (every file's path under ``root`` and label, the sizes of
+        about 1000 files at a stride), the classes and the image size: cheap, no image decoded."""
+        digest = hashlib.sha256(repr((self.classes, self.image_size, self.mean, self.std)).encode())
+        for samples in (self.train_samples, self.test_samples):
+            digest.update(repr([(os.path.relpath(f, self.root), y) for f, y in samples]).encode())
+            stride = max(1, len(samples) // 1000)
+            digest.update(repr([os.path.getsize(f) for f, _ in samples[::stride]]).encode())
+        return digest.hexdigest()[:16]
 
     def _loader(self, samples, batch_size: int, train: bool, seed: int = 0, **kwargs) -> DataLoader:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -67,6 +67,9 @@ def load_mnist5k(size: int = 32, channels: int = 1, n_test: int = 1000, seed: in
     Images are uint8 ``(N, channels, size, size)``: 28x28 digits padded with zeros on every
     side to ``size`` (default 32, so networks with strides 4, 2, 2, 2 divide it; 28 keeps the
     original). ``channels=3`` repeats the grey channel so RGB-built models train on it unchanged.
+    No augmentation fits (``flip_ok=False``: a mirrored 2, 3 or 7 is no digit; ``crop_ok=False``:
+    every digit, train and test, is centred by its centre of mass, so shifts teach an invariance
+    the test never asks for, and 4 epochs of container_light_nano reach 0.55 with them, 0.885 without).
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < SIDE or (size - SIDE) % 2:
         raise ValueError(f"size must be an int >= {SIDE} with (size - {SIDE}) even (28 or 32, say), "
@@ -86,4 +89,4 @@ def load_mnist5k(size: int = 32, channels: int = 1, n_test: int = 1000, seed: in
     train_x = images[train]
     mean, std = channel_stats(train_x)
     return ImageData("mnist5k", train_x, labels[train], images[test], labels[test],
-                     [str(d) for d in range(NUM_CLASSES)], mean, std)
+                     [str(d) for d in range(NUM_CLASSES)], mean, std, crop_ok=False, flip_ok=False)

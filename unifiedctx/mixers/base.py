@@ -110,7 +110,17 @@ class AffinityMixer(nn.Module, ABC):
             raise ValueError(f"z must have shape (B, M, N, d), got {getattr(z, 'shape', z)!r}")
         if z.shape[2] != grid[0] * grid[1]:
             raise ValueError(f"z has {z.shape[2]} tokens but grid {grid} holds {grid[0] * grid[1]}")
+        if z.shape[1] != self.heads or z.shape[3] != self.value_dim:
+            raise ValueError(f"z must have shape (B, M={self.heads}, N, d={self.value_dim}) for this "
+                             f"{type(self).__name__} (the shape of A @ values(x)), got {tuple(z.shape)}")
         return self._project(z, grid)
+
+    @property
+    def value_dim(self) -> int:
+        """d, the width of each head's values: ``values(x)`` is ``(B, M, N, d)``. By default the
+        channels split evenly over the heads (``dim // heads``); a mixer whose heads all see every
+        channel (the full convolution's shift heads) says so by overriding this."""
+        return self.dim // self.heads
 
     @abstractmethod
     def _project(self, z: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -94,6 +94,11 @@ class FullConv(AffinityMixer):
         self.check_input(x)
         return self.conv(x)
 
+    @property
+    def value_dim(self) -> int:
+        """d = C: every shift head fetches all the channels (the kernel mixes them in ``project``)."""
+        return self.dim
+
     def values(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return repeat(x, "b c h w -> b m (h w) c", m=self.heads)

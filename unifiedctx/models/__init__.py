@@ -5,12 +5,13 @@ count their cost and read their affinities.
     list_models("*_nano")                                   # tiny presets for CPUs
     record_affinities(model, x)                             # name -> (B|1, M, N, N)
     count_params(model), count_macs(model, img_size=448)
+    StageSpec(dim=64, depth=3, stride=4, mixer="dwconv")    # one stage, checked; .to_dict() is JSON
 """
 
 from __future__ import annotations
 
 from .blocks import Block
-from .factory import create_model, from_config, list_models
+from .factory import create_model, from_config, list_models, normalize_config
 from .flops import SDPA_FLOPS, count_flops, count_macs, count_params
 from .network import ContextNet, Stage
 from .presets import PRESETS
@@ -22,9 +23,11 @@ from .recording import (
     record_affinities,
     record_components,
 )
+from .spec import STAGE_DEFAULTS, STAGE_REQUIRED, StageSpec, merge_mixer
 
 __all__ = [
-    "PRESETS", "SDPA_FLOPS", "Block", "ContextNet", "Stage", "count_flops", "count_macs", "count_params",
+    "PRESETS", "SDPA_FLOPS", "STAGE_DEFAULTS", "STAGE_REQUIRED", "Block", "StageSpec", "merge_mixer",
+    "ContextNet", "Stage", "count_flops", "count_macs", "count_params",
     "create_model", "from_config", "list_models", "mixer_components", "mixer_inputs", "mixer_layers",
-    "mixing_weights", "record_affinities", "record_components",
+    "mixing_weights", "normalize_config", "record_affinities", "record_components",
 ]

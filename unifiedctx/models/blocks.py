@@ -8,8 +8,9 @@ A block keeps the image shape ``(B, C, H, W)`` and computes::
 
 The mixer comes from the registry by name (:func:`unifiedctx.mixers.create`), so the same block
 is a Container-Light conv block (``dwconv``), a mixed Container block (``container``), a ViT
-block (``attention``), an MLP-Mixer block (``mixer``) or a PoolFormer block (``pool``).
-``gamma`` is the optional layer scale (identity when ``layer_scale`` is None).
+block (``attention``), an MLP-Mixer block (``tokenmlp``) or a PoolFormer block (``pool``).
+``gamma`` is the optional layer scale (identity when ``layer_scale`` is None). Every setting
+comes from the stage's :class:`~unifiedctx.models.spec.StageSpec`.
 """
 
 from __future__ import annotations
@@ -19,32 +20,32 @@ from torch import nn
 
 from ..mixers import create
 from .layers import DropPath, LayerScale, Mlp, make_norm
+from .spec import StageSpec
 
 
 class Block(nn.Module):
     """norm -> mixer -> residual -> norm -> MLP -> residual (see the module docstring).
 
     Args:
-        dim: channels C.
-        mixer: registry name of the token mixer.
-        mixer_options: keyword options for that mixer (``heads``, ``kernel_size``, ``grid``, ...).
-        mlp_ratio: hidden width of the MLP as a multiple of C.
-        norm, norm_eps: ``"batch"``, ``"layer"``, ``"group"`` or ``"none"``, and its eps.
-        pos_conv: add Container-Light's depthwise 3x3 positional conv ``x + dwconv3x3(x)`` first.
-        layer_scale: initial value of the per-channel residual scales, or None for none.
+        spec: the stage's :class:`StageSpec` (a stage dict is read with ``StageSpec.from_dict``);
+            a block uses every setting but the embedding's, ``depth`` and ``stride``.
+        grid: the ``(H, W)`` token grid the block will see (grid-bound mixers are sized by it).
         drop_path: stochastic-depth rate of both residual branches.
+        dropout: dropout inside the MLP.
     """
 
-    def __init__(self, dim: int, mixer: str, mixer_options: dict | None = None, mlp_ratio: float = 4.0,
-                 norm: str = "layer", norm_eps: float | None = None, pos_conv: bool = False,
-                 layer_scale: float | None = None, drop_path: float = 0.0, dropout: float = 0.0):
+    def __init__(self, spec: StageSpec | dict, grid: tuple[int, int] | None = None, drop_path: float = 0.0,
+                 dropout: float = 0.0):
         super().__init__()
-        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if pos_conv else None
-        self.norm1 = make_norm(norm, dim, norm_eps)
-        self.mixer = create(mixer, dim, **(mixer_options or {}))
-        self.norm2 = make_norm(norm, dim, norm_eps)
-        self.mlp = Mlp(dim, mlp_ratio, dropout)
-        scale = (lambda: LayerScale(dim, layer_scale)) if layer_scale is not None else nn.Identity
+        spec = StageSpec.from_dict(spec, where="spec")
+        dim = spec.dim
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim) if spec.pos_conv else None
+        self.norm1 = make_norm(spec.norm, dim, spec.norm_eps)
+        options = spec.mixer_options if grid is None else {**spec.mixer_options, "grid": tuple(grid)}
+        self.mixer = create(spec.mixer, dim, **options)
+        self.norm2 = make_norm(spec.norm, dim, spec.norm_eps)
+        self.mlp = Mlp(dim, spec.mlp_ratio, dropout)
+        scale = (lambda: LayerScale(dim, spec.layer_scale)) if spec.layer_scale is not None else nn.Identity
         self.scale1, self.scale2 = scale(), scale()
         self.drop_path = DropPath(drop_path)
 

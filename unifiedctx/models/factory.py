@@ -13,16 +13,19 @@ import fnmatch
 import inspect
 import json
 
-from .network import ContextNet, as_size, stage_settings
+from .network import ContextNet, as_size
 from .presets import PRESETS, preset
+from .pretrained import apply_weights
+from .spec import StageSpec, merge_mixer, mixer_options_dict, stage_specs
 
 #: Arguments of the builder that an override may replace.
 BUILD_KEYS = tuple(p for p in inspect.signature(ContextNet.__init__).parameters if p not in ("self", "name"))
-#: Per-stage settings; an override of one of these applies to every stage.
-STAGE_KEYS = ("mixer", "mixer_options", "mlp_ratio", "stride", "embed_kernel", "embed_norm", "embed_eps",
-              "norm", "norm_eps", "pos_conv", "layer_scale")
 #: Per-stage lists: ``dims=(...)`` and ``depths=(...)``, one entry per stage.
 LIST_KEYS = {"dims": "dim", "depths": "depth"}
+#: Per-stage settings; an override of one of these applies to every stage (read from StageSpec).
+STAGE_KEYS = tuple(k for k in StageSpec.keys() if k not in LIST_KEYS.values())
+#: Shortcuts for common mixer options: ``heads=4`` is ``mixer_options={"heads": 4}``.
+MIXER_SHORTCUTS = ("heads", "kernel_size")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -48,7 +51,8 @@ def _check_count(name: str, value, minimum: int) -> int:
     return value
 
 
-def create_model(name: str, num_classes: int | None = None, img_size=None, in_chans: int = 3,
+def create_model(name: str, num_classes: int | None = None, img_size=None, in_chans: int = 3, *,
+                 checkpoint_path=None, pretrained: bool = False, ema: bool = False,
                  **overrides) -> ContextNet:
     """Build the preset ``name``.
 
@@ -60,9 +64,19 @@ def create_model(name: str, num_classes: int | None = None, img_size=None, in_ch
             be divisible by the total stride (``ValueError`` naming ``img_size`` otherwise).
             Models with ``mixer`` layers (MLP-Mixer) are built for this size only.
         in_chans: input channels.
-        **overrides: any builder argument (``drop_path=0.1``, ``init=...``, ``stages=[...]``), a
-            per-stage setting applied to every stage (``layer_scale=1e-6``, ``norm="layer"``,
-            ``mixer="attention"``), or ``dims=(...)`` / ``depths=(...)`` with one entry per stage.
+        checkpoint_path: load these weights: a unifiedctx checkpoint or the authors' DeiT-engine
+            Container-Light checkpoint (see :mod:`unifiedctx.models.pretrained`).
+        pretrained: load the authors' released ImageNet Container-Light (downloaded once into the
+            cache folder; ``container_light`` only).
+        ema: with either of the two, take the EMA weights of the file.
+        **overrides: any builder argument (``drop_path=0.1``, ``init=...``, ``stages=[...]``, which
+            replaces the whole body), a per-stage setting of :class:`StageSpec` applied to every
+            stage (``layer_scale=1e-6``, ``norm="layer"``), or ``dims=(...)`` / ``depths=(...)``
+            with one entry per stage. Mixer overrides merge, never drop (:func:`merge_mixer`):
+            ``mixer_options={...}`` merges into the options of each stage whose mixer takes them;
+            ``mixer="attention"`` keeps the stage options the new mixer takes; the shortcuts
+            ``heads=4`` and ``kernel_size=7`` are mixer options; an option that no stage's mixer
+            takes is a ``TypeError`` naming it.
 
     Returns:
         a :class:`ContextNet` with ``config``, ``img_size``, ``num_classes``, ``stride``.
@@ -77,31 +91,51 @@ def create_model(name: str, num_classes: int | None = None, img_size=None, in_ch
     cfg["num_classes"] = _check_count("num_classes", cfg["num_classes"] if num_classes is None
                                       else num_classes, 0)
     cfg["in_chans"] = _check_count("in_chans", in_chans, 1)
-    for key, value in overrides.items():
-        if key in BUILD_KEYS:
-            cfg[key] = list(as_size(value)) if key == "img_size" else copy.deepcopy(value)
-        elif key in STAGE_KEYS:
-            for stage in cfg["stages"]:
-                stage[key] = copy.deepcopy(value)
-        elif key in LIST_KEYS:
-            if not isinstance(value, (list, tuple)) or len(value) != len(cfg["stages"]):
-                raise ValueError(f"{key} must be a list with one entry per stage "
-                                 f"({len(cfg['stages'])}), got {value!r}")
-            for stage, v in zip(cfg["stages"], value):
-                stage[LIST_KEYS[key]] = v
-        else:
-            options = sorted({*BUILD_KEYS, *STAGE_KEYS, *LIST_KEYS} - {"stages"}) + ["stages"]
-            raise TypeError(f"create_model got an unknown option {key!r}; options are: {', '.join(options)}")
-    cfg["stages"] = stage_settings(cfg["stages"])
-    defaults = inspect.signature(ContextNet.__init__).parameters
-    cfg = {**{k: defaults[k].default for k in BUILD_KEYS if k not in cfg}, **cfg}
     try:
-        config = json.loads(json.dumps({"preset": name, **cfg}))
+        json.dumps(overrides)
     except TypeError as err:
         raise TypeError(f"every option of create_model must be JSON-serialisable: {err}") from None
+    unknown = [k for k in overrides if k not in {*BUILD_KEYS, *STAGE_KEYS, *LIST_KEYS, *MIXER_SHORTCUTS}]
+    if unknown:
+        options = sorted({*BUILD_KEYS, *STAGE_KEYS, *LIST_KEYS, *MIXER_SHORTCUTS} - {"stages"}) + ["stages"]
+        raise TypeError(f"create_model got an unknown option {unknown[0]!r}; "
+                        f"options are: {', '.join(options)}")
+    for key in BUILD_KEYS:
+        if key in overrides:
+            value = overrides[key]
+            cfg[key] = list(as_size(value)) if key == "img_size" else copy.deepcopy(value)
+    specs = stage_specs(cfg["stages"])
+    for key, stage_key in LIST_KEYS.items():
+        if key in overrides:
+            value = overrides[key]
+            if not isinstance(value, (list, tuple)) or len(value) != len(specs):
+                raise ValueError(f"{key} must be a list with one entry per stage ({len(specs)}), "
+                                 f"got {value!r}")
+            specs = [StageSpec.from_dict({**s.to_dict(), stage_key: v}, where=f"stages[{i}]")
+                     for i, (s, v) in enumerate(zip(specs, value))]
+    plain = {k: v for k, v in overrides.items() if k in STAGE_KEYS and k not in ("mixer", "mixer_options")}
+    if plain:
+        specs = [StageSpec.from_dict({**s.to_dict(), **copy.deepcopy(plain)}, where=f"stages[{i}]")
+                 for i, s in enumerate(specs)]
+    options = {**mixer_options_dict("mixer_options", overrides.get("mixer_options", {})),
+               **{k: overrides[k] for k in MIXER_SHORTCUTS if k in overrides}}
+    if "mixer" in overrides or options:
+        specs = merge_mixer(specs, overrides.get("mixer"), options)
+    cfg["stages"] = [s.to_dict() for s in specs]
+    defaults = inspect.signature(ContextNet.__init__).parameters
+    cfg = {**{k: defaults[k].default for k in BUILD_KEYS if k not in cfg}, **cfg}
+    config = json.loads(json.dumps({"preset": name, **cfg}))
     model = ContextNet(**{k: v for k, v in config.items() if k != "preset"}, name=name)
     model.config = config
-    return model
+    return apply_weights(model, name, checkpoint_path, pretrained, ema)
+
+
+def normalize_config(config: dict) -> dict:
+    """``config`` with every stage dict completed by :class:`StageSpec` (defaults filled, values
+    checked), so configs written before the spec compare equal to today's. No model is built."""
+    if not isinstance(config, dict) or not isinstance(config.get("stages"), (list, tuple)):
+        return config
+    return {**config, "stages": [s.to_dict() for s in stage_specs(config["stages"])]}
 
 
 def from_config(config: dict) -> ContextNet:

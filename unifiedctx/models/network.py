@@ -21,35 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..mixers import AffinityMixer
+from ..validation import check_bool, check_choice, check_float, check_float_image
 from .blocks import Block
 from .layers import PatchEmbed, make_norm
+from .spec import StageSpec, stage_specs
 
 INITS = ("linear", "pointwise", "all")
-#: Every per-stage setting and its default (``dim``, ``depth``, ``stride``, ``mixer`` are required).
-STAGE_DEFAULTS = {"mixer_options": {}, "mlp_ratio": 4.0, "embed_kernel": None, "embed_norm": None,
-                  "embed_eps": None, "norm": "layer", "norm_eps": None, "pos_conv": False,
-                  "layer_scale": None}
-STAGE_REQUIRED = ("dim", "depth", "stride", "mixer")
-
-
-def stage_settings(stages) -> list[dict]:
-    """Each stage dict completed with ``STAGE_DEFAULTS``; unknown or missing keys are errors."""
-    if not isinstance(stages, (list, tuple)) or not stages:
-        raise ValueError(f"stages must be a non-empty list of dicts, got {stages!r}")
-    out = []
-    for i, s in enumerate(stages):
-        if not isinstance(s, dict):
-            raise TypeError(f"stages[{i}] must be a dict, got {type(s).__name__}")
-        missing = [k for k in STAGE_REQUIRED if k not in s]
-        unknown = sorted(set(s) - set(STAGE_REQUIRED) - set(STAGE_DEFAULTS))
-        if missing or unknown:
-            raise ValueError(f"stages[{i}]: missing {missing}, unknown {unknown}; a stage takes "
-                             f"{', '.join(STAGE_REQUIRED + tuple(STAGE_DEFAULTS))}")
-        for key in ("dim", "depth", "stride"):
-            if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
-                raise ValueError(f"stages[{i}]['{key}'] must be a positive int, got {s[key]!r}")
-        out.append({**{k: s[k] for k in STAGE_REQUIRED}, **STAGE_DEFAULTS, **s})
-    return out
 
 
 def as_size(img_size, name: str = "img_size") -> tuple[int, int]:
@@ -95,9 +72,8 @@ class ContextNet(nn.Module):
     """A network of context-aggregation blocks, built from a JSON-able description.
 
     Args:
-        stages: one dict per stage with ``dim``, ``depth``, ``mixer``, ``stride`` and optionally
-            ``mixer_options``, ``mlp_ratio``, ``embed_kernel``, ``embed_norm``, ``embed_eps``,
-            ``norm``, ``norm_eps``, ``pos_conv``, ``layer_scale``.
+        stages: one :class:`~unifiedctx.models.spec.StageSpec` per stage, or its dict (the
+            settings, their defaults and checks are the spec's fields: ``StageSpec.keys()``).
         img_size: the ``(H, W)`` the network is built for (grid-bound mixers and the position
             embedding are sized from it).
         final_norm, final_eps: the norm after the last stage.
@@ -110,41 +86,42 @@ class ContextNet(nn.Module):
             (timm's PoolFormer).
     """
 
-    def __init__(self, stages: list[dict], img_size=224, in_chans: int = 3, num_classes: int = 1000,
-                 final_norm: str = "layer", final_eps: float | None = None, abs_pos_embed: bool = False,
+    def __init__(self, stages: list[StageSpec | dict], img_size=224, in_chans: int = 3,
+                 num_classes: int = 1000, final_norm: str = "layer", final_eps: float | None = None,
+                 abs_pos_embed: bool = False,
                  drop_path: float = 0.0, dropout: float = 0.0, init: str = "linear", name: str | None = None):
         super().__init__()
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        check_choice("init", init, INITS)
+        check_bool("abs_pos_embed", abs_pos_embed)
+        drop_path = check_float("drop_path", drop_path, low=0, high=1, high_open=True)
+        dropout = check_float("dropout", dropout, low=0, high=1, high_open=True)
         self.name = name
         self.img_size = as_size(img_size)
         self.in_chans, self.num_classes = in_chans, int(num_classes)
-        stages = stage_settings(stages)
-        self.stride = math.prod(s["stride"] for s in stages)
+        stages = stage_specs(stages)
+        self.stride = math.prod(s.stride for s in stages)
         if self.img_size[0] % self.stride or self.img_size[1] % self.stride:
             raise ValueError(f"img_size={self.img_size} is not divisible by the network's total "
                              f"stride {self.stride}: use a multiple of {self.stride}")
-        depths = [s["depth"] for s in stages]
+        depths = [s.depth for s in stages]
         total = sum(depths)
         rates = [drop_path * i / max(total - 1, 1) for i in range(total)]
         grid, in_dim, built, stride = self.img_size, in_chans, [], 1
         self.feature_strides, self.feature_dims = [], []
         for i, s in enumerate(stages):
-            stride *= s["stride"]
+            stride *= s.stride
             grid = (self.img_size[0] // stride, self.img_size[1] // stride)
-            embed = PatchEmbed(in_dim, s["dim"], s["stride"], s["embed_kernel"], s["embed_norm"],
-                               s["embed_eps"])
-            opts = {**s["mixer_options"], "grid": grid}
-            blocks = [Block(s["dim"], s["mixer"], opts, s["mlp_ratio"], s["norm"], s["norm_eps"],
-                            s["pos_conv"], s["layer_scale"], rates[sum(depths[:i]) + j], dropout)
-                      for j in range(s["depth"])]
+            embed = PatchEmbed(in_dim, s.dim, stride=s.stride, kernel=s.embed_kernel, norm=s.embed_norm,
+                               eps=s.embed_eps)
+            blocks = [Block(s, grid=grid, drop_path=rates[sum(depths[:i]) + j], dropout=dropout)
+                      for j in range(s.depth)]
             last = i == len(stages) - 1
-            norm = make_norm(final_norm, s["dim"], final_eps) if last else nn.Identity()
+            norm = make_norm(final_norm, s.dim, final_eps) if last else nn.Identity()
             pos_grid = grid if (abs_pos_embed and i == 0) else None
-            built.append(Stage(embed, blocks, norm, pos_grid, s["dim"]))
+            built.append(Stage(embed, blocks, norm, pos_grid, s.dim))
             self.feature_strides.append(stride)
-            self.feature_dims.append(s["dim"])
-            in_dim = s["dim"]
+            self.feature_dims.append(s.dim)
+            in_dim = s.dim
         self.stages = nn.ModuleList(built)
         self.num_features = in_dim
         self.head_drop = nn.Dropout(dropout)
@@ -163,6 +140,7 @@ class ContextNet(nn.Module):
             raise TypeError(f"x must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"x must have shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_float_image("x", x, like=self)
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"input size {h}x{w} is not divisible by the network's stride {self.stride}: "

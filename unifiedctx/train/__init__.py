@@ -4,12 +4,14 @@
 >>> ds = data.load("mnist5k")                                          # doctest: +SKIP
 >>> model = models.create_model("container_light_nano", num_classes=10, img_size=32)  # doctest: +SKIP
 >>> history = train.fit(model, ds, epochs=3, out="runs/demo")          # doctest: +SKIP
+>>> history = train.fit(model, ds, train.Recipe(epochs=3, lr=2e-3))    # doctest: +SKIP
 >>> history.best("test_acc")                                           # doctest: +SKIP
 
 Small datasets live on the device as uint8 tensors and are augmented there (``batches.py``);
 AdamW + warmup/cosine + EMA (``optim.py``); the loop, bf16 autocast, DDP (``engine.py``,
 ``distributed.py``); atomic checkpoints that refuse another architecture (``checkpoint.py``);
-the per-epoch record (``history.py``); cached runs for notebooks (``cache.py``).
+the per-epoch record (``history.py``); cached runs for notebooks (``cache.py``); every setting
+that decides a run's result, with its default and check (``recipe.py``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .engine import StopTraining, TrainingDiverged, evaluate, fit, resolve_amp, resolve_device
 from .history import History
 from .optim import ModelEma, WarmupCosine, param_groups
+from .recipe import Recipe
 from .tasks import Classify, Task
 
 __all__ = [
-    "Classify", "DeviceBatches", "History", "LoaderBatches", "ModelEma", "StopTraining", "Task",
+    "Classify", "DeviceBatches", "History", "LoaderBatches", "ModelEma", "Recipe", "StopTraining", "Task",
     "TrainingDiverged", "WarmupCosine",
     "build_model", "crop_flip", "derive_seed", "evaluate", "fit", "load_checkpoint", "make_batches",
     "mix_batch", "param_groups", "read_checkpoint", "resolve_amp", "resolve_device", "save_checkpoint",

@@ -121,7 +121,8 @@ class DeviceBatches:
         batch_size: images per rank per step (the global batch is ``batch_size * world_size``).
         device: where the data and batches live.
         seed: all randomness is a function of ``(seed, epoch, step)``.
-        augment: random crop (padding ``max(1, H // 8)``: 4 px at 32x32) and horizontal flip.
+        augment: random crop (padding ``max(1, H // 8)``: 4 px at 32x32) and horizontal flip, each
+            only where the data allows it (``data.crop_ok``, ``data.flip_ok``; both default True).
         mixup, cutmix: Beta(a, a) parameters (0 turns each off).
         rank, world_size: this process's shard of each global batch.
         channels_last: hand out batches in ``channels_last`` memory format.
@@ -148,6 +149,8 @@ class DeviceBatches:
         self.rank, self.world_size = rank, world_size
         self.channels_last, self.padding_mode = channels_last, padding_mode
         self.padding = max(1, min(self.train_x.shape[2:]) // 8)
+        self.crop = augment and getattr(data, "crop_ok", True)
+        self.flip = augment and getattr(data, "flip_ok", True)
         if train and self.steps_per_epoch == 0:
             raise ValueError(f"batch_size={batch_size} x world_size={world_size} is larger than the "
                              f"{self.train_x.shape[0]} training images: not one full batch per epoch")
@@ -164,8 +167,10 @@ class DeviceBatches:
 
     def _images(self, idx: torch.Tensor, oy, ox, flip) -> torch.Tensor:
         x = self.train_x[idx]
-        if self.augment:
-            x = crop_flip(x, oy, ox, flip, self.padding, self.padding_mode)
+        if self.crop or self.flip:  # the offsets and flips are drawn either way: the RNG streams stay put
+            centre = torch.full_like(oy, self.padding)
+            oy, ox = (oy, ox) if self.crop else (centre, centre)
+            x = crop_flip(x, oy, ox, flip & self.flip, self.padding, self.padding_mode)
         return self.normalize(x)
 
     def epoch(self, epoch: int, max_steps: int | None = None):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .finite import nonfinite_tensors
 from .history import atomic_open
 
 FORMAT = "unifiedctx-checkpoint/1"
@@ -37,9 +38,24 @@ def describe(config) -> str:
     return f"{name}({rest})"
 
 
+def _normalized(config):
+    """A model config with its stages completed by the stage spec (older configs list only what
+    their preset gave); a config the spec cannot read is compared as it is."""
+    from unifiedctx.models import normalize_config
+
+    try:
+        return normalize_config(config)
+    except (TypeError, ValueError):
+        return config
+
+
 def check_config(stored, current, where: str) -> None:
-    """Raise ``ValueError`` naming both architectures when ``stored`` and ``current`` differ."""
+    """Raise ``ValueError`` naming both architectures when ``stored`` and ``current`` differ
+    (stage dicts are compared as stage specs: defaults filled, ``8`` and ``8.0`` alike)."""
     if stored is None or current is None or stored == current:
+        return
+    stored, current = _normalized(stored), _normalized(current)
+    if stored == current:
         return
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
     raise ValueError(f"{where} was made for {describe(stored)}, not for {describe(current)} "
@@ -51,9 +67,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> Path:
 
     The file is written to a temporary file in the same folder, flushed to disk, then renamed over
     ``path`` (``os.replace``), so a crash leaves either the old or the new checkpoint, never half.
+
+    Raises:
+        ValueError: a tensor of the payload (weights, optimizer state, EMA, ...) holds a NaN or an
+            infinity: a non-finite model is never saved, and ``path`` is left as it was.
     """
     path = Path(path)
     payload = {"format": FORMAT, "model_config": model_config(model), "model": model.state_dict(), **state}
+    bad = nonfinite_tensors(payload)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"refusing to write {path}: {shown} {'is' if len(bad) == 1 else 'are'} not finite "
+                         "(NaN or inf); a checkpoint must hold a good model")
     with atomic_open(path, "wb") as f:
         torch.save(payload, f)
     return path
@@ -61,6 +86,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> Path:
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """The raw checkpoint dict (``weights_only=True``); clear errors for a missing or foreign file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -100,6 +127,10 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
     Raises:
         ValueError: the checkpoint was made for another architecture (both are named).
     """
+    if not isinstance(ema, bool):
+        raise TypeError(f"ema must be True or False, got {type(ema).__name__} {ema!r}")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     state = read_checkpoint(path, map_location)
     if model is None:
         if state.get("model_config") is None:

@@ -19,8 +19,11 @@ remaining epochs bit for bit on a CPU.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,21 +31,35 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unifiedctx.validation import check_bool, check_choice, check_positive_int
+
 from . import distributed as D
 from .batches import DeviceBatches, derive_seed, make_batches
 from .checkpoint import check_config, model_config, read_checkpoint, save_checkpoint
+from .finite import (
+    DivergenceWatch,
+    LastGood,
+    TrainingDiverged,
+    check_row,
+    check_weights,
+    grad_norm,
+    max_abs,
+    nonfinite_tensors,
+)
 from .history import History, write_atomic
 from .optim import ModelEma, WarmupCosine, make_optimizer
+from .recipe import Recipe
+from .rundir import RunFolder
 from .tasks import Task, autocast_context, evaluate_classifier
 from .tasks import create as create_task
 
-#: fit settings that decide the trained weights; a resumed run must use the same ones.
-RECIPE_KEYS = ("epochs", "batch_size", "world_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
-               "clip_grad", "ema", "mixup", "cutmix", "augment", "seed", "max_steps_per_epoch")
+#: Settings beside the recipe that change the trained weights; recorded and compared on resume too.
+RUN_KEYS = ("amp", "channels_last", "compile", "task", "data")
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+__all__ = ["Recipe", "StopTraining", "TrainingDiverged", "evaluate", "fit", "resolve_amp", "resolve_device",
+           "run_recipe"]
+#: ``fit(progress=...)``: bars, nothing, or one compact line per epoch.
+PROGRESS = (True, False, "epoch")
 
 
 class StopTraining(Exception):
@@ -55,6 +72,9 @@ def resolve_device(device) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, "
+                        f"got {type(device).__name__} {device!r}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
@@ -66,6 +86,8 @@ def resolve_device(device) -> torch.device:
 
 def resolve_amp(amp, device: torch.device) -> torch.dtype | None:
     """The autocast dtype: ``"auto"`` -> bfloat16 on CUDA, none on CPU; ``"bf16"``; ``"off"``."""
+    if not isinstance(amp, (str, bool, type(None))):
+        raise TypeError(f"amp must be 'auto', 'bf16' or 'off', got {type(amp).__name__} {amp!r}")
     if amp in ("auto", None) and device.type == "cuda":
         return torch.bfloat16
     if amp in ("auto", None, "off", False, "fp32"):
@@ -75,34 +97,130 @@ def resolve_amp(amp, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
 
 
-def _check(name: str, value, kind: type | tuple, *, low=None, high=None, low_open=False, none_ok=False):
-    if value is None and none_ok:
+def _check_run_args(a: dict) -> None:
+    """The arguments of :func:`fit` beside the recipe (which checks itself), checked at the door
+    (``TypeError``/``ValueError`` naming them): strict bools, strings from their lists, paths."""
+    if a["eval_batch_size"] is not None:
+        check_positive_int("eval_batch_size", a["eval_batch_size"])
+    for name in ("channels_last", "resume", "save_rank_weights", "allow_foreign"):
+        check_bool(name, a[name])
+    if a["progress"] not in PROGRESS or not isinstance(a["progress"], (bool, str)):  # 1 == True: refused
+        kind = TypeError if not isinstance(a["progress"], str) else ValueError
+        raise kind(f"progress must be True, False or 'epoch', got {type(a['progress']).__name__} "
+                   f"{a['progress']!r}")
+    if not isinstance(a["compile"], bool):
+        check_choice("compile", a["compile"], ("auto",))
+    if a["out"] is not None and not isinstance(a["out"], (str, os.PathLike)):
+        raise TypeError(f"out must be a folder path (str or os.PathLike) or None, "
+                        f"got {type(a['out']).__name__}")
+    if a["out"] is not None and not str(a["out"]).strip():
+        raise ValueError("out must name a folder, got an empty path")
+    if a["callback"] is not None and not callable(a["callback"]):
+        raise TypeError(f"callback must be callable or None, got {type(a['callback']).__name__}")
+    if a["run_info"] is not None:
+        if not isinstance(a["run_info"], dict):
+            raise TypeError(f"run_info must be a dict or None, got {type(a['run_info']).__name__}")
+        try:
+            json.dumps(a["run_info"], allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"run_info must be JSON-serialisable (it goes into config.json): "
+                             f"{err}") from None
+
+
+def recipe_and_task(recipe: Recipe | None, task, settings: dict) -> tuple[Recipe, Task]:
+    """The run's :class:`Recipe` (``recipe`` with the keyword ``settings``) and its Task.
+
+    ``task`` is ``None`` (the recipe's), a task name, or a Task instance (its name and settings
+    then go into the recipe; giving task options or label smoothing beside it is an error).
+    """
+    if isinstance(task, str):
+        settings = {**settings, "task": task}
+    elif task is not None and not isinstance(task, Task):
+        raise TypeError(f"task must be a task name or a Task instance, got {type(task).__name__}")
+    recipe = Recipe.from_settings(recipe, **settings)
+    if isinstance(task, Task):
+        if (recipe.label_smoothing or recipe.task_options) and \
+                recipe.for_task(task).task_settings() != recipe.task_settings():
+            raise ValueError("label_smoothing and task_options are settings of a task built by name; "
+                             f"set them on the {type(task).__name__} instance instead")
+        return recipe.for_task(task), task
+    built = create_task(recipe.task, **recipe.task_settings())
+    return recipe.for_task(built), built
+
+
+def _epoch_lines(callback, epochs: int, metric: str):
+    """``callback`` that also prints one compact line per epoch: loss, the task's metric, time."""
+    def report(info: dict) -> None:
+        if info["event"] == "epoch":
+            row = info["row"]
+            print(f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
+                  f"{metric} {row.get(metric, float('nan')):.4f}  {row['epoch_time']:.1f}s", flush=True)
+        if callback is not None:
+            callback(info)
+    return report
+
+
+def _check_data(data) -> None:
+    """The tensors of an ImageData-like ``data``: uint8 images, int64 labels in range, a test split."""
+    if not hasattr(data, "train_x"):
         return
-    ok_types = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
-        names = " or ".join(t.__name__ for t in ok_types) + (" or None" if none_ok else "")
-        raise TypeError(f"{name} must be {names}, got {type(value).__name__} {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value >= high:
-        raise ValueError(f"{name} must be < {high}, got {value}")
+    for split in ("train", "test"):
+        x, y = getattr(data, f"{split}_x", None), getattr(data, f"{split}_y", None)
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
+            raise TypeError(f"data.{split}_x must be a uint8 tensor (N, C, H, W) of images in [0, 255], got "
+                            f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}; "
+                            "build an ImageData (float images in [0, 1]: (x * 255).round().to(torch.uint8))")
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (x.shape[0],):
+            raise TypeError(f"data.{split}_y must be an int64 tensor ({x.shape[0]},), got "
+                            f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+        k = getattr(data, "num_classes", None)
+        if isinstance(k, int) and len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise ValueError(f"data.{split}_y has labels in [{int(y.min())}, {int(y.max())}] but the data "
+                             f"has {k} classes (labels must be in [0, {k - 1}])")
+    if data.train_x.shape[0] == 0 or data.test_x.shape[0] == 0:
+        raise ValueError(f"data must have training and test images, got {data.train_x.shape[0]} and "
+                         f"{data.test_x.shape[0]}")
 
 
-def _check_fit_args(a: dict) -> None:
-    num = (int, float)
-    _check("epochs", a["epochs"], int, low=0, low_open=True)
-    _check("batch_size", a["batch_size"], int, low=0, low_open=True)
-    _check("lr", a["lr"], num, low=0, low_open=True)
-    _check("weight_decay", a["weight_decay"], num, low=0)
-    _check("warmup_epochs", a["warmup_epochs"], num, low=0)
-    _check("label_smoothing", a["label_smoothing"], num, low=0, high=1)
-    _check("clip_grad", a["clip_grad"], num, low=0, low_open=True, none_ok=True)
-    _check("ema", a["ema"], float, low=0, high=1, low_open=True, none_ok=True)
-    _check("mixup", a["mixup"], num, low=0)
-    _check("cutmix", a["cutmix"], num, low=0)
-    _check("seed", a["seed"], int, low=0)
-    _check("max_steps_per_epoch", a["max_steps_per_epoch"], int, low=0, low_open=True, none_ok=True)
-    _check("eval_batch_size", a["eval_batch_size"], int, low=0, low_open=True, none_ok=True)
+def _data_shape(data) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of the data's images, or ``None`` when the data does not say."""
+    x = getattr(data, "train_x", None)
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return tuple(int(n) for n in x.shape[1:])
+    channels, size = getattr(data, "channels", None), getattr(data, "image_size", None)
+    if isinstance(channels, int) and isinstance(size, (tuple, list)) and len(size) == 2:
+        return channels, int(size[0]), int(size[1])
+    return None
+
+
+@torch.no_grad()
+def _check_model_takes_data(model: nn.Module, data, device: torch.device) -> None:
+    """Before the first step: the model's dtype, channels and image size against the data's, by its
+    config and one forward pass of a zero image in eval mode (RNG, mode and statistics untouched)."""
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    if floats and floats[0] != torch.float32:
+        raise TypeError(f"the model's parameters are {floats[0]}, but fit feeds it float32 images "
+                        "(autocast does the rest): call model.float() first")
+    shape = _data_shape(data)
+    if shape is None:
+        return
+    config = model_config(model) or {}
+    chans = config.get("in_chans")
+    if isinstance(chans, int) and chans != shape[0]:
+        raise ValueError(f"the model takes {chans}-channel images but the data has {shape[0]} channels: "
+                         f"build it with in_chans={shape[0]} (or load the data with channels={chans})")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model(torch.zeros(1, *shape, device=device))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        built = f" (it was built for img_size={config['img_size']!r})" if "img_size" in config else ""
+        reason = " ".join(str(err).split())[:300]
+        raise ValueError(f"the model cannot take the data's {shape[0]}x{shape[1]}x{shape[2]} images{built}: "
+                         f"{reason}") from err
+    finally:
+        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -119,9 +237,14 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device="auto", amp="
     Returns:
         ``{"loss": float, "acc": float}``.
     """
-    _check("batch_size", batch_size, int, low=0, low_open=True)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_positive_int("batch_size", batch_size)
+    check_bool("channels_last", channels_last)
+    _check_data(data)
     dev = resolve_device(device)
     model.to(dev)
+    _check_model_takes_data(model, data, dev)
     opts = {"channels_last": channels_last}
     if hasattr(data, "train_x"):
         batches = DeviceBatches(data, 1, dev, augment=False, train=False, **opts)
@@ -146,49 +269,91 @@ def _mixing_columns(model: nn.Module) -> dict:
     return {"mixing": {name: dict(w) for name, w in weights.items()}} if weights else {}
 
 
+# ---------------------------------------------------------------------------------- settings record
+def data_identity(data) -> dict:
+    """What the data is, for the record: ``{"name", "options", "fingerprint"}`` (the fingerprint
+    hashes the sizes and a strided sample of the contents; see ``ImageData.fingerprint``)."""
+    fingerprint = getattr(data, "fingerprint", None)
+    return {"name": getattr(data, "name", None), "options": getattr(data, "options", None),
+            "fingerprint": fingerprint() if callable(fingerprint) else None}
+
+
+def _recipe(a: dict, task: Task, world_size: int, amp_dtype, compile_on: bool, data) -> dict:
+    """Every setting that changes the trained weights (stored in checkpoints and config.json,
+    compared on resume and by :func:`unifiedctx.train.train_or_load`): the :class:`Recipe`, then
+    the world size, amp, channels_last, compile and the data's identity."""
+    amp = "bf16" if amp_dtype == torch.bfloat16 else "off"
+    return a["recipe"].to_dict() | {"world_size": world_size, "amp": amp, "channels_last": a["channels_last"],
+                                    "compile": compile_on, "data": data_identity(data)}
+
+
+def _compile_on(compile_arg, dev: torch.device) -> bool:
+    return compile_arg is True or (compile_arg == "auto" and dev.type == "cuda")
+
+
+def run_recipe(data, recipe: Recipe | None = None, **fit_kwargs) -> dict:
+    """The recipe that ``fit(model, data, recipe, **fit_kwargs)`` would record (and compare on resume)."""
+    known = {k: p.default for k, p in inspect.signature(fit).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    run = {**known, **{k: v for k, v in fit_kwargs.items() if k in known}}
+    settings = {k: v for k, v in fit_kwargs.items() if k not in known}
+    recipe, task = recipe_and_task(recipe, run.pop("task"), settings)
+    _check_run_args(run)
+    dev = resolve_device(run["device"])
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    amp_dtype, compile_on = resolve_amp(run["amp"], dev), _compile_on(run["compile"], dev)
+    return _recipe({**run, "recipe": recipe}, task, world_size, amp_dtype, compile_on, data)
+
+
+def recipe_differences(stored: dict, wanted: dict, where: str = "in the checkpoint") -> list[str]:
+    """``"key: A in the checkpoint, B now"`` for every setting in which two recipes differ."""
+    stored = {"task": {"name": "classify", "settings": {"label_smoothing": stored.get("label_smoothing")}},
+              **stored}  # checkpoints from before tasks were classification runs
+    diff = []
+    for key in wanted:
+        old, new = stored.get(key, "(not recorded)"), wanted[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            diff += [f"{key}.{k}: {old.get(k, '(not recorded)')!r} {where}, {new[k]!r} now"
+                     for k in new if old.get(k, "(not recorded)") != new[k]]
+        elif old != new:
+            diff.append(f"{key}: {old!r} {where}, {new!r} now")
+    return diff
+
+
 # ---------------------------------------------------------------------------------- fit
 def _resume_state(path: Path, model: nn.Module, recipe: dict) -> dict:
     state = read_checkpoint(path)
     check_config(state.get("model_config"), model_config(model), f"checkpoint {path}")
-    stored = state.get("recipe", {})
-    stored = {"task": {"name": "classify", "settings": {"label_smoothing": stored.get("label_smoothing")}},
-              **stored}  # checkpoints from before tasks were classification runs
-    diff = [f"{k}: {stored.get(k)!r} in the checkpoint, {recipe[k]!r} now" for k in recipe
-            if stored.get(k) != recipe[k]]
+    diff = recipe_differences(state.get("recipe", {}), recipe)
     if diff:
         raise ValueError(f"cannot resume {path} exactly with other settings ({'; '.join(diff)}); "
                          "use the same settings or another output folder")
+    bad = nonfinite_tensors({"model": state.get("model"), "ema": state.get("ema")})
+    if bad:
+        raise ValueError(f"cannot resume {path}: {', '.join(bad[:3])} hold NaN or inf "
+                         "(not a good checkpoint)")
     return state
 
 
-def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3,
-        weight_decay: float = 0.05, warmup_epochs: float = 1, label_smoothing: float = 0.0,
-        clip_grad: float | None = None, ema: float | None = None, mixup: float = 0.0, cutmix: float = 0.0,
-        augment: bool = True, task: str | Task | None = None, device="auto", amp="auto",
-        compile: bool | str = False,
-        channels_last: bool = False, out=None, resume: bool = False, seed: int = 0, progress: bool = True,
-        eval_batch_size: int | None = None, max_steps_per_epoch: int | None = None,
+def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | Task | None = None,
+        device="auto", amp="auto", compile: bool | str = False, channels_last: bool = False, out=None,
+        resume: bool = False, progress: bool | str = True, eval_batch_size: int | None = None,
         callback: Callable[[dict], None] | None = None, run_info: dict | None = None,
-        save_rank_weights: bool = False) -> History:
-    """Train ``model`` on ``data`` with AdamW and a warmup + cosine schedule; return its History.
+        save_rank_weights: bool = False, allow_foreign: bool = False, **settings) -> History:
+    """Train ``model`` on ``data`` by a :class:`Recipe` (AdamW, warm-up + cosine); return its History.
+
+    ``fit(model, data, Recipe(epochs=4, lr=5e-3))`` and ``fit(model, data, epochs=4, lr=5e-3)`` are
+    the same run; keywords given beside a recipe replace its settings.
 
     Args:
         model: maps float ``(B, C, H, W)`` to ``(B, num_classes)`` logits. Should have a ``config``
             dict (every ``create_model`` model does): it is stored in checkpoints and checked on resume.
         data: an ImageData (kept on the device, augmented there) or a FolderData (DataLoaders).
-        epochs: passes over the training split (each drops its last partial global batch).
-        batch_size: images per step *per process*; under DDP the global batch is
-            ``batch_size * world_size``.
-        lr, weight_decay: AdamW peak learning rate and decoupled weight decay (none on norms, biases).
-        warmup_epochs: linear warmup length (may be fractional), then cosine decay to 0.
-        label_smoothing: ``eps`` in ``q = (1 - eps) t + eps / K``.
-        clip_grad: clip the global gradient norm to this value (``None``: no clipping).
-        ema: decay of an exponential moving average of the weights (``None``: off); its test
-            metrics are logged as ``ema_test_loss``/``ema_test_acc``.
-        mixup, cutmix: Beta(a, a) parameters for mixup / cutmix (0: off).
-        augment: random crop with padding and horizontal flip (ImageData only).
-        task: what to optimise and measure (:mod:`unifiedctx.train.tasks`): ``None`` or
-            ``"classify"`` (with ``label_smoothing``), ``"segment"``, ``"dino"``, or a Task instance.
+        recipe: the settings that decide the result (``None``: from the keywords).
+        **settings: any :class:`Recipe` setting by name (``epochs`` is required without a recipe):
+{recipe_settings}
+        task: what to optimise and measure (:mod:`unifiedctx.train.tasks`): a name (the recipe's
+            ``task``) or a Task instance (its name and ``settings()`` go into the recipe).
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` or ``"off"``.
         compile: ``torch.compile`` the model; ``"auto"`` compiles on CUDA only.
@@ -197,36 +362,44 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
             ``config.json``; ``None`` writes nothing.
         resume: continue from ``out/last.pt`` if it exists (same settings required); without it an
             existing ``out/last.pt`` is a ``FileExistsError``.
-        seed: data order, augmentation, dropout: all derive from ``(seed, epoch, step)``.
-        progress: tqdm bars (rank 0 only) with loss, accuracy and images/s.
+        progress: ``True``: tqdm bars (rank 0 only) with loss, accuracy and images/s; ``False``:
+            nothing; ``"epoch"``: one line per epoch (epoch, train loss, the task's metric, time).
         eval_batch_size: test batch size (default ``2 * batch_size``).
-        max_steps_per_epoch: cut each epoch short (smoke runs, benchmarks).
         callback: called after every optimizer step with a dict ``event="step"``, ``epoch``
             (1-based), ``step`` (1-based in the epoch), ``global_step``, ``loss`` (a 0-d tensor),
             ``model``; and after every epoch (checkpoint written) with ``event="epoch"``, ``epoch``,
             ``row`` (the history entry), ``model``. Raising :class:`StopTraining` ends the run.
         run_info: extra JSON-serialisable facts stored in ``out/config.json``.
         save_rank_weights: every rank writes its final weights to ``out/rank{r}.pt`` (DDP checks).
+        allow_foreign: train into an ``out`` that holds files other than this run's own (a run
+            owns its folder: otherwise such a folder is a ``FileExistsError``; see ``rundir.py``).
 
     Returns:
         :class:`History`, one dict per epoch (see :mod:`unifiedctx.train.history`).
 
+    Every setting that changes the result (the recipe, ``amp``, ``channels_last``, ``compile``,
+    the task and the data's name, options and fingerprint) is recorded in ``config.json`` and the
+    checkpoints; resuming with any other is a ``ValueError`` listing the differences.
+
     Raises:
-        TrainingDiverged: the loss became NaN or infinite (epoch and step named); ``out/last.pt``
-            still holds the last completed epoch.
+        TrainingDiverged: the loss, the gradient norm, the weights or the test loss became NaN or
+            infinite (checked at every step, the last included; on CUDA without a sync per step):
+            the epoch, the step and the last good checkpoint are named; nothing non-finite is saved.
+        FileExistsError: ``out`` holds another run's or a person's files (see ``allow_foreign``).
+        unifiedctx.train.rundir.FolderInUse: another live process is training into ``out``.
     """
-    args = dict(locals())
-    _check_fit_args(args)
+    run = {k: v for k, v in locals().items() if k not in ("model", "data", "recipe", "task", "settings")}
+    recipe, task = recipe_and_task(recipe, task, settings)
+    _check_run_args(run)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if task is None or task == "classify":
-        args["task"] = create_task("classify", label_smoothing=label_smoothing)
-    else:
-        if label_smoothing:
-            raise ValueError("label_smoothing is a classification setting; give it to the task instead")
-        args["task"] = create_task(task)
+    args = {**{k: getattr(recipe, k) for k in Recipe.keys()}, **run, "task": task, "recipe": recipe}
     dev = resolve_device(device)
     ctx = D.setup(dev.type)
+    if progress == "epoch":
+        args["progress"] = False
+        if ctx.is_main:
+            args["callback"] = _epoch_lines(callback, recipe.epochs, task.best_metric)
     history = History()
     try:
         return _fit(model, data, args, dev, ctx, history)
@@ -236,14 +409,34 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int = 128, lr: float
         D.cleanup(ctx)
 
 
+def _recipe_doc() -> str:
+    """The :class:`Recipe` settings as docstring lines (``name (default): help``)."""
+    from dataclasses import MISSING, fields
+
+    lines = []
+    for f in fields(Recipe):
+        required = f.default is MISSING and f.default_factory is MISSING
+        value = f.default if f.default is not MISSING else None if required else f.default_factory()
+        default = "required" if required else repr(value)
+        lines.append(f"            ``{f.name}`` ({default}): {f.metadata['help']}.")
+    return "\n".join(lines)
+
+
+if fit.__doc__:  # (python -OO strips docstrings)
+    fit.__doc__ = fit.__doc__.replace("{recipe_settings}", _recipe_doc())
+
+
 def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext, history: History) -> History:
     if dev.type == "cuda" and ctx.active:
         dev = torch.device("cuda", ctx.local_rank)
     task: Task = a["task"]
     amp_dtype = resolve_amp(a["amp"], dev)
-    compile_on = a["compile"] is True or (a["compile"] == "auto" and dev.type == "cuda")
+    compile_on = _compile_on(a["compile"], dev)
     fmt = torch.channels_last if a["channels_last"] else torch.contiguous_format
+    if task.name == "classify":
+        _check_data(data)
     model.to(dev, memory_format=fmt)
+    _check_model_takes_data(model, data, dev)
     task.setup(model, data, dev)
     extra = task.modules().to(dev)
     batches = task.batches(data, a["batch_size"], dev, seed=a["seed"], augment=a["augment"], mixup=a["mixup"],
@@ -253,19 +446,43 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
     if a["max_steps_per_epoch"] is not None:
         spe = min(spe, a["max_steps_per_epoch"])
     epochs = a["epochs"]
-    schedule = WarmupCosine(a["lr"], epochs * spe, round(a["warmup_epochs"] * spe))
+    schedule = WarmupCosine(a["lr"], epochs * spe, a["recipe"].warmup_steps(spe))
     optimizer = make_optimizer(nn.ModuleList([model, extra]), a["lr"], a["weight_decay"], dev)
     ema = ModelEma(model, a["ema"]) if a["ema"] else None
-    recipe = ({k: a[k] for k in RECIPE_KEYS if k not in ("world_size", "label_smoothing")}
-              | {"world_size": ctx.world_size, "task": {"name": task.name, "settings": task.settings()}})
+    recipe = _recipe(a, task, ctx.world_size, amp_dtype, compile_on, data)
 
-    out = Path(a["out"]) if a["out"] is not None else None
-    start_epoch, global_step = 0, 0
+    out = Path(a["out"]).expanduser() if a["out"] is not None else None  # "~/runs/x" means the home folder
     last = out / "last.pt" if out else None
-    if last is not None and last.exists():
-        if not a["resume"]:
-            raise FileExistsError(f"{last} already exists: pass resume=True (--resume) to continue that run, "
-                                  "or choose another output folder")
+    resuming = last is not None and last.exists()
+    if resuming and not a["resume"]:
+        raise FileExistsError(f"{last} already exists: pass resume=True (--resume) to continue that run, "
+                              "or choose another output folder")
+    info = {"model": model_config(model), "recipe": recipe, "data": getattr(data, "name", None),
+            "device": str(dev), "amp": str(amp_dtype), "compile": compile_on,
+            "channels_last": a["channels_last"], "run": a["run_info"]}
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if out is not None and ctx.is_main:  # the folder is ours (locked) until the run ends
+            try:
+                stack.enter_context(RunFolder(out, resuming=resuming, config=info,
+                                              allow_foreign=a["allow_foreign"]))
+            except (OSError, RuntimeError) as err:
+                refused = err
+        flag = torch.tensor([float(refused is not None)], device=dev)
+        if D.all_reduce_sum(flag, ctx).item() > 0:  # every rank stops when the main one may not write
+            raise refused if refused is not None else RuntimeError(
+                f"the main process could not claim the run folder {out} (its error says why)")
+        return _train(model, extra, task, batches, optimizer, schedule, ema, a, recipe, info, history, spe,
+                      out, last, resuming, amp_dtype, compile_on, dev, ctx)
+
+
+def _train(model, extra, task, batches, optimizer, schedule, ema, a, recipe, info, history, spe, out, last,
+           resuming, amp_dtype, compile_on, dev, ctx) -> History:
+    """The loop of :func:`fit` (the run folder, if any, is claimed)."""
+    epochs = a["epochs"]
+    start_epoch, global_step = 0, 0
+    last_good = LastGood(out=out)
+    if resuming:
         state = _resume_state(last, model, recipe)
         model.load_state_dict(state["model"])
         extra.load_state_dict(state.get("task_modules") or {})
@@ -277,10 +494,8 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
             ema.load_state_dict(state["ema"])
         history.extend(state["history"])
         start_epoch, global_step = state["epoch"], state["step"]
+        last_good = LastGood(last, start_epoch, out)
     if out is not None and ctx.is_main:
-        info = {"model": model_config(model), "recipe": recipe, "data": getattr(data, "name", None),
-                "device": str(dev), "amp": str(amp_dtype), "compile": compile_on,
-                "channels_last": a["channels_last"], "run": a["run_info"]}
         write_atomic(out / "config.json", json.dumps(info, indent=1, default=str) + "\n")
 
     train_model = model
@@ -290,12 +505,14 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
     if compile_on:
         train_model = torch.compile(train_model)
     extra_params = [p for p in extra.parameters() if p.requires_grad]
+    all_params = [*model.parameters(), *extra_params]
     eval_bs = a["eval_batch_size"] or 2 * a["batch_size"]
     log_every = 1 if dev.type == "cpu" else 25
     show = a["progress"] and ctx.is_main
     train_time = history[-1]["time"] if history else 0.0
     metric = task.best_metric
     best = max((r[metric] for r in history if metric in r), default=-math.inf)
+    watch = DivergenceWatch(dev)
 
     from tqdm.auto import tqdm
 
@@ -309,7 +526,7 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
                        dynamic_ncols=True)
             loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
             sums: dict[str, torch.Tensor] = {}
-            chunk: list[torch.Tensor] = []
+            watch.reset()
             seen, t0 = 0, time.perf_counter()
             for step, batch in enumerate(batches.epoch(epoch, spe)):
                 lr_now = schedule.apply(optimizer, global_step)
@@ -320,20 +537,22 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
                 if ctx.active and extra_params:  # the task's own modules sit outside DDP
                     _average_gradients(extra_params, ctx)
                 if a["clip_grad"] is not None:
-                    nn.utils.clip_grad_norm_([*model.parameters(), *extra_params], a["clip_grad"])
+                    norm = nn.utils.clip_grad_norm_(all_params, a["clip_grad"])
+                else:
+                    norm = grad_norm(all_params)
                 optimizer.step()
                 task.after_step(model, global_step, epochs * spe)
                 if ema is not None:
                     ema.update(model)
                 global_step += 1
-                chunk.append(loss.detach())
+                watch.observe(step, loss=loss, grad_norm=norm, weight_max=max_abs(all_params))
+                loss_sum += loss.detach().double()
                 for key, value in step_sums.items():
                     value = value.detach().double()
                     sums[key] = sums[key] + value if key in sums else value
                 seen += batch[0].shape[0] * ctx.world_size
                 if (step + 1) % log_every == 0 or step + 1 == spe:
-                    loss_sum += _check_chunk(chunk, ctx, epoch, step, lr_now, last, dev)
-                    chunk = []
+                    watch.check(ctx, epoch, lr_now, last_good)  # the epoch's last step included
                     if show:
                         bar.update((step + 1) - bar.n)
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
@@ -344,10 +563,13 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
                 if a["callback"] is not None:
                     a["callback"]({"event": "step", "epoch": epoch + 1, "step": step + 1,
                                    "global_step": global_step, "loss": loss.detach(), "model": model})
+            watch.check(ctx, epoch, lr_now, last_good)  # also when a callback ended the epoch early
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             epoch_time = time.perf_counter() - t0
         train_time += epoch_time
+        check_weights({"model": model.state_dict(), "task_modules": extra.state_dict(),
+                       "ema": ema.state_dict() if ema else None}, epoch, last_good)
         keys = sorted(sums)
         reduced = torch.stack([loss_sum, *(sums[k] for k in keys)])
         D.all_reduce_sum(reduced, ctx)
@@ -359,6 +581,7 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
             row |= {f"ema_{k}": v for k, v in ema_test.items()}
         row |= {"lr": lr_now, "images_per_s": seen / max(epoch_time, 1e-9), "epoch_time": epoch_time,
                 "time": train_time, **_mixing_columns(model)}
+        check_row(row, epoch, last_good)
         history.append(row)
         shown = {k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", metric)}
         bar.set_postfix(**shown, img_s=f"{row['images_per_s']:.0f}")
@@ -375,6 +598,7 @@ def _fit(model: nn.Module, data, a: dict, dev: torch.device, ctx: D.DistContext,
                                 history=list(history), **task_state)
             history.to_json(out / "history.json")
             history.to_csv(out / "history.csv")
+        last_good = LastGood(last, epoch + 1, out) if out is not None else last_good
         D.barrier(ctx)
         if a["callback"] is not None:
             a["callback"]({"event": "epoch", "epoch": epoch + 1, "row": row, "model": model})
@@ -395,20 +619,3 @@ def _average_gradients(params: list[torch.Tensor], ctx: D.DistContext) -> None:
     for g in grads:
         g.copy_(flat[offset: offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-def _check_chunk(chunk: list[torch.Tensor], ctx: D.DistContext, epoch: int, step: int, lr: float,
-                 last: Path | None, dev: torch.device) -> float:
-    """Sum of the recent step losses; raise :class:`TrainingDiverged` if any was NaN or infinite."""
-    losses = torch.stack(chunk).double()
-    total = losses.sum().reshape(1)
-    D.all_reduce_sum(total, ctx)  # a NaN on any rank makes every rank stop at the same step
-    if math.isfinite(total.item()):
-        return float(losses.sum())
-    bad = (~torch.isfinite(losses)).nonzero()
-    first = step + 1 - len(chunk) + (int(bad[0]) if len(bad) else 0)
-    value = float(losses[first - (step + 1 - len(chunk))]) if len(bad) else float("nan")
-    kept = (f"the last good checkpoint {last} (epoch {epoch}) is unchanged" if last is not None and epoch > 0
-            else "no checkpoint was written")
-    raise TrainingDiverged(f"the loss became {value} at epoch {epoch + 1}, step {first + 1} (lr {lr:.3g}); "
-                           f"training stopped and {kept}. Try a lower lr, clip_grad=1.0 or a longer warmup.")

@@ -1,0 +1,47 @@
+"""Small models and data shared by the misuse tests (a plain module, not a test file)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unifiedctx.data.base import ImageData
+
+FAST = {"batch_size": 16, "progress": False, "device": "cpu", "lr": 1e-2, "warmup_epochs": 0.5}
+
+
+class Tiny(nn.Module):
+    """conv 3x3 -> GELU -> GroupNorm -> mean pool -> linear."""
+
+    def __init__(self, width=6, num_classes=3, in_chans=3):
+        super().__init__()
+        self.config = {"preset": "tiny", "width": width, "num_classes": num_classes, "in_chans": in_chans}
+        self.body = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.GELU(), nn.GroupNorm(1, width))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def make(seed=0, cls=Tiny, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    return cls(**kw)
+
+
+def bright(n_train=128, n_test=48, size=8, seed=0, classes=3, channels=3) -> ImageData:
+    """Class k = images of brightness around 40 + 80 k (8 steps per epoch at batch 16)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        y = torch.randint(0, classes, (n,), generator=gen)
+        noise = torch.randint(-30, 30, (n, channels, size, size), generator=gen)
+        x = 40 + 80 * (y % 3).view(n, 1, 1, 1) + noise
+        return x.clamp(0, 255).to(torch.uint8), y
+
+    (tx, ty), (vx, vy) = split(n_train), split(n_test)
+    return ImageData("bright", tx, ty, vx, vy, [f"c{i}" for i in range(classes)], (0.5,) * channels,
+                     (0.3,) * channels)
+
+
+def all_finite(state: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())

@@ -1,0 +1,178 @@
+"""A run owns its folder: foreign files refused (and kept), one live run per folder (a lock naming
+its holder, taken over from a dead process), stale temporaries removed, files as the umask says."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from misuse_helpers import FAST, bright, make
+
+from unifiedctx.train import fit, read_checkpoint
+
+
+def rundir():
+    """The module under test (imported here, so that this file also runs against older code)."""
+    from unifiedctx.train import rundir
+
+    return rundir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("names", [
+    ("config.json", "history.json", "history.csv", "best.pt"),  # another run's files, but no last.pt
+    ("notes.txt",),                                               # a person's file
+])
+def test_a_folder_with_other_files_is_refused_and_left_as_it_was(tmp_path, names):
+    for name in names:
+        (tmp_path / name).write_bytes(f"someone else's {name}".encode())
+    before = snapshot(tmp_path)
+    with pytest.raises(FileExistsError, match=r"allow_foreign=True \(--allow-foreign\)") as err:
+        fit(make(), bright(), epochs=1, out=tmp_path, **FAST)
+    assert names[0] in str(err.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_allow_foreign_trains_beside_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    fit(make(), bright(), epochs=1, out=tmp_path, allow_foreign=True, **FAST)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert read_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_a_resumed_run_refuses_foreign_files_too(tmp_path):
+    fit(make(), bright(), epochs=1, out=tmp_path, **FAST)
+    (tmp_path / "mine.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="mine.txt"):
+        fit(make(), bright(), epochs=1, out=tmp_path, resume=True, **FAST)
+
+
+def test_the_same_run_killed_before_its_first_checkpoint_restarts(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(info):
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit(make(), bright(), epochs=1, out=tmp_path, callback=stop, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # lock released and removed
+    fit(make(), bright(), epochs=1, out=tmp_path, **FAST)  # its own config.json: accepted
+    with pytest.raises(FileExistsError):  # but another run's config.json is not
+        (tmp_path / "last.pt").unlink()
+        fit(make(), bright(), epochs=1, out=tmp_path, **{**FAST, "lr": 0.5})
+
+
+def test_a_tilde_in_out_means_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    fit(make(), bright(), epochs=1, out="~/runs/a", **FAST)
+    assert read_checkpoint(tmp_path / "home" / "runs" / "a" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "~").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match="out must be a folder"):
+        fit(make(), bright(), epochs=1, out=tmp_path / "f", **FAST)
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    import torch
+    torch.set_num_threads(1)
+    from misuse_helpers import FAST, bright, make
+    from unifiedctx.train import fit
+    out, go = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def wait(info):
+        if info["event"] == "step" and info["step"] == 1:
+            go.with_suffix(".ready").touch()
+            while not go.exists():
+                time.sleep(0.05)
+
+    fit(make(), bright(), epochs=1, out=out, callback=wait, **FAST)
+""")
+
+
+def test_a_second_process_into_the_same_folder_stops_at_once_naming_the_holder(tmp_path):
+    out, go = tmp_path / "run", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(go), str(ROOT / "tests")], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not go.with_suffix(".ready").exists():
+            assert holder.poll() is None and time.time() < deadline, "the holder process ended early"
+            time.sleep(0.05)
+        lock = json.loads((out / ".lock").read_text())
+        assert lock["pid"] == holder.pid and lock["host"] and lock["started"]
+        t0 = time.perf_counter()
+        with pytest.raises(rundir().FolderInUse, match=rf"in use by another process \(pid {holder.pid} on "):
+            fit(make(), bright(), epochs=1, out=out, **FAST)
+        assert time.perf_counter() - t0 < 5  # at once, not after training
+        assert not (out / "last.pt").exists()  # the intruder wrote nothing
+    finally:
+        go.touch()
+        rc = holder.wait(timeout=120)
+    assert rc == 0
+    state = read_checkpoint(out / "last.pt")
+    assert state["epoch"] == 1 and state["recipe"]["lr"] == FAST["lr"]
+    assert not (out / ".lock").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 999999, "host": "gone", "started": "long ago"}))
+    fit(make(), bright(), epochs=1, out=tmp_path, **FAST)
+    assert read_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and not (tmp_path / ".lock").exists()
+
+
+def test_the_lock_is_held_for_the_whole_run(tmp_path):
+    seen = []
+
+    def probe(info):
+        with pytest.raises(rundir().FolderInUse, match=f"pid {os.getpid()}"):
+            rundir().FileLock(tmp_path / ".lock", "run folder").acquire()
+        seen.append(info["event"])
+
+    fit(make(), bright(), epochs=2, out=tmp_path, callback=probe, **FAST)
+    assert seen.count("epoch") == 2 and seen.count("step") == 16
+
+
+def test_temporary_files_of_a_killed_process_are_removed_at_the_next_start(tmp_path):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".last.pt.k1ll3d_x.tmp").write_bytes(b"half a checkpoint")
+    fit(make(), bright(), epochs=1, out=fresh, **FAST)
+    assert sorted(p.name for p in fresh.iterdir()) == [
+        "best.pt", "config.json", "history.csv", "history.json", "last.pt"]
+
+    (fresh / ".history.json.abc123.tmp").write_text("[half")
+    (fresh / ".best.pt.zz9.tmp").write_bytes(b"half")
+    with pytest.raises(ValueError, match="epochs: 1 in the checkpoint, 2 now"):
+        fit(make(), bright(), epochs=2, out=fresh, resume=True, **FAST)
+    assert not list(fresh.glob(".*.tmp"))  # removed at the start, even by a run that is then refused
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_run_files_get_the_permissions_the_umask_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        fit(make(), bright(), epochs=1, out=tmp_path / "run", **FAST)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "run").iterdir():
+        assert path.stat().st_mode & 0o777 == mode, path.name

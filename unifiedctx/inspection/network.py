@@ -1,0 +1,290 @@
+"""``inspect_model(model, x)``: the affinity view of every layer of any network, in forward order.
+
+One forward pass ``model(x)`` runs with temporary hooks on every module (always removed, even when
+the forward fails). Each module that a family of :mod:`unifiedctx.inspection.families` reads gets an
+:class:`AffinityView` built from the input it really received in that pass, with its grid (inferred
+from the image size for token layers) and its prefix tokens (class / distillation tokens), so that::
+
+    view.project(view.affinity @ view.values) == that module's own output
+
+Modules inside a viewed module are covered by its view. Every other module that ran and has no view
+(a strided conv, a norm, a per-token linear map, ...) is listed in ``result.skipped`` with the reason.
+
+Nothing of the model changes: its train/eval mode stays as it is (use ``eval()`` for exact rebuilds:
+dropout would differ between the pass and the view), its buffers (BatchNorm statistics) are put back,
+and the global RNG state is restored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect as pyinspect
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .families import FAMILIES, Family, NoView, family_of
+from .view import check_prefix, pair
+
+#: Prefix-token counts tried, in order, when a token layer's sequence is not a whole grid.
+MAX_PREFIX_TOKENS = 8
+
+
+class NetworkInspection(OrderedDict):
+    """``{module name: AffinityView}`` in forward order, plus what could not be viewed.
+
+    Attributes:
+        skipped: ``{module name: reason}`` for the modules that ran without a view, in forward order.
+        outputs: ``{module name: the output tensor the view rebuilds}``, from the same pass.
+        image_size: ``(H, W)`` of the input.
+    """
+
+    def __init__(self, image_size):
+        super().__init__()
+        self.skipped: OrderedDict[str, str] = OrderedDict()
+        self.outputs: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.image_size = image_size
+
+    def rebuild_errors(self) -> OrderedDict[str, float]:
+        """``{name: ||project(A @ V) - output|| / ||output||}`` for every view (Frobenius norms)."""
+        errors = OrderedDict()
+        with torch.no_grad():
+            for name, view in self.items():
+                expected = self.outputs[name]
+                got = view.output()
+                scale = expected.norm().item()
+                diff = (got - expected).norm().item()
+                errors[name] = diff / scale if scale > 0 else diff
+        return errors
+
+    def affinities(self) -> OrderedDict[str, torch.Tensor]:
+        """``{name: view.grid_affinity()}``: the token-to-token blocks ``(B|1, M, N, N)`` on each grid."""
+        return OrderedDict((name, view.grid_affinity()) for name, view in self.items())
+
+    def distances(self) -> OrderedDict[str, torch.Tensor]:
+        """``{name: (M,)}`` mean affinity distance of every head, in input pixels
+        (:func:`unifiedctx.viz.distance.affinity_distance` with each view's grid and pixel stride)."""
+        from ..viz.distance import affinity_distance
+
+        return OrderedDict((name, affinity_distance(v.grid_affinity(), v.grid, v.pixel_stride or 1.0))
+                           for name, v in self.items() if v.grid is not None)
+
+
+def tiling_grid(n: int, image_size) -> tuple[int, int] | None:
+    """The ``(h, w)`` grid of ``n`` tokens that tiles ``image_size`` with one square stride, or None."""
+    big_h, big_w = image_size
+    if n <= 0:
+        return None
+    stride = math.sqrt(big_h * big_w / n)
+    h, w = max(1, round(big_h / stride)), max(1, round(big_w / stride))
+    return (h, w) if h * w == n else None
+
+
+def _select(layers) -> Callable[[str, nn.Module], bool]:
+    if layers is None:
+        return lambda name, module: True
+    if callable(layers):
+        return layers
+    if isinstance(layers, str) or not isinstance(layers, Iterable):
+        layers = [layers]
+    patterns = list(layers)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError("layers must be None, a callable (name, module) -> bool, or module names / "
+                        f"fnmatch patterns, got {layers!r}")
+    return lambda name, module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _skip_reason(module: nn.Module) -> str:
+    """Why a module that ran has no view (for the modules no family reads)."""
+    if isinstance(module, nn.Linear):
+        return "a per-token linear map (no token mixing)"
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+        return "a normalisation (per-token or per-channel statistics, not a weighted sum of tokens)"
+    if isinstance(module, (nn.Dropout, nn.Identity)) or type(module).__name__ in ("DropPath", "Identity"):
+        return "identity / dropout (in eval mode)"
+    if not any(True for _ in module.parameters(recurse=False)) and not list(module.children()):
+        return f"{type(module).__name__}: a per-element or reshaping layer (no token mixing)"
+    return f"{type(module).__name__}: no affinity view (not a type inspect supports)"
+
+
+def _copied(value, memo=None):
+    """Tensors (also inside a tuple, list or dict) detached and cloned, one copy per tensor so that
+    ``attn(x, x, x)`` still gets one tensor three times; anything else as it is."""
+    memo = {} if memo is None else memo
+    if isinstance(value, torch.Tensor):
+        if id(value) not in memo:
+            memo[id(value)] = value.detach().clone()
+        return memo[id(value)]
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copied(v, memo) for v in value)
+    if isinstance(value, dict):
+        return {k: _copied(v, memo) for k, v in value.items()}
+    return value
+
+
+def _bound_call(module: nn.Module, args, kwargs) -> dict:
+    try:
+        bound = pyinspect.signature(module.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
+    return dict(bound.arguments)
+
+
+def _prefix_and_grid(n: int, image_size, candidates) -> tuple[int, tuple[int, int]] | None:
+    for p in candidates:
+        grid = tiling_grid(n - p, image_size)
+        if grid is not None:
+            return p, grid
+    return None
+
+
+def _token_context(family: Family, module, x, image_size, prefix_candidates):
+    """``(grid, prefix_tokens, n_tokens)`` of a token layer's input, or NoView."""
+    if family.layout == "seq_first":
+        batched = x.dim() == 3
+        n = x.shape[1] if (batched and module.batch_first) else x.shape[0]
+    else:
+        n = x.shape[1]
+    found = _prefix_and_grid(n, image_size, prefix_candidates)
+    if found is None:
+        raise NoView(f"its {n} tokens are no grid that tiles the {image_size[0]}x{image_size[1]} input "
+                     f"(after up to {MAX_PREFIX_TOKENS} prefix tokens); pass prefix_tokens=")
+    prefix, grid = found
+    return grid, prefix, n
+
+
+def _view_of_call(family: Family, module, call, image_size, batch, prefix_candidates, max_tokens):
+    x, extra = family.call_input(module, call)
+    if not isinstance(x, torch.Tensor):
+        raise NoView(f"its input is a {type(x).__name__}, not a tensor")
+    grid, prefix = None, 0
+    if family.layout == "image":
+        if x.dim() != 4:
+            raise NoView(f"its input has shape {tuple(x.shape)}, not (B, C, H, W)")
+        n = x.shape[2] * x.shape[3]
+    elif family.layout == "own_grid":
+        n = x.shape[1] if x.dim() == 3 else 0
+    else:
+        grid, prefix, n = _token_context(family, module, x, image_size, prefix_candidates)
+    if max_tokens is not None and n > max_tokens:
+        raise NoView(f"{n} tokens > max_tokens={max_tokens} (its N x N affinity would be too big)")
+    try:
+        view = family.inspect(module, x, grid=grid, prefix_tokens=prefix, **extra)
+    except ValueError as err:  # a supported type with settings that have no view (stride 2, ...)
+        raise NoView(str(err)) from None
+    if family.layout == "image":
+        whole = (x.shape[2], x.shape[3])
+    elif family.layout == "own_grid":  # Swin: B * nW windows of n tokens; GPSA: one square grid
+        whole = tiling_grid(x.shape[0] // batch * n, image_size) if x.shape[0] % batch == 0 else None
+    else:
+        whole = grid
+    view.pixel_stride = (image_size[0] / whole[0], image_size[1] / whole[1]) if whole else None
+    return view
+
+
+@torch.no_grad()
+def inspect_model(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: int | None = None,
+                  prefix_tokens: int | None = None) -> NetworkInspection:
+    """The affinity view of every layer of ``model`` that has one, for one forward pass ``model(x)``.
+
+    Args:
+        model: any ``nn.Module`` (unifiedctx's, timm's, plain PyTorch); ``eval()`` it first for views
+            that rebuild its outputs exactly (its mode is not changed here).
+        x: the model's input, an image batch ``(B, C, H, W)``.
+        layers: which modules to view: ``None`` (all), module names or ``fnmatch`` patterns
+            (``"blocks.*.attn"``), or a callable ``(name, module) -> bool``.
+        max_tokens: layers whose input has more tokens are skipped (their dense N x N affinity would
+            not fit: a depthwise conv on 56 x 56 tokens with 96 channels is 3.8 GB in float32).
+        prefix_tokens: the class / distillation tokens in front of every token sequence; default:
+            ``model.num_prefix_tokens`` (timm) if it makes the rest a grid, else the smallest count
+            that does.
+
+    Returns:
+        a :class:`NetworkInspection`: ``{module name: AffinityView}`` in the order the modules were
+        called, with ``.skipped`` (``{name: reason}``), ``.outputs`` and ``.rebuild_errors()``.
+
+    Raises:
+        TypeError / ValueError: ``model`` is not a module, ``x`` not an image batch, a bad option.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"x must be an image batch (B, C, H, W), got {got}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    select = _select(layers)
+    image_size = pair(tuple(x.shape[-2:]))
+    own = getattr(model, "num_prefix_tokens", None)
+    if prefix_tokens is not None:
+        candidates = [check_prefix(prefix_tokens)]
+    else:
+        candidates = ([own] if isinstance(own, int) and own >= 0 else []) + list(range(MAX_PREFIX_TOKENS + 1))
+    result = NetworkInspection(image_size)
+    order: list[str] = []
+    calls: dict[str, int] = {}
+    captured: dict[str, tuple] = {}
+
+    def before(name):
+        def hook(module, args, kwargs):
+            if name not in calls:
+                order.append(name)
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    def after(name):
+        def hook(module, args, kwargs, output):
+            if name not in captured:  # the view is of the first call; copies, in case a later
+                # in-place layer changes these tensors
+                memo = {}
+                call = _bound_call(module, _copied(args, memo), _copied(kwargs, memo))
+                captured[name] = (call, _copied(output, memo))
+        return hook
+
+    modules = list(model.named_modules())
+    lookup = dict(modules)
+    families = {name: family_of(module) for name, module in modules}
+    handles = []
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    cuda = sorted({t.device.index or 0 for t in [*model.parameters(), x] if t.is_cuda})
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            for name, module in modules:
+                handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
+                if families[name] is not None and select(name, module):
+                    handles.append(module.register_forward_hook(after(name), with_kwargs=True))
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+    # views are built after the pass, outermost first, so nothing inside a viewed module is built
+    viewed: list[str] = []
+    for name in order:
+        if any(v == "" or name.startswith(v + ".") for v in viewed):
+            continue  # inside a viewed module: its view covers it
+        module = lookup[name]
+        if name in captured:
+            call, output = captured.pop(name)
+            family = families[name]
+            try:
+                view = _view_of_call(family, module, call, image_size, x.shape[0], candidates, max_tokens)
+            except NoView as err:
+                result.skipped[name] = str(err)
+                continue
+            if calls[name] > 1:
+                view.notes["calls"] = f"called {calls[name]} times; the view is of the first call"
+            viewed.append(name)
+            result[name] = view
+            result.outputs[name] = family.output(output)
+        elif not list(module.children()) and select(name, module):
+            result.skipped[name] = _skip_reason(module)
+    return result
+
+
+__all__ = ["FAMILIES", "NetworkInspection", "inspect_model", "tiling_grid"]
