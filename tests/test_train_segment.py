@@ -246,3 +246,18 @@ def test_two_gloo_ranks_train_the_segmenter_one_process_trains(tmp_path):
         torch.testing.assert_close(r0[name], w, atol=2e-5, rtol=1e-4, msg=f"DDP vs one process: {name}")
     # the test metrics come from the summed confusion matrix: the same pixels counted once
     assert ddp["history"][-1]["test_miou"] == pytest.approx(single["history"][-1]["test_miou"], abs=1e-3)
+
+
+def test_train_or_load_segmenter_trains_once_then_loads_and_refuses_other_settings(canvases, tmp_path):
+    from unifiedctx.train.segment_task import train_or_load_segmenter
+
+    recipe = dict(epochs=1, seed=2, **FAST)
+    model, history = train_or_load_segmenter("convnet_nano", canvases, tmp_path, **recipe)
+    stamp = (tmp_path / "last.pt").stat().st_mtime_ns
+    again, cached = train_or_load_segmenter("convnet_nano", canvases, tmp_path, **recipe)
+    assert (tmp_path / "last.pt").stat().st_mtime_ns == stamp  # loaded, not trained again
+    assert list(cached) == list(history)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="lr"):
+        train_or_load_segmenter("convnet_nano", canvases, tmp_path, **{**recipe, "lr": 0.5})

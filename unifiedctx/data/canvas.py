@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import ImageData, channel_stats
+from .base import ImageData, channel_stats, tensor_fingerprint
 from .mnist import SIDE, read_table, stratified_split
 
 #: Grey value (of 255) from which a resized digit pixel counts as the digit's (mask and boxes).
@@ -80,6 +80,12 @@ class SegmentationData(ImageData):
     def __repr__(self) -> str:
         return (f"SegmentationData({self.name!r}, train={tuple(self.train_x.shape)}, "
                 f"test={tuple(self.test_x.shape)}, classes={self.num_classes}, device={self.train_x.device})")
+
+    def fingerprint(self) -> str:
+        """ImageData's hash of the contents, with the masks (and boxes) hashed as well."""
+        parts = [self.train_x, self.train_y, self.test_x, self.test_y, self.train_masks, self.test_masks]
+        parts += [b for b in (self.train_boxes, self.test_boxes) if b is not None]
+        return tensor_fingerprint(*parts, extra=(self.classes, self.mean, self.std))
 
     def to(self, device: torch.device | str) -> SegmentationData:
         """A new :class:`SegmentationData` whose tensors (images, labels, masks, boxes) live on ``device``."""
@@ -213,7 +219,8 @@ def load_mnist_canvas(size: int = 128, digits=(1, 4), n_train: int = 1000, n_tes
     Returns:
         :class:`SegmentationData` named ``"mnist_canvas"``: images uint8 ``(N, channels, size,
         size)``, masks uint8 ``(N, size, size)`` with 11 classes (``"bg"``, ``"0"``..``"9"``),
-        boxes int64 ``(N, max digits, 5)``; mean/std of the training canvases.
+        boxes int64 ``(N, max digits, 5)``; mean/std of the training canvases; ``flip_ok`` and
+        ``crop_ok`` False (a mirrored digit is not a digit).
     """
     if isinstance(size, bool) or not isinstance(size, int) or not 64 <= size <= 512:
         raise ValueError(f"size must be an int in [64, 512], got {size!r}")
@@ -238,5 +245,5 @@ def load_mnist_canvas(size: int = 128, digits=(1, 4), n_train: int = 1000, n_tes
         splits[split] = (x, dominant_class(masks, len(CLASSES)), masks, boxes)
     mean, std = channel_stats(splits["train"][0])
     (tx, ty, tm, tb), (vx, vy, vm, vb) = splits["train"], splits["test"]
-    return SegmentationData("mnist_canvas", tx, ty, vx, vy, list(CLASSES), mean, std,
+    return SegmentationData("mnist_canvas", tx, ty, vx, vy, list(CLASSES), mean, std, crop_ok=False, flip_ok=False,
                             train_masks=tm, test_masks=vm, train_boxes=tb, test_boxes=vb)

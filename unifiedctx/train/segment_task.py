@@ -251,24 +251,32 @@ def evaluate_segmenter(model: nn.Module, test_batches, num_classes: int, amp_dty
             "test_pixel_acc": float(confusion.diagonal().sum()) / pixels, "confusion": confusion.cpu()}
 
 
-def train_or_load_segmenter(preset: str, data, out, *, task: Segment | None = None,
+def train_or_load_segmenter(preset: str, data, out, recipe=None, *, task: Segment | None = None,
                             model_options: dict | None = None, **fit_kwargs) -> tuple[nn.Module, object]:
-    """``(segmenter, history)`` for ``preset`` trained on ``data`` once, then loaded from ``out``
-    (as :func:`unifiedctx.train.train_or_load` does for classifiers): when ``out/last.pt`` holds
-    all ``fit_kwargs["epochs"]`` epochs nothing is trained; otherwise the run starts or resumes."""
+    """``(segmenter, history)`` for ``preset`` trained on ``data`` once, then loaded from ``out``,
+    as :func:`unifiedctx.train.train_or_load` does for classifiers: when ``out/last.pt`` holds this
+    very run (same architecture and recipe, all epochs done) nothing is trained; a cached run with
+    other settings is a ``ValueError`` listing them; otherwise the run starts or resumes exactly.
+    The model is :meth:`Segment.build_model` (``model_options`` go to it)."""
     from .checkpoint import load_checkpoint, read_checkpoint
-    from .engine import fit
+    from .engine import fit, recipe_and_task, recipe_differences, run_recipe
     from .history import History
+    from .recipe import Recipe
 
-    if "epochs" not in fit_kwargs:
-        raise TypeError("train_or_load_segmenter needs epochs=... (passed on to fit)")
     task = task or Segment()
-    model = task.build_model(preset, data, fit_kwargs.get("seed", 0), **(model_options or {}))
+    settings = {k: v for k, v in fit_kwargs.items() if k in Recipe.keys()}
+    run = {k: v for k, v in fit_kwargs.items() if k not in settings and k != "resume"}
+    recipe, _ = recipe_and_task(recipe, task, settings)
+    model = task.build_model(preset, data, recipe.seed, **(model_options or {}))
     last = Path(out) / "last.pt"
     if last.exists():
         state = read_checkpoint(last)
-        if state.get("epoch", 0) >= fit_kwargs["epochs"] and state.get("epochs") == fit_kwargs["epochs"]:
+        if state.get("epoch", 0) >= recipe.epochs and state.get("epochs") == recipe.epochs:
+            diff = recipe_differences(state.get("recipe", {}), run_recipe(data, recipe, task=task, **run),
+                                      "in the cached run")
+            if diff:
+                raise ValueError(f"the cached run in {out} was trained with other settings "
+                                 f"({'; '.join(diff)}): use the same settings, or another folder")
             model, state = load_checkpoint(last, model)
             return model, History(state["history"])
-    rest = {k: v for k, v in fit_kwargs.items() if k != "resume"}
-    return model, fit(model, data, out=out, resume=True, task=task, **rest)
+    return model, fit(model, data, recipe, task=task, out=out, resume=True, **run)
