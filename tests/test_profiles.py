@@ -48,3 +48,9 @@ def test_training_notebooks_take_their_numbers_from_the_profile(notebook):
     assert re.search(r"profile\.(synthetic_)?recipes?\b", code)
     for setting in ("epochs", "batch_size", "lr", "warmup_epochs"):
         assert not re.search(rf"\b{setting}\s*=\s*[\d.]", code), f"{notebook} sets {setting} itself"
+
+
+def test_training_is_never_silent_in_either_profile():
+    from unifiedctx.profiles import make
+
+    assert make("quick").progress == "epoch" and make("full").progress is True

@@ -74,6 +74,13 @@ class Profile:
         """True in the CPU/CI profile."""
         return self.name == "quick"
 
+    @property
+    def progress(self) -> bool | str:
+        """What ``fit(progress=...)`` shows in this profile: one line per epoch in the quick one
+        (short CPU runs, plain text that any notebook front end and nbval keep), tqdm bars in the
+        full one. Training never runs silently."""
+        return "epoch" if self.quick else True
+
 
 def _repo_runs_dir() -> Path:
     """``runs/`` of the repository in a checkout, else ``~/.cache/unifiedctx/runs``."""
