@@ -9,6 +9,9 @@ name               what                                                     retu
 ``texture``        synthetic: class = local texture orientation             ImageData
 ``longrange``      synthetic: are two far-apart marks the same shape?       ImageData
 ``imagefolder``    ``path/train/<class>/*.jpg`` (+ ``val/``), streamed      FolderData
+``mnist_canvas``   mnist5k digits on a canvas: a class a pixel, a box a      SegmentationData
+                   digit (dense prediction), 64 to 512 px
+``segfolder``      ``path/images/*.jpg`` + ``path/masks/*.png``, in memory  SegmentationData
 =================  =======================================================  ===========
 
 :class:`ImageData` holds uint8 ``(N, C, H, W)`` tensors that move to a device whole
@@ -27,11 +30,13 @@ import os
 from pathlib import Path
 
 from .base import DatasetUnavailable, ImageData, channel_stats, default_data_root
+from .canvas import SegmentationData, load_mnist_canvas
 from .cifar import load_cifar
 from .folder import FolderData, load_imagefolder
 from .longrange import load_longrange, longrange_scenes
 from .mnist import load_mnist5k
 from .photos import sample_photo
+from .segfolder import load_segfolder
 from .texture import load_texture, texture_images
 
 #: Default cache folder of downloaded datasets (read by :func:`load` at each call).
@@ -44,6 +49,8 @@ LOADERS = {
     "texture": load_texture,
     "longrange": load_longrange,
     "imagefolder": load_imagefolder,
+    "mnist_canvas": load_mnist_canvas,
+    "segfolder": load_segfolder,
 }
 
 
@@ -57,15 +64,17 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
     """Load the dataset ``name`` (see :func:`available`).
 
     Args:
-        name: ``"cifar10"``, ``"cifar100"``, ``"mnist5k"``, ``"texture"``, ``"longrange"`` or
-            ``"imagefolder"``.
+        name: ``"cifar10"``, ``"cifar100"``, ``"mnist5k"``, ``"texture"``, ``"longrange"``,
+            ``"imagefolder"``, ``"mnist_canvas"`` or ``"segfolder"``.
         root: cache folder of downloaded datasets (default :data:`DATA_ROOT`); used by CIFAR only.
         download: allow a download when the dataset is not cached (CIFAR only).
         **options: the dataset's own options, e.g. ``label_type`` and ``url`` (CIFAR); ``size``,
             ``channels``, ``n_test``, ``seed`` (mnist5k); ``n_train``, ``n_test``, ``size``,
             ``channels``, ``seed`` (synthetic tasks); ``path``, ``image_size``, ``val_fraction``,
-            ``num_workers`` (imagefolder). An option the dataset does not take is a TypeError
-            that lists those it does.
+            ``num_workers`` (imagefolder); ``size``, ``digits``, ``n_train``, ``n_test``, ``seed``,
+            ``digit_size``, ``channels`` (mnist_canvas); ``path``, ``image_size``, ``channels``,
+            ``classes``, ``num_classes``, ``val_fraction``, ``seed`` (segfolder). An option the
+            dataset does not take is a TypeError that lists those it does.
 
     Raises:
         ValueError: unknown ``name`` or a bad option value.
@@ -94,5 +103,5 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
     return data
 
 
-__all__ = ["DATA_ROOT", "DatasetUnavailable", "FolderData", "ImageData", "available", "channel_stats",
-           "load", "longrange_scenes", "sample_photo", "texture_images"]
+__all__ = ["DATA_ROOT", "DatasetUnavailable", "FolderData", "ImageData", "SegmentationData", "available",
+           "channel_stats", "load", "longrange_scenes", "sample_photo", "texture_images"]

@@ -1,0 +1,118 @@
+"""segfolder: a tiny folder written with PIL loads exactly; every broken file is named."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unifiedctx import data
+
+
+def write_folder(root, n=5, size=(12, 10), num_classes=4, seed=0, palette=False):
+    """``root/images/i.png`` (RGB) and ``root/masks/i.png`` (L or P), random classes; returns the arrays."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    arrays = {}
+    for i in range(n):
+        rgb = rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)
+        mask = rng.integers(0, num_classes, size, dtype=np.uint8)
+        Image.fromarray(rgb).save(root / "images" / f"img{i}.png")
+        m = Image.fromarray(mask, mode="L")
+        if palette:
+            m = m.convert("P")
+        m.save(root / "masks" / f"img{i}.png")
+        arrays[f"img{i}"] = (rgb, mask)
+    return arrays
+
+
+def find(ds, split, rgb):
+    x = getattr(ds, f"{split}_x")
+    hits = [k for k in range(x.shape[0]) if torch.equal(x[k], torch.from_numpy(rgb).permute(2, 0, 1))]
+    return hits[0] if hits else None
+
+
+@pytest.mark.parametrize("palette", [False, True])
+def test_folder_loads_images_and_masks_exactly(tmp_path, palette):
+    arrays = write_folder(tmp_path, palette=palette)
+    ds = data.load("segfolder", path=tmp_path, val_fraction=0.4)
+    assert ds.train_x.shape == (3, 3, 12, 10) and ds.test_x.shape == (2, 3, 12, 10)
+    assert ds.num_classes == 4 and ds.classes == ["0", "1", "2", "3"] and ds.train_boxes is None
+    for rgb, mask in arrays.values():
+        split = "train" if find(ds, "train", rgb) is not None else "test"
+        k = find(ds, split, rgb)
+        assert k is not None
+        assert torch.equal(getattr(ds, f"{split}_masks")[k], torch.from_numpy(mask))
+    again = data.load("segfolder", path=tmp_path, val_fraction=0.4)
+    assert torch.equal(again.train_x, ds.train_x)
+
+
+def test_train_val_layout_and_resize_keeps_classes_unblended(tmp_path):
+    write_folder(tmp_path / "train", n=3, size=(9, 9), seed=1)
+    write_folder(tmp_path / "val", n=2, size=(9, 9), seed=2)
+    ds = data.load("segfolder", path=tmp_path, image_size=16, channels=1, classes=["a", "b", "c", "d", "e"])
+    assert ds.train_x.shape == (3, 1, 16, 16) and ds.test_x.shape == (2, 1, 16, 16)
+    assert ds.classes == ["a", "b", "c", "d", "e"]
+    original = np.asarray(Image.open(tmp_path / "train" / "masks" / "img0.png"))
+    expected = np.asarray(Image.fromarray(original).resize((16, 16), Image.NEAREST))
+    assert torch.equal(ds.train_masks[0], torch.from_numpy(expected.copy()))  # sorted: img0 first
+
+
+def test_missing_mask_is_named(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "masks" / "img2.png").unlink()
+    with pytest.raises(ValueError, match=r"img2\.png has no mask"):
+        data.load("segfolder", path=tmp_path)
+
+
+def test_mask_without_image_is_named(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "images" / "img3.png").unlink()
+    with pytest.raises(ValueError, match=r"masks/img3\.png has no image"):
+        data.load("segfolder", path=tmp_path)
+
+
+def test_undecodable_image_is_named(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "images" / "img1.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match=r"cannot decode .*images/img1\.png"):
+        data.load("segfolder", path=tmp_path)
+
+
+def test_class_index_out_of_range_is_named(tmp_path):
+    write_folder(tmp_path, num_classes=4)
+    bad = np.zeros((12, 10), dtype=np.uint8)
+    bad[3, 3] = 7
+    Image.fromarray(bad, mode="L").save(tmp_path / "masks" / "img4.png")
+    with pytest.raises(ValueError, match=r"masks/img4\.png holds class index 7, outside \[0, 4\)"):
+        data.load("segfolder", path=tmp_path, num_classes=4)
+
+
+def test_size_mismatch_is_named(tmp_path):
+    write_folder(tmp_path)
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8), mode="L").save(tmp_path / "masks" / "img0.png")
+    expected = r"masks/img0\.png is 5x5 \(WxH\) but its image .*images/img0\.png is 10x12"
+    with pytest.raises(ValueError, match=expected):
+        data.load("segfolder", path=tmp_path)
+
+
+def test_images_of_different_sizes_need_image_size(tmp_path):
+    write_folder(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "images" / "img4.png")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(tmp_path / "masks" / "img4.png")
+    with pytest.raises(ValueError, match="image_size="):
+        data.load("segfolder", path=tmp_path, val_fraction=0.2)
+    assert data.load("segfolder", path=tmp_path, image_size=(12, 10)).train_x.shape[2:] == (12, 10)
+
+
+def test_rgb_mask_and_bad_arguments_are_refused(tmp_path):
+    write_folder(tmp_path)
+    Image.fromarray(np.zeros((12, 10, 3), dtype=np.uint8)).save(tmp_path / "masks" / "img0.png")
+    with pytest.raises(ValueError, match=r"masks/img0\.png has mode 'RGB'"):
+        data.load("segfolder", path=tmp_path)
+    with pytest.raises(ValueError, match="is not a folder"):
+        data.load("segfolder", path=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="channels"):
+        data.load("segfolder", path=tmp_path, channels=2)
+    with pytest.raises(ValueError, match="has no images/ folder"):
+        data.load("segfolder", path=tmp_path / "masks")

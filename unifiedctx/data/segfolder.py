@@ -1,0 +1,183 @@
+"""``segfolder``: a user's own segmentation folder, loaded whole into a
+:class:`~unifiedctx.data.canvas.SegmentationData`.
+
+Layouts (a mask has the same stem as its image and is a PNG)::
+
+    path/train/images/a.jpg   path/train/masks/a.png     (+ path/val/... or path/test/...)
+    path/images/a.jpg         path/masks/a.png           (a seeded val_fraction becomes the test split)
+
+A mask is a single-channel PNG (mode ``L``, ``P`` or ``I``) whose value at a pixel is the class
+index of that pixel (a palette PNG's index, not its colour). Every image is converted to RGB
+(``channels=3``) or grey (``channels=1``) and, when ``image_size`` is given, resized to it
+(bilinear; its mask with nearest neighbour, so classes are never blended). Nothing is written.
+
+Errors name the file: an image without a mask, a mask without an image, a file Pillow cannot
+decode, a mask whose size differs from its image's, a class index >= ``num_classes``, images
+of different sizes without ``image_size``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import channel_stats
+from .canvas import SegmentationData, dominant_class
+from .folder import EXTENSIONS
+
+TEST_FOLDERS = ("val", "test")
+
+
+def _pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """``(image, mask)`` for every image in ``folder/images``, matched by stem in ``folder/masks``."""
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    for d in (images_dir, masks_dir):
+        if not d.is_dir():
+            raise ValueError(f"segmentation folder {folder} has no {d.name}/ folder (expected "
+                             f"{folder}/images/*.jpg and {folder}/masks/*.png with the same stems)")
+    images = sorted(p for p in images_dir.iterdir()
+                    if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+    masks = {p.stem: p for p in masks_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png"}
+    if not images:
+        raise ValueError(f"{images_dir} holds no images ({', '.join(sorted(EXTENSIONS))})")
+    stems = [p.stem for p in images]
+    if len(set(stems)) != len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise ValueError(f"{images_dir} has several images with the stem {twice[0]!r}: "
+                         "one mask cannot serve both")
+    for image in images:
+        if image.stem not in masks:
+            raise ValueError(f"image {image} has no mask: expected {masks_dir / (image.stem + '.png')}")
+    orphans = sorted(set(masks) - set(stems))
+    if orphans:
+        raise ValueError(f"mask {masks[orphans[0]]} has no image in {images_dir}")
+    return [(image, masks[image.stem]) for image in images]
+
+
+def _open(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot decode {path}: {err}") from err
+    return img
+
+
+def read_pair(image_path: Path, mask_path: Path, image_size, channels: int, num_classes: int | None):
+    """One image as uint8 ``(C, H, W)`` and its mask as int64 ``(H, W)``, checked (see the module)."""
+    from PIL import Image
+
+    image = _open(image_path).convert("RGB" if channels == 3 else "L")
+    mask = _open(mask_path)
+    if mask.mode not in ("L", "P", "I", "I;16", "1"):
+        raise ValueError(f"mask {mask_path} has mode {mask.mode!r}: a mask must be a single-channel PNG "
+                         "(L, P or I) holding one class index a pixel")
+    if mask.size != image.size:
+        raise ValueError(f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} (WxH) but its image "
+                         f"{image_path} is {image.size[0]}x{image.size[1]}")
+    if image_size is not None:
+        image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
+        mask = mask.resize((image_size[1], image_size[0]), Image.NEAREST)
+    labels = np.asarray(mask).astype(np.int64)
+    if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
+        bad = int(labels.max()) if labels.min() >= 0 else int(labels.min())
+        raise ValueError(f"mask {mask_path} holds class index {bad}, outside [0, {num_classes}) "
+                         "(pass num_classes= or classes= to allow more)")
+    pixels = np.asarray(image, dtype=np.uint8)
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(labels)
+
+
+def _stack(pairs, image_size, channels, num_classes):
+    images, masks = [], []
+    for image_path, mask_path in pairs:
+        x, m = read_pair(image_path, mask_path, image_size, channels, num_classes)
+        if images and x.shape != images[0].shape:
+            raise ValueError(f"image {image_path} is {x.shape[2]}x{x.shape[1]} (WxH), not "
+                             f"{images[0].shape[2]}x{images[0].shape[1]} like {pairs[0][0]}: "
+                             "pass image_size= to resize every image to one size")
+        images.append(x)
+        masks.append(m)
+    return torch.stack(images), torch.stack(masks)
+
+
+def _split_pairs(pairs, val_fraction: float, seed: int):
+    """A ``random.Random(seed)`` shuffle; ``round(val_fraction * n)`` pairs (at least one, at most
+    ``n - 1``) go to the test split."""
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    k = min(max(1, round(val_fraction * len(order))), len(order) - 1)
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def load_segfolder(path, image_size=None, channels: int = 3, classes=None, num_classes: int | None = None,
+                   val_fraction: float = 0.2, seed: int = 0) -> SegmentationData:
+    """A segmentation folder (see the module docstring) as :class:`SegmentationData`.
+
+    Args:
+        path: the folder.
+        image_size: ``S`` or ``(H, W)`` to resize every image and mask to; ``None`` keeps the
+            size, which then must be the same for every image.
+        channels: 3 (RGB) or 1 (grey).
+        classes: class names, ``classes[k]`` for index k (sets ``num_classes``).
+        num_classes: the number of classes when ``classes`` is not given; default: the largest
+            index found in any mask, plus one (names ``"0"``, ``"1"``, ...).
+        val_fraction, seed: the seeded test split when the folder has no ``val/`` or ``test/``.
+
+    Returns:
+        SegmentationData named ``"segfolder"``: uint8 images ``(N, channels, H, W)``, uint8 masks
+        (int64 when there are more than 256 classes), no boxes; mean/std of the training images.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"path {root} is not a folder")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if image_size is not None:
+        from ..models.network import as_size
+
+        image_size = as_size(image_size, "image_size")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        if num_classes is not None and num_classes != len(classes):
+            raise ValueError(f"num_classes={num_classes} but classes has {len(classes)} names")
+        num_classes = len(classes)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 2):
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+
+    test_dir = next((root / name for name in TEST_FOLDERS if (root / name).is_dir()), None)
+    if (root / "train").is_dir():
+        train_pairs = _pairs(root / "train")
+        test_pairs = _pairs(test_dir) if test_dir is not None else None
+        if test_pairs is None:
+            train_pairs, test_pairs = _split_pairs(train_pairs, val_fraction, seed)
+    else:
+        all_pairs = _pairs(root)
+        if len(all_pairs) < 2:
+            raise ValueError(f"{root} holds one image: a train and a test split need at least two")
+        train_pairs, test_pairs = _split_pairs(all_pairs, val_fraction, seed)
+    train_x, train_m = _stack(train_pairs, image_size, channels, num_classes)
+    test_x, test_m = _stack(test_pairs, image_size, channels, num_classes)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"test image {test_pairs[0][0]} is {tuple(test_x.shape[2:])} but training image "
+                         f"{train_pairs[0][0]} is {tuple(train_x.shape[2:])}: "
+                         "pass image_size= to resize both")
+    if num_classes is None:
+        num_classes = max(int(train_m.max()), int(test_m.max())) + 1
+        num_classes = max(num_classes, 2)
+    if classes is None:
+        classes = [str(k) for k in range(num_classes)]
+    mask_dtype = torch.uint8 if num_classes <= 256 else torch.int64
+    train_m, test_m = train_m.to(mask_dtype), test_m.to(mask_dtype)
+    mean, std = channel_stats(train_x)
+    return SegmentationData("segfolder", train_x, dominant_class(train_m, num_classes), test_x,
+                            dominant_class(test_m, num_classes), classes, mean, std,
+                            train_masks=train_m, test_masks=test_m)
