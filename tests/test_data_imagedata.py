@@ -18,7 +18,8 @@ def tiny(n: int = 6, m: int = 4, channels: int = 3) -> ImageData:
 
 
 def test_available_lists_the_datasets():
-    assert data.available() == ["cifar10", "cifar100", "mnist5k", "texture", "longrange", "imagefolder"]
+    assert data.available() == ["cifar10", "cifar100", "mnist5k", "texture", "longrange", "imagefolder",
+                                "mnist_canvas", "segfolder"]
 
 
 def test_properties_and_channel_stats():

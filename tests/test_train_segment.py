@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from unifiedctx import data
-from unifiedctx.models.segment import create_segmenter
+from unifiedctx.models.segment import Segmenter, create_segmenter
 from unifiedctx.train import distributed as D
 from unifiedctx.train import fit, read_checkpoint, tasks
 from unifiedctx.train.segment_task import (
@@ -206,6 +206,11 @@ def test_the_command_line_trains_a_segmenter(tmp_path, capsys):
     state = read_checkpoint(tmp_path / "last.pt")
     assert state["model_config"]["segmenter"] == {"num_classes": 11, "width": 32}
     assert state["recipe"]["task"]["name"] == "segment"
+    # eval rebuilds the segmenter from its config, reads the data from config.json and measures mIoU
+    assert main(["eval", "--checkpoint", str(tmp_path / "last.pt"), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["task"] == "segment"
+    assert result["test_miou"] == pytest.approx(state["history"][-1]["test_miou"], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -248,16 +253,17 @@ def test_two_gloo_ranks_train_the_segmenter_one_process_trains(tmp_path):
     assert ddp["history"][-1]["test_miou"] == pytest.approx(single["history"][-1]["test_miou"], abs=1e-3)
 
 
-def test_train_or_load_segmenter_trains_once_then_loads_and_refuses_other_settings(canvases, tmp_path):
-    from unifiedctx.train.segment_task import train_or_load_segmenter
+def test_train_or_load_trains_a_segmenter_once_then_loads_and_refuses_other_settings(canvases, tmp_path):
+    from unifiedctx.train import train_or_load
 
-    recipe = dict(epochs=1, seed=2, **FAST)
-    model, history = train_or_load_segmenter("convnet_nano", canvases, tmp_path, **recipe)
+    recipe = dict(epochs=1, seed=2, task=Segment(), **FAST)
+    model, history = train_or_load("convnet_nano", canvases, tmp_path, **recipe)
+    assert isinstance(model, Segmenter)  # the task built the model
     stamp = (tmp_path / "last.pt").stat().st_mtime_ns
-    again, cached = train_or_load_segmenter("convnet_nano", canvases, tmp_path, **recipe)
+    again, cached = train_or_load("convnet_nano", canvases, tmp_path, **recipe)
     assert (tmp_path / "last.pt").stat().st_mtime_ns == stamp  # loaded, not trained again
     assert list(cached) == list(history)
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="lr"):
-        train_or_load_segmenter("convnet_nano", canvases, tmp_path, **{**recipe, "lr": 0.5})
+        train_or_load("convnet_nano", canvases, tmp_path, **{**recipe, "lr": 0.5})

@@ -282,6 +282,15 @@ def _eval(args) -> int:
         ds = _load_data(trained, trained.limit_train)
     else:
         ds = _load_data(args)
+    task = (state.get("recipe") or {}).get("task") or {"name": "classify", "settings": {}}
+    if task["name"] != "classify":  # the task the run trained for measures it
+        from unifiedctx.train import tasks
+
+        result = T.evaluate(model, ds, batch_size=args.batch_size, device=args.device,
+                            task=tasks.create(task["name"], **task.get("settings", {})))
+        print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "epoch": state.get("epoch"),
+                          "task": task["name"], **result}))
+        return 0
     cfg = state.get("model_config") or {}
     if cfg.get("num_classes") not in (None, ds.num_classes) or cfg.get("in_chans") not in (None, ds.channels):
         raise ValueError(f"{args.checkpoint} was trained for {cfg.get('num_classes')} classes of "

@@ -42,6 +42,9 @@ class Profile:
         synthetic_train: number of training images of each synthetic task.
         synthetic_recipes: the Recipe of a probe on each synthetic task (notebook 03):
             ``{"texture": ..., "longrange": ...}``.
+        task_recipes: the Recipe of the other notebooks' runs: ``"context"`` (notebook 08's
+            receptive-field runs; in the full profile notebook 04's recipe, so the runs are shared),
+            ``"segment"`` (notebook 09) and ``"dino"`` (notebook 10).
         cache_dir: where trained checkpoints are kept so re-running loads instead of retraining.
     """
 
@@ -53,6 +56,7 @@ class Profile:
     recipe: Recipe = Recipe(epochs=3)
     synthetic_train: int = 2000
     synthetic_recipes: dict = field(default_factory=dict)
+    task_recipes: dict = field(default_factory=dict)
     cache_dir: Path = Path("runs")
 
     def model(self, family: str) -> str:
@@ -99,16 +103,25 @@ def make(name: str) -> Profile:
         recipe = Recipe(epochs=4, batch_size=128, lr=5e-3, warmup_epochs=0.5, augment=False,
                         weight_decay=0.05, seed=0)
         probes = {"texture": probe.replace(epochs=3), "longrange": probe.replace(epochs=8)}
+        tasks = {"context": recipe.replace(epochs=1, max_steps_per_epoch=30, warmup_epochs=0.2),
+                 "segment": Recipe(epochs=3, batch_size=16, lr=2e-2, warmup_epochs=0.3, weight_decay=0.05,
+                                   seed=0, task="segment"),
+                 "dino": recipe.replace(task="dino", epochs=2, lr=2e-3, weight_decay=0.04)}
         return Profile(name="quick", device="cpu", preset_suffix="_nano", dataset="mnist5k",
                        dataset_options={"channels": 3}, recipe=recipe, synthetic_train=2000,
-                       synthetic_recipes=probes, cache_dir=runs / "quick")
+                       synthetic_recipes=probes, task_recipes=tasks, cache_dir=runs / "quick")
     if name == "full":
         device = "cuda" if torch.cuda.is_available() else "cpu"
         recipe = Recipe(epochs=30, batch_size=256, lr=2e-3, warmup_epochs=2, augment=True,
                         label_smoothing=0.1, weight_decay=0.05, seed=0)
         probes = {"texture": probe.replace(epochs=10), "longrange": probe.replace(epochs=20)}
+        tasks = {"context": recipe,
+                 "segment": Recipe(epochs=30, batch_size=64, lr=2e-3, warmup_epochs=2, weight_decay=0.05,
+                                   seed=0, task="segment"),
+                 "dino": recipe.replace(task="dino", label_smoothing=0.0, lr=1e-3, weight_decay=0.04)}
         return Profile(name="full", device=device, preset_suffix="_cifar", dataset="cifar10", recipe=recipe,
-                       synthetic_train=20000, synthetic_recipes=probes, cache_dir=runs / "full")
+                       synthetic_train=20000, synthetic_recipes=probes, task_recipes=tasks,
+                       cache_dir=runs / "full")
     raise ValueError(f"{ENV_VAR} must be one of {PROFILES}, got {name!r}")
 
 

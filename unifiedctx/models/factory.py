@@ -13,6 +13,8 @@ import fnmatch
 import inspect
 import json
 
+from torch import nn
+
 from .network import ContextNet, as_size
 from .presets import PRESETS, preset
 from .pretrained import apply_weights
@@ -138,8 +140,14 @@ def normalize_config(config: dict) -> dict:
     return {**config, "stages": [s.to_dict() for s in stage_specs(config["stages"])]}
 
 
-def from_config(config: dict) -> ContextNet:
-    """Rebuild a model from its ``model.config`` (fresh weights, same architecture)."""
+def from_config(config: dict) -> nn.Module:
+    """Rebuild a model from its ``model.config`` (fresh weights, same architecture): a
+    :class:`ContextNet`, or a :class:`~unifiedctx.models.segment.Segmenter` around one."""
+    from .segment import from_config as segmenter_from_config
+    from .segment import is_segmenter_config
+
+    if is_segmenter_config(config):
+        return segmenter_from_config(config)
     if not isinstance(config, dict) or "preset" not in config:
         raise ValueError("config must be a model.config dict with a 'preset' key")
     rest = {k: v for k, v in config.items() if k != "preset"}

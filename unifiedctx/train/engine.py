@@ -50,7 +50,7 @@ from .history import History, write_atomic
 from .optim import ModelEma, WarmupCosine, make_optimizer
 from .recipe import Recipe
 from .rundir import RunFolder
-from .tasks import Task, autocast_context, evaluate_classifier
+from .tasks import Classify, Task, autocast_context, evaluate_classifier
 from .tasks import create as create_task
 
 #: Settings beside the recipe that change the trained weights; recorded and compared on resume too.
@@ -225,18 +225,24 @@ def _check_model_takes_data(model: nn.Module, data, device: torch.device) -> Non
 
 # ---------------------------------------------------------------------------------- evaluation
 def evaluate(model: nn.Module, data, batch_size: int = 256, device="auto", amp="auto",
-             channels_last: bool = False) -> dict:
-    """Test-split loss (mean cross-entropy, no smoothing) and accuracy (fraction in [0, 1]).
+             channels_last: bool = False, task: str | Task | None = None) -> dict:
+    """Test-split metrics of ``model``: for classification the loss (mean cross-entropy, no
+    smoothing) and accuracy (fraction in [0, 1]); for another task, its own test metrics.
 
     Args:
-        model: maps ``(B, C, H, W)`` float images to ``(B, num_classes)`` logits.
+        model: maps ``(B, C, H, W)`` float images to ``(B, num_classes)`` logits (classification).
         data: an ImageData (test images normalised with ``data.mean``/``data.std``) or a FolderData.
         batch_size: images per forward pass.
         device, amp, channels_last: as in :func:`fit`.
+        task: ``None``/``"classify"``, or the task the model was trained for (a name or a Task):
+            its ``evaluate`` gives the metrics (``segment``: test_loss, test_miou, test_pixel_acc;
+            ``dino``: k-NN accuracy).
 
     Returns:
-        ``{"loss": float, "acc": float}``.
+        ``{"loss": float, "acc": float}`` for classification, else the task's numeric metrics.
     """
+    if task is not None and task != "classify" and not isinstance(task, Classify):
+        return _evaluate_task(model, data, batch_size, device, amp, channels_last, create_task(task))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_positive_int("batch_size", batch_size)
@@ -253,6 +259,22 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device="auto", amp="
     amp_dtype = resolve_amp(amp, dev)
     result = evaluate_classifier(model, batches.test_batches(batch_size), amp_dtype, D.DistContext(), dev)
     return {"loss": result["test_loss"], "acc": result["test_acc"]}
+
+
+def _evaluate_task(model, data, batch_size, device, amp, channels_last, task: Task) -> dict:
+    """``task.evaluate`` on the test split, one process: its numeric metrics only."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_positive_int("batch_size", batch_size)
+    check_bool("channels_last", channels_last)
+    dev = resolve_device(device)
+    model.to(dev)
+    task.setup(model, data, dev)
+    # a training batch of 1: only the test batches are used, and any training split has one
+    batches = task.batches(data, 1, dev, seed=0, augment=False, mixup=0.0, cutmix=0.0, rank=0,
+                           world_size=1, channels_last=channels_last)
+    metrics = task.evaluate(model, batches, batch_size, resolve_amp(amp, dev), D.DistContext(), dev)
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def _mixing_columns(model: nn.Module) -> dict:

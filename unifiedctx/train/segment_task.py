@@ -23,8 +23,6 @@ when the engine's ``augment`` is on too. Mixup and cutmix have no meaning here a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -250,33 +248,3 @@ def evaluate_segmenter(model: nn.Module, test_batches, num_classes: int, amp_dty
     return {"test_loss": float(loss_sum) / pixels, "test_miou": mean_iou(confusion),
             "test_pixel_acc": float(confusion.diagonal().sum()) / pixels, "confusion": confusion.cpu()}
 
-
-def train_or_load_segmenter(preset: str, data, out, recipe=None, *, task: Segment | None = None,
-                            model_options: dict | None = None, **fit_kwargs) -> tuple[nn.Module, object]:
-    """``(segmenter, history)`` for ``preset`` trained on ``data`` once, then loaded from ``out``,
-    as :func:`unifiedctx.train.train_or_load` does for classifiers: when ``out/last.pt`` holds this
-    very run (same architecture and recipe, all epochs done) nothing is trained; a cached run with
-    other settings is a ``ValueError`` listing them; otherwise the run starts or resumes exactly.
-    The model is :meth:`Segment.build_model` (``model_options`` go to it)."""
-    from .checkpoint import load_checkpoint, read_checkpoint
-    from .engine import fit, recipe_and_task, recipe_differences, run_recipe
-    from .history import History
-    from .recipe import Recipe
-
-    task = task or Segment()
-    settings = {k: v for k, v in fit_kwargs.items() if k in Recipe.keys()}
-    run = {k: v for k, v in fit_kwargs.items() if k not in settings and k != "resume"}
-    recipe, _ = recipe_and_task(recipe, task, settings)
-    model = task.build_model(preset, data, recipe.seed, **(model_options or {}))
-    last = Path(out) / "last.pt"
-    if last.exists():
-        state = read_checkpoint(last)
-        if state.get("epoch", 0) >= recipe.epochs and state.get("epochs") == recipe.epochs:
-            diff = recipe_differences(state.get("recipe", {}), run_recipe(data, recipe, task=task, **run),
-                                      "in the cached run")
-            if diff:
-                raise ValueError(f"the cached run in {out} was trained with other settings "
-                                 f"({'; '.join(diff)}): use the same settings, or another folder")
-            model, state = load_checkpoint(last, model)
-            return model, History(state["history"])
-    return model, fit(model, data, recipe, task=task, out=out, resume=True, **run)
