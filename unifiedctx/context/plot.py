@@ -25,7 +25,8 @@ def plot_context_map(data: dict, ax=None, title: str | None = None, colorbar: bo
     vmax = data["vmax"] if data["vmax"] > 0 else 1.0
     pixels = int(data["map"].size)
     uniform = None if signed or data["uniform"] > vmax else float(data["uniform"])
-    scale = Scale(DIVERGING if signed else SEQUENTIAL, -vmax if signed else 0.0, vmax, signed, uniform, pixels)
+    scale = Scale(DIVERGING if signed else SEQUENTIAL, -vmax if signed else 0.0, vmax, signed, uniform,
+                  pixels)
     ax.imshow(data["map"], cmap=scale.cmap, vmin=scale.vmin, vmax=scale.vmax, interpolation="nearest")
     qy, qx = data["query_pixel"]
     ax.plot([qx], [qy], marker="+", color="cyan", markersize=9, markeredgewidth=1.5)
