@@ -1,9 +1,12 @@
 """The explorer's data: its images, and its models' layer catalogues and affinities, cached.
 
-One forward per (model, image) records the input of every mixer (``mixer_inputs``); a
-layer's affinities (``components(x)`` of the mixer contract) are computed from its input the
-first time they are asked for and kept (LRU, at most ``cache_mb``), so a big model never holds
-every layer's N x N at once. Everything this module hands out is plain data: numpy arrays,
+Any network: one forward per (model, image) reads its layers through
+:func:`~unifiedctx.models.recording.layer_affinities` (unifiedctx mixers through their contract;
+any other network, timm's or a user's own, through ``inspect_model``). A mixer's affinities
+(``components(x)``) are computed from its recorded input the first time they are asked for and
+kept (LRU, at most ``cache_mb``), so a big unifiedctx model never holds every layer's N x N at
+once; an inspected network's views are built in that one forward (layers with more than
+``max_tokens`` tokens are left out). Everything this module hands out is plain data: numpy arrays,
 :class:`LayerInfo` records and :class:`~unifiedctx.viz.scales.Scale` objects. Reading leaves
 every model as it was (``models.recording.untouched``: modes, statistics, RNG).
 """
@@ -17,8 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.recording import mixer_components, mixer_inputs, mixer_layers, untouched
+from ..models.recording import LayerAffinity, layer_affinities, mixer_layers, untouched
 from ..viz.scales import Scale, scale_for
+
+#: Layers of a network read through ``inspect_model`` with more tokens are left out of the explorer
+#: (ConvNeXt-T's 56 x 56 stage would hold 96 x 3136 x 3136 numbers per layer); a unifiedctx model
+#: shows every mixer, as always.
+MAX_TOKENS = 1024
 
 #: The order components are offered in: the paper's mixed affinity first, then its parts.
 COMPONENT_ORDER = ("mixed", "dynamic", "static")
@@ -70,44 +78,51 @@ class ExplorerData:
 
     ``models`` is ``{name: nn.Module}`` and ``images`` a list of ``(C, H, W)`` tensors (see
     :func:`as_images`). Layer affinities are kept least recently used first out, within
-    ``cache_mb``; mixer inputs and catalogues are kept for good.
+    ``cache_mb``; the per-layer records (a mixer's input, an inspected layer's view) and catalogues
+    are kept for good. ``max_tokens`` (default :data:`MAX_TOKENS`) bounds the layers of networks
+    without unifiedctx mixers.
     """
 
-    def __init__(self, models: dict[str, nn.Module], images: list[torch.Tensor], cache_mb: float = 512):
+    def __init__(self, models: dict[str, nn.Module], images: list[torch.Tensor], cache_mb: float = 512,
+                 max_tokens: int | None = MAX_TOKENS):
         self.models = models
+        self.max_tokens = max_tokens
         self.images = images
         self._cache: OrderedDict = OrderedDict()  # (model, image, layer) -> {component: array}
         self._cache_bytes, self._cache_limit = 0, int(cache_mb * 2**20)
-        self._inputs: dict = {}  # (model, image) -> {layer: mixer input}
+        self._records: dict = {}  # (model, image) -> {layer: LayerAffinity}
         self._catalogues: dict[str, OrderedDict] = {}  # model -> layer -> LayerInfo
         self._scales: dict = {}  # (model, image, layer, component) -> Scale
 
-    def inputs(self, model_name: str, index: int) -> OrderedDict:
-        """The input of every mixer of one model for one image (cached)."""
+    def records(self, model_name: str, index: int) -> OrderedDict[str, LayerAffinity]:
+        """``{layer: LayerAffinity}`` of one model for one image, in forward order (cached): the
+        layers that have a token grid (:func:`~unifiedctx.models.recording.layer_affinities`)."""
         key = (model_name, index)
-        if key not in self._inputs:
+        if key not in self._records:
             model = self.models[model_name]
             x = self.images[index].unsqueeze(0)
             try:
                 x = x.to(next(model.parameters()))
             except StopIteration:
                 pass
+            limit = None if mixer_layers(model) else self.max_tokens  # unifiedctx's: every mixer
             with untouched(model, eval_mode=True):
-                self._inputs[key] = mixer_inputs(model, x)
-        return self._inputs[key]
+                found = layer_affinities(model, x, max_tokens=limit)
+            self._records[key] = OrderedDict((r.name, r) for r in found if r.grid is not None)
+        return self._records[key]
 
     def catalogue(self, model_name: str) -> OrderedDict:
-        """``layer -> LayerInfo`` of a model (its mixers, in forward order), from one forward of
-        image 0; the heads per component are filled in as layers are read (:meth:`info`)."""
+        """``layer -> LayerInfo`` of a model (its viewable layers, in forward order), from one forward
+        of image 0; the heads per component are filled in as layers are read (:meth:`info`)."""
         if model_name not in self._catalogues:
-            mixers = mixer_layers(self.models[model_name])
-            inputs = self.inputs(model_name, 0)
-            catalogue = OrderedDict(
-                (layer, LayerInfo(mixers[layer].kind, (int(inp.shape[-2]), int(inp.shape[-1]))))
-                for layer, inp in inputs.items())
-            if not catalogue:
-                raise ValueError(f"model {model_name!r} has no affinity mixers (AffinityMixer) to explore")
-            self._catalogues[model_name] = catalogue
+            try:
+                records = self.records(model_name, 0)
+            except ValueError as err:
+                raise ValueError(f"model {model_name!r} has no layer to explore: {err}") from None
+            if not records:
+                raise ValueError(f"model {model_name!r} has no layer on a token grid to explore")
+            self._catalogues[model_name] = OrderedDict(
+                (layer, LayerInfo(r.kind, tuple(int(g) for g in r.grid))) for layer, r in records.items())
         return self._catalogues[model_name]
 
     def info(self, model_name: str, layer: str) -> LayerInfo:
@@ -125,9 +140,9 @@ class ExplorerData:
             self._cache.move_to_end(key)
             return self._cache[key]
         model = self.models[model_name]
-        mixer = mixer_layers(model)[layer]
+        record = self.records(model_name, index)[layer]
         with untouched(model, eval_mode=True):
-            parts = mixer_components(mixer, self.inputs(model_name, index)[layer])
+            parts = record.components
         ordered = sorted(parts, key=lambda c: COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else 99)
         data = OrderedDict((c, parts[c][0].detach().float().cpu().numpy()) for c in ordered)
         self._cache[key] = data
