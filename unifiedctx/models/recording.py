@@ -129,6 +129,7 @@ class LayerAffinity:
         source: ``"mixer"`` or ``"inspect"``.
         mixing_weights: the mixer's knobs as plain numbers (:func:`mixing_weights`), else ``None``.
         notes: what the view says about itself (inspected layers; see ``AffinityView.notes``).
+        pixel_stride: input pixels per grid step ``(sy, sx)`` (image size / the layer's grid), when known.
         affinity: ``(B|1, M, N, N)`` on the token grid (inspected layers: prefix tokens and extra
             keys dropped, ``view.grid_affinity()``; Swin: ``B * nW`` windows in the batch axis).
         components: ``{kind: A}``, or ``{"dynamic", "static", "mixed"}`` for mixed layers, each
@@ -142,6 +143,7 @@ class LayerAffinity:
     source: str
     mixing_weights: dict | None
     notes: dict
+    pixel_stride: tuple[float, float] | None
     read_affinity: Callable[[], torch.Tensor] = field(repr=False)
     read_components: Callable[[], dict] = field(repr=False)
 
@@ -186,7 +188,9 @@ def _mixer_records(model, x, select, max_tokens) -> tuple[list[LayerAffinity], d
             continue
         weights = mixer.mixing_weights()
         weights = None if weights is None else {k: _plain(v) for k, v in weights.items()}
+        stride = (x.shape[-2] / grid[0], x.shape[-1] / grid[1])
         records.append(LayerAffinity(name, mixer.kind, grid, type(mixer).__name__, "mixer", weights, {},
+                                     stride,
                                      partial(_mixer_affinity, mixer, inp),
                                      partial(mixer_components, mixer, inp)))
     return records, skipped
@@ -209,7 +213,7 @@ def _inspected_records(model, x, layers, max_tokens, prefix_tokens) -> tuple[lis
     with untouched(model):
         result = inspect_model(model, x, layers=layers, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
     records = [LayerAffinity(name, view.kind, view.grid, view.module_type, "inspect", None, dict(view.notes),
-                             view.grid_affinity, partial(_view_components, view))
+                             view.pixel_stride, view.grid_affinity, partial(_view_components, view))
                for name, view in result.items()]
     return records, result.skipped
 
