@@ -125,6 +125,9 @@ def test_components_and_records_of_a_foreign_network(plain, x):
         ("dw", "static", GRID, "inspect", None), ("pool", "static", GRID, "inspect", None),
         ("block.attn", "dynamic", GRID, "inspect", None)]
     assert all(r.pixel_stride == (4.0, 4.0) for r in records)
+    assert [r.head_unit for r in records] == ["channel", "head", "head"]
+    assert records[0].description.startswith("static local") and "AvgPool2d" in records[1].description
+    assert records[2].description.startswith("dynamic") and "MultiheadAttention" in records[2].description
     # softmax rows over all 17 keys sum to 1; the token block alone sums to less (the class token's share)
     sums = recorded["block.attn"].sum(-1)
     assert (sums < 1).all() and (sums > 0).all()
@@ -147,6 +150,8 @@ def test_unifiedctx_models_are_read_as_before(name):
             assert all(torch.equal(comps[layer][k], want[k]) for k in want), layer
     records = layer_affinities(model, x)
     assert all(r.source == "mixer" and r.kind == layers[r.name].kind for r in records)
+    assert all((r.description, r.head_unit) == (layers[r.name].describe(), layers[r.name].head_unit)
+               for r in records)
     # read through inspect_model instead: the mixers' affinities are the same tensors' values
     inspected = record_affinities(model, x, source="inspect")
     assert set(recorded) <= set(inspected)
@@ -273,6 +278,8 @@ def test_a_timm_vit_in_the_recording_and_the_explorer():
     for name, a in recorded.items():
         assert views[name].prefix_tokens == 2 and a.shape == (1, 3, 16, 16)
         assert torch.equal(a, views[name].grid_affinity())
+    records = layer_affinities(vit, images)
+    assert all(r.head_unit == "head" and "timm Attention" in r.description for r in records)
     explorer = AffinityExplorer({"deit": vit}, images)
     assert explorer.layers == list(recorded)
     explorer.show(layer="blocks.1.attn", head=0, query=(1, 2))

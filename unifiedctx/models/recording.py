@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..mixers import AffinityMixer
+from ..mixers.base import DESCRIPTIONS
 
 
 def _check_model(model) -> None:
@@ -130,6 +131,9 @@ class LayerAffinity:
         mixing_weights: the mixer's knobs as plain numbers (:func:`mixing_weights`), else ``None``.
         notes: what the view says about itself (inspected layers; see ``AffinityView.notes``).
         pixel_stride: input pixels per grid step ``(sy, sx)`` (image size / the layer's grid), when known.
+        description: the affinity in words (a mixer's ``describe()``; for inspected layers
+            :func:`describe_view`), e.g. ``"input-gated: ..."`` for a token MLP.
+        head_unit: what one of the M affinities is: ``"head"`` or ``"channel"`` (or ``"shift"``).
         affinity: ``(B|1, M, N, N)`` on the token grid (inspected layers: prefix tokens and extra
             keys dropped, ``view.grid_affinity()``; Swin: ``B * nW`` windows in the batch axis).
         components: ``{kind: A}``, or ``{"dynamic", "static", "mixed"}`` for mixed layers, each
@@ -144,6 +148,8 @@ class LayerAffinity:
     mixing_weights: dict | None
     notes: dict
     pixel_stride: tuple[float, float] | None
+    description: str
+    head_unit: str
     read_affinity: Callable[[], torch.Tensor] = field(repr=False)
     read_components: Callable[[], dict] = field(repr=False)
 
@@ -190,7 +196,7 @@ def _mixer_records(model, x, select, max_tokens) -> tuple[list[LayerAffinity], d
         weights = None if weights is None else {k: _plain(v) for k, v in weights.items()}
         stride = (x.shape[-2] / grid[0], x.shape[-1] / grid[1])
         records.append(LayerAffinity(name, mixer.kind, grid, type(mixer).__name__, "mixer", weights, {},
-                                     stride,
+                                     stride, mixer.describe(), mixer.head_unit,
                                      partial(_mixer_affinity, mixer, inp),
                                      partial(mixer_components, mixer, inp)))
     return records, skipped
@@ -207,13 +213,34 @@ def _view_components(view) -> dict[str, torch.Tensor]:
     return {view.kind: view.grid_affinity()}
 
 
+#: Words for the views whose kind alone says too little: ``module_type -> (description, head unit)``.
+VIEW_WORDS = {
+    "Conv2d (depthwise)": ("static local: one kernel per channel, slid along", "channel"),
+    "Conv2d (full, im2col)": ("static local: one shift matrix per kernel offset; the kernel mixes channels",
+                              "shift"),
+    "timm MixerBlock": ("input-gated: the token MLP's weights gated by its own activation, per channel",
+                        "channel"),
+}
+
+
+def describe_view(view) -> tuple[str, str]:
+    """``(description, head unit)`` of an inspected layer's :class:`~unifiedctx.inspection.AffinityView`:
+    :data:`VIEW_WORDS` for the types that need more words than their kind, else the kind's default
+    words (``mixers.base.DESCRIPTIONS``) with the layer's type, and ``"head"``."""
+    if view.module_type in VIEW_WORDS:
+        return VIEW_WORDS[view.module_type]
+    words = DESCRIPTIONS.get(view.kind, view.kind)
+    return (f"{words} ({view.module_type})" if view.module_type else words), "head"
+
+
 def _inspected_records(model, x, layers, max_tokens, prefix_tokens) -> tuple[list[LayerAffinity], dict]:
     from ..inspection import inspect_model
 
     with untouched(model):
         result = inspect_model(model, x, layers=layers, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
     records = [LayerAffinity(name, view.kind, view.grid, view.module_type, "inspect", None, dict(view.notes),
-                             view.pixel_stride, view.grid_affinity, partial(_view_components, view))
+                             view.pixel_stride, *describe_view(view), view.grid_affinity,
+                             partial(_view_components, view))
                for name, view in result.items()]
     return records, result.skipped
 
