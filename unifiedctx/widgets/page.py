@@ -27,7 +27,7 @@ body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
 .ucx-pictures { display: flex; gap: 12px; align-items: flex-start; }
 #ucx-image { cursor: crosshair; image-rendering: pixelated; }
 .ucx-tiles { display: grid; gap: 4px; }
-.ucx-tile { display: flex; flex-direction: column; font-size: 11px; }
+.ucx-tile, .ucx-depth-panel { display: flex; flex-direction: column; font-size: 11px; }
 .ucx-bar { display: flex; gap: 4px; font-size: 11px; }
 .ucx-bar-labels { position: relative; width: 90px; }
 .ucx-bar-labels span { position: absolute; left: 0; transform: translateY(-50%); white-space: nowrap; }
@@ -52,7 +52,7 @@ body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
   <div class="ucx-tiles" id="ucx-tiles"></div>
   <div class="ucx-bar"><canvas id="ucx-bar" width="14"></canvas>
     <div class="ucx-bar-labels" id="ucx-bar-labels"></div></div>
-  <div class="ucx-tile" id="ucx-depth-panel"><span id="ucx-depth-title"></span>
+  <div class="ucx-depth-panel" id="ucx-depth-panel"><span id="ucx-depth-title"></span>
     <canvas id="ucx-depth-map" class="ucx-depth"></canvas></div>
   <div class="ucx-bar" id="ucx-depth-barbox"><canvas id="ucx-depth-bar" width="14"></canvas>
     <div class="ucx-bar-labels" id="ucx-depth-bar-labels"></div></div>
