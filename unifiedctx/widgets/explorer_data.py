@@ -9,6 +9,11 @@ once; an inspected network's views are built in that one forward (layers with mo
 ``max_tokens`` tokens are left out). Everything this module hands out is plain data: numpy arrays,
 :class:`LayerInfo` records and :class:`~unifiedctx.viz.scales.Scale` objects. Reading leaves
 every model as it was (``models.recording.untouched``: modes, statistics, RNG).
+
+Through depth (:meth:`ExplorerData.depth`): one query's rollout up to a layer, or its effective
+receptive field, as the plain dict of :func:`unifiedctx.context.rollout_maps` /
+:func:`~unifiedctx.context.erf_maps` (``map`` ``(H_in, W_in)`` on the input pixels, summing to
+1), computed when first asked for and cached per (model, image, layer, query, mode).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..context import erf_maps, rollout, rollout_maps
 from ..models.recording import LayerAffinity, layer_affinities, mixer_layers, untouched
 from ..viz.scales import Scale, scale_for
 
@@ -30,6 +36,8 @@ MAX_TOKENS = 1024
 
 #: The order components are offered in: the paper's mixed affinity first, then its parts.
 COMPONENT_ORDER = ("mixed", "dynamic", "static")
+#: The through-depth views: none, the rollout up to the layer, the effective receptive field.
+DEPTH_MODES = ("off", "rollout", "ERF")
 
 
 def as_images(images) -> list[torch.Tensor]:
@@ -57,12 +65,16 @@ def as_images(images) -> list[torch.Tensor]:
 
 @dataclass
 class LayerInfo:
-    """What the explorer shows of one layer: its mixer's ``kind``, its token ``grid`` and, once
-    its affinities have been computed, ``heads`` per component (in :data:`COMPONENT_ORDER`)."""
+    """What the explorer shows of one layer: its mixer's ``kind``, its token ``grid``, once its
+    affinities have been computed ``heads`` per component (in :data:`COMPONENT_ORDER`), and the
+    mixer's own words for its affinity (``description``, from ``describe()``) and for one of its
+    M affinities (``head_unit``: ``"head"`` or ``"channel"``)."""
 
     kind: str
     grid: tuple[int, int]
     heads: dict[str, int] = field(default_factory=dict)
+    description: str = ""
+    head_unit: str = "head"
 
     @property
     def components(self) -> list[str]:
@@ -93,6 +105,16 @@ class ExplorerData:
         self._records: dict = {}  # (model, image) -> {layer: LayerAffinity}
         self._catalogues: dict[str, OrderedDict] = {}  # model -> layer -> LayerInfo
         self._scales: dict = {}  # (model, image, layer, component) -> Scale
+        self._depth: OrderedDict = OrderedDict()  # (model, image, layer, query, mode) -> dict
+        self._depth_bytes, self._depth_limit = 0, max(1, self._cache_limit // 4)
+
+    def image_batch(self, model_name: str, index: int) -> torch.Tensor:
+        """Image ``index`` as a batch of one ``(1, C, H, W)``, on the model's device and dtype."""
+        x = self.images[index].unsqueeze(0)
+        try:
+            return x.to(next(self.models[model_name].parameters()))
+        except StopIteration:
+            return x
 
     def records(self, model_name: str, index: int) -> OrderedDict[str, LayerAffinity]:
         """``{layer: LayerAffinity}`` of one model for one image, in forward order (cached): the
@@ -100,14 +122,9 @@ class ExplorerData:
         key = (model_name, index)
         if key not in self._records:
             model = self.models[model_name]
-            x = self.images[index].unsqueeze(0)
-            try:
-                x = x.to(next(model.parameters()))
-            except StopIteration:
-                pass
             limit = None if mixer_layers(model) else self.max_tokens  # unifiedctx's: every mixer
             with untouched(model, eval_mode=True):
-                found = layer_affinities(model, x, max_tokens=limit)
+                found = layer_affinities(model, self.image_batch(model_name, index), max_tokens=limit)
             self._records[key] = OrderedDict((r.name, r) for r in found if r.grid is not None)
         return self._records[key]
 
@@ -122,7 +139,9 @@ class ExplorerData:
             if not records:
                 raise ValueError(f"model {model_name!r} has no layer on a token grid to explore")
             self._catalogues[model_name] = OrderedDict(
-                (layer, LayerInfo(r.kind, tuple(int(g) for g in r.grid))) for layer, r in records.items())
+                (layer, LayerInfo(r.kind, tuple(int(g) for g in r.grid), description=r.description,
+                                  head_unit=r.head_unit))
+                for layer, r in records.items())
         return self._catalogues[model_name]
 
     def info(self, model_name: str, layer: str) -> LayerInfo:
@@ -162,6 +181,55 @@ class ExplorerData:
         if key not in self._scales:
             self._scales[key] = scale_for(self.affinity(model_name, index, layer, component))
         return self._scales[key]
+
+    def depth(self, model_name: str, index: int, layer: str, query, mode: str) -> dict:
+        """Token ``query`` of ``layer`` through depth, as plain data (cached, LRU).
+
+        ``mode="rollout"``: :func:`~unifiedctx.context.rollout_maps` up to ``layer`` (every
+        affinity before it composed, residuals as ``A + I``); ``mode="ERF"``:
+        :func:`~unifiedctx.context.erf_maps` of the layer's output (``|d y_query / d x|``, one
+        backward). Either way ``map`` is ``(H_in, W_in)`` float64 on the input pixels, summing to 1.
+        """
+        if mode not in DEPTH_MODES[1:]:
+            raise ValueError(f"mode must be one of {DEPTH_MODES[1:]}, got {mode!r}")
+        query = (int(query[0]), int(query[1]))
+        key = (model_name, index, layer, query, mode)
+        if key in self._depth:
+            self._depth.move_to_end(key)
+            return self._depth[key]
+        model, x = self.models[model_name], self.image_batch(model_name, index)
+        with untouched(model, eval_mode=True):
+            if mode == "rollout":
+                data = rollout_maps(model, x, layer, query=query)
+            else:
+                data = erf_maps(model, x, layer, query=query)
+        self._depth[key] = data
+        self._depth_bytes += data["map"].nbytes
+        while self._depth_bytes > self._depth_limit and len(self._depth) > 1:
+            _, dropped = self._depth.popitem(last=False)
+            self._depth_bytes -= dropped["map"].nbytes
+        return data
+
+    def depth_rows(self, model_name: str, index: int, layer: str, mode: str) -> np.ndarray:
+        """Every query's through-depth map of ``layer``: ``(N, H_in, W_in)`` float64, row
+        ``q = row * w + col``. The rollout is one :func:`~unifiedctx.context.rollout` (all
+        tokens at once: the rows of ``rollout_maps``); the ERF is one backward per query."""
+        h, w = self.info(model_name, layer).grid
+        if mode == "rollout":
+            model = self.models[model_name]
+            with untouched(model, eval_mode=True):
+                r = rollout(model, self.image_batch(model_name, index), layer)
+            return r.maps[0].detach().double().cpu().numpy().reshape(h * w, *r.input_grid)
+        return np.stack([self.depth(model_name, index, layer, divmod(q, w), mode)["map"]
+                         for q in range(h * w)])
+
+
+def depth_scale(data: dict) -> Scale:
+    """The colour scale of one through-depth map (the library's one rule,
+    :func:`~unifiedctx.viz.scales.scale_for`): ``0`` to its peak, with the uniform level
+    ``1 / (H_in W_in)`` marked (the map is a distribution over the input pixels)."""
+    m = np.asarray(data["map"], dtype=np.float64)
+    return scale_for(m, rows=m.reshape(1, -1))
 
 
 def default_layer(catalogue: OrderedDict) -> str:
