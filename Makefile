@@ -42,7 +42,7 @@ timm-env: $(TIMM_STAMP)
 # UNIFIEDCTX_REQUIRE_TIMM=1 turns "timm is missing" from a skip into a failure, here and in notebook 07
 timm-test: $(TIMM_STAMP)
 	UNIFIEDCTX_REQUIRE_TIMM=1 $(TIMM_BIN)/pytest -q $(TIMM_TESTS)
-	UNIFIEDCTX_REQUIRE_TIMM=1 $(TIMM_BIN)/pytest -q -m timm tests/test_context.py
+	UNIFIEDCTX_REQUIRE_TIMM=1 $(TIMM_BIN)/pytest -q -m timm tests/test_context.py tests/test_recording_any_model.py
 	UNIFIEDCTX_REQUIRE_TIMM=1 UNIFIEDCTX_PROFILE=quick $(TIMM_BIN)/pytest -q --nbval-lax \
 		--nbval-kernel-name unifiedctx-timm notebooks/07_trained_networks.ipynb
 

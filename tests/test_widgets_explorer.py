@@ -20,7 +20,7 @@ from unifiedctx.viz.scales import scale_for
 from unifiedctx.widgets import AffinityExplorer, ExplorerTypeError, ExplorerValueError, rendering
 
 QUERY = re.compile(r"\((\d+), (\d+)\) on a (\d+)x(\d+) grid")
-HEAD = re.compile(r"^(all heads|head \d+)")
+HEAD = re.compile(r"^(all heads|all channels|head \d+|channel \d+)")
 MIXED_LAYER = "stages.3.blocks.0.mixer"  # container_light_nano: the only mixed (Container) stage
 FIRST_LAYER = "stages.0.blocks.0.mixer"  # a depthwise conv on a 16x16 grid
 
@@ -52,7 +52,8 @@ def shared_explorer(model, images):
 @pytest.fixture
 def explorer(shared_explorer):
     """One explorer for the module (its affinities are cached), put back in the same state."""
-    return shared_explorer.show(image_index=0, layer=MIXED_LAYER, component="mixed", head=-1, query=(1, 1))
+    return shared_explorer.show(image_index=0, layer=MIXED_LAYER, component="mixed", head=-1, query=(1, 1),
+                                depth="off")
 
 
 def expected_rows(model, image, layer, component, query, grid):
@@ -192,8 +193,9 @@ def test_sliders_and_query_stay_in_sync(explorer):
     controls["layer"].value = FIRST_LAYER
     assert explorer.layer == FIRST_LAYER and controls["row"].max == 15 and controls["col"].max == 15
     controls["head"].value = 3
-    assert explorer.head == 3 and explorer.status["head"] == "head 3 of 8"
-    assert "head: head 3 of 8" in explorer.label_text
+    # a depthwise conv: one affinity per channel, and the status says so
+    assert explorer.head == 3 and explorer.status["head"] == "channel 3 of 8"
+    assert "head: channel 3 of 8" in explorer.label_text
 
 
 @pytest.mark.parametrize(("trait", "value", "error", "words"), [
@@ -308,8 +310,9 @@ def test_heads_share_one_stated_scale(images):
 
 def test_status_is_laid_out_as_fields(explorer):
     fields = explorer.status
-    assert list(fields) == ["image", "layer", "head", "component", "query", "kind", "scale"]
+    assert list(fields) == ["image", "layer", "head", "component", "query", "kind", "affinity", "scale"]
     assert fields["kind"] == "mixed" and fields["component"] == "mixed"
+    assert fields["affinity"] == "mixed: alpha*attention + beta*conv"  # the mixer's describe()
     html = explorer.controls["label"].value
     assert html.count('class="ucx-field-name"') == len(fields)
     assert 'class="ucx-field ucx-field-query"' in html
@@ -349,7 +352,8 @@ def test_one_owner_of_the_state(explorer):
 
     explorer.show(head=1, query=(2, 3))
     assert explorer.state.as_dict() == {"model_name": explorer.model_name, "image_index": 0, "head": 1,
-                                        "layer": MIXED_LAYER, "component": "mixed", "query": (2, 3)}
+                                        "layer": MIXED_LAYER, "component": "mixed", "query": (2, 3),
+                                        "depth": "off"}
     assert explorer.state.view_mode == "one head"
     frames = []
     original = explorer.view.show

@@ -46,6 +46,10 @@ class Attention(AffinityMixer):
 
     kind = "dynamic"
 
+    def describe(self) -> str:
+        return "dynamic: softmax(QK^T/sqrt d)"
+
+
     def __init__(self, dim: int, heads: int = 8, qkv_bias: bool = True):
         super().__init__(dim)
         self.heads = check_heads(dim, heads)
@@ -115,6 +119,9 @@ class RelPosAttention(Attention):
         r = self.max_distance
         dy, dx = token_offsets(grid, self.rel_bias.device)
         return self.rel_bias[:, dy.clamp(-r, r) + r, dx.clamp(-r, r) + r]
+
+    def describe(self) -> str:
+        return "dynamic: softmax(QK^T/sqrt d + relative position bias)"
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_distance={self.max_distance}"

@@ -19,6 +19,8 @@ writes none of them)::
     components(x)      {"static"|"dynamic"|"mixed": (B|1, M_view, N, N)}   the parts of A
     mixing_weights()   {"alpha": w, "beta": w} or {"gate": g} or None      the mixing knob
     static_kernels()   (M_s, kh, kw) or None                               a learned static kernel
+    describe()         "input-gated: a static matrix gated by the input..."  its affinity in words
+    head_unit          "head" | "channel"                                  what one of its M affinities is
     reset_parameters()                                                     its own weight init
     example_options(grid)  [{"dim": ..., **options}, ...]                  tiny instances (tests)
 
@@ -37,6 +39,10 @@ from torch import nn
 from ..validation import check_float_image, check_int_or_pair, check_positive_int
 
 KINDS = ("static", "dynamic", "mixed")
+#: The default :meth:`AffinityMixer.describe` of each kind.
+DESCRIPTIONS = {"static": "static: a fixed matrix, the same for every input",
+                "dynamic": "dynamic: computed from the input",
+                "mixed": "mixed: a static and a dynamic part"}
 
 __all__ = ["KINDS", "AffinityMixer", "check_grid", "check_heads", "check_positive_int", "image",
            "merge_heads", "split_heads", "tokens"]
@@ -66,6 +72,9 @@ class AffinityMixer(nn.Module, ABC):
     """
 
     kind: str = "static"
+    #: What one of the M affinities is, in the words tiles and status fields use ("head 3",
+    #: "channel 3"): attention heads by default; a mixer with one affinity per channel says "channel".
+    head_unit: str = "head"
 
     def __init__(self, dim: int):
         super().__init__()
@@ -141,6 +150,15 @@ class AffinityMixer(nn.Module, ABC):
         M_view groups of consecutive heads and ``mixed`` is the mean of ``affinity(x)`` over each.
         """
         return {self.kind: self.affinity(x)}
+
+    def describe(self) -> str:
+        """The affinity in a few words, for people (status fields, tile titles, notebooks).
+
+        Default, from ``kind``: ``"static: a fixed matrix, the same for every input"``,
+        ``"dynamic: computed from the input"`` or ``"mixed: a static and a dynamic part"``. A mixer
+        says more about itself, e.g. ``"dynamic: softmax(QK^T/sqrt d)"``.
+        """
+        return DESCRIPTIONS.get(self.kind, self.kind)
 
     def mixing_weights(self) -> dict[str, torch.Tensor] | None:
         """The learned knob between the dynamic and the static part, or ``None`` (the default).

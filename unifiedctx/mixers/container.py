@@ -40,6 +40,10 @@ class Container(AffinityMixer):
 
     kind = "mixed"
 
+    def describe(self) -> str:
+        return "mixed: alpha*attention + beta*conv"
+
+
     def __init__(self, dim: int, heads: int = 8, kernel_size: int = 5, qkv_bias: bool = True,
                  mixing: str = "sigmoid"):
         super().__init__(dim)

@@ -30,6 +30,11 @@ class DepthwiseConv(AffinityMixer):
     """
 
     kind = "static"
+    head_unit = "channel"  # its M affinities are one per channel
+
+    def describe(self) -> str:
+        return f"static local: one {self.kernel_size}x{self.kernel_size} kernel per channel, slid along"
+
 
     def __init__(self, dim: int, kernel_size: int = 3, proj: bool = False, bias: bool = True):
         super().__init__(dim)
@@ -84,6 +89,10 @@ class FullConv(AffinityMixer):
 
     kind = "static"
 
+    def describe(self) -> str:
+        return f"static local: {self.kernel_size}x{self.kernel_size} shift matrices, kernel mixes channels"
+
+
     def __init__(self, dim: int, kernel_size: int = 3, bias: bool = True):
         super().__init__(dim)
         self.kernel_size = check_positive_int("kernel_size", kernel_size, odd=True)
@@ -133,6 +142,10 @@ class AvgPool(AffinityMixer):
     """
 
     kind = "static"
+
+    def describe(self) -> str:
+        return f"static local: uniform over the {self.kernel_size}x{self.kernel_size} window (not learned)"
+
 
     def __init__(self, dim: int, kernel_size: int = 3, subtract_input: bool = False):
         super().__init__(dim)

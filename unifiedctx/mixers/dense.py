@@ -98,5 +98,14 @@ class TokenMixing(AffinityMixer):
             y = rearrange(z, "b c n 1 -> b c n")
         return rearrange(y + bias, "b c (h w) -> b c h w", h=grid[0])
 
+    @property
+    def head_unit(self) -> str:
+        return "head" if self.hidden is None else "channel"
+
+    def describe(self) -> str:
+        if self.hidden is None:
+            return "static dense matrix: one learned N x N, shared by all channels"
+        return "input-gated: a static matrix gated by the input, one per channel (W2 diag(Phi(W1 x_c)) W1)"
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, grid={self.grid}, hidden={self.hidden}"

@@ -33,6 +33,10 @@ class GatedPositionalAttention(Attention):
 
     kind = "mixed"
 
+    def describe(self) -> str:
+        return "mixed: (1-g)*softmax(QK^T/sqrt d) + g*softmax(positions), g per head"
+
+
     def __init__(self, dim: int, heads: int = 4, locality_strength: float = 1.0,
                  qkv_bias: bool = True):
         super().__init__(dim, heads, qkv_bias)

@@ -78,5 +78,8 @@ class WindowAttention(Attention):
         z = rearrange(z, "(b nh nw) m (wh ww) d -> b m (nh wh) (nw ww) d", nh=nh, nw=nw, wh=wh)
         return rearrange(z[:, :, :h, :w], "b m h w d -> b m (h w) d")
 
+    def describe(self) -> str:
+        return f"dynamic: softmax(QK^T/sqrt d) inside {self.window_size}x{self.window_size} windows"
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window_size={self.window_size}"

@@ -36,13 +36,20 @@ from .affinity import (
     upsample_maps,
 )
 from .curves import learning_curves, metric_label, plot_mixing_history, plot_mixing_weights, row_mixing
-from .distance import affinity_distance, layer_distances, plot_affinity_distance, token_distances
+from .distance import (
+    affinity_distance,
+    layer_distances,
+    model_distances,
+    plot_affinity_distance,
+    token_distances,
+)
 from .kernels import kernel_limits, plot_static_kernels, static_kernels
 from .scales import DIVERGING, SEQUENTIAL, Scale, add_colorbar, maps_scale, scale_for
 
 __all__ = [
     "DIVERGING", "SEQUENTIAL", "add_colorbar", "affinity_distance", "comparison_affinities",
     "comparison_figure", "comparison_mixers", "grid_features", "kernel_limits", "layer_distances",
+    "model_distances",
     "learning_curves", "maps_scale", "metric_label", "plot_affinity_distance", "plot_affinity_matrix",
     "plot_mixing_history", "plot_mixing_weights", "plot_query_maps", "plot_static_kernels",
     "query_maps", "row_mixing", "Scale", "scale_for", "static_kernels", "token_distances",

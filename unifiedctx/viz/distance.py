@@ -99,19 +99,53 @@ def layer_distances(affinities: Mapping, image_size, grids: Mapping | None = Non
     return out
 
 
-def plot_affinity_distance(distances: Mapping, image_size=None, grids: Mapping | None = None, ax=None,
-                           title: str | None = None):
+def model_distances(model, x: torch.Tensor, max_tokens: int | None = None, layers=None,
+                    most_heads: int | None = None) -> OrderedDict:
+    """Mean affinity distance of every head of every viewable layer of any model: ``{name: (M,)}`` px.
+
+    The layers are read by :func:`unifiedctx.models.recording.layer_affinities` (unifiedctx mixers,
+    or ``inspect_model`` for any other network: timm's, a user's own), each on its own token grid
+    with its own stride in input pixels, ``D[m]`` as in :func:`affinity_distance`. ``most_heads``
+    measures every k-th head only (``k = M // most_heads``), for the per-channel affinities of
+    convolutions and token MLPs (hundreds of "heads"). The model is left as it was.
+    """
+    from ..models.recording import layer_affinities
+
+    if most_heads is not None and (isinstance(most_heads, bool) or not isinstance(most_heads, int)
+                                   or most_heads < 1):
+        raise ValueError(f"most_heads must be a positive int or None, got {most_heads!r}")
+    out = OrderedDict()
+    for record in layer_affinities(model, x, layers=layers, max_tokens=max_tokens):
+        if record.grid is None:
+            continue
+        a = record.affinity
+        if most_heads is not None:
+            a = a[:, :: max(1, a.shape[1] // most_heads)]
+        out[record.name] = affinity_distance(a, record.grid, record.pixel_stride or 1.0)
+    return out
+
+
+def plot_affinity_distance(distances, image_size=None, grids: Mapping | None = None, ax=None,
+                           title: str | None = None, x: torch.Tensor | None = None):
     """Scatter of every head's mean affinity distance per layer, the layer mean as a line.
 
     ``distances`` maps layer name -> ``(M,)`` distances (see :func:`layer_distances`), or
     layer name -> ``(B|1, M, N, N)`` affinities, in which case ``image_size`` is required and
-    the distances are computed here. x: layer (in order), y: distance in input pixels.
+    the distances are computed here, or any model (an ``nn.Module``) with its input ``x=``
+    (:func:`model_distances`). x axis: layer (in order), y: distance in input pixels.
 
     Returns:
         the ``Figure``; ``ax.collections[0]`` holds the head points, ``ax.lines[0]`` the means.
     """
+    if isinstance(distances, torch.nn.Module):
+        if x is None:
+            raise ValueError("x (the model's input, (B, C, H, W)) is needed to plot a model's distances")
+        distances = model_distances(distances, x)
+    elif x is not None:
+        raise ValueError("x is only used with a model as distances")
     if not isinstance(distances, Mapping) or not distances:
-        raise ValueError("distances must be a non-empty mapping {layer name: distances or affinity}")
+        raise ValueError("distances must be a non-empty mapping {layer name: distances or affinity} "
+                         "or a model with x=")
     if any(torch.as_tensor(v).dim() > 1 for v in distances.values()):
         if image_size is None:
             raise ValueError("image_size is needed to turn affinities into pixel distances")

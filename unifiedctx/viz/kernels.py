@@ -31,8 +31,9 @@ def static_kernels(model: nn.Module, all_depthwise: bool = False) -> OrderedDict
     Every token mixer is asked through the contract (``mixer.static_kernels()``: dwconv's
     kernel, the conv half of Container's mixed affinity; ``None`` for mixers without a learned
     static kernel). ``all_depthwise=True`` adds every other depthwise ``nn.Conv2d`` outside the
-    mixers with a kernel larger than 1 (positional convs). A bare ``nn.Conv2d`` or mixer is
-    accepted as a model of one layer.
+    mixers with a kernel larger than 1 (positional convs). A network without unifiedctx mixers
+    (timm's ConvNeXt, a user's own) is read the same way: its depthwise ``nn.Conv2d`` kernels are
+    its static kernels. A bare ``nn.Conv2d`` or mixer is accepted as a model of one layer.
     """
     from ..models.recording import mixer_layers
 
@@ -42,7 +43,7 @@ def static_kernels(model: nn.Module, all_depthwise: bool = False) -> OrderedDict
         kernel = mixer.static_kernels()
         if kernel is not None:
             out[name or type(mixer).__name__] = kernel.detach().to("cpu", torch.float64)
-    if all_depthwise:
+    if all_depthwise or not mixers:
         inside = {id(m) for mixer in mixers.values() for m in mixer.modules()}
         for name, mod in model.named_modules():
             if id(mod) not in inside and _is_depthwise(mod):

@@ -9,17 +9,24 @@ image. The explorer shows it::
     explorer = AffinityExplorer(model, images)            # or {"container": m1, "deit": m2}
     explorer                                               # in JupyterLab: click on the image
     explorer.query = (2, 5); explorer.layer = "stages.1.blocks.0.mixer"; explorer.head = 0
+    explorer.depth = "rollout"                             # beside it: the context through depth
     explorer.to_html("explorer.html")                      # the same, as one static page
 
 Three parts, each with one job: :class:`~.explorer_state.ExplorerState` owns what is shown
-(model, image, layer, head or all heads, component, query) and its rules;
+(model, image, layer, head or all heads, component, query, depth view) and its rules;
 :class:`~.explorer_data.ExplorerData` computes and caches the affinities (one forward per model
 and image, a layer's ``components(x)`` when first shown); :class:`~.explorer_view.ExplorerView`
 draws the plain data it is given. This class wires them together and keeps the public API.
 
 All heads of a layer share one colour scale (no per-head rescaling), stated by a colorbar
 that marks the uniform level 1/N of softmax maps; the status lists layer, head, component,
-query, kind and scale as fields.
+query, kind, the mixer's own words for its affinity (``describe()``) and scale as fields.
+
+**Through depth** (``depth="rollout"`` or ``"ERF"``): beside the layer's own maps, the same
+query's context on the input pixels, with every layer up to this one taken into account: the
+rollout (:func:`unifiedctx.context.rollout_maps`, the affinities composed with their residuals)
+or the effective receptive field (:func:`~unifiedctx.context.erf_maps`, ``|d y / d x|``). It
+has its own colorbar (0 to the map's peak, the uniform level ``1 / (H_in W_in)`` marked).
 
 Bad values are clear errors: a ``ValueError`` (also a ``traitlets.TraitError``) naming the
 field, e.g. ``explorer.query = (99, 99)`` or ``explorer.layer = "nope"``.
@@ -35,11 +42,11 @@ import numpy as np
 from torch import nn
 
 from . import rendering
-from .explorer_data import COMPONENT_ORDER, ExplorerData, as_images
+from .explorer_data import COMPONENT_ORDER, DEPTH_MODES, ExplorerData, as_images, depth_scale
 from .explorer_state import FIELDS, ExplorerState, ExplorerTypeError, ExplorerValueError
 from .explorer_view import ExplorerView, Frame
 
-__all__ = ["COMPONENT_ORDER", "AffinityExplorer", "ExplorerTypeError", "ExplorerValueError"]
+__all__ = ["COMPONENT_ORDER", "DEPTH_MODES", "AffinityExplorer", "ExplorerTypeError", "ExplorerValueError"]
 
 
 def _state_property(name: str, doc: str):
@@ -63,10 +70,10 @@ class AffinityExplorer(widgets.VBox):
     images:
         A tensor ``(B, C, H, W)`` (or ``(C, H, W)``) or a list of ``(C, H, W)`` tensors, in the
         form the model takes them (normalised is fine: they are stretched for display).
-    layer, head, component, query, image_index, model_name:
+    layer, head, component, query, image_index, model_name, depth:
         Initial state. By default: the first model, the first image, the first layer that has
         a mixed affinity (else the first layer), all heads, the mixed component where there is
-        one, and the centre of the grid.
+        one, the centre of the grid, and no through-depth map (``depth="off"``).
     panel:
         Size in pixels of the longer side of each picture.
     cmap:
@@ -80,7 +87,8 @@ class AffinityExplorer(widgets.VBox):
     Fields (read and set as attributes): ``model_name`` (str), ``image_index`` (int),
     ``layer`` (a name from ``explorer.layers``), ``head`` (int, ``-1`` = all heads as a grid),
     ``component`` (``"mixed"``, ``"dynamic"`` or ``"static"``: the ones the layer has) and
-    ``query`` (``(row, col)`` on the layer's grid). Changing the layer or the model keeps the
+    ``query`` (``(row, col)`` on the layer's grid) and ``depth`` (``"off"``, ``"rollout"`` or
+    ``"ERF"``: the through-depth map beside the layer's own). Changing the layer or the model keeps the
     query on the same place of the image (rescaled to the new grid) and falls back to all heads
     or another component when the old one does not exist there.
     """
@@ -91,11 +99,12 @@ class AffinityExplorer(widgets.VBox):
     head = _state_property("head", "The head shown, or -1 for all heads as a grid.")
     component = _state_property("component", "The component shown: mixed, dynamic or static.")
     query = _state_property("query", "The query token (row, col) on the layer's grid.")
+    depth = _state_property("depth", "The through-depth map shown beside: off, rollout or ERF.")
 
     def __init__(self, model, images, *, layer: str | None = None, head: int = -1,
                  component: str | None = None, query=None, image_index: int = 0,
                  model_name: str | None = None, panel: int = 256, cmap: str | None = None,
-                 alpha: float = 0.75, cache_mb: float = 512):
+                 alpha: float = 0.75, cache_mb: float = 512, depth: str = "off"):
         if isinstance(model, nn.Module):
             models = {type(model).__name__: model}
         elif isinstance(model, dict) and model and all(isinstance(m, nn.Module) for m in model.values()):
@@ -116,7 +125,7 @@ class AffinityExplorer(widgets.VBox):
         self.timings: list[tuple[str, float]] = []  # (what changed, seconds to redraw)
         self.state = ExplorerState(self.data, model_name=model_name if model_name is not None else
                                    next(iter(models)), image_index=image_index, layer=layer, head=head,
-                                   component=component, query=query)
+                                   component=component, query=query, depth=depth)
         self.view = ExplorerView(list(models), len(images), image_hw, panel, alpha)
         super().__init__(children=self.view.children)
         self.add_class("ucx-affinity-explorer")
@@ -157,7 +166,8 @@ class AffinityExplorer(widgets.VBox):
     @property
     def controls(self) -> dict[str, widgets.Widget]:
         """The widgets inside, by role: ``model``, ``image``, ``layer``, ``head``, ``component``,
-        ``row``, ``col`` (controls), ``label``, ``picture`` (the clickable image), ``map``."""
+        ``row``, ``col``, ``depth`` (controls), ``label``, ``picture`` (the clickable image),
+        ``map``, ``depth_map``."""
         return self.view.by_role()
 
     @property
@@ -178,14 +188,32 @@ class AffinityExplorer(widgets.VBox):
         rows = a[:, q, :].reshape(a.shape[0], h, w)
         return rows if self.head == -1 else rows[self.head:self.head + 1]
 
+    def depth_data(self) -> dict | None:
+        """The through-depth map now shown, as the plain dict of
+        :func:`~unifiedctx.context.rollout_maps` / :func:`~unifiedctx.context.erf_maps` (``map``
+        ``(H_in, W_in)`` summing to 1, ``vmin``, ``vmax``, ``uniform``, ``layers``, ...), or
+        ``None`` when ``depth == "off"``."""
+        if self.depth == "off":
+            return None
+        return self.data.depth(self.model_name, self.image_index, self.layer, self.query, self.depth)
+
+    def depth_map(self) -> np.ndarray | None:
+        """The through-depth map now shown, ``(H_in, W_in)`` float64, or ``None`` when off."""
+        data = self.depth_data()
+        return None if data is None else data["map"]
+
     def rendered(self) -> dict:
         """What the widgets show now, read back from them (for tests).
 
         ``{"maps": (M', H, W) float array, "image": uint8 (h, w, 3) decoded from the image
         widget's PNG, "map": the same for the map widget, "label": the status text,
-        "fields": the status fields, "image_png"/"map_png": the raw bytes}``.
+        "fields": the status fields, "image_png"/"map_png": the raw bytes, "depth": the
+        through-depth map drawn ((H_in, W_in) or None), "depth_picture": its picture (or None)}``.
         """
+        shown = self.view.depth_map.layout.display != "none"
         return {
+            "depth": self._last.get("depth"),
+            "depth_picture": rendering.decode_png(self.view.depth_map.value) if shown else None,
             "maps": self._last.get("maps"),
             "image": rendering.decode_png(self.view.image.value),
             "map": rendering.decode_png(self.view.map.value),
@@ -197,14 +225,14 @@ class AffinityExplorer(widgets.VBox):
 
     # ------------------------------------------------------------------ changing
     def show(self, *, model_name=None, image_index=None, layer=None, component=None, head=None,
-             query=None) -> AffinityExplorer:
+             query=None, depth=None) -> AffinityExplorer:
         """Set several fields at once, in dependency order, and redraw once.
 
         ``query`` is read on the grid of the new ``layer`` (setting ``layer`` alone rescales
         the old query onto the new grid).
         """
         self.state.update(model_name=model_name, image_index=image_index, layer=layer,
-                          component=component, head=head, query=query)
+                          component=component, head=head, query=query, depth=depth)
         return self
 
     def click(self, x: float, y: float) -> None:
@@ -222,9 +250,11 @@ class AffinityExplorer(widgets.VBox):
         """Write the explorer as ONE self-contained HTML page (see :func:`.export.write_html`).
 
         Every layer, head, component and query of every model and image is precomputed and
-        embedded (uint8-quantised, compressed); the page needs no kernel and no network.
+        embedded (uint8-quantised, compressed), with every query's rollout map (``depth``, default
+        ``("rollout",)``; add ``"ERF"`` for the effective receptive fields too: one backward per
+        query, so off by default); the page needs no kernel and no network.
         Returns the path written; ``options`` go to :func:`~.export.write_html`
-        (``max_mb``, ``images``, ``title``).
+        (``max_mb``, ``images``, ``title``, ``depth``).
         """
         from .export import write_html
 
@@ -243,23 +273,45 @@ class AffinityExplorer(widgets.VBox):
         start = time.perf_counter()
         maps, state, scale = self.maps(), self.state, self.scale
         info = state.info
+        fields = self._fields(scale)
+        depth = self._depth_frame(fields)
         frame = Frame(image=self._display[self.image_index], maps=maps, heads=state.shown_heads,
-                      grid=info.grid, query=self.query, scale=scale, fields=self._fields(scale),
-                      state=state.as_dict(),
+                      grid=info.grid, query=self.query, scale=scale, fields=fields,
+                      state=state.as_dict(), depth=depth,
                       options={"layers": self._layer_options(), "heads": self.heads,
-                               "components": info.components})
+                               "components": info.components, "unit": info.head_unit})
         picture, map_picture = self.view.show(frame)
         self._last = {"maps": maps, "picture": picture, "map_picture": map_picture,
-                      "fields": frame.fields}
+                      "fields": frame.fields, "depth": None if depth is None else depth["map"]}
         self.timings.append((what, time.perf_counter() - start))
         del self.timings[:-200]
+
+    def _depth_frame(self, fields: dict[str, str]) -> dict | None:
+        """The through-depth map for the frame (and its status fields, added to ``fields``)."""
+        if self.depth == "off":
+            return None
+        try:
+            data = self.depth_data()
+        except (ValueError, TypeError) as error:  # a model rollout cannot read: say so, draw none
+            fields["depth"] = f"{self.depth} unavailable for this model: {error}"
+            return None
+        scale = depth_scale(data)
+        h, w = data["map"].shape
+        if self.depth == "rollout":
+            what, title = f"rollout up to this layer ({len(data['layers'])} steps composed)", "rollout"
+        else:
+            what, title = "effective receptive field |d y / d x| of this layer's output", "ERF"
+        fields["depth"] = f"{what}, query {data['query']}, on the {h}x{w} input pixels"
+        fields["depth scale"] = scale.describe() + ", this query's map alone (sums to 1)"
+        return {"map": data["map"], "scale": scale, "title": title}
 
     def _layer_options(self) -> list[tuple[str, str]]:
         catalogue = self.data.catalogue(self.model_name)
         return [(f"{name}  [{i.kind}, {i.grid[0]}x{i.grid[1]}]", name) for name, i in catalogue.items()]
 
     def _fields(self, scale) -> dict[str, str]:
-        """The status fields: model (when several), image, layer, head, component, query, kind, scale."""
+        """The status fields: model (when several), image, layer, head, component, query, kind,
+        affinity (the mixer's describe()), scale; depth and depth scale when a depth view is on."""
         (h, w), info = self.grid, self.state.info
         fields = {}
         if len(self.data.models) > 1:
@@ -267,10 +319,11 @@ class AffinityExplorer(widgets.VBox):
         if len(self.data.images) > 1:
             fields["image"] = f"{self.image_index} of {len(self.data.images)}"
         fields["layer"] = f"{self.layer} ({h}x{w} grid)"
-        m = self.heads
-        fields["head"] = f"all heads ({m})" if self.head == -1 else f"head {self.head} of {m}"
+        m, unit = self.heads, info.head_unit
+        fields["head"] = f"all {unit}s ({m})" if self.head == -1 else f"{unit} {self.head} of {m}"
         fields["component"] = self.component
         fields["query"] = f"({self.query[0]}, {self.query[1]}) on a {h}x{w} grid"
         fields["kind"] = info.kind
-        fields["scale"] = scale.describe() + ", shared by every head and query of this layer"
+        fields["affinity"] = info.description
+        fields["scale"] = scale.describe() + f", shared by every {unit} and query of this layer"
         return fields

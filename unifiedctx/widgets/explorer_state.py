@@ -1,7 +1,8 @@
 """The explorer's state, in one place: what is shown, the rules that keep it valid, its errors.
 
 :class:`ExplorerState` holds ``model_name``, ``image_index``, ``layer``, ``head`` (``-1``: all
-heads, the grid view mode), ``component`` and ``query`` as traitlets, checks every value given
+heads, the grid view mode), ``component``, ``query`` and ``depth`` (the through-depth view beside
+the layer's own map: ``"off"``, ``"rollout"`` or ``"ERF"``) as traitlets, checks every value given
 to them, and applies the rules between them:
 
 * a new layer or a new model keeps the query on the same place of the image (rescaled to the
@@ -23,9 +24,9 @@ from contextlib import contextmanager
 
 import traitlets
 
-from .explorer_data import COMPONENT_ORDER, ExplorerData, LayerInfo, default_layer
+from .explorer_data import COMPONENT_ORDER, DEPTH_MODES, ExplorerData, LayerInfo, default_layer
 
-FIELDS = ("model_name", "image_index", "layer", "head", "component", "query")
+FIELDS = ("model_name", "image_index", "layer", "head", "component", "query", "depth")
 
 
 class ExplorerValueError(traitlets.TraitError, ValueError):
@@ -60,9 +61,11 @@ class ExplorerState(traitlets.HasTraits):
     head = traitlets.Int(-1)
     component = traitlets.Unicode("mixed")
     query = traitlets.Tuple((0, 0))
+    depth = traitlets.Unicode("off")
 
     def __init__(self, data: ExplorerData, *, model_name: str, image_index: int = 0,
-                 layer: str | None = None, head: int = -1, component: str | None = None, query=None):
+                 layer: str | None = None, head: int = -1, component: str | None = None, query=None,
+                 depth: str = "off"):
         super().__init__()
         self._data = data
         self._listeners: list[Callable[[str], None]] = []
@@ -76,6 +79,7 @@ class ExplorerState(traitlets.HasTraits):
             if head != -1:
                 self.head = head
             self.query = query if query is not None else self.centre()
+            self.depth = depth
         self._ready = True
 
     # ------------------------------------------------------------------ reading
@@ -179,7 +183,7 @@ class ExplorerState(traitlets.HasTraits):
                 self.head = -1
             self._mark("component")
 
-    @traitlets.observe("image_index", "head", "query")
+    @traitlets.observe("image_index", "head", "query", "depth")
     def _on_simple(self, change):
         self._mark(change["name"])
 
@@ -232,6 +236,15 @@ class ExplorerState(traitlets.HasTraits):
             raise ExplorerValueError(f"head {head} is out of range: layer {self.layer!r} has {m} heads "
                                      f"(0..{m - 1}, or -1 for all heads as a grid)")
         return head
+
+    @traitlets.validate("depth")
+    def _valid_depth(self, proposal):
+        mode = proposal["value"]
+        known = {m.lower(): m for m in DEPTH_MODES}
+        if mode.lower() not in known:
+            raise ExplorerValueError(f"depth {mode!r} is not a through-depth view; choose one of "
+                                     f"{', '.join(map(repr, DEPTH_MODES))}.{_suggest(mode, DEPTH_MODES)}")
+        return known[mode.lower()]
 
     @traitlets.validate("query")
     def _valid_query(self, proposal):

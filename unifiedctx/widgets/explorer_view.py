@@ -5,8 +5,9 @@
 scale, the status fields and the options of the controls) and draws it; a control moved, or a
 click on the image, is reported to the callbacks registered with :meth:`on_control`
 (``callback(name, value)``, with ``name`` one of ``model_name``, ``image_index``, ``layer``,
-``head``, ``component``, ``query``, ``click``). Controls are not echoed back while a frame is
-being shown.
+``head``, ``component``, ``query``, ``depth``, ``click``). Controls are not echoed back while a
+frame is being shown. With a through-depth map in the frame (``Frame.depth``) a third picture
+shows it on the input pixels, with its own colorbar.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from . import rendering
+from .explorer_data import DEPTH_MODES
 
 
 @dataclass
@@ -33,7 +35,8 @@ class Frame:
     scale: object                       # unifiedctx.viz.scales.Scale, shared by all maps
     fields: dict[str, str]              # status: layer, head, component, query, kind, scale, ...
     state: dict                         # the values the controls show
-    options: dict = field(default_factory=dict)  # layers [(label, name)], heads M, components
+    options: dict = field(default_factory=dict)  # layers [(label, name)], heads M, components, unit
+    depth: dict | None = None           # {"map": (H_in, W_in), "scale": Scale, "title": str} or None
 
 
 def _image_widget():
@@ -73,6 +76,7 @@ class ExplorerView:
         self._callbacks: list[Callable[[str, object], None]] = []
         self._syncing = False
         self._luts: dict[str, np.ndarray] = {}
+        self.last_depth: np.ndarray | None = None
         self.alpha = float(alpha)
         scale = panel / max(image_hw)
         self.panel_hw = (max(1, round(image_hw[0] * scale)), max(1, round(image_hw[1] * scale)))
@@ -84,6 +88,8 @@ class ExplorerView:
             self.image.on_click(lambda x, y: self._emit("click", (x, y)))
         self.map = widgets.Image(format="png")
         self.map.add_class("ucx-explorer-map")
+        self.depth_map = widgets.Image(format="png", layout=widgets.Layout(display="none"))
+        self.depth_map.add_class("ucx-explorer-depth")
         self.label = widgets.HTML()
         self.label.add_class("ucx-explorer-label")
         style = {"description_width": "70px"}
@@ -94,10 +100,15 @@ class ExplorerView:
                                       layout=widgets.Layout(width="420px"))
         self.head = widgets.Dropdown(description="head", style=style)
         self.component = widgets.ToggleButtons(description="component", style=style)
+        self.depth = widgets.ToggleButtons(options=list(DEPTH_MODES), description="depth", style=style,
+                                           tooltips=["no through-depth map", "rollout: the affinities "
+                                                     "up to this layer composed", "effective receptive "
+                                                     "field: |d y / d x|"])
         self.row = widgets.IntSlider(min=0, max=0, description="query row", style=style)
         self.col = widgets.IntSlider(min=0, max=0, description="query col", style=style)
         for control, name in ((self.model, "model_name"), (self.image_slider, "image_index"),
-                              (self.layer, "layer"), (self.head, "head"), (self.component, "component")):
+                              (self.layer, "layer"), (self.head, "head"), (self.component, "component"),
+                              (self.depth, "depth")):
             control.observe(lambda change, name=name: self._emit(name, change["new"]), names="value")
         for control in (self.row, self.col):
             control.observe(lambda change: self._emit("query", (self.row.value, self.col.value)),
@@ -116,10 +127,12 @@ class ExplorerView:
 
     def by_role(self) -> dict[str, widgets.Widget]:
         """The widgets by role: ``model``, ``image``, ``layer``, ``head``, ``component``,
-        ``row``, ``col`` (controls), ``label``, ``picture`` (the clickable image), ``map``."""
+        ``row``, ``col``, ``depth`` (controls), ``label``, ``picture`` (the clickable image),
+        ``map``, ``depth_map``."""
         return {"model": self.model, "image": self.image_slider, "layer": self.layer,
                 "head": self.head, "component": self.component, "row": self.row,
-                "col": self.col, "label": self.label, "picture": self.image, "map": self.map}
+                "col": self.col, "depth": self.depth, "label": self.label, "picture": self.image,
+                "map": self.map, "depth_map": self.depth_map}
 
     def _layout_children(self, n_models: int, n_images: int) -> list[widgets.Widget]:
         rows = []
@@ -130,9 +143,11 @@ class ExplorerView:
         rows += [
             widgets.HBox([self.layer, self.head]),
             self.component,
+            self.depth,
             widgets.HBox([self.row, self.col]),
             self.label,
-            widgets.HBox([self.image, self.map], layout=widgets.Layout(align_items="flex-start")),
+            widgets.HBox([self.image, self.map, self.depth_map],
+                         layout=widgets.Layout(align_items="flex-start")),
         ]
         return rows
 
@@ -158,21 +173,43 @@ class ExplorerView:
             size = (max(1, round(self.panel_hw[0] * ratio)), max(1, round(self.panel_hw[1] * ratio)))
         lut = self.lut(frame.scale.cmap)
         tiles = rendering.map_panel(frame.image, frame.maps, size, frame.query, frame.grid, lut,
-                                    self.alpha, scale=frame.scale, heads=frame.heads)
+                                    self.alpha, scale=frame.scale, heads=frame.heads,
+                                    unit=frame.options.get("unit", "head"))
         bar = rendering.colorbar_panel(frame.scale, lut, max(tiles.shape[0], 96))
         return rendering.beside(tiles, bar)
 
-    def show(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``frame``: the image with the query marked, the maps, the status; set the controls.
+    def depth_picture(self, frame: Frame) -> np.ndarray | None:
+        """The through-depth map of ``frame`` over its image (one panel, titled, the query cell
+        outlined) with its own colorbar; ``None`` when the frame has none."""
+        if frame.depth is None:
+            return None
+        scale, size = frame.depth["scale"], self.panel_hw
+        lut = self.lut(scale.cmap)
+        small = rendering.upsample(frame.image, size)
+        amap = rendering.upsample(scale.normalise(frame.depth["map"]), size)
+        tile = rendering.to_uint8(rendering.overlay(small, amap, lut, self.alpha))
+        rendering.draw_box(tile, rendering.cell_box(frame.query, frame.grid, size), thickness=1)
+        rendering.label(tile, frame.depth["title"])
+        return rendering.beside(tile, rendering.colorbar_panel(scale, lut, max(tile.shape[0], 96)))
 
-        Returns the two pictures (uint8 ``(h, w, 3)``).
+    def show(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``frame``: the image with the query marked, the maps, the through-depth map (when
+        the frame has one), the status; set the controls.
+
+        Returns the two pictures (uint8 ``(h, w, 3)``); the depth picture is :attr:`last_depth`.
         """
         picture = rendering.image_panel(frame.image, self.panel_hw, frame.query, frame.grid)
         map_picture = self.maps_picture(frame)
+        self.last_depth = self.depth_picture(frame)
         self._syncing = True
         try:
             self.image.value = rendering.png_bytes(picture)
             self.map.value = rendering.png_bytes(map_picture)
+            if self.last_depth is None:
+                self.depth_map.layout.display = "none"
+            else:
+                self.depth_map.value = rendering.png_bytes(self.last_depth)
+                self.depth_map.layout.display = None
             self.label.value = status_html(frame.fields)
             self._set_controls(frame)
         finally:
@@ -186,13 +223,15 @@ class ExplorerView:
         if list(self.layer.options) != options["layers"]:
             self.layer.options = options["layers"]
         self.layer.value = state["layer"]
-        head_options = [("all heads", -1)] + [(f"head {i}", i) for i in range(options["heads"])]
+        unit = options.get("unit", "head")
+        head_options = [(f"all {unit}s", -1)] + [(f"{unit} {i}", i) for i in range(options["heads"])]
         if list(self.head.options) != head_options:
             self.head.options = head_options
         self.head.value = state["head"]
         if tuple(self.component.options) != tuple(options["components"]):
             self.component.options = list(options["components"])
         self.component.value = state["component"]
+        self.depth.value = state.get("depth", "off")
         h, w = frame.grid
         self.row.max, self.col.max = h - 1, w - 1
         self.row.value, self.col.value = frame.query

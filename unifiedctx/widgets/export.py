@@ -18,6 +18,14 @@ Quantisation (``u`` the stored byte, ``v = vmax``)::
 
 so a map is read back within ``v / 254`` of the float affinity. A component that does not
 depend on the image (a static affinity) is stored once for all images.
+
+Through depth: for each mode of ``depth`` (default ``("rollout",)``) every layer stores, per
+image, every query's map on the input pixels (``(N, H_in, W_in)`` from
+:meth:`~.explorer_data.ExplorerData.depth_rows`), each query quantised on its own scale
+``[0, vmax_q]`` with ``vmax_q = max(peak_q, 1 / (H_in W_in))`` (the widget's
+:func:`~.explorer_data.depth_scale`), the ``vmax_q`` listed beside. The rollout is one
+composition per layer and image; the ERF costs one backward per query (``N`` per layer and
+image), which is why it goes in only when asked for (``depth=("rollout", "ERF")``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import numpy as np
 
 from ..viz.scales import DIVERGING, SEQUENTIAL, Scale
 from . import rendering
-from .explorer_data import ExplorerData
+from .explorer_data import DEPTH_MODES, ExplorerData
 from .page import PAGE
 
 #: Default size limit of the written page, in MB (10^6 bytes).
@@ -67,14 +75,35 @@ class TooLarge(ValueError):
     """The page would exceed its size limit."""
 
 
+def quantise_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Through-depth maps ``(N, H_in, W_in)`` (non-negative) as uint8, each row on its own scale:
+    ``u = round(255 * a / vmax_q)`` with ``vmax_q = max(peak_q, 1 / (H_in W_in))``. Returns
+    ``(u, vmax)``; ``a = u / 255 * vmax_q`` reads a map back within ``vmax_q / 510``."""
+    flat = rows.reshape(len(rows), -1)
+    vmax = np.maximum(flat.max(axis=1), 1.0 / flat.shape[1])
+    return np.rint(np.clip(flat / vmax[:, None], 0, 1) * 255).astype(np.uint8).reshape(rows.shape), vmax
+
+
+def _check_depth(depth) -> tuple[str, ...]:
+    modes = (depth,) if isinstance(depth, str) else tuple(depth or ())
+    for mode in modes:
+        if mode not in DEPTH_MODES[1:]:
+            raise ValueError(f"depth must list through-depth views from {DEPTH_MODES[1:]} "
+                             f"(or be empty), got {depth!r}")
+    return modes
+
+
 def payload(data: ExplorerData, display: list[np.ndarray], *, start: dict, alpha: float = 0.75,
-            panel: int = 256, images=None, max_mb: float = MAX_MB, title: str = "Affinity explorer") -> dict:
-    """The data of the page: models, images, colormaps and every layer's quantised maps.
+            panel: int = 256, images=None, max_mb: float = MAX_MB, title: str = "Affinity explorer",
+            depth=("rollout",)) -> dict:
+    """The data of the page: models, images, colormaps, every layer's quantised maps and, for
+    each mode in ``depth``, every query's through-depth map (see the module docstring).
 
     ``images`` (indices, default all) picks which images go in; a page over ``max_mb`` is
     refused with a :class:`TooLarge` error (a ``ValueError``) that says how big it would be and
     what to pass instead.
     """
+    modes = _check_depth(depth)
     picks = list(range(len(data.images))) if images is None else [int(i) for i in images]
     if not picks or any(not 0 <= i < len(data.images) for i in picks):
         raise ValueError(f"images must be indices in 0..{len(data.images) - 1}, got {images!r}")
@@ -86,7 +115,7 @@ def payload(data: ExplorerData, display: list[np.ndarray], *, start: dict, alpha
         if used > limit:
             raise TooLarge(f"the explorer page would be over {max_mb:g} MB (max_mb) with {len(picks)} "
                            f"images and {len(data.models)} models; pass fewer images (images=[0, 1]), "
-                           f"fewer models, or a larger max_mb")
+                           f"fewer models, depth=() (no through-depth maps), or a larger max_mb")
         return text
 
     pictures = [rendering.to_uint8(display[i]) for i in picks]
@@ -95,8 +124,11 @@ def payload(data: ExplorerData, display: list[np.ndarray], *, start: dict, alpha
     luts = {name: base64.b64encode(rendering.to_uint8(rendering.colormap_lut(name)).tobytes()).decode()
             for name in (SEQUENTIAL, DIVERGING)}
     out = {"title": title, "panel": int(panel), "alpha": float(alpha), "models": list(data.models),
-           "images": {"h": h, "w": w, "rgb": rgb}, "luts": luts, "layers": {}}
+           "images": {"h": h, "w": w, "rgb": rgb}, "luts": luts, "layers": {}, "depth_modes": list(modes),
+           "depth_cmap": SEQUENTIAL}
     start = dict(start)
+    if start.get("depth", "off") not in modes:
+        start["depth"] = "off"
     start["image_index"] = picks.index(start["image_index"]) if start["image_index"] in picks else 0
     start["query"] = list(start["query"])
     out["start"] = start
@@ -113,24 +145,33 @@ def payload(data: ExplorerData, display: list[np.ndarray], *, start: dict, alpha
                     u = quantise(data.affinity(model, i, layer, component), scale)
                     entries.append({"scale": _scale_dict(scale), "data": count(_pack(u))})
                 components.append({"name": component, "heads": int(heads), "shared": shared, "maps": entries})
+            through = {}
+            for mode in modes:
+                try:
+                    quantised = [quantise_rows(data.depth_rows(model, i, layer, mode)) for i in picks]
+                except (TypeError, ValueError):  # a model the rollout cannot read: the page says so
+                    continue
+                entries = [{"vmax": vmax.tolist(), "data": count(_pack(u))} for u, vmax in quantised]
+                through[mode] = {"input": list(quantised[0][0].shape[1:]), "maps": entries}
             layers.append({"name": layer, "kind": info.kind, "grid": list(info.grid),
-                           "components": components})
+                           "description": info.description, "unit": info.head_unit,
+                           "components": components, "depth": through})
         out["layers"][model] = layers
     return out
 
 
 def write_html(data: ExplorerData, display: list[np.ndarray], path, *, start: dict, alpha: float = 0.75,
                panel: int = 256, images=None, max_mb: float = MAX_MB,
-               title: str = "Affinity explorer") -> Path:
+               title: str = "Affinity explorer", depth=("rollout",)) -> Path:
     """Write the explorer's static page to ``path`` (atomically) and return the path.
 
-    See :func:`payload` for ``images`` and ``max_mb``; the page is one file, with nothing
+    See :func:`payload` for ``images``, ``max_mb`` and ``depth``; the page is one file, with nothing
     fetched from anywhere (inline CSS, JavaScript and data; no ``<link>``, no ``src=``).
     """
     from ..train.history import write_atomic
 
     body = payload(data, display, start=start, alpha=alpha, panel=panel, images=images, max_mb=max_mb,
-                   title=title)
+                   title=title, depth=depth)
     blob = json.dumps(body, separators=(",", ":")).replace("</", "<\\/")
     page = PAGE.replace("{{TITLE}}", title.replace("<", "&lt;")).replace("{{DATA}}", blob)
     if len(page) > max_mb * 1e6:
@@ -146,6 +187,13 @@ def read_payload(path) -> dict:
     start = text.index('<script type="application/json" id="ucx-data">') + len(
         '<script type="application/json" id="ucx-data">')
     return json.loads(text[start:text.index("</script>", start)].replace("<\\/", "</"))
+
+
+def unpack_depth(entry: dict, shape) -> np.ndarray:
+    """One exported through-depth entry back to its ``(N, H_in, W_in)`` float maps."""
+    raw = gzip.decompress(base64.b64decode(entry["data"]))
+    u = np.frombuffer(raw, np.uint8).reshape(len(entry["vmax"]), *shape).astype(np.float64)
+    return u / 255 * np.asarray(entry["vmax"])[:, None, None]
 
 
 def unpack(entry: dict, heads: int, n: int) -> np.ndarray:

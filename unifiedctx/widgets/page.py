@@ -3,9 +3,12 @@
 ``{{TITLE}}`` and ``{{DATA}}`` (the JSON payload) are replaced; nothing else is loaded from
 anywhere. The script mirrors the widget: the same status fields, the same rule for carrying the
 query to another layer's or model's grid, one colour scale per layer component with its
-colorbar (the uniform 1/N marked on softmax maps), tiles labelled by head. State lives in one
+colorbar (the uniform 1/N marked on softmax maps), tiles labelled by head (or channel), and the
+through-depth map (``#ucx-depth-map``: the query's rollout or ERF on the input pixels, its own
+colorbar with the uniform level 1/(H_in W_in)) when the depth selector is on. State lives in one
 object ``S``; ``draw()`` renders it. ``#ucx-root`` carries ``data-query``, ``data-layer``,
-``data-component``, ``data-head`` and ``data-map-sum`` (the sum of the shown bytes) for tests.
+``data-component``, ``data-head``, ``data-depth``, ``data-map-sum`` (the sum of the shown bytes)
+and ``data-depth-sum`` (the same for the depth map, ``""`` when off) for tests.
 """
 
 PAGE = r"""<!DOCTYPE html>
@@ -24,7 +27,7 @@ body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
 .ucx-pictures { display: flex; gap: 12px; align-items: flex-start; }
 #ucx-image { cursor: crosshair; image-rendering: pixelated; }
 .ucx-tiles { display: grid; gap: 4px; }
-.ucx-tile { display: flex; flex-direction: column; font-size: 11px; }
+.ucx-tile, .ucx-depth-panel { display: flex; flex-direction: column; font-size: 11px; }
 .ucx-bar { display: flex; gap: 4px; font-size: 11px; }
 .ucx-bar-labels { position: relative; width: 90px; }
 .ucx-bar-labels span { position: absolute; left: 0; transform: translateY(-50%); white-space: nowrap; }
@@ -41,6 +44,7 @@ body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
   <label>layer <select id="ucx-layer"></select></label>
   <label>head <select id="ucx-head"></select></label>
   <label>component <select id="ucx-component"></select></label>
+  <label id="ucx-depth-box">through depth <select id="ucx-depth"></select></label>
 </div>
 <dl class="ucx-status" id="ucx-status"></dl>
 <div class="ucx-pictures">
@@ -48,10 +52,17 @@ body { font-family: system-ui, sans-serif; margin: 16px; color: #222; }
   <div class="ucx-tiles" id="ucx-tiles"></div>
   <div class="ucx-bar"><canvas id="ucx-bar" width="14"></canvas>
     <div class="ucx-bar-labels" id="ucx-bar-labels"></div></div>
+  <div class="ucx-depth-panel" id="ucx-depth-panel"><span id="ucx-depth-title"></span>
+    <canvas id="ucx-depth-map" class="ucx-depth"></canvas></div>
+  <div class="ucx-bar" id="ucx-depth-barbox"><canvas id="ucx-depth-bar" width="14"></canvas>
+    <div class="ucx-bar-labels" id="ucx-depth-bar-labels"></div></div>
 </div>
 <p class="ucx-note">Click on the image to choose the query token (outlined in red). Each tile is one head's
 row of the affinity A for that token, folded onto the layer's grid and laid over the image; all tiles
 share one colour scale (the colorbar), and for softmax maps the cyan mark is the uniform level 1/N.
+"Through depth" adds, on the right, the same query's context on the input pixels with every layer up to
+this one taken into account (rollout: the affinities composed with their residuals; ERF: |dy/dx|), on its
+own colour scale (0 to this map's peak; cyan: the uniform level 1/(pixels)).
 Every map was computed in Python and stored in this page: no kernel, no network.</p>
 </div>
 <script type="application/json" id="ucx-data">{{DATA}}</script>
@@ -109,6 +120,7 @@ Every map was computed in Python and stored in this page: no kernel, no network.
     layer(v) { const old = layerInfo(S.model_name, S.layer); S.layer = v; fit(old.grid); },
     head(v) { S.head = Number(v); },
     component(v) { S.component = v; fit(null); },
+    depth(v) { S.depth = v; },
     query(v) { S.query = v; },
   };
 
@@ -156,7 +168,7 @@ Every map was computed in Python and stored in this page: no kernel, no network.
     let sum = 0;
     for (const h of heads) {
       const div = document.createElement("div"); div.className = "ucx-tile";
-      const cap = document.createElement("span"); cap.textContent = `head ${h}`;
+      const cap = document.createElement("span"); cap.textContent = `${m.layer.unit} ${h}`;
       const cv = document.createElement("canvas"); cv.width = tw; cv.height = th;
       cv.className = "ucx-map"; cv.dataset.head = h;
       const ctx = cv.getContext("2d"), out = ctx.createImageData(tw, th), base = (h * n + q) * n;
@@ -178,14 +190,14 @@ Every map was computed in Python and stored in this page: no kernel, no network.
     }
     return sum;
   }
-  function drawBar(sc, height) {
-    const cv = $("ucx-bar"); cv.height = height;
+  function drawBar(sc, height, barId = "ucx-bar", labelsId = "ucx-bar-labels") {
+    const cv = $(barId); cv.height = height;
     const ctx = cv.getContext("2d"), lut = luts[sc.cmap];
     for (let y = 0; y < height; y++) {
       const k = Math.round((1 - y / (height - 1)) * 255);
       ctx.fillStyle = `rgb(${lut[k * 3]},${lut[k * 3 + 1]},${lut[k * 3 + 2]})`; ctx.fillRect(0, y, 14, 1);
     }
-    const labels = $("ucx-bar-labels"); labels.style.height = height + "px"; labels.innerHTML = "";
+    const labels = $(labelsId); labels.style.height = height + "px"; labels.innerHTML = "";
     const at = (v) => (1 - (v - sc.vmin) / (sc.vmax - sc.vmin)) * (height - 1);
     const marks = [[sc.vmax, sc.vmax.toPrecision(3)], [sc.vmin, sc.vmin.toPrecision(3)]];
     if (sc.signed) marks.push([0, "0"]);
@@ -201,22 +213,68 @@ Every map was computed in Python and stored in this page: no kernel, no network.
       labels.append(span);
     }
   }
+  const g3 = (v) => String(Number(v.toPrecision(3)));
+  async function depthOf() {
+    const l = layerInfo(S.model_name, S.layer), d = l.depth[S.depth];
+    if (!d) return null;
+    const entry = d.maps[S.image_index];
+    const key = ["depth", S.model_name, S.layer, S.depth, S.image_index].join("|");
+    if (!cache.has(key)) cache.set(key, gunzip(bytes(entry.data)));
+    const n = d.input[0] * d.input[1], q = S.query[0] * l.grid[1] + S.query[1], vmax = entry.vmax[q];
+    const scale = { cmap: D.depth_cmap, vmin: 0, vmax: vmax, signed: false, uniform: 1 / n, keys: n,
+      text: `0 to ${g3(vmax)} (${D.depth_cmap}); uniform 1/${n} = ${g3(1 / n)}` };
+    return { input: d.input, offset: q * n, scale: scale, data: await cache.get(key) };
+  }
+  function drawDepth(t, grid) {
+    const [ih, iw] = t.input, cv = $("ucx-depth-map"), lut = luts[t.scale.cmap];
+    const src = pictures[S.image_index];
+    cv.width = PW; cv.height = PH;
+    const ctx = cv.getContext("2d"), out = ctx.createImageData(PW, PH);
+    let sum = 0;
+    for (let i = 0; i < ih * iw; i++) sum += t.data[t.offset + i];
+    for (let y = 0; y < PH; y++) for (let x = 0; x < PW; x++) {
+      const s = (Math.floor(y * H / PH) * W + Math.floor(x * W / PW)) * 3;
+      const grey = (src[s] + src[s + 1] + src[s + 2]) / 3;
+      const k = t.data[t.offset + Math.floor(y * ih / PH) * iw + Math.floor(x * iw / PW)];
+      const o = (y * PW + x) * 4;
+      for (let ch = 0; ch < 3; ch++) {
+        out.data[o + ch] = Math.round((1 - D.alpha) * grey + D.alpha * lut[k * 3 + ch]);
+      }
+      out.data[o + 3] = 255;
+    }
+    box(out.data, PW, cellBox(S.query, grid, PH, PW), [255, 40, 40], 1);
+    ctx.putImageData(out, 0, 0);
+    $("ucx-depth-title").textContent = S.depth === "rollout" ? "rollout up to this layer" :
+      "effective receptive field";
+    return sum;
+  }
   function fillSelect(sel, options, value) {
     const html = options.map(([label, v]) => `<option value="${v}">${label}</option>`).join("");
     if (sel.dataset.html !== html) { sel.innerHTML = html; sel.dataset.html = html; }
     sel.value = String(value);
   }
-  function status(m) {
+  function status(m, t) {
     const g = m.layer.grid, heads = m.comp.heads, f = [];
     if (D.models.length > 1) f.push(["model", S.model_name]);
     if (pictures.length > 1) f.push(["image", `${S.image_index} of ${pictures.length}`]);
     f.push(["layer", `${S.layer} (${g[0]}x${g[1]} grid)`]);
-    f.push(["head", S.head === -1 ? `all heads (${heads})` : `head ${S.head} of ${heads}`]);
+    const u = m.layer.unit;
+    f.push(["head", S.head === -1 ? `all ${u}s (${heads})` : `${u} ${S.head} of ${heads}`]);
     f.push(["component", S.component]);
     f.push(["query", `(${S.query[0]}, ${S.query[1]}) on a ${g[0]}x${g[1]} grid`]);
     f.push(["kind", m.layer.kind]);
-    f.push(["scale", m.scale.text + ", shared by every head and query of this layer"]);
-    $("ucx-status").innerHTML = f.map(([k, v]) => `<dt>${k}</dt><dd class="ucx-field-${k}">${v}</dd>`)
+    f.push(["affinity", m.layer.description]);
+    f.push(["scale", m.scale.text + `, shared by every ${u} and query of this layer`]);
+    if (S.depth !== "off" && !t) f.push(["depth", `${S.depth} unavailable for this model`]);
+    if (t) {
+      const what = S.depth === "rollout" ? "rollout up to this layer" :
+        "effective receptive field |d y / d x| of this layer's output";
+      const on = `on the ${t.input[0]}x${t.input[1]} input pixels`;
+      f.push(["depth", `${what}, query (${S.query[0]}, ${S.query[1]}), ${on}`]);
+      f.push(["depth scale", t.scale.text + ", this query's map alone (sums to 1)"]);
+    }
+    $("ucx-status").innerHTML = f.map(([k, v]) =>
+      `<dt>${k}</dt><dd class="ucx-field-${k.replace(" ", "-")}">${v}</dd>`)
       .join("");
   }
   let drawing = Promise.resolve();
@@ -230,19 +288,27 @@ Every map was computed in Python and stored in this page: no kernel, no network.
       const headOptions = [...Array(m.comp.heads).keys()].map((h) => [`head ${h}`, h]);
       fillSelect($("ucx-head"), [["all heads", -1], ...headOptions], S.head);
       fillSelect($("ucx-component"), m.layer.components.map((c) => [c.name, c.name]), S.component);
+      fillSelect($("ucx-depth"), ["off", ...D.depth_modes].map((d) => [d, d]), S.depth);
+      const t = S.depth === "off" ? null : await depthOf();
       drawImage(m.layer.grid);
       const sum = drawTiles(m);
       drawBar(m.scale, Math.max(96, $("ucx-tiles").offsetHeight - 16));
-      status(m);
+      const depthSum = t ? drawDepth(t, m.layer.grid) : "";
+      $("ucx-depth-panel").style.display = $("ucx-depth-barbox").style.display = t ? "" : "none";
+      if (t) drawBar(t.scale, PH, "ucx-depth-bar", "ucx-depth-bar-labels");
+      status(m, t);
       Object.assign(root.dataset, { query: S.query.join(","), layer: S.layer, component: S.component,
-        head: String(S.head), model: S.model_name, mapSum: String(sum), ready: "1" });
+        head: String(S.head), model: S.model_name, depth: S.depth, mapSum: String(sum),
+        depthSum: String(depthSum), ready: "1" });
     });
     return drawing;
   }
   $("ucx-model-box").style.display = D.models.length > 1 ? "" : "none";
   $("ucx-image-box").style.display = pictures.length > 1 ? "" : "none";
+  $("ucx-depth-box").style.display = D.depth_modes.length ? "" : "none";
+  if (S.depth === undefined) S.depth = "off";
   const selectors = [["ucx-model", "model_name"], ["ucx-image-index", "image_index"], ["ucx-layer", "layer"],
-                     ["ucx-head", "head"], ["ucx-component", "component"]];
+                     ["ucx-head", "head"], ["ucx-component", "component"], ["ucx-depth", "depth"]];
   for (const [id, name] of selectors) {
     $(id).addEventListener("change", (e) => { set[name](e.target.value); draw(); });
   }

@@ -128,13 +128,14 @@ def _font(size: int):
 
 def map_panel(image: np.ndarray, maps: np.ndarray, size: tuple[int, int], query, grid,
               lut: np.ndarray, alpha: float = 0.75, gap: int = 4, scale=None,
-              heads: list[int] | None = None) -> np.ndarray:
+              heads: list[int] | None = None, unit: str = "head") -> np.ndarray:
     """Overlay each map of ``maps`` (``(M, H, W)``) on ``image`` and tile them (``uint8``).
 
     All tiles share one colour ``scale`` (a :class:`unifiedctx.viz.scales.Scale`; by default
     the one of these maps, :func:`~unifiedctx.viz.scales.maps_scale`): no per-head rescaling.
     Each tile is ``size`` pixels, outlines the query cell and, when several are shown, says
-    which head it is (``heads``, default ``0..M-1``). One map gives one tile, so no tiling then.
+    which head it is (``heads``, default ``0..M-1``; ``unit`` names them: ``"head 3"``, or
+    ``"channel 3"`` for a mixer with one affinity per channel). One map gives one tile, no tiling.
     """
     from ..viz.scales import maps_scale
 
@@ -145,7 +146,7 @@ def map_panel(image: np.ndarray, maps: np.ndarray, size: tuple[int, int], query,
     for m, amap in zip(heads, scale.normalise(maps)):
         tile = to_uint8(overlay(small, upsample(amap, size), lut, alpha))
         draw_box(tile, cell_box(query, grid, size), thickness=1)
-        tiles.append(label(tile, f"head {m}") if len(maps) > 1 else tile)
+        tiles.append(label(tile, f"{unit} {m}") if len(maps) > 1 else tile)
     return tile_grid(tiles, gap=gap)
 
 
