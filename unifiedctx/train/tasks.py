@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -76,7 +77,7 @@ def autocast_context(device: torch.device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
 
-class Task:
+class Task(ABC):
     """Base class: the contract between a task and the engine (defaults are classification's).
 
     Subclasses set ``name`` and ``best_metric`` and override what differs. The methods, in the
@@ -114,6 +115,7 @@ class Task:
 
     def setup(self, model: nn.Module, data, device: torch.device) -> None:
         """Check ``model`` against ``data`` and build model-dependent state (nothing by default)."""
+        return None  # optional hook: nothing by default
 
     def modules(self) -> nn.ModuleDict:
         """Trainable modules besides the model (none by default)."""
@@ -123,19 +125,22 @@ class Task:
         """The classification batches of :func:`unifiedctx.train.batches.make_batches`."""
         return make_batches(data, batch_size, device, **options)
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError(f"{type(self).__name__} must define loss(model, batch)")
+        """``(loss, sums)`` for one batch: the 0-d float32 loss and per-step sums for the epoch."""
 
     def after_step(self, model: nn.Module, global_step: int, total_steps: int) -> None:
         """Called after every optimizer step (nothing by default)."""
+        return None  # optional hook: nothing by default
 
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """Epoch sums -> history columns (none by default)."""
         return {}
 
+    @abstractmethod
     def evaluate(self, model: nn.Module, batches, batch_size: int, amp_dtype, ctx: D.DistContext,
                  device: torch.device) -> dict[str, float]:
-        raise NotImplementedError(f"{type(self).__name__} must define evaluate(...)")
+        """Test metrics (history columns), summed over ranks."""
 
     def state_dict(self) -> dict:
         """Non-trainable state that exact resume needs (none by default)."""
@@ -143,6 +148,7 @@ class Task:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
+        return None  # optional hook: nothing by default
 
 
 @register
