@@ -119,6 +119,28 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
                                 required=required, metavar=kind.__name__.upper(), help=f"{text} ({shown})")
 
 
+def add_task_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that tasks declare for their options (``Task.flags``: ``--label-smoothing`` of
+    classify); a given flag becomes a ``--task-option`` of the same name, checked by the task."""
+    from unifiedctx.train import tasks
+
+    seen = set()
+    for name in tasks.available():
+        for option, text in tasks.task_class(name).flags.items():
+            if option not in seen:
+                seen.add(option)
+                parser.add_argument("--" + option.replace("_", "-"), dest=f"task_flag__{option}",
+                                    type=_number, default=None, metavar="FLOAT",
+                                    help=f"{text} (a --task-option of task {name})")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand (``--help`` on each documents every option)."""
     parser = OneLineParser(prog="unifiedctx", description="Train and evaluate context-aggregation "
@@ -136,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (same settings); without it an existing run is an error")
     add_recipe_options(t)
+    add_task_flags(t)
     t.add_argument("--allow-foreign", action="store_true",
                    help="train into an OUT that holds other files (a run owns its folder: refused otherwise)")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (auto)")
@@ -222,14 +245,14 @@ def _load_data(args, limit_train=None):
 
 def _train(args) -> int:
     from unifiedctx import train as T
-    from unifiedctx.train.engine import recipe_and_task
     from unifiedctx.train.recipe import Recipe
+    from unifiedctx.train.run import recipe_and_task
 
     _check_model_name(args.model)
-    if "label_smoothing" in dict(args.task_options):
-        raise ValueError("label smoothing is set with --label-smoothing, not --task-option label_smoothing")
+    flags = {k.removeprefix("task_flag__"): v for k, v in vars(args).items()
+             if k.startswith("task_flag__") and v is not None}
     settings = {k: getattr(args, k) for k in Recipe.keys()}
-    recipe, task = recipe_and_task(None, None, {**settings, "task_options": dict(args.task_options)})
+    recipe, task = recipe_and_task(None, None, {**settings, **flags, "task_options": dict(args.task_options)})
     ds = _load_data(args, args.limit_train)
     model = task.build_model(args.model, ds, seed=recipe.seed, **dict(args.model_option))
     run_info = {"command": "train", "task": recipe.task, "model": args.model, "data": args.data,
@@ -270,9 +293,11 @@ def _trained_on(checkpoint: Path, state: dict) -> argparse.Namespace:
 
 def _eval(args) -> int:
     from unifiedctx import train as T
+    from unifiedctx.train import tasks
+    from unifiedctx.train.recipe import upgrade_record
+    from unifiedctx.validation import check_file_path
 
-    if not args.checkpoint.is_file():
-        raise FileNotFoundError(f"no checkpoint at {args.checkpoint}")
+    check_file_path("--checkpoint", args.checkpoint, "checkpoint")
     model, state = T.load_checkpoint(args.checkpoint, ema=args.ema)
     if args.data is None:  # the data the run was trained and tested on, its subsets included
         trained = _trained_on(args.checkpoint, state)
@@ -282,23 +307,11 @@ def _eval(args) -> int:
         ds = _load_data(trained, trained.limit_train)
     else:
         ds = _load_data(args)
-    task = (state.get("recipe") or {}).get("task") or {"name": "classify", "settings": {}}
-    if task["name"] != "classify":  # the task the run trained for measures it
-        from unifiedctx.train import tasks
-
-        result = T.evaluate(model, ds, batch_size=args.batch_size, device=args.device,
-                            task=tasks.create(task["name"], **task.get("settings", {})))
-        print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "epoch": state.get("epoch"),
-                          "task": task["name"], **result}))
-        return 0
-    cfg = state.get("model_config") or {}
-    if cfg.get("num_classes") not in (None, ds.num_classes) or cfg.get("in_chans") not in (None, ds.channels):
-        raise ValueError(f"{args.checkpoint} was trained for {cfg.get('num_classes')} classes of "
-                         f"{cfg.get('in_chans')}-channel images, {args.data} has {ds.num_classes} of "
-                         f"{ds.channels}")
-    result = T.evaluate(model, ds, batch_size=args.batch_size, device=args.device)
+    task = upgrade_record(state.get("recipe") or {})["task"]  # the task the run trained for measures it
+    result = T.evaluate(model, ds, batch_size=args.batch_size, device=args.device,
+                        task=tasks.create(task["name"], **task["settings"]))
     print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "epoch": state.get("epoch"),
-                      **result}))
+                      "task": task["name"], **result}))
     return 0
 
 

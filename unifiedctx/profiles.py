@@ -118,7 +118,7 @@ def make(name: str) -> Profile:
         tasks = {"context": recipe,
                  "segment": Recipe(epochs=30, batch_size=64, lr=2e-3, warmup_epochs=2, weight_decay=0.05,
                                    seed=0, task="segment"),
-                 "dino": recipe.replace(task="dino", label_smoothing=0.0, lr=1e-3, weight_decay=0.04)}
+                 "dino": recipe.replace(task="dino", lr=1e-3, weight_decay=0.04)}
         return Profile(name="full", device=device, preset_suffix="_cifar", dataset="cifar10", recipe=recipe,
                        synthetic_train=20000, synthetic_recipes=probes, task_recipes=tasks,
                        cache_dir=runs / "full")

@@ -187,3 +187,29 @@ def check_float_image(name: str, x, like=None) -> torch.Tensor:
             raise TypeError(f"{name} has dtype {x.dtype} but the parameters it meets are {wanted}; "
                             f"convert one of them (e.g. {name}.to({wanted}))")
     return x
+
+
+def check_file_path(name: str, value, what: str = "file"):
+    """Return ``value`` as a ``pathlib.Path`` naming an existing file.
+
+    Not a ``str``/``os.PathLike``: ``TypeError``; a folder: ``ValueError`` saying so; nothing
+    there: ``FileNotFoundError`` naming the path (``what`` says what was expected, e.g. "checkpoint").
+    """
+    import os
+    from pathlib import Path
+
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path to a {what} (str or os.PathLike), got {_describe(value)}")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ValueError(f"no {what} at {path}: it is a folder ({name} must name a {what} file)")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    return path
+
+
+def check_module(name: str, value) -> nn.Module:
+    """Return ``value`` if it is a ``torch.nn.Module`` (``TypeError`` naming what it is otherwise)."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {_describe(value)[:200]}")
+    return value

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..validation import check_bool
+
 #: The authors' ImageNet-1k Container-Light (82.3 % top-1), linked from their README's model zoo.
 RELEASE_DRIVE_ID = "1WMOWoxTX7AQDCbfMYh7naqIHube3K85A"
 RELEASE_FILE = "container_light_imagenet1k.pth"
@@ -204,18 +206,17 @@ def load_weights(model: nn.Module, path, *, ema: bool = False) -> nn.Module:
         ValueError: a file of another architecture, missing / unused keys, a shape mismatch, no EMA
             weights when asked for, a file that needs a forbidden class to unpickle.
     """
-    from ..train.checkpoint import FORMAT, load_checkpoint
+    from ..train.checkpoint_file import FORMAT, check_weights_entry, load_weights_into, read_checkpoint
 
-    if not isinstance(ema, bool):
-        raise TypeError(f"ema must be True or False, got {ema!r}")
+    check_bool("ema", ema)
     state = read_weights_file(path)
     if state.get("format") == FORMAT:
-        weights = state.get("ema") if ema and state.get("ema") is not None else state.get("model", {})
-        dtype = _floating_dtype(weights.values()) if isinstance(weights, dict) else None
+        state = read_checkpoint(path)
+        weights = check_weights_entry(path, state, "ema" if ema and state.get("ema") is not None else "model")
+        dtype = _floating_dtype(weights.values())
         if dtype is not None:
             model.to(dtype)
-        load_checkpoint(path, model, ema=ema)
-        return model
+        return load_weights_into(model, path, state, ema=ema)
     weights = _pick_deit_state(state, path, ema)
     converted = convert_authors_state_dict(weights, model)
     dtype = _floating_dtype(converted.values())

@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .factory import create_model
-from .factory import from_config as backbone_from_config
+from ..validation import check_positive_int
 from .network import ContextNet
 
 #: Default common width ``D`` of the head.
@@ -86,9 +85,8 @@ class Segmenter(nn.Module):
         if not hasattr(backbone, "features") or not hasattr(backbone, "feature_dims"):
             raise TypeError(f"backbone must be a ContextNet (features(), feature_dims), "
                             f"got {type(backbone).__name__}")
-        for name, value, low in (("num_classes", num_classes, 1), ("width", width, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("width", width)
         if getattr(backbone, "num_classes", 0):
             backbone.reset_classifier(0)
         self.backbone = backbone
@@ -118,6 +116,8 @@ def create_segmenter(preset_name: str, num_classes: int, img_size=None, width: i
                      in_chans: int = 3, **overrides) -> Segmenter:
     """:class:`Segmenter` on the backbone ``create_model(preset_name, num_classes=0, img_size,
     in_chans, **overrides)`` (MLP-Mixer presets are built for ``img_size`` only)."""
+    from . import create_model  # the package's (no import cycle with the factory, which reads segmenters)
+
     backbone = create_model(preset_name, num_classes=0, img_size=img_size, in_chans=in_chans, **overrides)
     return Segmenter(backbone, num_classes, width)
 
@@ -132,4 +132,6 @@ def from_config(config: dict) -> Segmenter:
     if not is_segmenter_config(config) or not isinstance(config["backbone"], dict):
         raise ValueError("config must be a Segmenter's config: "
                          "{'segmenter': {...}, 'backbone': model.config}")
+    from . import from_config as backbone_from_config
+
     return Segmenter(backbone_from_config(config["backbone"]), **config["segmenter"])

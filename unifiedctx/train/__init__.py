@@ -1,4 +1,4 @@
-"""Training: :func:`fit` a model on a dataset, :func:`evaluate` it, save and load checkpoints.
+"""Training: :func:`fit` a model on a dataset for a task, :func:`evaluate` it, save and load checkpoints.
 
 >>> from unifiedctx import data, models, train
 >>> ds = data.load("mnist5k")                                          # doctest: +SKIP
@@ -7,28 +7,40 @@
 >>> history = train.fit(model, ds, train.Recipe(epochs=3, lr=2e-3))    # doctest: +SKIP
 >>> history.best("test_acc")                                           # doctest: +SKIP
 
-Small datasets live on the device as uint8 tensors and are augmented there (``batches.py``);
-AdamW + warmup/cosine + EMA (``optim.py``); the loop, bf16 autocast, DDP (``engine.py``,
-``distributed.py``); atomic checkpoints that refuse another architecture (``checkpoint.py``);
-the per-epoch record (``history.py``); cached runs for notebooks (``cache.py``); every setting
-that decides a run's result, with its default and check (``recipe.py``).
+A task owns its training (``tasks/``: base, classify, segment, dino; one file each); the engine
+is one loop that names no task (``engine.py``); the settings every task shares (``recipe.py``),
+resolved once per run with the task and the device (``run.py``); small datasets on the device,
+augmented there (``batches.py``); AdamW + warmup/cosine + EMA (``optim.py``); DDP
+(``distributed.py``); atomic checkpoints, the run record and the resume check (``checkpoint.py``,
+``checkpoint_file.py``); the per-epoch record (``history.py``); cached runs for notebooks
+(``cache.py``); non-finite stops (``finite.py``); a run owns its folder (``rundir.py``).
 """
 
 from __future__ import annotations
 
 from . import tasks
-from .batches import DeviceBatches, LoaderBatches, crop_flip, derive_seed, make_batches, mix_batch
+from .batches import (
+    DeviceBatches,
+    DeviceSplit,
+    LoaderBatches,
+    crop_flip,
+    derive_seed,
+    make_batches,
+    mix_batch,
+)
 from .cache import build_model, train_or_load
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .engine import StopTraining, TrainingDiverged, evaluate, fit, resolve_amp, resolve_device
+from .engine import StopTraining, TrainingDiverged, evaluate, fit
 from .history import History
 from .optim import ModelEma, WarmupCosine, param_groups
 from .recipe import Recipe
+from .run import resolve_amp, resolve_device
 from .tasks import Classify, Task
 
 __all__ = [
-    "Classify", "DeviceBatches", "History", "LoaderBatches", "ModelEma", "Recipe", "StopTraining", "Task",
-    "TrainingDiverged", "WarmupCosine",
+    "Classify", "DeviceBatches", "DeviceSplit", "History", "LoaderBatches", "ModelEma", "Recipe",
+    "StopTraining",
+    "Task", "TrainingDiverged", "WarmupCosine",
     "build_model", "crop_flip", "derive_seed", "evaluate", "fit", "load_checkpoint", "make_batches",
     "mix_batch", "param_groups", "read_checkpoint", "resolve_amp", "resolve_device", "save_checkpoint",
     "tasks", "train_or_load",

@@ -112,7 +112,73 @@ def mix_batch(x: torch.Tensor, partner: torch.Tensor, y: torch.Tensor, y_partner
     return x, target
 
 
-class DeviceBatches:
+class DeviceSplit:
+    """A device-resident data set cut into seeded, rank-sliced global batches: what classify and
+    segment batches share.
+
+    Holds ``train_x``/``test_x`` uint8 ``(N, C, H, W)`` and their targets ``train_y``/``test_y``
+    (labels ``(N,)`` or masks ``(N, H, W)``) on ``device``. Epoch ``e`` permutes the training split
+    with a generator seeded by ``(seed, e)`` and cuts it into global batches of
+    ``B = batch_size * world_size``; rank ``r`` keeps positions ``[r b, (r+1) b)`` of each.
+
+    Args:
+        train_x, train_y, test_x, test_y: the two splits (``train_x`` may be empty for evaluation).
+        mean, std: per-channel statistics for ``(x / 255 - mean) / std``.
+        batch_size, device, seed, rank, world_size, channels_last: as their names say.
+        train: ``False`` allows an empty training split (evaluation only).
+    """
+
+    def __init__(self, train_x, train_y, test_x, test_y, mean, std, batch_size: int, device, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False, train: bool = True):
+        self.device = torch.device(device)
+        self.train_x, self.train_y = train_x.to(self.device), train_y.to(self.device)
+        self.test_x, self.test_y = test_x.to(self.device), test_y.to(self.device)
+        c = self.test_x.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self.batch_size, self.global_batch = batch_size, batch_size * world_size
+        self.seed, self.rank, self.world_size, self.channels_last = seed, rank, world_size, channels_last
+        if train and self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size={batch_size} x world_size={world_size} is larger than the "
+                             f"{self.train_x.shape[0]} training images: not one full batch per epoch")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch (the last partial batch is dropped)."""
+        return self.train_x.shape[0] // self.global_batch
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 ``(x / 255 - mean) / std`` for uint8 ``x`` ``(B, C, H, W)``, in the wanted layout."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return ((x.float() / 255.0 - self.mean) / self.std).contiguous(memory_format=fmt)
+
+    def target(self, t: torch.Tensor) -> torch.Tensor:
+        """A target batch as the loss takes it (labels as they are; masks override this)."""
+        return t
+
+    def permutation(self, epoch: int, max_steps: int | None = None):
+        """``(generator, steps, perm)`` of epoch ``epoch``: ``perm`` int64 ``(steps, B)`` image indices;
+        the generator (seeded by ``(seed, epoch)``) goes on to draw the epoch's augmentation."""
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0))
+        steps = self.steps_per_epoch if max_steps is None else min(self.steps_per_epoch, max_steps)
+        perm = torch.randperm(self.train_x.shape[0], generator=gen)[: steps * self.global_batch]
+        return gen, steps, perm.view(steps, self.global_batch)
+
+    def mine(self) -> torch.Tensor:
+        """This rank's positions ``[r b, (r+1) b)`` in a global batch."""
+        b = self.batch_size
+        return torch.arange(self.rank * b, (self.rank + 1) * b, device=self.device)
+
+    def test_batches(self, batch_size: int):
+        """Yield ``(x, target)`` over the test split in order; with several ranks, rank r takes
+        batches r, r + K, r + 2K, ... (sum the results over ranks)."""
+        for i, start in enumerate(range(0, self.test_x.shape[0], batch_size)):
+            if i % self.world_size == self.rank:
+                sl = slice(start, start + batch_size)
+                yield self.normalize(self.test_x[sl]), self.target(self.test_y[sl])
+
+
+class DeviceBatches(DeviceSplit):
     """Epochs of augmented, normalised batches cut from a device-resident :class:`ImageData`.
 
     Args:
@@ -136,34 +202,16 @@ class DeviceBatches:
     def __init__(self, data, batch_size: int, device, *, seed: int = 0, augment: bool = True,
                  mixup: float = 0.0, cutmix: float = 0.0, rank: int = 0, world_size: int = 1,
                  channels_last: bool = False, padding_mode: str = "reflect", train: bool = True):
-        self.device = torch.device(device)
         keep = slice(None) if train else slice(0)  # evaluation alone leaves the training split behind
-        self.train_x, self.train_y = data.train_x[keep].to(self.device), data.train_y[keep].to(self.device)
-        self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
-        c = self.train_x.shape[1]
-        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        self.std = torch.tensor(data.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        super().__init__(data.train_x[keep], data.train_y[keep], data.test_x, data.test_y, data.mean,
+                         data.std,
+                         batch_size, device, seed=seed, rank=rank, world_size=world_size,
+                         channels_last=channels_last, train=train)
         self.num_classes = int(data.num_classes)
-        self.batch_size, self.global_batch = batch_size, batch_size * world_size
-        self.seed, self.augment, self.mixup, self.cutmix = seed, augment, mixup, cutmix
-        self.rank, self.world_size = rank, world_size
-        self.channels_last, self.padding_mode = channels_last, padding_mode
-        self.padding = max(1, min(self.train_x.shape[2:]) // 8)
+        self.augment, self.mixup, self.cutmix, self.padding_mode = augment, mixup, cutmix, padding_mode
+        self.padding = max(1, min(self.test_x.shape[2:]) // 8)
         self.crop = augment and getattr(data, "crop_ok", True)
         self.flip = augment and getattr(data, "flip_ok", True)
-        if train and self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size={batch_size} x world_size={world_size} is larger than the "
-                             f"{self.train_x.shape[0]} training images: not one full batch per epoch")
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Full global batches per epoch (the last partial batch is dropped)."""
-        return self.train_x.shape[0] // self.global_batch
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 ``(x / 255 - mean) / std`` for uint8 ``x`` ``(B, C, H, W)``, in the wanted layout."""
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return ((x.float() / 255.0 - self.mean) / self.std).contiguous(memory_format=fmt)
 
     def _images(self, idx: torch.Tensor, oy, ox, flip) -> torch.Tensor:
         x = self.train_x[idx]
@@ -175,17 +223,13 @@ class DeviceBatches:
 
     def epoch(self, epoch: int, max_steps: int | None = None):
         """Yield ``(x, target, labels)`` for this rank for every step of epoch ``epoch`` (0-based)."""
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0))
-        n, gb, steps = self.train_x.shape[0], self.global_batch, self.steps_per_epoch
-        if max_steps is not None:
-            steps = min(steps, max_steps)
-        perm = torch.randperm(n, generator=gen)[: steps * gb].view(steps, gb)
+        gen, steps, perm = self.permutation(epoch, max_steps)
+        gb = self.global_batch
         oy = torch.randint(0, 2 * self.padding + 1, (steps, gb), generator=gen)
         ox = torch.randint(0, 2 * self.padding + 1, (steps, gb), generator=gen)
         flip = torch.rand(steps, gb, generator=gen) < 0.5
         perm, oy, ox, flip = (t.to(self.device, non_blocking=True) for t in (perm, oy, ox, flip))
-        b = self.batch_size
-        mine = torch.arange(self.rank * b, (self.rank + 1) * b, device=self.device)
+        mine = self.mine()
         for step in range(steps):
             idx = perm[step, mine]
             x = self._images(idx, oy[step, mine], ox[step, mine], flip[step, mine])
@@ -199,15 +243,6 @@ class DeviceBatches:
                 x, target = mix_batch(x, partner, labels, self.train_y[pidx], self.num_classes,
                                       self.mixup, self.cutmix, rng)
             yield x, target, labels
-
-    def test_batches(self, batch_size: int):
-        """Yield ``(x, labels)`` over the test split in order; with several ranks, rank r takes
-        batches r, r + K, r + 2K, ... (sum the results over ranks)."""
-        n = self.test_x.shape[0]
-        for i, start in enumerate(range(0, n, batch_size)):
-            if i % self.world_size == self.rank:
-                sl = slice(start, start + batch_size)
-                yield self.normalize(self.test_x[sl]), self.test_y[sl]
 
 
 class LoaderBatches:

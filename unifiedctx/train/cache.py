@@ -1,29 +1,25 @@
-"""``train_or_load``: train a preset once by a recipe, then load it from its folder (notebook caching)."""
+"""``train_or_load``: :func:`fit` plus a cache check (a finished run in ``out`` is loaded, not retrained)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_checkpoint
-from .engine import fit, recipe_differences, run_recipe
+from ..validation import check_choice
+from .checkpoint import load_checkpoint, read_checkpoint, recipe_differences
+from .engine import _FIT_RUN_ARGS, fit_plan
 from .history import History
 from .recipe import Recipe
+from .run import plan
+from .tasks import model_for_data
 
 
 def build_model(model_name: str, data, seed: int = 0, **overrides) -> nn.Module:
     """``create_model(model_name)`` sized for ``data`` (classes, channels, image size), initialised
-    from ``torch.manual_seed(seed)`` so the same seed gives the same starting weights."""
-    from unifiedctx.models import create_model
-
-    size = data.image_size
-    img_size = size[0] if isinstance(size, (tuple, list)) and size[0] == size[1] else size
-    opts = {"num_classes": data.num_classes, "img_size": img_size, "in_chans": data.channels} | overrides
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return create_model(model_name, **opts)
+    from ``torch.manual_seed(seed)`` (:func:`unifiedctx.train.tasks.model_for_data`)."""
+    return model_for_data(model_name, data, seed, **overrides)
 
 
 def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
@@ -39,30 +35,29 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
 
     Args:
         model_name: a preset of :func:`unifiedctx.models.create_model`.
-        data: the dataset (ImageData or FolderData).
+        data: the dataset (ImageData, FolderData, SegmentationData).
         out: the run's folder.
         recipe: a :class:`Recipe`; recipe settings may also (or instead) be given as keywords.
-        model_options: extra ``create_model`` arguments (``num_classes``, ``img_size`` and
-            ``in_chans`` come from ``data``); the model is built by the task
-            (:meth:`Task.build_model`: a segmenter for ``segment``).
+        model_options: extra model arguments (``num_classes``, ``img_size`` and ``in_chans`` come
+            from ``data``); the model is built by the task (:meth:`Task.build_model`).
         **fit_kwargs: recipe settings (``epochs=...``) and the other arguments of :func:`fit`.
     """
-    from .engine import recipe_and_task
-    from .tasks import Task
+    from unifiedctx.models import list_models
 
+    check_choice("model_name", model_name, list_models())
     if model_options is not None and not isinstance(model_options, dict):
         raise TypeError(f"model_options must be a dict or None, got {type(model_options).__name__}")
-    # a Task instance is a run argument (fit's task=), a task name a recipe setting
-    instance = isinstance(fit_kwargs.get("task"), Task)
-    settings = {k: v for k, v in fit_kwargs.items() if k in Recipe.keys() and not (instance and k == "task")}
-    run = {k: v for k, v in fit_kwargs.items() if k not in settings and k != "resume"}
-    recipe, task = recipe_and_task(recipe, run.get("task"), settings)
-    model = task.build_model(model_name, data, recipe.seed, **(model_options or {}))
-    last = Path(out) / "last.pt"
+    if not isinstance(out, (str, os.PathLike)) or isinstance(out, bool):
+        raise TypeError(f"out must be a folder path (str or os.PathLike), got {type(out).__name__} {out!r}")
+    settings = {k: v for k, v in fit_kwargs.items() if k not in _FIT_RUN_ARGS}
+    run = {k: v for k, v in fit_kwargs.items() if k in _FIT_RUN_ARGS and k not in ("task", "resume")}
+    p = plan(recipe, fit_kwargs.get("task"), settings, {**run, "out": out, "resume": True})
+    model = p.task.build_model(model_name, data, p.recipe.seed, **(model_options or {}))
+    last = Path(out).expanduser() / "last.pt"
     if last.exists():
         state = read_checkpoint(last)
-        if state.get("epoch", 0) >= recipe.epochs and state.get("epochs") == recipe.epochs:
-            wanted = run_recipe(data, recipe, **run)
+        if state.get("epoch", 0) >= p.recipe.epochs and state.get("epochs") == p.recipe.epochs:
+            wanted = p.record(data, int(os.environ.get("WORLD_SIZE", "1")))
             diff = recipe_differences(state.get("recipe", {}), wanted, "in the cached run")
             if diff:
                 raise ValueError(f"the cached run in {out} was trained with other settings "
@@ -70,5 +65,4 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
                                  "(or delete it) to train anew")
             model, state = load_checkpoint(last, model)
             return model, History(state["history"])
-    history = fit(model, data, recipe, out=out, resume=True, **run)
-    return model, history
+    return model, fit_plan(model, data, p)

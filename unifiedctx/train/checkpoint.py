@@ -14,28 +14,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from .checkpoint_file import (
+    FORMAT,
+    describe,
+    load_weights_into,
+    model_config,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .finite import nonfinite_tensors
-from .history import atomic_open
+from .recipe import upgrade_record
 
-FORMAT = "unifiedctx-checkpoint/1"
-
-
-def model_config(model: nn.Module):
-    """The model's ``config`` (a JSON-serialisable dict naming its architecture), or ``None``."""
-    config = getattr(model, "config", None)
-    return dict(config) if isinstance(config, dict) else None
-
-
-def describe(config) -> str:
-    """A short name for an architecture config: its preset name plus its build args."""
-    if not isinstance(config, dict):
-        return "an unnamed model"
-    name = config.get("name") or config.get("preset") or config.get("model") or "model"
-    rest = ", ".join(f"{k}={v!r}" for k, v in config.items() if k not in ("name", "preset", "model"))
-    return f"{name}({rest})"
+__all__ = ["FORMAT", "build_from_config", "check_config", "data_identity", "describe", "load_checkpoint",
+           "model_config", "read_checkpoint", "recipe_differences", "resume_state", "save_checkpoint"]
 
 
 def _normalized(config):
@@ -60,44 +53,6 @@ def check_config(stored, current, where: str) -> None:
     diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
     raise ValueError(f"{where} was made for {describe(stored)}, not for {describe(current)} "
                      f"(differs in: {', '.join(diff)}); use a matching model or another output folder")
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> Path:
-    """Save ``model``'s weights, its config and ``state`` (optimizer, epoch, history, ...) to ``path``.
-
-    The file is written to a temporary file in the same folder, flushed to disk, then renamed over
-    ``path`` (``os.replace``), so a crash leaves either the old or the new checkpoint, never half.
-
-    Raises:
-        ValueError: a tensor of the payload (weights, optimizer state, EMA, ...) holds a NaN or an
-            infinity: a non-finite model is never saved, and ``path`` is left as it was.
-    """
-    path = Path(path)
-    payload = {"format": FORMAT, "model_config": model_config(model), "model": model.state_dict(), **state}
-    bad = nonfinite_tensors(payload)
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(f"refusing to write {path}: {shown} {'is' if len(bad) == 1 else 'are'} not finite "
-                         "(NaN or inf); a checkpoint must hold a good model")
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
-    return path
-
-
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """The raw checkpoint dict (``weights_only=True``); clear errors for a missing or foreign file."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # a truncated file, a pickle with code in it, not a torch file at all
-        raise ValueError(f"{path} is not a readable unifiedctx checkpoint: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a unifiedctx checkpoint (no format {FORMAT!r})")
-    return state
 
 
 def build_from_config(config: dict) -> nn.Module:
@@ -138,14 +93,50 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
         model = build_from_config(state["model_config"])
     else:
         check_config(state.get("model_config"), model_config(model), f"checkpoint {path}")
-    weights = state["model"]
-    if ema:
-        if state.get("ema") is None:
-            raise ValueError(f"{path} has no EMA weights (it was trained without ema)")
-        weights = state["ema"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        reason = " ".join(str(err).split())[:400]
-        raise ValueError(f"checkpoint {path} does not fit the model: {reason}") from err
+    load_weights_into(model, path, state, ema=ema)
     return model, state
+
+
+# ---------------------------------------------------------------------------------- the run record
+def data_identity(data) -> dict:
+    """What the data is, for the record: ``{"name", "options", "fingerprint"}`` (the fingerprint
+    hashes the sizes and a strided sample of the contents; see ``ImageData.fingerprint``)."""
+    fingerprint = getattr(data, "fingerprint", None)
+    return {"name": getattr(data, "name", None), "options": getattr(data, "options", None),
+            "fingerprint": fingerprint() if callable(fingerprint) else None}
+
+
+def recipe_differences(stored: dict, wanted: dict, where: str = "in the checkpoint") -> list[str]:
+    """``"key: A in the checkpoint, B now"`` for every setting in which two run records differ
+    (a record of an older version is first read in today's shape: :func:`upgrade_record`)."""
+    stored = upgrade_record(stored) if isinstance(stored, dict) else {}
+    diff = []
+    for key in wanted:
+        old, new = stored.get(key, "(not recorded)"), wanted[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            diff += [f"{key}.{k}: {old.get(k, '(not recorded)')!r} {where}, {new[k]!r} now"
+                     for k in new if old.get(k, "(not recorded)") != new[k]]
+        elif old != new:
+            diff.append(f"{key}: {old!r} {where}, {new!r} now")
+    return diff
+
+
+def resume_state(path: Path, model: nn.Module, record: dict) -> dict:
+    """The checkpoint at ``path`` if a run with this ``model`` and run ``record`` can resume from
+    it exactly: same architecture, same settings, a full training state, finite weights."""
+    state = read_checkpoint(path)
+    check_config(state.get("model_config"), model_config(model), f"checkpoint {path}")
+    if state.get("optimizer") is None or "epoch" not in state:
+        raise ValueError(f"cannot resume from {path}: it holds weights only (no optimizer state or epoch "
+                         "count, like a best.pt), but resume needs the last.pt of a run. To start a new run "
+                         f"from its weights: load_checkpoint({str(path)!r}, model), then fit the model into "
+                         "another folder")
+    diff = recipe_differences(state.get("recipe", {}), record)
+    if diff:
+        raise ValueError(f"cannot resume {path} exactly with other settings ({'; '.join(diff)}); "
+                         "use the same settings or another output folder")
+    bad = nonfinite_tensors({"model": state.get("model"), "ema": state.get("ema")})
+    if bad:
+        raise ValueError(f"cannot resume {path}: {', '.join(bad[:3])} hold NaN or inf "
+                         "(not a good checkpoint)")
+    return state

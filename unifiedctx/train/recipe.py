@@ -7,10 +7,14 @@ One run of :func:`unifiedctx.train.fit` optimises, per step ``t`` of ``T = epoch
     W = min(round(warmup_epochs * steps_per_epoch), floor(warmup_cap * T))
 
 with AdamW (``weight_decay``), batches of ``batch_size`` images (augmented where the data allows
-it), the task's loss (classification: cross-entropy with ``label_smoothing``), optional mixup,
-cutmix, gradient clipping and an EMA of the weights; all randomness derives from ``seed``.
+it), the task's loss, optional gradient clipping and an EMA of the weights; all randomness derives
+from ``seed``.
 
-:class:`Recipe` holds exactly these settings. ``fit``'s keywords, the CLI's ``train`` options
+:class:`Recipe` holds exactly what every task shares, plus the task's name and its options
+(``task_options``: classification's label smoothing, mixup and cutmix live there, as options of
+the ``classify`` task). A task's option may be given by its own name as a shortcut:
+``Recipe(epochs=3, label_smoothing=0.1)`` is ``Recipe(epochs=3, task_options={"label_smoothing": 0.1})``,
+and ``recipe.label_smoothing`` reads it back. ``fit``'s keywords, the CLI's ``train`` options
 (:func:`unifiedctx.cli.add_recipe_options` reads ``RECIPE_FIELDS``: type, default, help), the stored
 ``config.json``/checkpoint ``recipe`` and the resume check all come from it. How a run is
 executed (device, amp, compile, output folder, progress) is not part of it.
@@ -24,9 +28,14 @@ import math
 from dataclasses import MISSING, dataclass, field
 
 from ..validation import check_bool, check_float, check_int, check_positive_int
+from . import tasks
 
-#: The task whose settings include ``label_smoothing`` (the Recipe field is its shortcut).
-CLASSIFY = "classify"
+#: The task of a recipe that names none (and of every run stored before tasks existed).
+DEFAULT_TASK = "classify"
+#: The largest peak learning rate a recipe accepts: above it AdamW's steps are meaningless.
+MAX_LR = 10.0
+#: Settings that older runs stored in the shared recipe; they are options of the classify task now.
+MOVED_TO_TASK = ("label_smoothing", "mixup", "cutmix")
 
 
 def _setting(default=MISSING, *, help: str, check, flag: str | None = None):
@@ -74,22 +83,19 @@ class Recipe:
     epochs: int = _setting(help="passes over the training split", check=check_positive_int)
     batch_size: int = _setting(128, help="images per step per process (under DDP the global batch is "
                                "batch_size x world_size)", check=check_positive_int)
-    lr: float = _setting(5e-3, help="AdamW peak learning rate (suits the _nano presets; notebook 04 trains "
-                         "the _cifar ones with 2e-3 at batch 256)", check=_float(low=0, low_open=True))
+    lr: float = _setting(5e-3, help="AdamW peak learning rate, in (0, 10] (5e-3 suits the _nano presets; "
+                         "notebook 04 trains the _cifar ones with 2e-3 at batch 256)",
+                         check=_float(low=0, high=MAX_LR, low_open=True))
     weight_decay: float = _setting(0.05, help="AdamW decoupled weight decay (not on norms and biases)",
                                    check=_float(low=0))
     warmup_epochs: float = _setting(1.0, help="linear warm-up length in epochs (fractional too; at most "
                                     "warmup_cap of the run), then cosine decay to 0", check=_float(low=0))
     warmup_cap: float = _setting(0.2, help="the warm-up is at most this fraction of all the run's steps",
                                  check=_float(low=0, high=1))
-    label_smoothing: float = _setting(0.0, help="label smoothing eps of the classify task: q = (1 - eps) t "
-                                      "+ eps / K", check=_float(low=0, high=1, high_open=True))
     clip_grad: float | None = _setting(None, help="clip the global gradient norm to this value",
                                        check=_float(low=0, low_open=True, none_ok=True))
     ema: float | None = _setting(None, help="decay of an EMA of the weights, e.g. 0.999",
                                  check=_float(low=0, high=1, low_open=True, high_open=True, none_ok=True))
-    mixup: float = _setting(0.0, help="mixup Beta(a, a) parameter (0: off)", check=_float(low=0))
-    cutmix: float = _setting(0.0, help="cutmix Beta(a, a) parameter (0: off)", check=_float(low=0))
     augment: bool = _setting(True, help="random crop and horizontal flip, each only where the dataset "
                              "allows it (data.crop_ok, data.flip_ok: CIFAR both; mnist5k and the "
                              "synthetic tasks none)", check=check_bool)
@@ -97,26 +103,30 @@ class Recipe:
                          "in the CLI)", check=lambda n, v: check_int(n, v, low=0))
     max_steps_per_epoch: int | None = _setting(None, help="cut every epoch short (smoke runs, benchmarks)",
                                                check=_optional_positive_int)
-    task: str = _setting(CLASSIFY, help="what to train for: classify, segment, dino (unifiedctx.train."
+    task: str = _setting(DEFAULT_TASK, help="what to train for: classify, segment, dino (unifiedctx.train."
                          "tasks)", check=_task_name)
-    task_options: dict = _setting({}, help="options of the task, e.g. out_dim=1024 for dino",
-                                  check=_json_dict, flag="--task-option")
+    task_options: dict = _setting({}, help="options of the task, e.g. label_smoothing=0.1 or mixup=0.2 for "
+                                  "classify, out_dim=1024 for dino", check=_json_dict, flag="--task-option")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
-        if self.task != CLASSIFY and self.label_smoothing:
-            raise ValueError(f"label_smoothing is a setting of the classify task, not of {self.task!r}; "
-                             "give that task's own options in task_options")
-        if self.task == CLASSIFY and "label_smoothing" in self.task_options:
-            raise ValueError("give label_smoothing once: as the recipe's label_smoothing, "
-                             "not in task_options")
+        if self.task in tasks.available():  # a task known by name: its options checked, defaults filled
+            object.__setattr__(self, "task_options", dict(self.build_task().settings()))
+
+    def __getattr__(self, name: str):
+        """A task option by its own name (``recipe.label_smoothing``), default included."""
+        if name.startswith("_") or name not in _option_names(self.task):
+            raise AttributeError(f"Recipe has no setting {name!r} (task {self.task!r})")
+        return self.task_options.get(name, _option_default(self.task, name))
 
     # ------------------------------------------------------------------ derived
+    def build_task(self):
+        """The :class:`~unifiedctx.train.tasks.Task` this recipe names, built with its options."""
+        return tasks.create(self.task, **self.task_options)
+
     def task_settings(self) -> dict:
-        """The options the task is built with: ``task_options`` (+ ``label_smoothing`` for classify)."""
-        if self.task == CLASSIFY:
-            return {"label_smoothing": self.label_smoothing, **self.task_options}
+        """The options the task is built with (``task_options``)."""
         return dict(self.task_options)
 
     def warmup_steps(self, steps_per_epoch: int) -> int:
@@ -126,11 +136,7 @@ class Recipe:
 
     def for_task(self, task) -> Recipe:
         """This recipe with ``task`` (a Task instance) as the task: its name and full settings."""
-        settings = dict(task.settings())
-        if task.name == CLASSIFY:
-            smoothing = settings.pop("label_smoothing", 0.0)
-            return self.replace(task=task.name, task_options=settings, label_smoothing=smoothing)
-        return self.replace(task=task.name, task_options=settings, label_smoothing=0.0)
+        return self.replace(task=task.name, task_options=dict(task.settings()))
 
     # ------------------------------------------------------------------ building and JSON
     @classmethod
@@ -140,8 +146,10 @@ class Recipe:
 
     @classmethod
     def from_settings(cls, recipe: Recipe | None = None, **settings) -> Recipe:
-        """``recipe`` with ``settings`` replaced, or a new recipe from ``settings`` alone."""
-        unknown = sorted(set(settings) - set(cls.keys()))
+        """``recipe`` with ``settings`` replaced, or a new recipe from ``settings`` alone (a task's
+        option by its own name goes into ``task_options``)."""
+        options = {name for t in tasks.available() for name in _option_names(t)}
+        unknown = sorted(set(settings) - set(cls.keys()) - options)
         if unknown:
             raise TypeError(f"unknown training setting {unknown[0]!r}; a Recipe has: {', '.join(cls.keys())}")
         if recipe is None:
@@ -153,34 +161,94 @@ class Recipe:
         return recipe.replace(**settings)
 
     def replace(self, **changes) -> Recipe:
-        """A copy with some settings changed (checked again); an unknown name is a ``TypeError``."""
-        unknown = sorted(set(changes) - set(self.keys()))
-        if unknown:
-            raise TypeError(f"Recipe has no setting {unknown[0]!r}; "
-                            f"its settings are: {', '.join(self.keys())}")
-        return dataclasses.replace(self, **changes)
+        """A copy with some settings changed (checked again). A task's option by its own name
+        goes into ``task_options``; another task (``task=...``) starts from its own defaults."""
+        task = changes.get("task", self.task)
+        if task != self.task and "task_options" not in changes:
+            changes["task_options"] = {}
+        current = {k: getattr(self, k) for k in self.keys()}
+        if "task_options" not in changes:  # shortcuts replace this recipe's options of the same name
+            shortcuts = {k: changes.pop(k) for k in list(changes) if k in _option_names(task)}
+            changes["task_options"] = {**current["task_options"], **shortcuts}
+        return type(self)(**{**current, **changes})
 
     def to_dict(self) -> dict:
         """Plain JSON: every setting, with the task as ``{"name", "settings"}`` (label smoothing
         inside classify's settings), as stored in ``config.json`` and checkpoints."""
-        skip = ("label_smoothing", "task", "task_options")
+        skip = ("task", "task_options")
         out = {k: getattr(self, k) for k in self.keys() if k not in skip}
         return json.loads(json.dumps({**out, "task": {"name": self.task, "settings": self.task_settings()}}))
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
-        """The recipe that :meth:`to_dict` wrote; settings missing from an older file take their
-        defaults, and a file from before tasks (``label_smoothing`` at the top) is read as classify.
-        What the engine records beside the recipe (``world_size``, ``amp``, ``data``, ...) is left out."""
+        """The recipe that :meth:`to_dict` wrote, also from older files (:func:`upgrade_record`):
+        settings missing there take their defaults. What the engine records beside the recipe
+        (``world_size``, ``amp``, ``data``, ...) is left out."""
         if not isinstance(data, dict):
             raise TypeError(f"a stored recipe must be a dict, got {type(data).__name__}")
-        data = {k: v for k, v in data.items() if k in cls.keys()}
-        task = data.pop("task", None) or {"name": CLASSIFY, "settings": {}}
-        settings = dict(task.get("settings") or {})
-        name = task.get("name", CLASSIFY)
-        if name == CLASSIFY:
-            data["label_smoothing"] = settings.pop("label_smoothing", data.get("label_smoothing", 0.0))
-        return cls.from_settings(**data, task=name, task_options=settings)
+        data = upgrade_record(data)
+        task = data["task"]
+        shared = {k: v for k, v in data.items() if k in cls.keys() and k != "task"}
+        return cls.from_settings(**shared, task=task["name"], task_options=dict(task.get("settings") or {}))
+
+
+def upgrade_record(stored: dict) -> dict:
+    """A stored recipe record in today's shape: the task as ``{"name", "settings"}`` (a record from
+    before tasks is a classify run), and label smoothing, mixup and cutmix, which older records kept
+    in the shared recipe, inside classify's settings (dropped when 0 for another task)."""
+    stored = dict(stored)
+    task = stored.pop("task", None) or {"name": DEFAULT_TASK, "settings": {}}
+    task = {"name": task.get("name", DEFAULT_TASK), "settings": dict(task.get("settings") or {})}
+    for key in MOVED_TO_TASK:
+        if key in stored:
+            value = stored.pop(key)
+            if key in _option_names(task["name"]):
+                task["settings"].setdefault(key, value)
+            elif value:
+                raise ValueError(f"the stored recipe has {key}={value!r}, which task {task['name']!r} "
+                                 "does not take")
+    if task["name"] in tasks.available():
+        task["settings"] = dict(tasks.create(task["name"], **task["settings"]).settings())
+    return {**stored, "task": task}
+
+
+def _option_names(task: str) -> tuple[str, ...]:
+    return tasks.option_names(tasks.task_class(task)) if task in tasks.available() else ()
+
+
+def _option_default(task: str, name: str):
+    import inspect
+
+    return inspect.signature(tasks.task_class(task).__init__).parameters[name].default
+
+
+_dataclass_init = Recipe.__init__
+
+
+def _recipe_init(self, *args, **settings) -> None:
+    """The dataclass's ``__init__``, with a task's options accepted by their own names."""
+    names = Recipe.keys()
+    extra = {k: settings.pop(k) for k in list(settings) if k not in names}
+    if extra:
+        task = settings.get("task", DEFAULT_TASK)
+        options = dict(settings.get("task_options") or {})
+        for key, value in extra.items():
+            if key not in _option_names(task):
+                owners = [t for t in tasks.available() if key in _option_names(t)]
+                if owners:
+                    raise ValueError(f"{key} is a setting of the {owners[0]} task, not of {task!r}; give "
+                                     "that task's own options in task_options")
+                raise TypeError(f"Recipe has no setting {key!r}; a Recipe has: {', '.join(names)} "
+                                f"(and the options of task {task!r}: "
+                                f"{', '.join(_option_names(task)) or 'none'})")
+            if key in options and options[key] != value:
+                raise ValueError(f"give {key} once: as {key}={value!r} or in task_options, not both")
+            options[key] = value
+        settings["task_options"] = options
+    _dataclass_init(self, *args, **settings)
+
+
+Recipe.__init__ = _recipe_init
 
 
 #: The fields of :class:`Recipe` (what the CLI generates its train options from).

@@ -3,7 +3,8 @@
 * ``multicrop.py``: two global and several local random-resized crops, batched with ``grid_sample``;
 * ``head.py``: the projection head (MLP, L2-normalised bottleneck, weight-normalised last layer);
 * ``loss.py``: the cross-entropy between the centred, sharpened teacher and the student; schedules;
-* ``task.py``: the ``"dino"`` :class:`~unifiedctx.train.tasks.Task` (teacher EMA, metrics, state);
+* :mod:`unifiedctx.train.tasks.dino`: the ``"dino"`` Task (teacher EMA, metrics, state), loaded on
+  first use of ``Dino`` (``task.py`` re-exports it);
 * ``knn.py``, ``probe.py``: evaluation of frozen features (weighted k-NN, a linear probe).
 
 >>> from unifiedctx import data, train                                   # doctest: +SKIP
@@ -21,7 +22,15 @@ from .knn import extract_features, knn_accuracy, knn_predict
 from .loss import DinoLoss, teacher_momentum, teacher_temperature
 from .multicrop import MultiCrop, color_jitter, crop_boxes, is_grey, resized_crops
 from .probe import fit_linear_probe, linear_probe, probe_predict
-from .task import Dino
+
+
+def __getattr__(name: str):
+    if name == "Dino":  # the task module imports this package's parts: loaded on first use
+        import importlib
+
+        return importlib.import_module("unifiedctx.train.tasks.dino").Dino
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Dino",

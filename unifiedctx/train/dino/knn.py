@@ -99,19 +99,33 @@ def split_batches(data_batches, split: str, batch_size: int):
         yield data_batches.normalize(images[sl]), labels[sl]
 
 
-def knn_accuracy(
-    model: nn.Module, data, k: int = 20, temperature: float = 0.07, batch_size: int = 256, device="cpu"
-) -> float:
-    """k-NN accuracy in [0, 1] of ``model``'s features: the training split is the bank, the test
-    split the queries (an ImageData; the model must be classifier-free, ``num_classes=0``)."""
+def split_features(model: nn.Module, batches, batch_size: int = 256, amp_dtype: torch.dtype | None = None):
+    """The one frozen-feature pass that k-NN and the linear probe share: ``(train_f (N, D),
+    train_y (N,), test_f (Q, D), test_y (Q,))`` of a classifier-free ``model`` over a
+    :class:`~unifiedctx.train.DeviceBatches`: the whole training split (the bank), and this rank's
+    share of the test split (all of it in one process)."""
+    train_f, train_y = extract_features(model, split_batches(batches, "train", batch_size), amp_dtype)
+    test_f, test_y = extract_features(model, batches.test_batches(batch_size), amp_dtype)
+    return train_f, train_y, test_f, test_y
+
+
+def data_features(model: nn.Module, data, batch_size: int = 256, device="cpu"):
+    """:func:`split_features` of an ImageData (``TypeError`` for anything else); ``model`` is moved
+    to ``device``."""
     from ..batches import DeviceBatches
 
     if not hasattr(data, "train_x"):
         raise TypeError(f"data must be an ImageData (train_x/test_x tensors), got {type(data).__name__}")
     dev = torch.device(device)
     model.to(dev)
-    batches = DeviceBatches(data, 1, dev, augment=False)
-    bank, bank_labels = extract_features(model, split_batches(batches, "train", batch_size))
-    queries, labels = extract_features(model, split_batches(batches, "test", batch_size))
+    return split_features(model, DeviceBatches(data, 1, dev, augment=False), batch_size)
+
+
+def knn_accuracy(
+    model: nn.Module, data, k: int = 20, temperature: float = 0.07, batch_size: int = 256, device="cpu"
+) -> float:
+    """k-NN accuracy in [0, 1] of ``model``'s features: the training split is the bank, the test
+    split the queries (an ImageData; the model must be classifier-free, ``num_classes=0``)."""
+    bank, bank_labels, queries, labels = data_features(model, data, batch_size, device)
     preds = knn_predict(bank, bank_labels, queries, int(data.num_classes), k, temperature)
     return float((preds == labels).double().mean())

@@ -78,16 +78,9 @@ def linear_probe(
 ) -> dict[str, float]:
     """Train and test accuracy in [0, 1] of a linear probe on a classifier-free ``model``'s frozen
     features of an ImageData's train split (fit) and test split (scored)."""
-    from ..batches import DeviceBatches
-    from .knn import extract_features, split_batches
+    from .knn import data_features
 
-    if not hasattr(data, "train_x"):
-        raise TypeError(f"data must be an ImageData (train_x/test_x tensors), got {type(data).__name__}")
-    dev = torch.device(device)
-    model.to(dev)
-    batches = DeviceBatches(data, 1, dev, augment=False)
-    train_f, train_y = extract_features(model, split_batches(batches, "train", batch_size))
-    test_f, test_y = extract_features(model, split_batches(batches, "test", batch_size))
+    train_f, train_y, test_f, test_y = data_features(model, data, batch_size, device)
     probe = fit_linear_probe(train_f, train_y, int(data.num_classes), weight_decay, max_iter)
     train_acc = (probe_predict(probe, train_f) == train_y.cpu()).double().mean()
     test_acc = (probe_predict(probe, test_f) == test_y.cpu()).double().mean()

@@ -1,0 +1,75 @@
+"""What a training run optimises and measures: the :class:`Task`, one file per task.
+
+==============  ===============================  ======================================  ==============
+task            a batch                          loss                                    best.pt by
+==============  ===============================  ======================================  ==============
+``classify``    ``(x, target, labels)``          cross-entropy (label smoothing, mixup)  ``test_acc``
+``segment``     ``(x, mask)``                    per-pixel cross-entropy                 ``test_miou``
+``dino``        ``(x, ...)`` (labels unused)     self-distillation over multi-crops      ``knn_acc``
+==============  ===============================  ======================================  ==============
+
+``create(name, **options)`` builds a registered task; ``register(cls)`` adds one (a class with a
+unique ``name``). The tasks other than ``classify`` are imported on first use (``LAZY``: one line
+per task), so ``import unifiedctx.train`` stays light. ``docs/adding_a_task.md`` adds a fourth.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ...validation import suggest
+from .base import Task, autocast_context, model_for_data, option_names
+from .classify import Classify, ClassifyOptions, evaluate_classifier, output_classes
+
+#: Registered task classes by name.
+REGISTRY: dict[str, type[Task]] = {"classify": Classify}
+#: Tasks that register themselves when their module is imported: name -> module.
+LAZY = {
+    "segment": "unifiedctx.train.tasks.segment",
+    "dino": "unifiedctx.train.tasks.dino",
+}
+
+__all__ = ["LAZY", "REGISTRY", "Classify", "ClassifyOptions", "Task", "autocast_context", "available",
+           "create", "evaluate_classifier", "model_for_data", "option_names", "output_classes", "register",
+           "task_class"]
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Add a :class:`Task` subclass to the registry under ``cls.name`` (usable as a decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TypeError(f"register expects a Task subclass, got {cls!r}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of every task, registered or importable."""
+    return sorted({*REGISTRY, *LAZY})
+
+
+def task_class(name) -> type[Task]:
+    """The registered class of the task called ``name`` (importing its module on first use)."""
+    if not isinstance(name, str):
+        raise TypeError(f"task must be a task name ({', '.join(available())}) or a Task, "
+                        f"got {type(name).__name__} {name!r}")
+    if name not in REGISTRY and name in LAZY:
+        importlib.import_module(LAZY[name])
+    if name not in REGISTRY:
+        names = available()
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(names)}.{suggest(name, names)}")
+    return REGISTRY[name]
+
+
+def create(task, **options) -> Task:
+    """A :class:`Task` from a name (``"classify"``, ``"segment"``, ``"dino"``) and its options;
+    a Task instance is returned as it is (then ``options`` must be empty)."""
+    if isinstance(task, Task):
+        if options:
+            raise TypeError(f"task options {sorted(options)} given with a Task instance; set them on it")
+        return task
+    cls = task_class("classify" if task is None else task)
+    unknown = sorted(set(options) - set(option_names(cls)))
+    if unknown:
+        raise TypeError(f"task {cls.name!r} has no option {unknown[0]!r}; its options are: "
+                        f"{', '.join(option_names(cls)) or 'none'}")
+    return cls(**options)

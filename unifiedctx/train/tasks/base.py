@@ -1,0 +1,141 @@
+"""The contract between a task and the engine: :class:`Task`.
+
+A task is the unit that owns its training. The engine (:func:`unifiedctx.train.fit`) calls, per run::
+
+    task.check_data(data)                      before anything is written (ValueError/TypeError)
+    task.setup(model, data, device)            check the model against the data, build extra modules
+    net = task.network(model)                  what is optimised and wrapped in DDP (model + modules())
+    batches = task.batches(data, b, device, seed=, augment=, rank=, world_size=, channels_last=)
+    for every step:  loss, sums = task.loss(net_or_ddp(net), batch);  backward;  AdamW step
+                     task.after_step(model, global_step, total_steps)
+    every epoch:     task.train_metrics(all-reduced sums) | task.evaluate(model, batches, ...)
+
+and checkpoints ``model``, ``task.modules()`` and ``task.state_dict()``. ``best.pt`` is picked by
+``task.best_metric`` (larger is better). Nothing in the engine names a task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .. import distributed as D
+from ..batches import make_batches
+
+
+def autocast_context(device: torch.device, amp_dtype):
+    """``torch.autocast`` for ``amp_dtype`` on ``device``'s type, or a no-op context."""
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+
+def model_for_data(preset: str, data, seed: int = 0, builder=None, **overrides) -> nn.Module:
+    """The one place a model is built for a data set: ``builder(preset, **sizing | overrides)``.
+
+    ``sizing = {num_classes: data.num_classes, img_size: data.image_size (an int when square),
+    in_chans: data.channels}``; the weights are drawn under ``torch.manual_seed(seed)`` (the global
+    RNG is left as it was), so the same seed gives the same starting weights. ``builder`` defaults
+    to :func:`unifiedctx.models.create_model`.
+    """
+    if builder is None:
+        from unifiedctx.models import create_model as builder
+    size = tuple(data.image_size)
+    img_size = size[0] if size[0] == size[1] else size
+    opts = {"num_classes": data.num_classes, "img_size": img_size, "in_chans": data.channels} | overrides
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return builder(preset, **opts)
+
+
+def _split_sizes(data) -> tuple[int | None, int | None]:
+    """``(train, test)`` sizes of a tensor data set (``None`` for a split the data does not hold)."""
+    sizes = []
+    for split in ("train", "test"):
+        x = getattr(data, f"{split}_x", None)
+        sizes.append(int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() >= 1 else None)
+    return sizes[0], sizes[1]
+
+
+class Task(ABC):
+    """Base class of a training task (see the module docstring for the order of the calls).
+
+    Subclasses set ``name`` and ``best_metric``, implement :meth:`loss` and :meth:`evaluate`, and
+    override what differs. ``Task.__init__``'s keyword arguments are the task's options: they are
+    what ``settings()`` returns (JSON-able, stored with the run, compared on resume), and
+    :func:`option_names` lists them (``fit(..., label_smoothing=0.1)`` routes such a keyword to
+    the task).
+    """
+
+    name: ClassVar[str] = "task"
+    best_metric: ClassVar[str] = "test_acc"
+    #: Options that the command line offers as flags of their own: ``{option: help}`` (float values).
+    flags: ClassVar[dict[str, str]] = {}
+
+    def settings(self) -> dict:
+        """JSON-able settings of this task that decide the result (none by default)."""
+        return {}
+
+    def build_model(self, preset: str, data, seed: int = 0, **overrides) -> nn.Module:
+        """The model this task trains, from a preset sized for ``data`` (:func:`model_for_data`)."""
+        return model_for_data(preset, data, seed, **overrides)
+
+    def check_data(self, data) -> None:
+        """Refuse data this task cannot train on, before any run folder is made: by default, a
+        tensor data set with an empty training or test split."""
+        n_train, n_test = _split_sizes(data)
+        if n_train == 0 or n_test == 0:
+            raise ValueError(f"data must have training and test images, got {n_train} and {n_test} "
+                             f"(task {self.name!r} trains on one split and measures on the other)")
+
+    def setup(self, model: nn.Module, data, device: torch.device) -> None:
+        """Check ``model`` against ``data`` and build model-dependent state (nothing by default)."""
+        return None  # optional hook: nothing by default
+
+    def modules(self) -> nn.ModuleDict:
+        """Trainable modules besides the model (none by default), checkpointed as ``task_modules``."""
+        return nn.ModuleDict()
+
+    def network(self, model: nn.Module) -> nn.Module:
+        """The module the engine optimises and wraps in DDP: ``model`` and every module of
+        :meth:`modules` (by default the model itself). :meth:`loss` gets it (or its DDP wrapper)."""
+        return model
+
+    def batches(self, data, batch_size: int, device, **options):
+        """The classification batches of :func:`unifiedctx.train.batches.make_batches`."""
+        return make_batches(data, batch_size, device, **options)
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, sums)`` for one batch: the 0-d float32 loss and per-step sums for the epoch."""
+
+    def after_step(self, model: nn.Module, global_step: int, total_steps: int) -> None:
+        """Called after every optimizer step (nothing by default)."""
+        return None  # optional hook: nothing by default
+
+    def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Epoch sums -> history columns (none by default)."""
+        return {}
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, batches, batch_size: int, amp_dtype, ctx: D.DistContext,
+                 device: torch.device) -> dict[str, float]:
+        """Test metrics (history columns), summed over ranks."""
+
+    def state_dict(self) -> dict:
+        """Non-trainable state that exact resume needs (none by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        return None  # optional hook: nothing by default
+
+
+def option_names(cls: type[Task]) -> tuple[str, ...]:
+    """The keyword options of a task class: the named parameters of its ``__init__``."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in params if p.name != "self" and p.kind in kinds)
