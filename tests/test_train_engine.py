@@ -285,7 +285,7 @@ def test_fit_takes_a_recipe_or_the_same_keywords(tmp_path):
     stored = read_checkpoint(tmp_path / "b" / "last.pt")["recipe"]
     assert Recipe.from_dict(stored) == Recipe(**settings)
     assert json.loads((tmp_path / "a" / "config.json").read_text())["recipe"]["task"] == {
-        "name": "classify", "settings": {"label_smoothing": 0.1}}
+        "name": "classify", "settings": {"label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0}}
     with pytest.raises(TypeError, match="unknown training setting 'learning_rate'"):
         fit(make(), data, epochs=1, learning_rate=0.1, **run)
     with pytest.raises(TypeError, match="needs epochs"):

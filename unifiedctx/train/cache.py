@@ -9,7 +9,7 @@ from torch import nn
 
 from ..validation import check_choice
 from .checkpoint import load_checkpoint, read_checkpoint, recipe_differences
-from .engine import _FIT_RUN_ARGS, fit_plan
+from .engine import _FIT_RUN_ARGS, fit
 from .history import History
 from .recipe import Recipe
 from .run import plan
@@ -65,4 +65,4 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
                                  "(or delete it) to train anew")
             model, state = load_checkpoint(last, model)
             return model, History(state["history"])
-    return model, fit_plan(model, data, p)
+    return model, fit(model, data, p.recipe, task=p.task, **p.run)  # the plan's recipe and task, as they are

@@ -107,17 +107,22 @@ def data_identity(data) -> dict:
 
 
 def recipe_differences(stored: dict, wanted: dict, where: str = "in the checkpoint") -> list[str]:
-    """``"key: A in the checkpoint, B now"`` for every setting in which two run records differ
-    (a record of an older version is first read in today's shape: :func:`upgrade_record`)."""
+    """``"key: A in the checkpoint, B now"`` for every setting in which two run records differ,
+    nested settings by their dotted path (``task.settings.mixup: 0.0 in the checkpoint, 0.2 now``;
+    below the top level only dicts with the same keys are compared entry by entry);
+    a record of an older version is first read in today's shape (:func:`upgrade_record`)."""
     stored = upgrade_record(stored) if isinstance(stored, dict) else {}
+    return _differences(stored, wanted, where, "")
+
+
+def _differences(old: dict, new: dict, where: str, prefix: str) -> list[str]:
     diff = []
-    for key in wanted:
-        old, new = stored.get(key, "(not recorded)"), wanted[key]
-        if isinstance(old, dict) and isinstance(new, dict):
-            diff += [f"{key}.{k}: {old.get(k, '(not recorded)')!r} {where}, {new[k]!r} now"
-                     for k in new if old.get(k, "(not recorded)") != new[k]]
-        elif old != new:
-            diff.append(f"{key}: {old!r} {where}, {new!r} now")
+    for key in new:
+        a, b = old.get(key, "(not recorded)"), new[key]
+        if isinstance(a, dict) and isinstance(b, dict) and (not prefix or set(a) == set(b)):
+            diff += _differences(a, b, where, f"{prefix}{key}.")
+        elif a != b:
+            diff.append(f"{prefix}{key}: {a!r} {where}, {b!r} now")
     return diff
 
 

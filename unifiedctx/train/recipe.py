@@ -52,6 +52,15 @@ def _float(low=None, high=None, low_open=False, high_open=False, none_ok=False):
                                            high_open=high_open, none_ok=none_ok)
 
 
+def _learning_rate(name, value) -> float:
+    """A positive, finite float of at most :data:`MAX_LR`."""
+    value = check_float(name, value, low=0, low_open=True)
+    if value > MAX_LR:
+        raise ValueError(f"{name} must be <= {MAX_LR:g}, got {value:g}: an AdamW step moves each weight by "
+                         "about lr, so a larger one cannot train (typical values are 1e-4 to 1e-2)")
+    return value
+
+
 def _optional_positive_int(name, value):
     return None if value is None else check_positive_int(name, value)
 
@@ -85,7 +94,7 @@ class Recipe:
                                "batch_size x world_size)", check=check_positive_int)
     lr: float = _setting(5e-3, help="AdamW peak learning rate, in (0, 10] (5e-3 suits the _nano presets; "
                          "notebook 04 trains the _cifar ones with 2e-3 at batch 256)",
-                         check=_float(low=0, high=MAX_LR, low_open=True))
+                         check=_learning_rate)
     weight_decay: float = _setting(0.05, help="AdamW decoupled weight decay (not on norms and biases)",
                                    check=_float(low=0))
     warmup_epochs: float = _setting(1.0, help="linear warm-up length in epochs (fractional too; at most "
