@@ -23,7 +23,7 @@ function make(tag, props = {}, children = []) {
   for (const [key, value] of Object.entries(props)) {
     if (key === "text") node.textContent = value;
     else if (key === "class") node.className = value;
-    else if (key.startsWith("aria-") || key === "role" || key === "tabindex") node.setAttribute(key, value);
+    else if (/^(aria-|data-)/.test(key) || key === "role" || key === "tabindex") node.setAttribute(key, value);
     else node[key] = value;
   }
   node.append(...children);
@@ -216,7 +216,9 @@ function render({ model, el }) {
     layer: select("layer", "layer"), head: select("head", "head"), component: select("component", "component"),
     depth: select("through depth", "depth"), row: range("query row", "row"), col: range("query col", "col"),
   };
-  const picture = make("canvas", { class: "ucx-image", tabindex: "0", role: "img" });
+  // JupyterLab's own shortcuts (arrows move between cells) are suppressed on the focused image
+  const picture = make("canvas", { class: "ucx-image", tabindex: "0", role: "img",
+    "data-lm-suppress-shortcuts": "true" });
   const tiles = make("div", { class: "ucx-tiles" });
   const bar = make("canvas", { class: "ucx-bar-canvas" }), barLabels = make("div", { class: "ucx-bar-labels" });
   const depthTitle = make("span", { class: "ucx-depth-title" });
