@@ -88,6 +88,7 @@ class Driver:
                                               skip=ex.query)
             assert np.abs(px[ys, xs, :3] - want).max() <= 1.0, f"head {m}: the drawn map is not the data"
         assert int(data["mapSum"]) == sum(int(np.rint(scale.normalise(a[m, q]) * 255).sum()) for m in heads)
+        assert self.node(".ucx-depth-panel").is_visible() == (ex.depth != "off")
         if ex.depth != "off":
             self.check_depth(root)
         self.checked += 1
