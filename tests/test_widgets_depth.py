@@ -63,7 +63,8 @@ def test_the_depth_map_is_rollout_maps_of_the_layer_and_query(explorer, model, i
     vmax = max(want["map"].max(), 1 / 1024)
     np.testing.assert_array_equal(np.frombuffer(buffer, np.uint8).reshape(32, 32),
                                   np.rint(want["map"] / vmax * 255).astype(np.uint8))
-    assert meta["vmax"] == [f"{vmax:.3g}"] and meta["uniform_at"][0] == pytest.approx(1 / 1024 / vmax, abs=1e-5)
+    assert meta["vmax"] == [f"{vmax:.3g}"]
+    assert meta["uniform_at"][0] == pytest.approx(1 / 1024 / vmax, abs=1e-5)
 
 
 def test_changing_query_layer_or_image_updates_the_depth_map(explorer, model, images):
@@ -127,7 +128,8 @@ def test_channels_are_named_channels_and_the_mixer_describes_itself(model, image
     assert explorer.status["head"] == "all channels (8)"
     assert explorer.status["affinity"].startswith("static local")
     layer = explorer.catalog["models"][explorer.model_name]["layers"][0]
-    assert layer["unit"] == "channel" and layer["components"] == [{"name": "static", "heads": 8, "shared": True}]
+    assert layer["unit"] == "channel"
+    assert layer["components"] == [{"name": "static", "heads": 8, "shared": True}]
     mixer = AffinityExplorer(_model("mixer_s16_nano"), images)
     assert "gated" in mixer.status["affinity"] and mixer.status["head"].startswith("all channels")
 
@@ -151,7 +153,8 @@ def test_the_page_holds_every_querys_rollout(explorer, model, images, tmp_path):
         q = (h // 2, w // 3)
         want = rollout_maps(model, images[1:2], layer["name"], query=q)["map"]
         got = unpack(stored["rollout"][1]).reshape(h * w, 32, 32)[q[0] * w + q[1]]
-        assert np.abs(got / 255 * max(want.max(), 1 / 1024) - want).max() <= max(want.max(), 1 / 1024) / 510 + 1e-12
+        top = max(want.max(), 1 / 1024)
+        assert np.abs(got / 255 * top - want).max() <= top / 510 + 1e-12
     assert layer["description"] == "mixed: alpha*attention + beta*conv" and layer["unit"] == "head"
 
 

@@ -10,6 +10,7 @@ independently with ``record_components``. The drawing itself is checked in Chrom
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import pytest
 import torch
@@ -283,7 +284,8 @@ def test_the_front_end_is_one_module_following_anywidgets_pattern():
 
     here = Path(widgets.__file__).parent
     js = (here / "explorer.js").read_text()
-    assert str(AffinityExplorer._esm) == js and str(AffinityExplorer._css) == (here / "explorer.css").read_text()
+    assert str(AffinityExplorer._esm) == js
+    assert str(AffinityExplorer._css) == (here / "explorer.css").read_text()
     assert js.rstrip().endswith("export default { render };") and "function render({ model, el })" in js
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "eval(" not in js
     assert "innerHTML" not in (here / "page_model.js").read_text()

@@ -57,7 +57,8 @@ def test_every_control_live_in_jupyterlab(chromium_page, jupyter_lab):
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         wait_kernel_idle(page, jupyter_lab)  # the first load (kernel start) can take 10 s
         run_all_cells(page)
-        page.wait_for_function(f"() => document.querySelector('{ROOT}')?.dataset.ready === '1'", timeout=60_000)
+        page.wait_for_function(f"() => document.querySelector('{ROOT}')?.dataset.ready === '1'",
+                               timeout=60_000)
         wait_kernel_idle(page, jupyter_lab)
         driver = Driver(page, live_explorer())
         exercise(driver, other_model="deit")

@@ -35,9 +35,11 @@ HOSTILE = ['"><img src=x onerror=alert(1)>', "</script><script>alert(2)</script>
 def open_page(page, path: Path) -> list[str]:
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    page.route("**/*", lambda route: route.continue_() if route.request.url == path.as_uri() else route.abort())
+    page.route("**/*", lambda route: route.continue_() if route.request.url == path.as_uri()
+               else route.abort())
     page.goto(path.as_uri())
-    page.wait_for_function("() => document.querySelector('.ucx-explorer')?.dataset.ready === '1'", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.ucx-explorer')?.dataset.ready === '1'",
+                           timeout=30_000)
     return requests
 
 
@@ -64,11 +66,13 @@ def test_every_control_draws_what_the_data_says(fresh_page, tmp_path):
     for control in ("ucx-model_name", "ucx-image_index", "ucx-layer", "ucx-head", "ucx-component",
                     "ucx-depth", "ucx-row", "ucx-col", "ucx-image"):
         assert any(control in c.split() for c in reached), (control, reached)
-    labels = fresh_page.locator(".ucx-explorer [aria-label]").evaluate_all("(ns) => ns.map((n) => n.getAttribute('aria-label'))")
+    labels = fresh_page.locator(".ucx-explorer [aria-label]").evaluate_all(
+        "(ns) => ns.map((n) => n.getAttribute('aria-label'))")
     assert {"layer", "head", "component", "query row", "query col"} <= set(labels)
     assert any(re.match(r"image \d+: the query token is row \d+, col \d+", label) for label in labels)
     ms = driver.median_redraw_ms()
-    print(f"nano, exported page: redraw after a click, median of {len(driver.redraw_ms)}: {ms:.1f} ms (shared CPU)")
+    print(f"nano, exported page: redraw after a click, median of {len(driver.redraw_ms)}: {ms:.1f} ms "
+          "(shared CPU)")
     assert ms < REDRAW_MS
     assert set(requests) == {path.as_uri()}, requests
     fresh_page.locator(".ucx-explorer").screenshot(path=str(ARTIFACTS / "explorer_static.png"))
@@ -144,7 +148,7 @@ def test_hostile_names_are_shown_as_text_and_run_nothing(fresh_page, tmp_path):
     # held under a hostile attribute name: every layer name of this one starts with it
     models = {HOSTILE[0]: ours, HOSTILE[1]: Wrapped(HOSTILE[0], seeded("deit_tiny_nano", 1))}
     explorer = AffinityExplorer(models, smooth_images(2))
-    assert explorer.data.catalogue(HOSTILE[1]) and next(iter(explorer.data.catalogue(HOSTILE[1]))).startswith(HOSTILE[0])
+    assert next(iter(explorer.data.catalogue(HOSTILE[1]))).startswith(HOSTILE[0])
     path = explorer.to_html(tmp_path / "hostile.html", title=HOSTILE[1], depth=())
     text = path.read_text()
     assert text.count("</script>") == 2 and "<img src=x" not in text  # only the page's own two
@@ -159,7 +163,8 @@ def test_hostile_names_are_shown_as_text_and_run_nothing(fresh_page, tmp_path):
     options = root.locator("select.ucx-model_name option").all_inner_texts()
     assert options == list(models)
     fresh_page.select_option(".ucx-explorer select.ucx-model_name", HOSTILE[1])
-    fresh_page.wait_for_function("() => document.querySelector('.ucx-explorer').dataset.model.startsWith('</script>')")
+    fresh_page.wait_for_function(
+        "() => document.querySelector('.ucx-explorer').dataset.model.startsWith('</script>')")
     assert root.locator(".ucx-field-layer").inner_text().startswith(HOSTILE[0] + ".stages.0")
     assert root.locator("select.ucx-layer option").first.inner_text().startswith(HOSTILE[0])
     # an inline handler is refused by the page's Content-Security-Policy even if one got in

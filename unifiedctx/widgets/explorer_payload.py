@@ -147,7 +147,8 @@ def depth_fields(mode: str, layers: int, input_hw, vmax_template) -> list:
         what = f"rollout up to this layer ({layers} steps composed)"
     else:
         what = "effective receptive field |d y / d x| of this layer's output"
-    scale = ["0 to ", *vmax_template, f" (magma); uniform 1/{n} = {g3(1 / n)}, this query's map alone (sums to 1)"]
+    scale = ["0 to ", *vmax_template,
+             f" (magma); uniform 1/{n} = {g3(1 / n)}, this query's map alone (sums to 1)"]
     return [["depth", [f"{what}, query (", "row", ", ", "col", f"), on the {h}x{w} input pixels"]],
             ["depth scale", scale]]
 

@@ -123,7 +123,8 @@ def _check_path(path) -> Path:
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"path {str(path)!r} is a folder; give the HTML file to write, e.g. {str(path / 'explorer.html')!r}")
+        raise ValueError(f"path {str(path)!r} is a folder; give the HTML file to write, "
+                         f"e.g. {str(path / 'explorer.html')!r}")
     if not path.parent.is_dir():
         raise ValueError(f"path {str(path)!r}: its folder {str(path.parent)!r} does not exist")
     return path
@@ -164,7 +165,8 @@ def payload_of(explorer, *, images=None, max_mb: float = MAX_MB, depth=("rollout
                     meta, buffer = payload.maps_entry(data, model, i, name, comp["name"], explorer._cmap)
                     entries.append({"meta": meta, "data": count(_pack(buffer))})
                 maps[model][name][comp["name"]] = entries
-            through[model][name] = {mode: _depth_entries(data, model, name, mode, picks, count) for mode in modes}
+            through[model][name] = {mode: _depth_entries(data, model, name, mode, picks, count)
+                                    for mode in modes}
     return {"traits": {"setup": setup, "catalog": explorer.catalog, "shown": start},
             "pictures": count(base64.b64encode(pictures).decode()),
             "luts": base64.b64encode(explorer.luts).decode(), "maps": maps, "depth": through}
