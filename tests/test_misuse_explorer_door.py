@@ -194,7 +194,9 @@ def test_to_html_refuses(explorer, tmp_path, kwargs, error, words):
 
 def test_to_html_paths(explorer, tmp_path):
     check(lambda: explorer.to_html(tmp_path), ValueError, ["is a folder", "explorer.html"])
-    check(lambda: explorer.to_html(tmp_path / "missing" / "page.html"), ValueError, ["does not exist"])
+    (tmp_path / "a_file").write_text("x")
+    check(lambda: explorer.to_html(tmp_path / "a_file" / "page.html"), ValueError, ["is a file, not a folder"])
+    assert explorer.to_html(tmp_path / "new" / "page.html").is_file()  # a missing folder is made
     check(lambda: explorer.to_html(5), TypeError, ["path", "int"])
     keep = tmp_path / "keep.html"
     keep.write_text("mine")

@@ -125,8 +125,11 @@ def _check_path(path) -> Path:
     if path.is_dir():
         raise ValueError(f"path {str(path)!r} is a folder; give the HTML file to write, "
                          f"e.g. {str(path / 'explorer.html')!r}")
-    if not path.parent.is_dir():
-        raise ValueError(f"path {str(path)!r}: its folder {str(path.parent)!r} does not exist")
+    for folder in path.parents:  # a missing folder is made; one that is a file cannot be
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"path {str(path)!r}: {str(folder)!r} is a file, not a folder")
+            break
     return path
 
 
