@@ -195,7 +195,8 @@ def test_to_html_refuses(explorer, tmp_path, kwargs, error, words):
 def test_to_html_paths(explorer, tmp_path):
     check(lambda: explorer.to_html(tmp_path), ValueError, ["is a folder", "explorer.html"])
     (tmp_path / "a_file").write_text("x")
-    check(lambda: explorer.to_html(tmp_path / "a_file" / "page.html"), ValueError, ["is a file, not a folder"])
+    inside_a_file = tmp_path / "a_file" / "page.html"
+    check(lambda: explorer.to_html(inside_a_file), ValueError, ["is a file, not a folder"])
     assert explorer.to_html(tmp_path / "new" / "page.html").is_file()  # a missing folder is made
     check(lambda: explorer.to_html(5), TypeError, ["path", "int"])
     keep = tmp_path / "keep.html"

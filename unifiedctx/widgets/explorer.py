@@ -291,6 +291,30 @@ class AffinityExplorer(anywidget.AnyWidget):
                           component=component, head=head, query=query, depth=depth)
         return self
 
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget; while the course executes for the static site (``UNIFIEDCTX_STATIC_EXPLORERS``
+        names a folder, see :mod:`unifiedctx.site`) also its exported page, written there and shown
+        in an ``<iframe>`` as the ``text/html`` of the output, so the site's explorers stay live."""
+        import html
+        import os
+
+        from ..site import EXPLORERS, STATIC_ENV
+        from .export import export_for_site
+
+        bundle = super()._repr_mimebundle_(**kwargs)
+        folder = os.environ.get(STATIC_ENV)
+        if folder:
+            page = export_for_site(self, folder)
+            src = html.escape(f"{EXPLORERS}/{page.name}", quote=True)
+            frame = (f'<iframe src="{src}" title="affinity explorer" loading="lazy" '
+                     f'style="width:100%;height:{self.setup["panel"] * 2 + 260}px;border:0"></iframe>')
+            if isinstance(bundle, tuple):
+                data, metadata = bundle
+                bundle = ({**data, "text/html": frame}, metadata)
+            else:
+                bundle = {**(bundle or {}), "text/html": frame}
+        return bundle
+
     def to_html(self, path, **options):
         """Write the explorer as ONE self-contained HTML page (see :func:`.export.write_html`):
         the same front end (``explorer.js``) with every layer, head, component and query of every

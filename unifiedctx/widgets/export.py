@@ -213,6 +213,18 @@ def write_html(explorer, path, *, images=None, max_mb: float = MAX_MB, title: st
     return path
 
 
+def export_for_site(explorer, folder) -> Path:
+    """Write ``explorer``'s page into ``folder`` under the first free name ``explorer-<k>.html``
+    (never over another page) and return its path: what a displayed explorer does while the
+    course executes for the static site (:mod:`unifiedctx.site`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    k = 1
+    while (folder / f"explorer-{k}.html").exists():
+        k += 1
+    return write_html(explorer, folder / f"explorer-{k}.html")
+
+
 def read_payload(path) -> dict:
     """The embedded data of a page written by :func:`write_html` (for tests and tools)."""
     text = Path(path).read_text()
