@@ -7,13 +7,16 @@ arrow keys, the query sliders, head, component, layer, image, depth, model) and 
 checked against the numbers of an explorer built the same way in the test process; the front end
 asks the kernel only for what it has not got (a new layer component, image or depth map). The
 redraw after a click is timed in the browser. Screenshots go to ``artifacts/explorer.png`` (the
-JupyterLab window) and ``artifacts/explorer_widget.png`` (the explorer alone). Run with
+JupyterLab window) and ``artifacts/explorer_widget.png`` (the explorer alone; copied to
+``docs/figures/explorer_live.png`` when ``UNIFIEDCTX_SCREENSHOTS`` is set). Run with
 ``pytest -m browser``; needs ``tests/browser/setup.sh``.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -79,4 +82,7 @@ def test_every_control_live_in_jupyterlab(chromium_page, jupyter_lab):
         if explorer.count():
             explorer.first.scroll_into_view_if_needed()
             explorer.first.screenshot(path=str(ARTIFACTS / "explorer_widget.png"))
+            if os.environ.get("UNIFIEDCTX_SCREENSHOTS"):
+                shutil.copy(ARTIFACTS / "explorer_widget.png", ARTIFACTS.parent / "docs" / "figures" /
+                            "explorer_live.png")
         page.screenshot(path=str(ARTIFACTS / "explorer.png"))

@@ -75,6 +75,7 @@ def test_every_control_draws_what_the_data_says(fresh_page, tmp_path):
           "(shared CPU)")
     assert ms < REDRAW_MS
     assert set(requests) == {path.as_uri()}, requests
+    fresh_page.evaluate("() => document.activeElement.blur()")
     fresh_page.locator(".ucx-explorer").screenshot(path=str(ARTIFACTS / "explorer_static.png"))
 
 
