@@ -54,3 +54,26 @@ def test_missing_mkdocs_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install mkdocs mkdocs-jupyter"):
         site.render(tmp_path / "mkdocs.yml", tmp_path / "out")
+
+
+def test_a_displayed_explorer_exports_itself_for_the_site(tmp_path, monkeypatch):
+    """While the course executes for the site, a displayed explorer writes its page to the folder
+    and shows it in an iframe (so the rendered site keeps a live explorer)."""
+    import torch
+
+    from unifiedctx.models import create_model
+    from unifiedctx.widgets import AffinityExplorer
+    from unifiedctx.widgets.export import read_payload
+
+    torch.manual_seed(0)
+    explorer = AffinityExplorer(create_model("deit_tiny_nano").eval(), torch.rand(1, 3, 32, 32))
+    monkeypatch.delenv(site.STATIC_ENV, raising=False)
+    assert "text/html" not in str(explorer._repr_mimebundle_())  # in JupyterLab: the widget alone
+    monkeypatch.setenv(site.STATIC_ENV, str(tmp_path))
+    (tmp_path / "explorer-1.html").write_text("another notebook's page")
+    bundle = explorer._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert '<iframe src="explorers/explorer-2.html"' in data["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert (tmp_path / "explorer-1.html").read_text() == "another notebook's page"  # not overwritten
+    assert read_payload(tmp_path / "explorer-2.html")["traits"]["shown"] == explorer.shown

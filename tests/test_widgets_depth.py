@@ -1,5 +1,6 @@
 """The explorer's through-depth view: the query's rollout (or ERF) on the input pixels, beside the
-layer's own map, through the state (``depth``), the data layer and the view, and in the page."""
+layer's own map, through the state (``depth``), the data layer, what the front end is sent, and in
+the page."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from unifiedctx.context import erf_maps, rollout_maps
 from unifiedctx.models import create_model
 from unifiedctx.widgets import AffinityExplorer, ExplorerValueError
 from unifiedctx.widgets.explorer_data import depth_scale
-from unifiedctx.widgets.explorer_view import Frame
-from unifiedctx.widgets.export import TooLarge, read_payload, unpack_depth
+from unifiedctx.widgets.export import TooLarge, read_payload, unpack
 
 MIXED = "stages.3.blocks.0.mixer"  # container_light_nano: the Container stage, 4x4 grid
 FIRST = "stages.0.blocks.0.mixer"  # a depthwise conv on 16x16
@@ -58,17 +58,23 @@ def test_the_depth_map_is_rollout_maps_of_the_layer_and_query(explorer, model, i
     assert "rollout up to this layer" in fields["depth"] and "32x32 input pixels" in fields["depth"]
     assert "uniform 1/1024" in fields["depth scale"]  # the non-negative rollout marks its uniform level
     assert depth_scale(want).vmax == pytest.approx(max(want["map"].max(), 1 / 1024), abs=0)
-    assert shown["depth_picture"] is not None and shown["depth_picture"].shape[0] >= 96
+    # what the front end is sent: the map as colormap positions on [0, vmax], vmax = max(peak, 1/N)
+    (_, _), (meta, buffer) = explorer.shown_entries()
+    vmax = max(want["map"].max(), 1 / 1024)
+    np.testing.assert_array_equal(np.frombuffer(buffer, np.uint8).reshape(32, 32),
+                                  np.rint(want["map"] / vmax * 255).astype(np.uint8))
+    assert meta["vmax"] == [f"{vmax:.3g}"]
+    assert meta["uniform_at"][0] == pytest.approx(1 / 1024 / vmax, abs=1e-5)
 
 
 def test_changing_query_layer_or_image_updates_the_depth_map(explorer, model, images):
-    before, before_picture = explorer.rendered()["depth"], explorer.rendered()["depth_picture"]
+    before, before_sent = explorer.rendered()["depth"], explorer.shown_entries()[1][1]
     explorer.query = (3, 0)
     after = explorer.rendered()
     np.testing.assert_allclose(after["depth"], rollout_maps(model, images[:1], MIXED, query=(3, 0))["map"],
                                rtol=0, atol=1e-12)
     assert np.abs(after["depth"] - before).max() > 1e-4
-    assert not np.array_equal(after["depth_picture"], before_picture)
+    assert explorer.shown_entries()[1][1] != before_sent
     explorer.layer = FIRST  # the query carried to the 16x16 grid: (3, 0) -> (14, 2)
     assert explorer.query == (14, 2)
     want = rollout_maps(model, images[:1], FIRST, query=(14, 2))["map"]
@@ -91,12 +97,11 @@ def test_erf_mode_is_erf_maps(explorer, model, images):
 def test_off_hides_the_panel_and_is_the_default(explorer, model, images):
     explorer.depth = "off"
     shown = explorer.rendered()
-    assert shown["depth"] is None and shown["depth_picture"] is None and explorer.depth_map() is None
-    assert "depth" not in explorer.status and explorer.controls["depth_map"].layout.display == "none"
+    assert shown["depth"] is None and explorer.depth_map() is None and explorer.shown_entries()[1] is None
+    assert "depth" not in explorer.status and explorer.shown["depth"] == "off"
     assert AffinityExplorer(model, images).depth == "off"
-    explorer.controls["depth"].value = "rollout"  # the toggle sets the state
+    explorer.shown = {**explorer.shown, "depth": "rollout"}  # the browser's control sets the state
     assert explorer.depth == "rollout" and explorer.rendered()["depth"] is not None
-    assert explorer.controls["depth_map"].layout.display is None
 
 
 def test_depth_is_a_state_field_with_clear_errors(explorer):
@@ -104,17 +109,10 @@ def test_depth_is_a_state_field_with_clear_errors(explorer):
     assert explorer.depth == "ERF" and explorer.state.as_dict()["depth"] == "ERF"
     with pytest.raises(ExplorerValueError, match="depth 'rolout'.*'rollout'"):
         explorer.depth = "rolout"
-    assert explorer.depth == "ERF"
-    frames = []
-    original = explorer.view.show
-    explorer.view.show = lambda frame: (frames.append(frame), original(frame))[1]
-    try:
-        explorer.depth = "rollout"
-    finally:
-        explorer.view.show = original
-    (frame,) = frames
-    assert isinstance(frame, Frame) and isinstance(frame.depth["map"], np.ndarray)
-    assert frame.depth["scale"] == depth_scale(explorer.depth_data())
+    assert explorer.depth == "ERF" and explorer.shown["depth"] == "ERF"  # sent to the browser
+    explorer.depth = "rollout"
+    text = explorer.status["depth scale"]
+    assert text.startswith(depth_scale(explorer.depth_data()).describe())  # the library's one scale rule
 
 
 def test_depth_rows_are_every_query_of_rollout_maps(explorer, model, images):
@@ -129,7 +127,9 @@ def test_channels_are_named_channels_and_the_mixer_describes_itself(model, image
     explorer = AffinityExplorer(model, images, layer=FIRST)
     assert explorer.status["head"] == "all channels (8)"
     assert explorer.status["affinity"].startswith("static local")
-    assert [label for label, _ in explorer.controls["head"].options][:2] == ["all channels", "channel 0"]
+    layer = explorer.catalog["models"][explorer.model_name]["layers"][0]
+    assert layer["unit"] == "channel"
+    assert layer["components"] == [{"name": "static", "heads": 8, "shared": True}]
     mixer = AffinityExplorer(_model("mixer_s16_nano"), images)
     assert "gated" in mixer.status["affinity"] and mixer.status["head"].startswith("all channels")
 
@@ -137,33 +137,40 @@ def test_channels_are_named_channels_and_the_mixer_describes_itself(model, image
 def test_the_page_holds_every_querys_rollout(explorer, model, images, tmp_path):
     page = explorer.to_html(tmp_path / "page.html")
     data = read_payload(page)
-    assert data["depth_modes"] == ["rollout"] and data["start"]["depth"] == "rollout"
-    for layer in data["layers"][explorer.model_name]:
-        through = layer["depth"]
-        assert list(through) == ["rollout"] and through["rollout"]["input"] == [32, 32]
-        h, w = layer["grid"]
-        for i, entry in enumerate(through["rollout"]["maps"]):
-            got = unpack_depth(entry, (32, 32))
-            want = explorer.data.depth_rows(explorer.model_name, i, layer["name"], "rollout")
-            step = np.asarray(entry["vmax"])[:, None, None] / 510
-            assert (np.abs(got - want) <= step + 1e-12).all()
+    assert data["traits"]["setup"]["depth_modes"] == ["off", "rollout"]
+    assert data["traits"]["shown"]["depth"] == "rollout"
+    name = explorer.model_name
+    for layer in data["traits"]["catalog"]["models"][name]["layers"]:
+        (h, w), stored = layer["grid"], data["depth"][name][layer["name"]]
+        assert list(stored) == ["rollout"] and len(stored["rollout"]) == 2  # one per image
+        for i, entry in enumerate(stored["rollout"]):
+            assert entry["meta"]["input"] == [32, 32]
+            got = unpack(entry).reshape(h * w, 32, 32).astype(np.float64)
+            want = explorer.data.depth_rows(name, i, layer["name"], "rollout")
+            vmax = np.maximum(want.reshape(h * w, -1).max(1), 1 / 1024)
+            assert entry["meta"]["vmax"] == [f"{v:.3g}" for v in vmax]
+            np.testing.assert_array_equal(got, np.rint(want / vmax[:, None, None] * 255))
         q = (h // 2, w // 3)
         want = rollout_maps(model, images[1:2], layer["name"], query=q)["map"]
-        got = unpack_depth(through["rollout"]["maps"][1], (32, 32))[q[0] * w + q[1]]
-        assert np.abs(got - want).max() <= max(want.max(), 1 / 1024) / 510 + 1e-12
+        got = unpack(stored["rollout"][1]).reshape(h * w, 32, 32)[q[0] * w + q[1]]
+        top = max(want.max(), 1 / 1024)
+        assert np.abs(got / 255 * top - want).max() <= top / 510 + 1e-12
     assert layer["description"] == "mixed: alpha*attention + beta*conv" and layer["unit"] == "head"
 
 
 def test_erf_goes_in_only_when_asked_and_the_size_limit_still_holds(explorer, tmp_path):
     plain = explorer.to_html(tmp_path / "plain.html", depth=())
-    assert read_payload(plain)["depth_modes"] == [] and read_payload(plain)["start"]["depth"] == "off"
+    traits = read_payload(plain)["traits"]
+    assert traits["setup"]["depth_modes"] == ["off"] and traits["shown"]["depth"] == "off"
     both = explorer.to_html(tmp_path / "both.html", depth=("rollout", "ERF"), images=[0])
-    layer = read_payload(both)["layers"][explorer.model_name][-1]
-    assert list(layer["depth"]) == ["rollout", "ERF"]
-    rows = explorer.data.depth_rows(explorer.model_name, 0, layer["name"], "ERF")
-    got = unpack_depth(layer["depth"]["ERF"]["maps"][0], (32, 32))
+    name = explorer.model_name
+    stored = read_payload(both)["depth"][name][MIXED]
+    assert list(stored) == ["rollout", "ERF"]
+    rows = explorer.data.depth_rows(name, 0, MIXED, "ERF")
+    vmax = np.maximum(rows.reshape(16, -1).max(1), 1 / 1024)
+    got = unpack(stored["ERF"][0]).reshape(16, 32, 32) / 255 * vmax[:, None, None]
     assert np.abs(got - rows).max() <= rows.max() / 510 + 1e-12
-    assert plain.stat().st_size < (tmp_path / "both.html").stat().st_size
+    assert plain.stat().st_size < both.stat().st_size
     limit = plain.stat().st_size / 1e6 * 1.05  # room for the affinities, not for the rollout too
     explorer.to_html(tmp_path / "fits.html", depth=(), max_mb=limit)
     with pytest.raises(TooLarge, match="depth=()"):

@@ -1,7 +1,10 @@
-"""``AffinityExplorer.to_html``: one self-contained page whose embedded maps are the explorer's."""
+"""``AffinityExplorer.to_html``: one self-contained page, the widget's own front end, safe to share."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
 
 import numpy as np
@@ -9,9 +12,9 @@ import pytest
 import torch
 
 from unifiedctx.models import create_model
-from unifiedctx.viz.scales import scale_for
 from unifiedctx.widgets import AffinityExplorer
-from unifiedctx.widgets.export import TooLarge, dequantise, quantise, read_payload, unpack
+from unifiedctx.widgets.explorer_payload import colour_index
+from unifiedctx.widgets.export import TooLarge, embed_json, page_script, read_payload, unpack
 
 MIXED = "stages.3.blocks.0.mixer"
 
@@ -32,44 +35,84 @@ def page(explorer, tmp_path_factory):
     return explorer.to_html(tmp_path_factory.mktemp("html") / "explorer.html")
 
 
-def test_quantisation_round_trips_within_a_step():
+def test_colour_indices_are_the_scales_positions():
+    from unifiedctx.viz.scales import scale_for
+
     gen = torch.Generator().manual_seed(0)
-    signed = torch.randn(3, 5, 5, generator=gen).numpy()
-    positive = torch.rand(3, 5, 5, generator=gen).numpy()
-    for a in (signed, positive):
+    for a in (torch.randn(3, 5, 5, generator=gen).numpy(), torch.rand(3, 5, 5, generator=gen).numpy()):
         scale = scale_for(a)
-        step = max(abs(scale.vmin), abs(scale.vmax)) / (127 if scale.signed else 255)
-        np.testing.assert_allclose(dequantise(quantise(a, scale), scale), a, rtol=0, atol=step / 2 + 1e-12)
-    zero = scale_for(signed)
-    assert dequantise(quantise(np.zeros(1), zero), zero)[0] == 0.0  # 0 is exact on signed scales
+        u = colour_index(a, scale)
+        assert u.dtype == np.uint8 and u.min() >= 0 and u.max() == 255
+        np.testing.assert_allclose(u / 255, scale.normalise(a), atol=0.5 / 255 + 1e-12)  # within half a step
 
 
 def test_the_page_holds_every_map_of_every_layer(explorer, page):
     data = read_payload(page)
-    assert data["models"] == list(explorer.data.models) and data["start"]["layer"] == MIXED
-    assert data["start"]["query"] == [1, 2]
-    name = data["models"][0]
-    layers = data["layers"][name]
+    traits = data["traits"]
+    assert traits["setup"]["models"] == list(explorer.data.models) and traits["shown"]["layer"] == MIXED
+    assert traits["shown"]["query"] == [1, 2] and traits["catalog"] == explorer.catalog
+    name = traits["setup"]["models"][0]
+    layers = traits["catalog"]["models"][name]["layers"]
     assert [layer["name"] for layer in layers] == explorer.layers
     for layer in layers:
         n = layer["grid"][0] * layer["grid"][1]
         for comp in layer["components"]:
-            assert len(comp["maps"]) == (1 if comp["shared"] else 2)  # static: stored once
-            for i, entry in enumerate(comp["maps"]):
-                want = explorer.data.affinity(name, i, layer["name"], comp["name"])
+            entries = data["maps"][name][layer["name"]][comp["name"]]
+            assert len(entries) == (1 if comp["shared"] else 2)  # static: stored once
+            for i, entry in enumerate(entries):
+                a = explorer.data.affinity(name, i, layer["name"], comp["name"])
                 scale = explorer.data.scale(name, i, layer["name"], comp["name"])
-                assert entry["scale"]["vmax"] == scale.vmax and entry["scale"]["cmap"] == scale.cmap
-                step = max(abs(scale.vmin), abs(scale.vmax)) / 254
-                np.testing.assert_allclose(unpack(entry, comp["heads"], n), want, rtol=0, atol=step + 1e-7)
+                assert entry["meta"]["scale"]["text"] == scale.describe()
+                got = unpack(entry).reshape(comp["heads"], n, n)
+                np.testing.assert_array_equal(got, colour_index(a, scale))
     assert {c["name"] for c in layers[-1]["components"]} == {"mixed", "dynamic", "static"}
+    assert base64.b64decode(data["pictures"]) == explorer.pictures
+
+
+def test_the_page_runs_the_widgets_own_module(page):
+    html = page.read_text()
+    from pathlib import Path
+
+    import unifiedctx.widgets as widgets
+
+    module = (Path(widgets.__file__).parent / "explorer.js").read_text()
+    body = module.rstrip()[: -len("export default { render };")]
+    assert body in html  # the same front end, not a second application
+    assert page_script() in html
 
 
 def test_the_page_loads_nothing_from_anywhere(page):
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>")
-    forbidden = (r"<link\b", r"\bsrc\s*=\s*[\"']", r"https?://", r"@import", r"\bfetch\(", r"XMLHttpRequest")
+    forbidden = (r"<link\b", r"\bsrc\s*=\s*[\"']", r"https?://", r"@import", r"\bfetch\(", r"XMLHttpRequest",
+                 r"innerHTML", r"\bon[a-z]+\s*=")
     for pattern in forbidden:
         assert not re.search(pattern, html), pattern
+
+
+def test_a_content_security_policy_allows_only_the_pages_own_script_and_style(page):
+    html = page.read_text()
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', html)[1]
+    script = re.search(r"<script>(.*)</script>", html, re.S)[1]
+    style = re.search(r"<style>(.*)</style>", html, re.S)[1]
+    digest = lambda text: base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()  # noqa: E731
+    assert f"script-src 'sha256-{digest(script)}'" in csp and f"style-src 'sha256-{digest(style)}'" in csp
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+
+
+@pytest.mark.parametrize("text", ["</script><script>alert(1)</script>", "<!--", "a\u2028b\u2029c", "&lt;",
+                                  '"><img>'])
+def test_embedded_json_cannot_close_the_script_or_open_a_comment(text):
+    blob = embed_json({"name": text})
+    assert not any(c in blob for c in "<>&\u2028\u2029")
+    assert json.loads(blob) == {"name": text}
+
+
+def test_the_title_is_text(explorer, tmp_path):
+    page = explorer.to_html(tmp_path / "t.html", title="</title><script>alert(1)</script>", depth=())
+    html = page.read_text()
+    assert "<title>&lt;/title&gt;&lt;script&gt;alert(1)&lt;/script&gt;</title>" in html
+    assert html.count("<script") == 2
 
 
 def test_a_nano_page_is_small(page):
@@ -84,6 +127,6 @@ def test_too_big_is_refused_with_advice(explorer, tmp_path):
     assert isinstance(info.value, ValueError)
     assert not (tmp_path / "big.html").exists()
     one = read_payload(explorer.to_html(tmp_path / "one.html", images=[1]))
-    assert len(one["images"]["rgb"]) == 1
+    assert one["traits"]["setup"]["n_images"] == 1 and len(base64.b64decode(one["pictures"])) == 32 * 32 * 3
     with pytest.raises(ValueError, match="images must be indices"):
         explorer.to_html(tmp_path / "bad.html", images=[5])

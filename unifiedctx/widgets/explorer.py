@@ -12,41 +12,34 @@ image. The explorer shows it::
     explorer.depth = "rollout"                             # beside it: the context through depth
     explorer.to_html("explorer.html")                      # the same, as one static page
 
-Three parts, each with one job: :class:`~.explorer_state.ExplorerState` owns what is shown
-(model, image, layer, head or all heads, component, query, depth view) and its rules;
-:class:`~.explorer_data.ExplorerData` computes and caches the affinities (one forward per model
-and image, a layer's ``components(x)`` when first shown); :class:`~.explorer_view.ExplorerView`
-draws the plain data it is given. This class wires them together and keeps the public API.
-
-All heads of a layer share one colour scale (no per-head rescaling), stated by a colorbar
-that marks the uniform level 1/N of softmax maps; the status lists layer, head, component,
-query, kind, the mixer's own words for its affinity (``describe()``) and scale as fields.
-
-**Through depth** (``depth="rollout"`` or ``"ERF"``): beside the layer's own maps, the same
-query's context on the input pixels, with every layer up to this one taken into account: the
-rollout (:func:`unifiedctx.context.rollout_maps`, the affinities composed with their residuals)
-or the effective receptive field (:func:`~unifiedctx.context.erf_maps`, ``|d y / d x|``). It
-has its own colorbar (0 to the map's peak, the uniform level ``1 / (H_in W_in)`` marked).
-
-Bad values are clear errors: a ``ValueError`` (also a ``traitlets.TraitError``) naming the
-field, e.g. ``explorer.query = (99, 99)`` or ``explorer.layer = "nope"``.
+The kernel computes, the browser draws. This class is the trait bridge: an ``anywidget`` whose
+front end (``explorer.js`` + ``explorer.css``, one ES module) draws every picture and control
+from plain data. :class:`~.explorer_data.ExplorerData` computes and caches the affinities;
+:mod:`.explorer_payload` turns them into what the front end is sent (colour indices as binary
+buffers, colour scales, status templates); :class:`~.explorer_state.ExplorerState` owns the state
+(model, image, layer, head or all heads, component, query, depth view) and its rules, and is
+synced with the browser through the ``shown`` trait. The front end asks (a custom message) only
+for what it has not got: a layer component for an image, or one query's through-depth map.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
+from pathlib import Path
 
-import ipywidgets as widgets
+import anywidget
 import numpy as np
+import traitlets
 from torch import nn
 
-from . import rendering
-from .explorer_data import COMPONENT_ORDER, DEPTH_MODES, ExplorerData, as_images, depth_scale
+from ..validation import check_float, check_positive_int
+from . import explorer_payload as payload
+from .explorer_data import COMPONENT_ORDER, DEPTH_MODES, ExplorerData, as_images
 from .explorer_state import FIELDS, ExplorerState, ExplorerTypeError, ExplorerValueError
-from .explorer_view import ExplorerView, Frame
+from .front import check_cmap, check_finite_model, display_image, lut_bytes
 
 __all__ = ["COMPONENT_ORDER", "DEPTH_MODES", "AffinityExplorer", "ExplorerTypeError", "ExplorerValueError"]
+
+HERE = Path(__file__).resolve().parent
 
 
 def _state_property(name: str, doc: str):
@@ -59,14 +52,14 @@ def _state_property(name: str, doc: str):
     return property(get, set_, doc=doc)
 
 
-class AffinityExplorer(widgets.VBox):
+class AffinityExplorer(anywidget.AnyWidget):
     """Interactive explorer of the affinity maps of one model or several named models.
 
     Parameters
     ----------
     model:
-        An ``nn.Module`` holding affinity mixers (e.g. ``create_model("container_nano")``),
-        or a dict ``{name: model}`` to compare models on the same images.
+        An ``nn.Module`` (a unifiedctx model, a timm network, your own), or a dict
+        ``{name: model}`` to compare models on the same images. Non-finite weights are refused.
     images:
         A tensor ``(B, C, H, W)`` (or ``(C, H, W)``) or a list of ``(C, H, W)`` tensors, in the
         form the model takes them (normalised is fine: they are stretched for display).
@@ -75,23 +68,32 @@ class AffinityExplorer(widgets.VBox):
         a mixed affinity (else the first layer), all heads, the mixed component where there is
         one, the centre of the grid, and no through-depth map (``depth="off"``).
     panel:
-        Size in pixels of the longer side of each picture.
+        Size in pixels of the longer side of each picture (an int in 16..2048).
     cmap:
-        Colormap of non-negative maps (default: the library's, ``viz.scales.SEQUENTIAL``);
-        signed maps always use the diverging one, centred at 0.
+        Colormap of non-negative maps (a matplotlib colormap name; default: the library's,
+        ``viz.scales.SEQUENTIAL``); signed maps always use the diverging one, centred at 0.
     alpha:
-        Opacity of the maps over the (grey) image.
+        Opacity of the maps over the (grey) image, in [0, 1].
     cache_mb:
         Memory for cached affinities (least recently shown layers are dropped first).
 
     Fields (read and set as attributes): ``model_name`` (str), ``image_index`` (int),
     ``layer`` (a name from ``explorer.layers``), ``head`` (int, ``-1`` = all heads as a grid),
-    ``component`` (``"mixed"``, ``"dynamic"`` or ``"static"``: the ones the layer has) and
+    ``component`` (``"mixed"``, ``"dynamic"`` or ``"static"``: the ones the layer has),
     ``query`` (``(row, col)`` on the layer's grid) and ``depth`` (``"off"``, ``"rollout"`` or
-    ``"ERF"``: the through-depth map beside the layer's own). Changing the layer or the model keeps the
-    query on the same place of the image (rescaled to the new grid) and falls back to all heads
-    or another component when the old one does not exist there.
+    ``"ERF"``). Changing the layer or the model keeps the query on the same place of the image
+    (rescaled to the new grid) and falls back to all heads or another component when the old
+    one does not exist there. In the browser: click the image or focus it (Tab) and use the
+    arrow keys to move the query; every control is reachable by Tab and labelled.
     """
+
+    _esm = HERE / "explorer.js"
+    _css = HERE / "explorer.css"
+    setup = traitlets.Dict().tag(sync=True)
+    pictures = traitlets.Bytes(b"").tag(sync=True)
+    luts = traitlets.Bytes(b"").tag(sync=True)
+    catalog = traitlets.Dict().tag(sync=True)
+    shown = traitlets.Dict().tag(sync=True)
 
     model_name = _state_property("model_name", "Name of the model shown.")
     image_index = _state_property("image_index", "Index of the image shown.")
@@ -112,6 +114,14 @@ class AffinityExplorer(widgets.VBox):
         else:
             raise TypeError("model must be an nn.Module or a non-empty dict {name: nn.Module}, "
                             f"got {type(model).__name__}")
+        panel = check_positive_int("panel", panel)
+        if not 16 <= panel <= 2048:
+            raise ValueError(f"panel must be a size in pixels in 16..2048, got {panel}")
+        alpha = check_float("alpha", alpha, low=0.0, high=1.0)
+        cache_mb = check_float("cache_mb", cache_mb, low=0.0, low_open=True)
+        self._cmap = check_cmap(cmap)
+        for name, m in models.items():
+            check_finite_model(name, m)
         images = as_images(images)
         image_hw = tuple(images[0].shape[-2:])
         for i, im in enumerate(images):
@@ -119,19 +129,51 @@ class AffinityExplorer(widgets.VBox):
                 raise ValueError(f"all images must have one size; images[0] is {image_hw}, "
                                  f"images[{i}] is {tuple(im.shape[-2:])}")
         self.data = ExplorerData(models, images, cache_mb)
-        self._display = [rendering.as_display_image(im) for im in images]
-        self._cmap = cmap
-        self._last: dict = {}
-        self.timings: list[tuple[str, float]] = []  # (what changed, seconds to redraw)
+        self._display = [display_image(im) for im in images]
         self.state = ExplorerState(self.data, model_name=model_name if model_name is not None else
                                    next(iter(models)), image_index=image_index, layer=layer, head=head,
                                    component=component, query=query, depth=depth)
-        self.view = ExplorerView(list(models), len(images), image_hw, panel, alpha)
-        super().__init__(children=self.view.children)
-        self.add_class("ucx-affinity-explorer")
-        self.view.on_control(self._on_control)
-        self.state.on_change(self._redraw)
-        self._redraw("init")
+        luts, names = lut_bytes(self._cmap)
+        super().__init__(
+            setup={"models": list(models), "n_images": len(images), "h": image_hw[0], "w": image_hw[1],
+                   "panel": panel, "alpha": alpha, "luts": names, "depth_modes": list(DEPTH_MODES)},
+            pictures=b"".join(p.tobytes() for p in self._display), luts=luts,
+            catalog=payload.catalogues(self.data), shown=self._shown())
+        self.state.on_change(lambda what: setattr(self, "shown", self._shown()))
+        self.observe(self._on_shown, names="shown")
+        self.on_msg(self._on_request)
+
+    # ------------------------------------------------------------------ the bridge
+    def _shown(self) -> dict:
+        state = self.state.as_dict()
+        return {**state, "query": list(state["query"])}
+
+    def _on_shown(self, change) -> None:
+        """The browser moved a control: take its state (it applied the same rules, from the
+        catalogue's data); a state the kernel refuses is sent back as it was."""
+        new = dict(change["new"])
+        if new == self._shown():
+            return
+        try:
+            new["query"] = tuple(new.get("query", ()))
+            self.state.update(**{k: new[k] for k in FIELDS if k in new})
+        except (ValueError, TypeError):
+            pass
+        if self.shown != self._shown():
+            self.shown = self._shown()
+
+    def answer(self, request: dict) -> tuple[dict, bytes]:
+        """What the front end asked for: ``{"need": "maps", model, image, layer, component}`` or
+        ``{"need": "depth", model, image, layer, mode, query}``, as ``(meta, buffer)``."""
+        if request.get("need") == "maps":
+            return payload.maps_entry(self.data, request["model"], int(request["image"]), request["layer"],
+                                      request["component"], self._cmap)
+        return payload.depth_entry(self.data, request["model"], int(request["image"]), request["layer"],
+                                   tuple(request["query"]), request["mode"])
+
+    def _on_request(self, _widget, content, _buffers) -> None:
+        meta, buffer = self.answer(content)
+        self.send({**meta, "key": content.get("key")}, [buffer] if buffer else [])
 
     # ------------------------------------------------------------------ reading
     @property
@@ -158,31 +200,47 @@ class AffinityExplorer(widgets.VBox):
     def scale(self):
         """The colour scale now shown (:class:`unifiedctx.viz.scales.Scale`), shared by all heads
         and queries of the layer's component for this image."""
-        scale = self.data.scale(self.model_name, self.image_index, self.layer, self.component)
-        if self._cmap is not None and not scale.signed:
-            scale = replace(scale, cmap=self._cmap)
-        return scale
+        return self.data.scale(self.model_name, self._maps_image(), self.layer, self.component)
 
-    @property
-    def controls(self) -> dict[str, widgets.Widget]:
-        """The widgets inside, by role: ``model``, ``image``, ``layer``, ``head``, ``component``,
-        ``row``, ``col``, ``depth`` (controls), ``label``, ``picture`` (the clickable image),
-        ``map``, ``depth_map``."""
-        return self.view.by_role()
+    def _maps_image(self) -> int:
+        return 0 if self.state.info.image_independent(self.component) else self.image_index
+
+    def shown_entries(self) -> tuple[tuple[dict, bytes], tuple[dict, bytes] | None]:
+        """The two answers the front end draws the current state from: the layer component's
+        ``(meta, colour indices)`` and, when a depth view is on, the query's ``(meta, map)``."""
+        s = self.state
+        maps = self.answer({"need": "maps", "model": s.model_name, "image": self._maps_image(),
+                            "layer": s.layer, "component": s.component})
+        depth = None if s.depth == "off" else self.answer({
+            "need": "depth", "model": s.model_name, "image": s.image_index, "layer": s.layer,
+            "mode": s.depth, "query": s.query})
+        return maps, depth
 
     @property
     def status(self) -> dict[str, str]:
-        """The status fields shown above the pictures: ``{field: text}``."""
-        return dict(self._last.get("fields", {}))
+        """The status fields the front end shows above the pictures: ``{field: text}``
+        (the same templates, filled in the same way)."""
+        (maps, _), depth = self.shown_entries()
+        values = {"row": self.query[0], "col": self.query[1], "head": self.head, "image": self.image_index,
+                  "vmax": depth[0]["vmax"][0] if depth and "vmax" in depth[0] else ""}
+        fields = maps["fields"] + (depth[0]["fields"] if depth else [])
+        return {name: payload.fill(t[0 if self.head == -1 else 1] if isinstance(t[0], list) else t, values)
+                for name, t in fields}
 
     @property
     def label_text(self) -> str:
-        """The status as one line of text, ``"field: value; ..."`` (no HTML)."""
+        """The status as one line of text, ``"field: value; ..."``."""
         return "; ".join(f"{k}: {v}" for k, v in self.status.items())
+
+    @property
+    def warning(self) -> str:
+        """What the front end shows instead of a map that holds NaN or inf (``""`` when none)."""
+        (maps, _), depth = self.shown_entries()
+        return maps["warning"] or (depth[0]["warning"] if depth else "")
 
     def maps(self) -> np.ndarray:
         """The maps now shown: row ``query`` of each shown head's affinity, ``(M', H, W)``."""
-        a = self.data.affinity(self.model_name, self.image_index, self.layer, self.component)
+        a = self.data.affinity(self.model_name, self._maps_image(), self.layer, self.component)
         h, w = self.grid
         q = self.query[0] * w + self.query[1]
         rows = a[:, q, :].reshape(a.shape[0], h, w)
@@ -191,8 +249,7 @@ class AffinityExplorer(widgets.VBox):
     def depth_data(self) -> dict | None:
         """The through-depth map now shown, as the plain dict of
         :func:`~unifiedctx.context.rollout_maps` / :func:`~unifiedctx.context.erf_maps` (``map``
-        ``(H_in, W_in)`` summing to 1, ``vmin``, ``vmax``, ``uniform``, ``layers``, ...), or
-        ``None`` when ``depth == "off"``."""
+        ``(H_in, W_in)`` summing to 1, ...), or ``None`` when ``depth == "off"``."""
         if self.depth == "off":
             return None
         return self.data.depth(self.model_name, self.image_index, self.layer, self.query, self.depth)
@@ -203,30 +260,29 @@ class AffinityExplorer(widgets.VBox):
         return None if data is None else data["map"]
 
     def rendered(self) -> dict:
-        """What the widgets show now, read back from them (for tests).
-
-        ``{"maps": (M', H, W) float array, "image": uint8 (h, w, 3) decoded from the image
-        widget's PNG, "map": the same for the map widget, "label": the status text,
-        "fields": the status fields, "image_png"/"map_png": the raw bytes, "depth": the
-        through-depth map drawn ((H_in, W_in) or None), "depth_picture": its picture (or None)}``.
-        """
-        shown = self.view.depth_map.layout.display != "none"
-        return {
-            "depth": self._last.get("depth"),
-            "depth_picture": rendering.decode_png(self.view.depth_map.value) if shown else None,
-            "maps": self._last.get("maps"),
-            "image": rendering.decode_png(self.view.image.value),
-            "map": rendering.decode_png(self.view.map.value),
-            "label": self.label_text,
-            "fields": self.status,
-            "image_png": bytes(self.view.image.value),
-            "map_png": bytes(self.view.map.value),
-        }
+        """What the front end is given to draw now: ``{"maps": (M', H, W) float, "indices": the
+        colour indices of the shown heads' rows (uint8 (M', H, W), what the browser looks up in the
+        colormap), "depth": the through-depth map ((H_in, W_in) float or None), "fields", "label",
+        "warning"}``."""
+        (meta, buffer), _ = self.shown_entries()
+        h, w = self.grid
+        n = h * w
+        indices = None
+        if buffer:
+            q = self.query[0] * w + self.query[1]
+            rows = np.frombuffer(buffer, np.uint8).reshape(meta["heads"], n, n)[:, q].reshape(-1, h, w)
+            indices = rows if self.head == -1 else rows[self.head:self.head + 1]
+        try:
+            depth = self.depth_map()
+        except (TypeError, ValueError):
+            depth = None
+        return {"maps": self.maps(), "indices": indices, "depth": depth, "fields": self.status,
+                "label": self.label_text, "warning": self.warning}
 
     # ------------------------------------------------------------------ changing
     def show(self, *, model_name=None, image_index=None, layer=None, component=None, head=None,
              query=None, depth=None) -> AffinityExplorer:
-        """Set several fields at once, in dependency order, and redraw once.
+        """Set several fields at once, in dependency order, and send the new state once.
 
         ``query`` is read on the grid of the new ``layer`` (setting ``layer`` alone rescales
         the old query onto the new grid).
@@ -235,95 +291,37 @@ class AffinityExplorer(widgets.VBox):
                           component=component, head=head, query=query, depth=depth)
         return self
 
-    def click(self, x: float, y: float) -> None:
-        """Click at pixel ``(x, y)`` of the image picture, as a click in the browser does."""
-        if hasattr(self.view.image, "click"):
-            self.view.image.click(x, y)
-        else:
-            self._on_control("click", (x, y))
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget; while the course executes for the static site (``UNIFIEDCTX_STATIC_EXPLORERS``
+        names a folder, see :mod:`unifiedctx.site`) also its exported page, written there and shown
+        in an ``<iframe>`` as the ``text/html`` of the output, so the site's explorers stay live."""
+        import html
+        import os
 
-    def pixel_to_query(self, x: float, y: float) -> tuple[int, int]:
-        """Grid cell ``(row, col)`` of the current layer under pixel ``(x, y)`` of the picture."""
-        return self.view.pixel_to_cell(x, y, self.grid)
+        from ..site import EXPLORERS, STATIC_ENV
+        from .export import export_for_site
+
+        bundle = super()._repr_mimebundle_(**kwargs)
+        folder = os.environ.get(STATIC_ENV)
+        if folder:
+            page = export_for_site(self, folder)
+            src = html.escape(f"{EXPLORERS}/{page.name}", quote=True)
+            frame = (f'<iframe src="{src}" title="affinity explorer" loading="lazy" '
+                     f'style="width:100%;height:{self.setup["panel"] * 2 + 260}px;border:0"></iframe>')
+            if isinstance(bundle, tuple):
+                data, metadata = bundle
+                bundle = ({**data, "text/html": frame}, metadata)
+            else:
+                bundle = {**(bundle or {}), "text/html": frame}
+        return bundle
 
     def to_html(self, path, **options):
-        """Write the explorer as ONE self-contained HTML page (see :func:`.export.write_html`).
-
-        Every layer, head, component and query of every model and image is precomputed and
-        embedded (uint8-quantised, compressed), with every query's rollout map (``depth``, default
-        ``("rollout",)``; add ``"ERF"`` for the effective receptive fields too: one backward per
-        query, so off by default); the page needs no kernel and no network.
+        """Write the explorer as ONE self-contained HTML page (see :func:`.export.write_html`):
+        the same front end (``explorer.js``) with every layer, head, component and query of every
+        model and image precomputed (``depth``, default ``("rollout",)``: every query's rollout; add
+        ``"ERF"`` for the effective receptive fields, one backward per query). No kernel, no network.
         Returns the path written; ``options`` go to :func:`~.export.write_html`
-        (``max_mb``, ``images``, ``title``, ``depth``).
-        """
+        (``max_mb``, ``images``, ``title``, ``depth``)."""
         from .export import write_html
 
-        return write_html(self.data, self._display, path, start=self.state.as_dict(),
-                          alpha=self.view.alpha, **options)
-
-    def _on_control(self, name: str, value) -> None:
-        if name == "click":
-            self.state.query = self.pixel_to_query(*value)
-        elif name in FIELDS:
-            setattr(self.state, name, value)
-
-    # ------------------------------------------------------------------ drawing
-    def _redraw(self, what: str) -> None:
-        """Fold the query's row for the shown heads and draw both pictures and the status."""
-        start = time.perf_counter()
-        maps, state, scale = self.maps(), self.state, self.scale
-        info = state.info
-        fields = self._fields(scale)
-        depth = self._depth_frame(fields)
-        frame = Frame(image=self._display[self.image_index], maps=maps, heads=state.shown_heads,
-                      grid=info.grid, query=self.query, scale=scale, fields=fields,
-                      state=state.as_dict(), depth=depth,
-                      options={"layers": self._layer_options(), "heads": self.heads,
-                               "components": info.components, "unit": info.head_unit})
-        picture, map_picture = self.view.show(frame)
-        self._last = {"maps": maps, "picture": picture, "map_picture": map_picture,
-                      "fields": frame.fields, "depth": None if depth is None else depth["map"]}
-        self.timings.append((what, time.perf_counter() - start))
-        del self.timings[:-200]
-
-    def _depth_frame(self, fields: dict[str, str]) -> dict | None:
-        """The through-depth map for the frame (and its status fields, added to ``fields``)."""
-        if self.depth == "off":
-            return None
-        try:
-            data = self.depth_data()
-        except (ValueError, TypeError) as error:  # a model rollout cannot read: say so, draw none
-            fields["depth"] = f"{self.depth} unavailable for this model: {error}"
-            return None
-        scale = depth_scale(data)
-        h, w = data["map"].shape
-        if self.depth == "rollout":
-            what, title = f"rollout up to this layer ({len(data['layers'])} steps composed)", "rollout"
-        else:
-            what, title = "effective receptive field |d y / d x| of this layer's output", "ERF"
-        fields["depth"] = f"{what}, query {data['query']}, on the {h}x{w} input pixels"
-        fields["depth scale"] = scale.describe() + ", this query's map alone (sums to 1)"
-        return {"map": data["map"], "scale": scale, "title": title}
-
-    def _layer_options(self) -> list[tuple[str, str]]:
-        catalogue = self.data.catalogue(self.model_name)
-        return [(f"{name}  [{i.kind}, {i.grid[0]}x{i.grid[1]}]", name) for name, i in catalogue.items()]
-
-    def _fields(self, scale) -> dict[str, str]:
-        """The status fields: model (when several), image, layer, head, component, query, kind,
-        affinity (the mixer's describe()), scale; depth and depth scale when a depth view is on."""
-        (h, w), info = self.grid, self.state.info
-        fields = {}
-        if len(self.data.models) > 1:
-            fields["model"] = self.model_name
-        if len(self.data.images) > 1:
-            fields["image"] = f"{self.image_index} of {len(self.data.images)}"
-        fields["layer"] = f"{self.layer} ({h}x{w} grid)"
-        m, unit = self.heads, info.head_unit
-        fields["head"] = f"all {unit}s ({m})" if self.head == -1 else f"{unit} {self.head} of {m}"
-        fields["component"] = self.component
-        fields["query"] = f"({self.query[0]}, {self.query[1]}) on a {h}x{w} grid"
-        fields["kind"] = info.kind
-        fields["affinity"] = info.description
-        fields["scale"] = scale.describe() + f", shared by every {unit} and query of this layer"
-        return fields
+        return write_html(self, path, **options)

@@ -107,6 +107,7 @@ class ExplorerData:
         self._scales: dict = {}  # (model, image, layer, component) -> Scale
         self._depth: OrderedDict = OrderedDict()  # (model, image, layer, query, mode) -> dict
         self._depth_bytes, self._depth_limit = 0, max(1, self._cache_limit // 4)
+        self._steps: dict = {}  # (model, image, layer, mode) -> how many layers the depth map composes
 
     def image_batch(self, model_name: str, index: int) -> torch.Tensor:
         """Image ``index`` as a batch of one ``(1, C, H, W)``, on the model's device and dtype."""
@@ -213,15 +214,26 @@ class ExplorerData:
     def depth_rows(self, model_name: str, index: int, layer: str, mode: str) -> np.ndarray:
         """Every query's through-depth map of ``layer``: ``(N, H_in, W_in)`` float64, row
         ``q = row * w + col``. The rollout is one :func:`~unifiedctx.context.rollout` (all
-        tokens at once: the rows of ``rollout_maps``); the ERF is one backward per query."""
+        tokens at once: the rows of ``rollout_maps``); the ERF is one backward per query.
+        :meth:`depth_steps` then says how many layers the maps compose."""
         h, w = self.info(model_name, layer).grid
         if mode == "rollout":
             model = self.models[model_name]
             with untouched(model, eval_mode=True):
                 r = rollout(model, self.image_batch(model_name, index), layer)
+            self._steps[(model_name, index, layer, mode)] = len(r.layers)
             return r.maps[0].detach().double().cpu().numpy().reshape(h * w, *r.input_grid)
+        self._steps[(model_name, index, layer, mode)] = 1
         return np.stack([self.depth(model_name, index, layer, divmod(q, w), mode)["map"]
                          for q in range(h * w)])
+
+
+    def depth_steps(self, model_name: str, index: int, layer: str, mode: str) -> int:
+        """How many layers the through-depth maps of :meth:`depth_rows` compose (1 for the ERF)."""
+        key = (model_name, index, layer, mode)
+        if key not in self._steps:
+            self.depth_rows(model_name, index, layer, mode)
+        return self._steps[key]
 
 
 def depth_scale(data: dict) -> Scale:

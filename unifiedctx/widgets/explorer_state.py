@@ -19,6 +19,7 @@ trait, e.g. ``state.query = (99, 99)`` or ``state.layer = "nope"``.
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -35,6 +36,34 @@ class ExplorerValueError(traitlets.TraitError, ValueError):
 
 class ExplorerTypeError(traitlets.TraitError, TypeError):
     """A value of the wrong type for one of the explorer's traits."""
+
+
+#: The kind of value each field takes (checked before traitlets sees it, so a wrong type is our
+#: ``ExplorerTypeError`` naming the field, never a bare ``TraitError``).
+TEXT_FIELDS = ("model_name", "layer", "component", "depth")
+INT_FIELDS = ("image_index", "head")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_field(name: str, value):
+    """``value`` if it has the type of field ``name`` (str, int or a pair of ints; bool is not an
+    int), else an :class:`ExplorerTypeError` that names the field, what it got and what it takes."""
+    if name in TEXT_FIELDS and not isinstance(value, str):
+        raise ExplorerTypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    if name in INT_FIELDS:
+        if not _is_int(value):
+            raise ExplorerTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        return int(value)
+    if name == "query":
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ExplorerTypeError(f"query must be a pair (row, col), got {value!r}")
+        if not all(_is_int(v) for v in value):
+            raise ExplorerTypeError(f"query must be a pair of ints (row, col), got {value!r}")
+        return int(value[0]), int(value[1])
+    return value
 
 
 def _suggest(value, choices) -> str:
@@ -81,6 +110,11 @@ class ExplorerState(traitlets.HasTraits):
             self.query = query if query is not None else self.centre()
             self.depth = depth
         self._ready = True
+
+    def __setattr__(self, name, value):
+        if name in FIELDS:
+            value = check_field(name, value)
+        super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ reading
     @property

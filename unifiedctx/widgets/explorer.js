@@ -1,0 +1,380 @@
+// The affinity explorer's one front end: an anywidget ES module (render({ model, el })).
+//
+// It draws, in the browser, from plain data that the kernel computed (explorer_payload.py):
+// the image with the query marker, each shown head's map (row `query` of its affinity, sent as
+// colour indices u: the colormap entry, so no scale rule lives here) laid over the grey image,
+// the colorbar with its marks, the through-depth map and the controls. Traits read: `setup`
+// (sizes, alpha, colormap names), `pictures` and `luts` (bytes), `catalog` (layers, default
+// layers, carry tables), `shown` (the state, written back on every change). What it has not got
+// (one layer component for one image, one query's depth map) it asks for with model.send; the
+// answer comes as a custom message with one binary buffer, and is kept. The same module runs in
+// JupyterLab and in the exported page (there a stand-in model answers from the page's data).
+//
+// Security: every text comes from models and users, so the DOM is built with createElement and
+// textContent only.
+
+const MARKER = [255, 40, 40];
+const RING = [255, 255, 255];
+const BAR_WIDTH = 14;
+const LABEL_GAP = 12; // px: a plain colorbar number this close to the 1/N mark is left out
+
+function make(tag, props = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "text") node.textContent = value;
+    else if (key === "class") node.className = value;
+    else if (/^(aria-|data-)/.test(key) || key === "role" || key === "tabindex") node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  node.append(...children);
+  return node;
+}
+
+const bytesOf = (view) => new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+
+function fill(template, values) {
+  return template.map((part, i) => (i % 2 ? String(values[part]) : part)).join("");
+}
+
+// Outline box = [top, left, bottom, right] (exclusive ends) in an RGBA image `w` pixels wide.
+function outline(px, w, box, rgb, thickness) {
+  const [top, left, bottom, right] = box;
+  const t = Math.max(1, Math.min(thickness, Math.floor((bottom - top) / 2) || 1,
+    Math.floor((right - left) / 2) || 1));
+  for (let y = top; y < bottom; y++) {
+    for (let x = left; x < right; x++) {
+      if (y < top + t || y >= bottom - t || x < left + t || x >= right - t) {
+        const o = (y * w + x) * 4;
+        px[o] = rgb[0]; px[o + 1] = rgb[1]; px[o + 2] = rgb[2];
+      }
+    }
+  }
+}
+
+const cellBox = (q, grid, h, w) => [Math.floor(q[0] * h / grid[0]), Math.floor(q[1] * w / grid[1]),
+  Math.floor((q[0] + 1) * h / grid[0]), Math.floor((q[1] + 1) * w / grid[1])];
+
+// Nearest-neighbour index of each output pixel along one axis.
+function nearest(out, src) {
+  const idx = new Int32Array(out);
+  for (let i = 0; i < out; i++) idx[i] = Math.floor(i * src / out);
+  return idx;
+}
+
+// One map (`data[offset + r * gw + c]`, colour indices on a gh x gw grid) over the grey image.
+function overlayMap(canvas, grey, size, data, offset, grid, lut, alpha) {
+  const [h, w] = size;
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d"), image = ctx.createImageData(w, h), px = image.data;
+  const rows = nearest(h, grid[0]), cols = nearest(w, grid[1]);
+  for (let y = 0; y < h; y++) {
+    const base = offset + rows[y] * grid[1];
+    for (let x = 0; x < w; x++) {
+      const k = data[base + cols[x]] * 3, g = (1 - alpha) * grey[y * w + x], o = (y * w + x) * 4;
+      px[o] = Math.round(g + alpha * lut[k]);
+      px[o + 1] = Math.round(g + alpha * lut[k + 1]);
+      px[o + 2] = Math.round(g + alpha * lut[k + 2]);
+      px[o + 3] = 255;
+    }
+  }
+  return { ctx, image };
+}
+
+function tileSize(n, grid, panel, ph, pw) {
+  if (n === 1) return [ph, pw];
+  const side = Math.max(Math.floor(panel / Math.ceil(Math.sqrt(n))), Math.max(grid[0], grid[1]));
+  const r = side / Math.max(ph, pw);
+  return [Math.max(1, Math.round(ph * r)), Math.max(1, Math.round(pw * r))];
+}
+
+function drawBar(canvas, labels, lut, marks, height) {
+  canvas.width = BAR_WIDTH; canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  for (let y = 0; y < height; y++) {
+    const k = Math.round((1 - y / (height - 1)) * 255) * 3;
+    ctx.fillStyle = `rgb(${lut[k]},${lut[k + 1]},${lut[k + 2]})`;
+    ctx.fillRect(0, y, BAR_WIDTH, 1);
+  }
+  labels.replaceChildren();
+  labels.style.height = `${height}px`;
+  const at = (pos) => (1 - pos) * (height - 1);
+  const uniform = marks.find((m) => m[2]);
+  if (uniform) { ctx.fillStyle = "cyan"; ctx.fillRect(0, Math.round(at(uniform[0])) - 1, BAR_WIDTH, 2); }
+  for (const [pos, text, cls] of marks) {
+    if (!cls && uniform && Math.abs(at(pos) - at(uniform[0])) < LABEL_GAP) continue;
+    const span = make("span", { text, class: cls || "" });
+    span.style.top = `${at(pos)}px`;
+    labels.append(span);
+  }
+}
+
+function fillSelect(select, options, value) {
+  const signature = JSON.stringify(options);
+  if (select.dataset.options !== signature) {
+    select.replaceChildren(...options.map(([label, v]) => make("option", { value: String(v), text: label })));
+    select.dataset.options = signature;
+  }
+  select.value = String(value);
+}
+
+function render({ model, el }) {
+  const setup = model.get("setup");
+  const H = setup.h, W = setup.w, alpha = setup.alpha;
+  const ratio = setup.panel / Math.max(H, W);
+  const PH = Math.max(1, Math.round(H * ratio)), PW = Math.max(1, Math.round(W * ratio));
+  const pictures = bytesOf(model.get("pictures"));
+  const lutBytes = bytesOf(model.get("luts"));
+  const luts = Object.fromEntries(setup.luts.map((name, i) => [name, lutBytes.subarray(i * 768, (i + 1) * 768)]));
+  const greys = new Map();
+  const cache = new Map(), waiting = new Map();
+  let S = model.get("shown");
+
+  // ------------------------------------------------------------------ data from the kernel
+  function ask(request) {
+    const key = JSON.stringify(request);
+    if (!cache.has(key)) {
+      cache.set(key, new Promise((resolve) => waiting.set(key, resolve)));
+      model.send({ ...request, key });
+    }
+    return cache.get(key);
+  }
+  const onMessage = (msg, buffers) => {
+    const resolve = waiting.get(msg.key);
+    if (!resolve) return;
+    waiting.delete(msg.key);
+    resolve({ meta: msg, data: buffers && buffers.length ? bytesOf(buffers[0]) : new Uint8Array(0) });
+  };
+
+  // the grey image at size (h, w), the colours' background (cached per image and size)
+  function grey(index, h, w) {
+    const key = `${index}|${h}|${w}`;
+    if (!greys.has(key)) {
+      const out = new Float32Array(h * w), rows = nearest(h, H), cols = nearest(w, W), off = index * H * W * 3;
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) {
+          const s = off + (rows[y] * W + cols[x]) * 3;
+          out[y * w + x] = (pictures[s] + pictures[s + 1] + pictures[s + 2]) / 3;
+        }
+      }
+      greys.set(key, out);
+    }
+    return greys.get(key);
+  }
+
+  // ------------------------------------------------------------------ the state and its rules
+  const catalog = () => model.get("catalog");
+  const layerOf = (m, name) => catalog().models[m].layers.find((l) => l.name === name);
+  const compOf = (l, c) => l.components.find((x) => x.name === c);
+  const clampQuery = (q, grid) => [Math.min(Math.max(q[0], 0), grid[0] - 1), Math.min(Math.max(q[1], 0), grid[1] - 1)];
+  function carry(q, from, to) {  // the kernel's carry table: the same place of the image
+    if (!from || (from[0] === to[0] && from[1] === to[1])) return clampQuery(q, to);
+    const cell = catalog().carry[`${from}>${to}`][q[0] * from[1] + q[1]];
+    return [Math.floor(cell / to[1]), cell % to[1]];
+  }
+  function next(name, value) {
+    const s = { ...S, query: [...S.query] }, old = layerOf(s.model_name, s.layer);
+    if (name === "model_name") {
+      s.model_name = value;
+      if (!layerOf(value, s.layer)) s.layer = catalog().models[value].default_layer;
+    } else {
+      s[name] = value;
+    }
+    const l = layerOf(s.model_name, s.layer);
+    if (name === "model_name" || name === "layer") s.query = carry(S.query, old && old.grid, l.grid);
+    if (!compOf(l, s.component)) s.component = l.components[0].name;
+    if (s.head >= compOf(l, s.component).heads) s.head = -1;
+    return s;
+  }
+  function change(name, value) {
+    started = performance.now();
+    S = next(name, value);
+    model.set("shown", { ...S });
+    model.save_changes();
+    draw();
+  }
+
+  // ------------------------------------------------------------------ the page
+  const select = (label, name) => {
+    const node = make("select", { class: `ucx-select ucx-${name}`, "aria-label": label });
+    node.addEventListener("change", () => change(name, name === "head" || name === "image_index"
+      ? Number(node.value) : node.value));
+    const box = make("label", { class: "ucx-control" }, [make("span", { text: label }), node]);
+    return { node, box };
+  };
+  const range = (label, axis) => {
+    const node = make("input", { type: "range", min: "0", class: `ucx-range ucx-${axis}`, "aria-label": label });
+    const readout = make("output", { class: "ucx-readout" });
+    node.addEventListener("input", () => {
+      const q = [...S.query];
+      q[axis === "row" ? 0 : 1] = Number(node.value);
+      change("query", q);
+    });
+    return { node, readout, box: make("label", { class: "ucx-control" }, [make("span", { text: label }), node, readout]) };
+  };
+  const controls = {
+    model_name: select("model", "model_name"), image_index: select("image", "image_index"),
+    layer: select("layer", "layer"), head: select("head", "head"), component: select("component", "component"),
+    depth: select("through depth", "depth"), row: range("query row", "row"), col: range("query col", "col"),
+  };
+  // JupyterLab's own shortcuts (arrows move between cells) are suppressed on the focused image
+  const picture = make("canvas", { class: "ucx-image", tabindex: "0", role: "img",
+    "data-lm-suppress-shortcuts": "true" });
+  const tiles = make("div", { class: "ucx-tiles" });
+  const bar = make("canvas", { class: "ucx-bar-canvas" }), barLabels = make("div", { class: "ucx-bar-labels" });
+  const depthTitle = make("span", { class: "ucx-depth-title" });
+  const depthMap = make("canvas", { class: "ucx-depth-map", role: "img" });
+  const depthBar = make("canvas", { class: "ucx-bar-canvas" }), depthLabels = make("div", { class: "ucx-bar-labels" });
+  const depthPanel = make("div", { class: "ucx-depth-panel" }, [depthTitle, depthMap]);
+  const depthBarBox = make("div", { class: "ucx-bar" }, [depthBar, depthLabels]);
+  const status = make("dl", { class: "ucx-status", "aria-label": "what the maps show", "aria-live": "polite" });
+  const warning = make("p", { class: "ucx-warning", role: "alert" });
+  const root = make("div", { class: "ucx-explorer", role: "group", "aria-label": "affinity explorer" }, [
+    make("div", { class: "ucx-controls" }, Object.values(controls).map((c) => c.box)),
+    status, warning,
+    make("div", { class: "ucx-pictures" }, [picture, tiles,
+      make("div", { class: "ucx-bar" }, [bar, barLabels]), depthPanel, depthBarBox]),
+  ]);
+  el.append(root);
+  controls.model_name.box.hidden = setup.models.length < 2;
+  controls.image_index.box.hidden = setup.n_images < 2;
+  controls.depth.box.hidden = setup.depth_modes.length < 2;
+
+  const pointToCell = (event) => {
+    const rect = picture.getBoundingClientRect(), g = layerOf(S.model_name, S.layer).grid;
+    return clampQuery([Math.floor((event.clientY - rect.top) * g[0] / rect.height),
+      Math.floor((event.clientX - rect.left) * g[1] / rect.width)], g);
+  };
+  picture.addEventListener("click", (event) => change("query", pointToCell(event)));
+  const MOVES = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+  picture.addEventListener("keydown", (event) => {
+    const move = MOVES[event.key];
+    if (!move) return;
+    event.preventDefault();
+    change("query", clampQuery([S.query[0] + move[0], S.query[1] + move[1]], layerOf(S.model_name, S.layer).grid));
+  });
+
+  // ------------------------------------------------------------------ drawing
+  function drawImage(grid) {
+    picture.width = PW; picture.height = PH;
+    const ctx = picture.getContext("2d"), image = ctx.createImageData(PW, PH), px = image.data;
+    const rows = nearest(PH, H), cols = nearest(PW, W), off = S.image_index * H * W * 3;
+    for (let y = 0; y < PH; y++) {
+      for (let x = 0; x < PW; x++) {
+        const s = off + (rows[y] * W + cols[x]) * 3, o = (y * PW + x) * 4;
+        px[o] = pictures[s]; px[o + 1] = pictures[s + 1]; px[o + 2] = pictures[s + 2]; px[o + 3] = 255;
+      }
+    }
+    const [top, left, bottom, right] = cellBox(S.query, grid, PH, PW);
+    if (bottom - top >= 8 && right - left >= 8) outline(px, PW, [top + 2, left + 2, bottom - 2, right - 2], RING, 1);
+    outline(px, PW, [top, left, bottom, right], MARKER, 2);
+    ctx.putImageData(image, 0, 0);
+  }
+
+  function drawTiles(layer, maps) {
+    const grid = layer.grid, n = grid[0] * grid[1], q = S.query[0] * grid[1] + S.query[1];
+    const heads = S.head === -1 ? [...Array(maps.meta.heads).keys()] : [S.head];
+    const [th, tw] = tileSize(heads.length, grid, setup.panel, PH, PW);
+    const background = grey(S.image_index, th, tw), lut = luts[maps.meta.scale.cmap];
+    tiles.style.gridTemplateColumns = `repeat(${Math.ceil(Math.sqrt(heads.length))}, ${tw}px)`;
+    while (tiles.children.length > heads.length) tiles.lastChild.remove();
+    while (tiles.children.length < heads.length) {
+      tiles.append(make("figure", { class: "ucx-tile" }, [make("figcaption"), make("canvas", { class: "ucx-map", role: "img" })]));
+    }
+    let sum = 0;
+    heads.forEach((h, i) => {
+      const tile = tiles.children[i], canvas = tile.lastChild, offset = (h * n + q) * n;
+      tile.firstChild.textContent = heads.length > 1 ? `${layer.unit} ${h}` : "";
+      canvas.dataset.head = String(h);
+      canvas.setAttribute("aria-label", `${layer.unit} ${h}: row (${S.query[0]}, ${S.query[1]}) of the affinity`);
+      for (let k = 0; k < n; k++) sum += maps.data[offset + k];
+      const { ctx, image } = overlayMap(canvas, background, [th, tw], maps.data, offset, grid, lut, alpha);
+      outline(image.data, tw, cellBox(S.query, grid, th, tw), MARKER, 1);
+      ctx.putImageData(image, 0, 0);
+    });
+    return sum;
+  }
+
+  function drawDepth(depth, grid) {
+    const { meta, data } = depth;
+    const { ctx, image } = overlayMap(depthMap, grey(S.image_index, PH, PW), [PH, PW], data, 0, meta.input,
+      luts[meta.cmap], alpha);
+    outline(image.data, PW, cellBox(S.query, grid, PH, PW), MARKER, 1);
+    ctx.putImageData(image, 0, 0);
+    depthTitle.textContent = meta.title;
+    depthMap.setAttribute("aria-label", `${meta.title}, query (${S.query[0]}, ${S.query[1]})`);
+    drawBar(depthBar, depthLabels, luts[meta.cmap],
+      [[1, meta.vmax[0], ""], [0, "0", ""], [meta.uniform_at[0], meta.uniform, "ucx-uniform"]], PH);
+    let sum = 0;
+    for (let k = 0; k < data.length; k++) sum += data[k];
+    return sum;
+  }
+
+  function drawStatus(fields, values) {
+    status.replaceChildren(...fields.flatMap(([name, template]) => {
+      const chosen = Array.isArray(template[0]) ? template[S.head === -1 ? 0 : 1] : template;
+      return [make("dt", { text: name }),
+        make("dd", { class: `ucx-field ucx-field-${name.replace(" ", "-")}`, text: fill(chosen, values) })];
+    }));
+  }
+
+  function drawControls(layer, heads) {
+    const models = setup.models;
+    fillSelect(controls.model_name.node, models.map((m) => [m, m]), S.model_name);
+    fillSelect(controls.image_index.node, [...Array(setup.n_images).keys()].map((i) => [String(i), i]), S.image_index);
+    fillSelect(controls.layer.node, catalog().models[S.model_name].layers.map((l) => [l.label, l.name]), S.layer);
+    fillSelect(controls.head.node, [[`all ${layer.unit}s`, -1],
+      ...[...Array(heads).keys()].map((h) => [`${layer.unit} ${h}`, h])], S.head);
+    fillSelect(controls.component.node, layer.components.map((c) => [c.name, c.name]), S.component);
+    fillSelect(controls.depth.node, setup.depth_modes.map((d) => [d, d]), S.depth);
+    ["row", "col"].forEach((axis, i) => {
+      const c = controls[axis];
+      c.node.max = String(layer.grid[i] - 1);
+      c.node.value = String(S.query[i]);
+      c.readout.textContent = String(S.query[i]);
+    });
+    picture.setAttribute("aria-label", `image ${S.image_index}: the query token is row ${S.query[0]}, col ` +
+      `${S.query[1]} of ${layer.grid[0]}x${layer.grid[1]}; click or use the arrow keys to move it`);
+  }
+
+  let started = performance.now(), drawn = 0;
+  async function draw() {
+    const ticket = ++drawn, s = S;
+    const layer = layerOf(s.model_name, s.layer), comp = compOf(layer, s.component);
+    const maps = await ask({ need: "maps", model: s.model_name, image: comp.shared ? 0 : s.image_index,
+      layer: s.layer, component: s.component });
+    const depth = s.depth === "off" ? null : await ask({ need: "depth", model: s.model_name,
+      image: s.image_index, layer: s.layer, mode: s.depth, query: s.query });
+    if (ticket !== drawn) return;  // a newer state is being drawn
+    drawControls(layer, maps.meta.heads);
+    drawImage(layer.grid);
+    const problem = maps.meta.warning || (depth && depth.meta.warning) || "";
+    warning.textContent = problem;
+    warning.hidden = !problem;
+    tiles.hidden = Boolean(maps.meta.warning);
+    const sum = maps.meta.warning ? 0 : drawTiles(layer, maps);
+    if (!maps.meta.warning) drawBar(bar, barLabels, luts[maps.meta.scale.cmap], maps.meta.scale.marks, Math.max(96, tiles.offsetHeight - 16));
+    const showDepth = Boolean(depth && !depth.meta.warning);
+    const depthSum = showDepth ? drawDepth(depth, layer.grid) : "";
+    depthPanel.hidden = depthBarBox.hidden = !showDepth;
+    const values = { row: s.query[0], col: s.query[1], head: s.head, image: s.image_index,
+      vmax: showDepth ? depth.meta.vmax[0] : "" };
+    drawStatus([...maps.meta.fields, ...(depth ? depth.meta.fields : [])], values);
+    Object.assign(root.dataset, { query: s.query.join(","), layer: s.layer, component: s.component,
+      head: String(s.head), model: s.model_name, image: String(s.image_index), depth: s.depth,
+      mapSum: String(sum), depthSum: String(depthSum), redrawMs: (performance.now() - started).toFixed(2),
+      ready: "1" });
+  }
+
+  const onShown = () => { started = performance.now(); S = model.get("shown"); draw(); };
+  model.on("msg:custom", onMessage);
+  model.on("change:shown", onShown);
+  model.on("change:catalog", onShown);
+  draw();
+  return () => {
+    model.off("msg:custom", onMessage);
+    model.off("change:shown", onShown);
+    model.off("change:catalog", onShown);
+  };
+}
+
+export default { render };
