@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..mixers.attention import softmax_affinity  # noqa: F401  (the one softmax affinity, re-exported)
 from ..mixers.base import check_grid
 from ..validation import check_float_image
 
@@ -108,18 +109,3 @@ def check_prefix(prefix_tokens) -> int:
     if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
         raise ValueError(f"prefix_tokens must be a non-negative int, got {prefix_tokens!r}")
     return prefix_tokens
-
-
-def softmax_affinity(q: torch.Tensor, k: torch.Tensor, scale: float, bias=None) -> torch.Tensor:
-    """``softmax(q k^T * scale + bias)`` over keys: ``(B, M, N, d), (B, M, K, d) -> (B, M, N, K)``.
-
-    ``bias`` is an additive float mask broadcastable to ``(B, M, N, K)`` (``-inf`` blocks a pair), or
-    a boolean mask where ``True`` means "may attend" (PyTorch's SDPA convention).
-    """
-    scores = (q @ k.transpose(-2, -1)) * scale
-    if bias is not None:
-        if bias.dtype == torch.bool:
-            scores = scores.masked_fill(~bias, float("-inf"))
-        else:
-            scores = scores + bias
-    return torch.softmax(scores, dim=-1)

@@ -21,51 +21,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ..mixers.local import token_offsets
-from ._common import as_affinity, grid_of, new_axes
+from ..inspection.distance import affinity_distance, token_distances  # noqa: F401  (the math; re-exported)
+from ._common import new_axes
 from .scales import MIN_FONTSIZE
-
-
-def _strides(pixel_stride) -> tuple[float, float]:
-    if isinstance(pixel_stride, (tuple, list)):
-        if len(pixel_stride) != 2:
-            raise ValueError(f"pixel_stride must be a number or a (sy, sx) pair, got {pixel_stride!r}")
-        sy, sx = (float(v) for v in pixel_stride)
-    else:
-        sy = sx = float(pixel_stride)
-    if sy <= 0 or sx <= 0:
-        raise ValueError(f"pixel_stride must be positive, got {pixel_stride!r}")
-    return sy, sx
-
-
-def token_distances(grid, pixel_stride=1.0) -> torch.Tensor:
-    """Euclidean distances ``||p_i - p_j||`` between the N tokens of ``grid``, in pixels: ``(N, N)``."""
-    sy, sx = _strides(pixel_stride)
-    dy, dx = (t.to(torch.float64) for t in token_offsets(tuple(grid)))
-    return torch.sqrt((dy * sy) ** 2 + (dx * sx) ** 2)
-
-
-def affinity_distance(A, grid, pixel_stride=1.0) -> torch.Tensor:
-    """Mean affinity distance of every head: ``(M,)`` float64, in input pixels.
-
-    ``D[m] = mean_{b, i} sum_j |A[b, m, i, j]| / sum_j' |A[b, m, i, j']| * ||p_i - p_j|| * stride``
-    (see the module docstring). ``A`` is ``(B|1, M, N, N)``, ``(M, N, N)`` or ``(N, N)``;
-    ``grid=(H, W)`` with H*W = N (``None``: a 1 x N line); ``pixel_stride`` is the input
-    pixels per grid step, a number or a ``(sy, sx)`` pair (e.g. ``image_size / grid_size``).
-    Averaged over the batch and over all queries i with a nonzero row.
-    """
-    a = as_affinity(A).abs()
-    n = a.shape[2]
-    if a.shape[3] != n:
-        raise ValueError(f"A must be square over tokens (N, N), got {tuple(a.shape[-2:])}")
-    grid = grid_of(grid, n)
-    dist = token_distances(grid, pixel_stride)
-    mass = a.sum(-1)  # (B, M, N)
-    per_row = (a * dist).sum(-1) / mass.clamp_min(torch.finfo(torch.float64).tiny)
-    valid = mass > 0
-    total = torch.where(valid, per_row, torch.zeros_like(per_row)).sum((0, 2))
-    count = valid.sum((0, 2)).to(torch.float64)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
 
 
 def infer_grid(n: int, image_size) -> tuple[int, int]:
