@@ -142,7 +142,7 @@ def _merging_window(module) -> ConvWindow:
     return ConvWindow(per_place, (2, 2), (0, 0), (1, 1))
 
 
-def window_of(module: nn.Module, shape, pointwise: bool = True) -> ConvWindow | None:
+def window_of(module: nn.Module, shape, pointwise: bool = True, dtype=None) -> ConvWindow | None:
     """The window of a module that moves context between tokens by a fixed window, or None.
 
     ``nn.Conv2d``, ``nn.AvgPool2d`` / ``nn.MaxPool2d`` with a stride (a max is read as the uniform
@@ -157,7 +157,7 @@ def window_of(module: nn.Module, shape, pointwise: bool = True) -> ConvWindow | 
         stride = pair(module.stride if module.stride is not None else module.kernel_size)
         if isinstance(module, nn.AvgPool2d) and stride == (1, 1):
             return None  # a stride-1 average pool is a mixer with an exact view
-        return _pool_window(module, torch.get_default_dtype())
+        return _pool_window(module, dtype or torch.get_default_dtype())
     if _is_patch_merging(module):
         return _merging_window(module)
     return None
@@ -192,6 +192,7 @@ class _Walk:
             self.seen = forward_pass(model, x, keep)
         self.image = tuple(x.shape[-2:])
         self.batch = x.shape[0]
+        self.dtype = x.dtype
         self.candidates = prefix_candidates(model, prefix_tokens)
         self.max_tokens = max_tokens
         self.records: list = []
@@ -223,12 +224,14 @@ class _Walk:
             return False
         if isinstance(module, nn.Conv2d):
             return False  # 1x1 stride 1: token-wise
-        return any(True for _ in module.parameters(recurse=False))
+        own = list(module.parameters(recurse=False))
+        return bool(own) and any(p.dim() > 1 for p in own)  # per-channel vectors (scales) mix no tokens
 
     def record(self, name, module):
         shape = self.seen.shapes.get(name)
         in_block = any(_inside(name, b) and name != b for b in self.blocks)
-        window = window_of(module, shape, not in_block) if shape is not None and len(shape) == 4 else None
+        window = (window_of(module, shape, not in_block, self.dtype)
+                  if shape is not None and len(shape) == 4 else None)
         if window is not None:
             grid = _window_grid(module, shape)
             return WindowRecord(name, TokenGrid(grid), TokenGrid(window.out_grid(grid)), window,
@@ -272,11 +275,11 @@ def _group(walk: _Walk, model: nn.Module) -> list:
             if not inner:
                 continue  # a token-wise branch (a channel MLP): the identity for context
             shortcut = [r for r in records if short and _inside(r.name, short)]
+            first = min(records.index(r) for r in inner + shortcut)
+            gone = {id(r) for r in inner + shortcut}
             if residual.on_grid is not None and shape is not None:
                 grid = (shape[1], shape[2])  # the block's (B, H, W, C) input
                 inner = [_on_grid(r, residual, grid) if isinstance(r, AffinityRecord) else r for r in inner]
-            first = records.index(inner[0] if not shortcut else min(inner + shortcut, key=records.index))
-            gone = {id(r) for r in inner + shortcut if r in records}
             grouped = ResidualRecord(branch, residual, inner, shortcut)
             records = [r for r in records[:first] if id(r) not in gone] + [grouped] + \
                       [r for r in records[first:] if id(r) not in gone]
