@@ -31,7 +31,8 @@ TOL = 1e-12
 def vit(class_token: bool, distilled: bool = False):
     torch.manual_seed(3)
     name = "deit_tiny_distilled_patch16_224" if distilled else "vit_tiny_patch16_224"
-    tokens = {} if distilled else {"class_token": class_token, "global_pool": "token" if class_token else "avg"}
+    pool = "token" if class_token else "avg"
+    tokens = {} if distilled else {"class_token": class_token, "global_pool": pool}
     model = timm.create_model(name, pretrained=False, img_size=32, patch_size=4, embed_dim=32, depth=3,
                               num_heads=2, num_classes=0, **tokens)
     return model.double().eval()
@@ -64,7 +65,8 @@ def patch_embedding(model, grid, size) -> torch.Tensor:
     return embed.reshape(grid[0] * grid[1], size * size)
 
 
-@pytest.mark.parametrize("class_token,distilled,prefix", [(True, False, 1), (False, True, 2), (False, False, 0)])
+@pytest.mark.parametrize("class_token,distilled,prefix",
+                         [(True, False, 1), (False, True, 2), (False, False, 0)])
 def test_vit_rollout_is_abnar_zuidema_from_timms_own_attention_maps(class_token, distilled, prefix):
     model = vit(class_token, distilled)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
