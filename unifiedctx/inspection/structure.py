@@ -168,7 +168,8 @@ def _window_grid(module, shape) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def _mixer_affinity(mixer: AffinityMixer, x: torch.Tensor) -> torch.Tensor:
+def mixer_affinity(mixer: AffinityMixer, x: torch.Tensor) -> torch.Tensor:
+    """``mixer.affinity(x)``, asked through the contract inside the guard: ``(B|1, M, N, N)``."""
     with untouched(mixer):
         return mixer.affinity(x).detach()
 
@@ -239,7 +240,7 @@ class _Walk:
         if isinstance(module, AffinityMixer) and name in self.seen.inputs:
             x = next(iter(self.seen.inputs[name].values()))
             return AffinityRecord(name, TokenGrid(tuple(x.shape[-2:])), type(module).__name__,
-                                  partial(_mixer_affinity, module, x))
+                                  partial(mixer_affinity, module, x))
         family = self.families[name]
         if family is None or name not in self.seen.inputs:
             return None
@@ -295,4 +296,5 @@ def read_records(model: nn.Module, x: torch.Tensor, prefix_tokens: int | None = 
     return _group(walk, model), walk.skipped
 
 
-__all__ = ["TIMM_BLOCKS", "TOKENWISE", "read_records", "residuals_of", "swin_on_grid", "window_of"]
+__all__ = ["TIMM_BLOCKS", "TOKENWISE", "mixer_affinity", "read_records", "residuals_of", "swin_on_grid",
+           "window_of"]

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..inspection.reader import check_model, forward_pass, select_layers, untouched
+from ..inspection.structure import mixer_affinity
 from ..mixers import AffinityMixer
 from ..mixers.base import DESCRIPTIONS
 
@@ -125,12 +126,6 @@ def _listed(reasons: dict, most: int = 12) -> str:
     return "; ".join(items) if items else "no module ran"
 
 
-@torch.no_grad()
-def _mixer_affinity(mixer: AffinityMixer, x: torch.Tensor) -> torch.Tensor:
-    with untouched(mixer):
-        return mixer.affinity(x)
-
-
 def _mixer_records(model, x, select, max_tokens) -> tuple[list[LayerAffinity], dict]:
     mixers = mixer_layers(model)
     records, skipped = [], OrderedDict()
@@ -147,7 +142,7 @@ def _mixer_records(model, x, select, max_tokens) -> tuple[list[LayerAffinity], d
         stride = (x.shape[-2] / grid[0], x.shape[-1] / grid[1])
         records.append(LayerAffinity(name, mixer.kind, grid, type(mixer).__name__, "mixer", weights, {},
                                      stride, mixer.describe(), mixer.head_unit,
-                                     partial(_mixer_affinity, mixer, inp),
+                                     partial(mixer_affinity, mixer, inp),
                                      partial(mixer_components, mixer, inp)))
     return records, skipped
 

@@ -1,15 +1,10 @@
-"""Mean affinity distance: how far, in input pixels, each head gathers its context from.
+"""Mean affinity distance per head and layer, and its plot: how far each head gathers its context.
 
-The ViT paper's "attention distance" (Dosovitskiy et al. 2021, Fig. 7), for any affinity::
-
-    W[m, i, j] = |A[m, i, j]| / sum_j' |A[m, i, j']|          (rows of |A|, normalised)
-    D[m]       = mean_i  sum_j  W[m, i, j] * ||p_i - p_j|| * stride
-
-with ``p_i`` the (y, x) grid position of token i and ``stride`` the layer's size of one grid
-cell in input pixels (image size / grid size). For attention and pooling ``|A| = A`` already
-sums to 1 per row; for signed static kernels (convolutions, MLP-Mixer weights) the absolute
-value measures where the weight mass sits regardless of its sign. Rows with no weight at all
-are left out of the mean (a head whose rows are all zero gets NaN).
+The math, ``D[m] = mean_i sum_j |A[m, i, j]| / sum_j' |A[m, i, j']| * ||p_i - p_j|| * stride`` (the ViT
+paper's "attention distance", for any affinity), is :mod:`unifiedctx.inspection.distance`
+(:func:`affinity_distance`, :func:`token_distances`, re-exported here); this module applies it to
+recorded layers (:func:`layer_distances`), to any model (:func:`model_distances`, through the one
+reader) and draws it (:func:`plot_affinity_distance`).
 """
 
 from __future__ import annotations
@@ -22,21 +17,21 @@ import numpy as np
 import torch
 
 from ..inspection.distance import affinity_distance, token_distances  # noqa: F401  (the math; re-exported)
+from ..inspection.network import tiling_grid
 from ._common import new_axes
 from .scales import MIN_FONTSIZE
 
 
 def infer_grid(n: int, image_size) -> tuple[int, int]:
-    """The ``(h, w)`` grid of N tokens that tiles ``image_size=(H, W)`` with one square stride."""
+    """The ``(h, w)`` grid of N tokens that tiles ``image_size=(H, W)`` with one square stride
+    (:func:`unifiedctx.inspection.network.tiling_grid`), or a ValueError."""
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    big_h, big_w = image_size
-    stride = math.sqrt(big_h * big_w / n)
-    h, w = round(big_h / stride), round(big_w / stride)
-    if h * w != n:
+    grid = tiling_grid(n, tuple(image_size))
+    if grid is None:
         raise ValueError(f"cannot infer a grid of {n} tokens for image_size {tuple(image_size)}; "
                          f"pass grids={{layer: (H, W)}}")
-    return h, w
+    return grid
 
 
 def layer_distances(affinities: Mapping, image_size, grids: Mapping | None = None) -> OrderedDict:
