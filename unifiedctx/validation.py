@@ -239,3 +239,12 @@ def check_layer_name(name: str, value, model: nn.Module) -> str:
         raise ValueError(f"{name}={value!r} is not a module of this model.{hint} "
                          f"(names as in model.named_modules())")
     return value
+
+
+def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
+    """``x`` if every value is finite; else a ``ValueError`` saying how many are NaN or infinite."""
+    bad = ~torch.isfinite(x.detach())
+    if bool(bad.any()):
+        raise ValueError(f"{name} holds {int(bad.sum())} non-finite values (NaN or inf) out of "
+                         f"{x.numel()}: every view of it would be NaN; clean or re-normalise the input")
+    return x

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..inspection.network import prefix_candidates, tiling_grid
 from ..inspection.reader import forward_pass, untouched
-from ..validation import check_layer_name, check_query
+from ..validation import check_int, check_layer_name, check_query
 from .extract import check_image
 
 
@@ -74,6 +74,8 @@ def erf_on_grid(model: nn.Module, x: torch.Tensor, layer: str, query=None, prefi
     ``token`` is the flat index on ``output_grid`` (prefix tokens not counted)."""
     check_image(x, model)
     find_module(model, layer)
+    if prefix_tokens is not None:
+        check_int("prefix_tokens", prefix_tokens, low=0)
     candidates = prefix_candidates(model, prefix_tokens)
     xr = x.detach().clone().requires_grad_(True)
     with untouched(model), torch.enable_grad():

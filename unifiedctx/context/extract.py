@@ -27,7 +27,7 @@ from torch import nn
 from ..inspection.reader import check_model, forward_pass, untouched
 from ..inspection.records import AffinityRecord, ResidualRecord, WindowRecord
 from ..inspection.structure import read_records
-from ..validation import check_float_image
+from ..validation import check_finite, check_float_image, check_int
 from .steps import ContextStep
 
 
@@ -40,6 +40,7 @@ def check_image(x, model: nn.Module) -> tuple[int, int]:
     """``x`` must be a float ``(B, C, H, W)`` tensor of the model's dtype; returns ``(H, W)``."""
     check_model(model)
     check_float_image("x", x)
+    check_finite("x", x)
     param = next(model.parameters(), None)
     if param is not None and param.dtype != x.dtype:
         raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {param.dtype}: "
@@ -92,6 +93,8 @@ def read_steps(model: nn.Module, x: torch.Tensor, prefix_tokens: int | None = No
                ) -> tuple[list[ContextStep], OrderedDict]:
     """``(steps, skipped)``: :func:`context_steps` and the layers the reader could not read, with why."""
     check_image(x, model)
+    if prefix_tokens is not None:
+        check_int("prefix_tokens", prefix_tokens, low=0)
     records, skipped = read_records(model, x, prefix_tokens)
     return [step_of(r) for r in records], skipped
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..inspection.records import ConvWindow
 from ..inspection.structure import window_of
+from ..validation import check_choice
 
 HEADS = ("mean", "max")
 
@@ -189,6 +190,5 @@ def steps_from_affinities(affinities: Mapping[str, object], grid, residual: bool
 
 
 def check_heads(heads) -> str:
-    if heads not in HEADS:
-        raise ValueError(f"heads must be 'mean' or 'max' (how the heads are combined), got {heads!r}")
-    return heads
+    """``"mean"`` or ``"max"`` (how the heads are combined), through ``validation.check_choice``."""
+    return check_choice("heads", heads, HEADS)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .families import FAMILIES, Family, NoView, family_of
-from .reader import forward_pass, select_layers
+from .reader import check_door, forward_pass, select_layers
 from .view import check_prefix, pair
 
 #: Prefix-token counts tried, in order, when a token layer's sequence is not a whole grid.
@@ -180,14 +180,7 @@ def inspect_model(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: in
     Raises:
         TypeError / ValueError: ``model`` is not a module, ``x`` not an image batch, a bad option.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = getattr(x, "shape", type(x).__name__)
-        raise ValueError(f"x must be an image batch (B, C, H, W), got {got}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    check_door(model, x, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
     select = select_layers(layers)
     image_size = pair(tuple(x.shape[-2:]))
     candidates = prefix_candidates(model, prefix_tokens)

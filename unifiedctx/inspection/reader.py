@@ -27,12 +27,27 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..validation import check_finite, check_float_image, check_int, check_optional_positive_int
+
 
 def check_model(model, name: str = "model") -> nn.Module:
     """``model`` if it is an ``nn.Module``, else a ``TypeError`` naming what it got."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__} {model!r:.60}")
     return model
+
+
+def check_door(model, x, *, max_tokens=None, prefix_tokens=None) -> tuple[int, int]:
+    """The checks every reader does at its door, through :mod:`unifiedctx.validation`: ``model`` an
+    ``nn.Module``; ``x`` a finite floating-point image batch ``(B, C, H, W)`` of the model's dtype;
+    ``max_tokens`` None or a positive int; ``prefix_tokens`` None or an int >= 0. Returns ``(H, W)``."""
+    check_model(model)
+    check_float_image("x", x, like=model)
+    check_finite("x", x)
+    check_optional_positive_int("max_tokens", max_tokens)
+    if prefix_tokens is not None:
+        check_int("prefix_tokens", prefix_tokens, low=0)
+    return (int(x.shape[-2]), int(x.shape[-1]))
 
 
 def _cuda_devices(model: nn.Module, *tensors) -> list[int]:
@@ -194,4 +209,5 @@ def forward_pass(model: nn.Module, x: torch.Tensor, keep: Callable[[str, nn.Modu
     return seen
 
 
-__all__ = ["ForwardPass", "bound_call", "check_model", "copied", "forward_pass", "select_layers", "untouched"]
+__all__ = ["ForwardPass", "bound_call", "check_door", "check_model", "copied", "forward_pass",
+           "select_layers", "untouched"]

@@ -10,7 +10,7 @@ import torch
 
 from ..mixers.attention import softmax_affinity  # noqa: F401  (the one softmax affinity, re-exported)
 from ..mixers.base import check_grid
-from ..validation import check_float_image
+from ..validation import check_float_image, check_int
 
 
 @dataclass
@@ -105,7 +105,5 @@ def token_grid(grid, n_tokens: int, prefix_tokens: int):
 
 
 def check_prefix(prefix_tokens) -> int:
-    """A non-negative int number of prefix tokens."""
-    if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
-        raise ValueError(f"prefix_tokens must be a non-negative int, got {prefix_tokens!r}")
-    return prefix_tokens
+    """A non-negative int number of prefix tokens (``TypeError`` for another kind, ``ValueError`` < 0)."""
+    return check_int("prefix_tokens", prefix_tokens, low=0)

@@ -21,10 +21,11 @@ from functools import cached_property, partial
 import torch
 from torch import nn
 
-from ..inspection.reader import check_model, forward_pass, select_layers, untouched
+from ..inspection.reader import check_door, check_model, forward_pass, select_layers, untouched
 from ..inspection.structure import mixer_affinity
 from ..mixers import AffinityMixer
 from ..mixers.base import DESCRIPTIONS
+from ..validation import check_choice
 
 
 def _check_model(model) -> None:
@@ -218,15 +219,8 @@ def layer_affinities(model: nn.Module, x: torch.Tensor, layers=None, max_tokens:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: a bad option, or no layer with a view (the message lists what was skipped, and why).
     """
-    _check_model(model)
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = getattr(x, "shape", type(x).__name__)
-        raise ValueError(f"x must be an image batch (B, C, H, W), got {got}")
+    check_door(model, x, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
+    check_choice("source", source, SOURCES)
     use_mixers = source == "mixers" or (source == "auto" and bool(mixer_layers(model)))
     if use_mixers:
         records, skipped = _mixer_records(model, x, select_layers(layers), max_tokens)

@@ -18,6 +18,7 @@ import torch
 
 from ..inspection.distance import affinity_distance, token_distances  # noqa: F401  (the math; re-exported)
 from ..inspection.network import tiling_grid
+from ..validation import check_optional_positive_int
 from ._common import new_axes
 from .scales import MIN_FONTSIZE
 
@@ -64,9 +65,7 @@ def model_distances(model, x: torch.Tensor, max_tokens: int | None = None, layer
     """
     from ..models.recording import layer_affinities
 
-    if most_heads is not None and (isinstance(most_heads, bool) or not isinstance(most_heads, int)
-                                   or most_heads < 1):
-        raise ValueError(f"most_heads must be a positive int or None, got {most_heads!r}")
+    check_optional_positive_int("most_heads", most_heads)
     out = OrderedDict()
     for record in layer_affinities(model, x, layers=layers, max_tokens=max_tokens):
         if record.grid is None:
