@@ -20,11 +20,13 @@ from unifiedctx.models.recording import record_affinities
 from unifiedctx.viz.distance import model_distances
 
 PACKAGE = Path(unifiedctx.__file__).parent
+erf = context.effective_receptive_field
 
 
 def net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.GELU(), nn.Conv2d(3, 3, 3, padding=1)).eval()
+    layers = nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.GELU(), nn.Conv2d(3, 3, 3, padding=1)
+    return nn.Sequential(*layers).eval()
 
 
 def image():
@@ -74,8 +76,8 @@ CASES = [
     ("inspect_model layers int", lambda: inspect_model(net(), image(), layers=[3]), TypeError, ["layers"]),
     # rollout(model, x, upto=, heads=, signed=, prefix_tokens=)
     ("rollout model str", lambda: context.rollout("net", image()), TypeError, ["model", "str"]),
-    ("rollout x uint8", lambda: context.rollout(net(), torch.zeros(1, 3, 8, 8, dtype=torch.uint8)), TypeError,
-     ["x", "uint8"]),
+    ("rollout x uint8", lambda: context.rollout(net(), torch.zeros(1, 3, 8, 8, dtype=torch.uint8)),
+     TypeError, ["x", "uint8"]),
     ("rollout x NaN", lambda: context.rollout(net(), nan_image()), ValueError, ["x", "non-finite"]),
     ("rollout upto int", lambda: context.rollout(net(), image(), upto=2), TypeError, ["upto", "int"]),
     ("rollout upto unknown", lambda: context.rollout(net(), image(), upto="3"), ValueError, ["upto", "'3'"]),
@@ -83,25 +85,26 @@ CASES = [
      ["heads", "'mean'", "'sum'"]),
     ("rollout heads int", lambda: context.rollout(net(), image(), heads=1), TypeError, ["heads", "int"]),
     ("rollout signed int", lambda: context.rollout(net(), image(), signed=1), TypeError, ["signed", "int"]),
-    ("rollout signed str", lambda: context.rollout(net(), image(), signed="True"), TypeError, ["signed", "str"]),
+    ("rollout signed str", lambda: context.rollout(net(), image(), signed="True"), TypeError,
+     ["signed", "str"]),
     ("rollout prefix negative", lambda: context.rollout(net(), image(), prefix_tokens=-2), ValueError,
      ["prefix_tokens", ">= 0"]),
     # effective_receptive_field(model, x, layer, query=, prefix_tokens=)
-    ("erf model int", lambda: context.effective_receptive_field(3, image(), "0"), TypeError, ["model", "int"]),
-    ("erf layer int", lambda: context.effective_receptive_field(net(), image(), 0), TypeError, ["layer", "int"]),
-    ("erf layer unknown", lambda: context.effective_receptive_field(net(), image(), "9"), ValueError,
+    ("erf model int", lambda: erf(3, image(), "0"), TypeError, ["model", "int"]),
+    ("erf layer int", lambda: erf(net(), image(), 0), TypeError, ["layer", "int"]),
+    ("erf layer unknown", lambda: erf(net(), image(), "9"), ValueError,
      ["layer", "'9'", "named_modules"]),
-    ("erf query bool", lambda: context.effective_receptive_field(net(), image(), "2", query=True), TypeError,
+    ("erf query bool", lambda: erf(net(), image(), "2", query=True), TypeError,
      ["query", "bool"]),
-    ("erf query str", lambda: context.effective_receptive_field(net(), image(), "2", query="4"), TypeError,
+    ("erf query str", lambda: erf(net(), image(), "2", query="4"), TypeError,
      ["query", "str"]),
-    ("erf query negative", lambda: context.effective_receptive_field(net(), image(), "2", query=-1), ValueError,
+    ("erf query negative", lambda: erf(net(), image(), "2", query=-1), ValueError,
      ["query", "-1", "(8, 8)"]),
-    ("erf query out of range", lambda: context.effective_receptive_field(net(), image(), "2", query=(8, 0)),
+    ("erf query out of range", lambda: erf(net(), image(), "2", query=(8, 0)),
      ValueError, ["query", "(8, 0)", "outside"]),
-    ("erf query float pair", lambda: context.effective_receptive_field(net(), image(), "2", query=(1.5, 2)),
+    ("erf query float pair", lambda: erf(net(), image(), "2", query=(1.5, 2)),
      TypeError, ["query", "(1.5, 2)"]),
-    ("erf x NaN", lambda: context.effective_receptive_field(net(), nan_image(), "2"), ValueError, ["x", "NaN"]),
+    ("erf x NaN", lambda: erf(net(), nan_image(), "2"), ValueError, ["x", "NaN"]),
     # record_affinities(model, x, max_tokens=, layers=, prefix_tokens=, source=)
     ("record model list", lambda: record_affinities([net()], image()), TypeError, ["model", "list"]),
     ("record x NaN", lambda: record_affinities(net(), nan_image()), ValueError, ["x", "non-finite"]),
