@@ -87,6 +87,70 @@ def test_signed_rollout_of_a_sequential_of_mixers_and_convs_is_its_jacobian():
     assert torch.allclose(r.maps[0], jacobian(model, x), atol=1e-10, rtol=0)
 
 
+class ScaledResidual(nn.Module):
+    """A user's own block that describes itself to the reader: ``x + gamma * conv(x)``."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, k, padding=k // 2)
+        self.gamma = nn.Parameter(torch.tensor([0.6]))
+
+    def residuals(self):
+        from unifiedctx.inspection.records import Residual
+
+        return [Residual("conv", self.gamma)]
+
+    def forward(self, x):
+        return x + self.gamma * self.conv(x)
+
+
+class Downsample(nn.Module):
+    """ResNet's shape: ``down(x) + conv2(conv1(x))`` with a strided first conv and a strided shortcut."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+        self.down = nn.Conv2d(1, 1, 1, stride=2)
+
+    def residuals(self):
+        from unifiedctx.inspection.records import Residual
+
+        return [Residual("", None, "down")]
+
+    def forward(self, x):
+        return self.down(x) + self.conv2(self.conv1(x))
+
+
+def test_signed_rollout_of_a_plain_pytorch_stack_with_residual_blocks_is_its_jacobian():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(1, 1, 5, padding=2), nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+                          ScaledResidual(3), Downsample(), nn.AvgPool2d(2), nn.Conv2d(1, 1, 1),
+                          ScaledResidual(5)).double()
+    x = torch.randn(1, 1, 12, 12, dtype=torch.float64)
+    r = context.rollout(model, x, signed=True)
+    assert r.layers == ["0", "1", "2.conv", "3", "4", "5", "6.conv"] and r.grid == (3, 3)
+    err = (r.maps[0] - jacobian(model, x)).abs().max().item()
+    assert err < 1e-12, err
+    steps = context.context_steps(model, x)
+    assert steps[3].branch and steps[3].shortcut and steps[3].covers == ("3.conv1", "3.conv2", "3.down")
+    nonneg = context.rollout(model, x)
+    torch.testing.assert_close(nonneg.maps.sum(-1), torch.ones(1, 9, dtype=torch.float64))
+
+
+def test_layers_the_reader_cannot_read_are_named_not_passed_over():
+    class Mystery(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.eye(4))
+
+        def forward(self, x):
+            return x @ self.weight  # mixes the tokens of a row: nothing the reader knows
+
+    r = context.rollout(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), Mystery()), torch.zeros(1, 1, 4, 4))
+    assert list(r.skipped) == ["1"] and "does not read" in r.skipped["1"]
+
+
 # ---------------------------------------------------------------------------- support
 @pytest.mark.parametrize("depth,k", [(1, 3), (3, 3), (2, 5)])
 def test_support_of_stacked_depthwise_layers_is_the_grown_window(depth, k):
@@ -308,9 +372,11 @@ def test_bad_names_list_close_ones():
         context.rollout(model, x, heads="sum")
     with pytest.raises(TypeError, match="signed must be True or False"):
         context.rollout(model, x, signed="yes")
-    with pytest.raises(ValueError, match=r"query must be \(row, col\) inside the grid \(4, 4\)"):
+    with pytest.raises(ValueError, match=r"query=\(4, 0\) is outside the grid \(4, 4\)"):
         context.rollout_maps(model, x, query=(4, 0))
-    with pytest.raises(ValueError, match="query must be"):
+    with pytest.raises(TypeError, match=r"query must be None \(the centre\), a \(row, col\) pair"):
+        context.rollout_maps(model, x, query="centre")
+    with pytest.raises(ValueError, match=r"query=\(0, 9\) is outside the grid"):
         context.effective_receptive_field(model, x, "stages.3", query=(0, 9))
     with pytest.raises(ValueError, match=r"index must be an image of the batch, an int in \[0, 1\)"):
         context.erf_maps(model, x, "stages.3", index=1)
@@ -330,10 +396,8 @@ def test_bad_inputs_and_models_are_refused_clearly():
         context.rollout(model, torch.zeros(1, 3, 30, 30))
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         context.rollout("convnet_nano", torch.zeros(1, 3, 32, 32))
-    with pytest.raises(TypeError, match="rollout cannot read layer '1' \\(Linear\\)"):
-        context.rollout(nn.Sequential(nn.Conv2d(3, 3, 1), nn.Linear(4, 4)), torch.zeros(1, 3, 4, 4))
-    with pytest.raises(TypeError, match="steps_from_affinities"):
-        context.rollout(nn.Conv2d(3, 3, 1), torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="Sequential has no layer that moves context between tokens"):
+        context.rollout(nn.Sequential(nn.Linear(4, 4), nn.GELU()), torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match="affinity over 16 tokens, but grid"):
         context.steps_from_affinities({"a": torch.zeros(1, 1, 16, 16)}, (3, 3))
 

@@ -157,7 +157,7 @@ def test_bad_arguments():
     net = PlainNet().double()
     with pytest.raises(TypeError, match="model"):
         inspect_model("net", image())
-    with pytest.raises(ValueError, match="x must be an image batch"):
+    with pytest.raises(ValueError, match=r"x must have shape \(B, C, H, W\)"):
         inspect_model(net, torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match="max_tokens"):
         inspect_model(net, image(), max_tokens=0)

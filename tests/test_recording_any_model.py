@@ -204,9 +204,9 @@ def test_no_viewable_layer_is_a_clear_error(plain, x):
         record_components(plain, x, max_tokens=4)
     with pytest.raises(ValueError, match="source must be one of"):
         record_affinities(plain, x, source="timm")
-    with pytest.raises(ValueError, match=r"x must be an image batch \(B, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(B, C, H, W\)"):
         record_affinities(plain, x[0])
-    with pytest.raises(ValueError, match="max_tokens must be a positive int"):
+    with pytest.raises(ValueError, match="max_tokens must be positive, got 0"):
         layer_affinities(plain, x, max_tokens=0)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         layer_affinities("plain", x)

@@ -213,3 +213,57 @@ def check_module(name: str, value) -> nn.Module:
     if not isinstance(value, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module, got {_describe(value)[:200]}")
     return value
+
+
+def check_query(name: str, query, grid) -> int:
+    """The one rule for a token query on a ``grid = (H, W)``: the flat token index ``y * W + x``.
+
+    ``None`` is the centre token ``(H // 2, W // 2)``; an int (numpy ints too, not ``bool``) is a flat
+    index in ``[0, H * W)``; a ``(y, x)`` pair of ints is a place on the grid. Another kind of value is
+    a ``TypeError``, a place or index off the grid a ``ValueError``, both naming ``name`` and the grid.
+    """
+    h, w = grid
+    if query is None:
+        return (h // 2) * w + w // 2
+    if isinstance(query, numbers.Integral) and not isinstance(query, bool):
+        if not 0 <= int(query) < h * w:
+            raise ValueError(f"{name}={int(query)} is outside the grid {tuple(grid)}: a token index must be "
+                             f"in [0, {h * w}), or give (row, col)")
+        return int(query)
+    if not (isinstance(query, (tuple, list)) and len(query) == 2):
+        raise TypeError(f"{name} must be None (the centre), a (row, col) pair of ints or a token index, "
+                        f"got {_describe(query)}")
+    y, x = query
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (y, x)):
+        raise TypeError(f"{name} must be a (row, col) pair of ints, got {_describe(query)}")
+    if not (0 <= y < h and 0 <= x < w):
+        raise ValueError(f"{name}={tuple(query)} is outside the grid {tuple(grid)}: need 0 <= row < {h} "
+                         f"and 0 <= col < {w}")
+    return int(y) * w + int(x)
+
+
+def check_optional_positive_int(name: str, value) -> int | None:
+    """``None``, or ``value`` checked by :func:`check_positive_int`."""
+    return None if value is None else check_positive_int(name, value)
+
+
+def check_layer_name(name: str, value, model: nn.Module) -> str:
+    """``value`` if it names a module of ``model`` (``model.named_modules()``); else a ``TypeError``
+    (not a string) or a ``ValueError`` listing close names."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a module name (str), got {_describe(value)}")
+    names = [n for n, _ in model.named_modules()]
+    if value not in names:
+        hint = suggest(value, [n for n in names if n])
+        raise ValueError(f"{name}={value!r} is not a module of this model.{hint} "
+                         f"(names as in model.named_modules())")
+    return value
+
+
+def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
+    """``x`` if every value is finite; else a ``ValueError`` saying how many are NaN or infinite."""
+    bad = ~torch.isfinite(x.detach())
+    if bool(bad.any()):
+        raise ValueError(f"{name} holds {int(bad.sum())} non-finite values (NaN or inf) out of "
+                         f"{x.numel()}: every view of it would be NaN; clean or re-normalise the input")
+    return x

@@ -10,91 +10,86 @@ It is computed by autograd through the real network: MLPs, norms and channel mix
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 from torch import nn
 
-from .extract import ModelState, check_image
-from .rollout import query_index
-
-
-class _Reached(Exception):
-    """Stops the forward pass once the layer's output is captured."""
+from ..inspection.network import prefix_candidates, tiling_grid
+from ..inspection.reader import forward_pass, untouched
+from ..validation import check_int, check_layer_name, check_query
+from .extract import check_image
 
 
 def find_module(model: nn.Module, layer, argument: str = "layer") -> nn.Module:
     """``model``'s submodule called ``layer``, or a ValueError listing close names."""
-    if not isinstance(layer, str):
-        raise TypeError(f"{argument} must be a module name (str), got {type(layer).__name__}")
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        close = difflib.get_close_matches(layer, [n for n in modules if n], n=4, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"{argument}={layer!r} is not a module of this model.{hint} "
-                         f"(names as in model.named_modules())")
-    return modules[layer]
+    check_layer_name(argument, layer, model)
+    return dict(model.named_modules())[layer]
 
 
-def effective_receptive_field(model: nn.Module, x: torch.Tensor, layer: str, query=None) -> torch.Tensor:
+def output_tokens(y: torch.Tensor, image_size, prefix_candidates) -> tuple[torch.Tensor, tuple, int]:
+    """A layer's output as ``(tokens (B, n, K), grid, prefix)``.
+
+    ``(B, K, h, w)`` images (and timm's channels-last ``(B, h, w, K)``, as Swin's, recognised by
+    the ``(h, w)`` that tiles the input) and ``(B, n, K)`` token sequences, whose grid and prefix
+    tokens are found as ``inspect_model`` finds them (a sequence that is no grid: ``(1, n)``).
+    """
+    if y.dim() == 4:
+        nchw, nhwc = tuple(y.shape[-2:]), tuple(y.shape[1:3])
+        tiles = lambda grid: tiling_grid(grid[0] * grid[1], image_size) == grid
+        if not tiles(nchw) and tiles(nhwc):
+            return y.flatten(1, 2), nhwc, 0
+        return y.flatten(2).transpose(1, 2), nchw, 0
+    n = y.shape[1]
+    for p in prefix_candidates:
+        grid = tiling_grid(n - p, image_size)
+        if grid is not None:
+            return y, grid, p
+    return y, (1, n), 0
+
+
+def effective_receptive_field(model: nn.Module, x: torch.Tensor, layer: str, query=None,
+                              prefix_tokens: int | None = None) -> torch.Tensor:
     """``|d y_query / d x|`` by autograd: ``(B, H_in, W_in)``, each map normalised to sum 1.
 
     Args:
-        model: any ``nn.Module`` taking ``x``.
+        model: any ``nn.Module`` taking ``x`` (unifiedctx's, timm's, a plain stack).
         x: ``(B, C, H, W)`` float images.
-        layer: a name in ``model.named_modules()``; ``y`` is that module's output, either an image
-            ``(B, K, h, w)`` or tokens ``(B, n, K)``.
-        query: the token of ``y``: ``(row, col)`` or a flat index on an image output, a token index
-            on a token output; default the centre.
+        layer: a name in ``model.named_modules()``; ``y`` is that module's output: an image
+            ``(B, K, h, w)`` (or channels-last ``(B, h, w, K)``, as timm's Swin) or tokens
+            ``(B, n, K)`` (class / distillation tokens in front are found as ``inspect_model`` does).
+        query: the token of ``y`` on its grid: ``(row, col)`` or a flat index, default the centre
+            (:func:`unifiedctx.validation.check_query`); prefix tokens are not queried.
+        prefix_tokens: the prefix tokens of a token output (default: found as ``inspect_model``).
 
-    The gradient of ``sum_k y[b, k, query]`` is taken w.r.t. ``x``, its absolute value summed over
+    The gradient of ``sum_k y[b, query, k]`` is taken w.r.t. ``x``, its absolute value summed over
     the input channels, and each image's map divided by its sum (all zeros stay zeros). The
     images of a batch are independent only in eval mode (BatchNorm in train mode couples them).
-    The model's mode, parameters' ``requires_grad`` and ``.grad``, buffers (BatchNorm statistics)
-    and the RNG state are left as they were; the forward pass stops at ``layer``.
+    The model is left as it was (the one reader's guard: modes, ``requires_grad``, ``.grad``,
+    buffers, RNG); the forward pass stops at ``layer``.
     """
-    return erf_on_grid(model, x, layer, query)[0]
+    return erf_on_grid(model, x, layer, query, prefix_tokens)[0]
 
 
-def erf_on_grid(model: nn.Module, x: torch.Tensor, layer: str, query=None):
+def erf_on_grid(model: nn.Module, x: torch.Tensor, layer: str, query=None, prefix_tokens: int | None = None):
     """:func:`effective_receptive_field` with where it was taken: ``(field, output_grid, token)``;
-    ``output_grid`` is ``(h, w)`` for an image output, ``(1, n)`` for tokens."""
+    ``token`` is the flat index on ``output_grid`` (prefix tokens not counted)."""
     check_image(x, model)
-    target = find_module(model, layer)
-    captured = {}
-
-    def hook(module, args, output):
-        captured["y"] = output
-        raise _Reached
-
+    find_module(model, layer)
+    if prefix_tokens is not None:
+        check_int("prefix_tokens", prefix_tokens, low=0)
+    candidates = prefix_candidates(model, prefix_tokens)
     xr = x.detach().clone().requires_grad_(True)
-    handle = target.register_forward_hook(hook)
-    with ModelState(model), torch.enable_grad():
-        try:
-            model(xr)
-        except _Reached:
-            pass
-        finally:
-            handle.remove()
-        if "y" not in captured:
+    with untouched(model), torch.enable_grad():
+        seen = forward_pass(model, xr, lambda name, module: name == layer, copy=False, stop_at=layer,
+                            guard=False)
+        if layer not in seen.outputs:
             raise ValueError(f"layer={layer!r} did not run in model(x)")
-        y = captured["y"]
+        y = seen.outputs[layer]
         if not isinstance(y, torch.Tensor) or y.dim() not in (3, 4):
             raise TypeError(f"layer {layer!r} must output an image (B, K, h, w) or tokens (B, n, K), "
                             f"got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
-        if y.dim() == 4:
-            out_grid = tuple(y.shape[-2:])
-            t = query_index(query, out_grid)
-            picked = y.flatten(2)[:, :, t]
-        else:
-            n = y.shape[1]
-            out_grid = (1, n)
-            t = n // 2 if query is None else query
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n:
-                raise ValueError(f"query must be a token index in [0, {n}) for the token output of "
-                                 f"{layer!r}, got {query!r}")
-            picked = y[:, t]
-        (grad,) = torch.autograd.grad(picked.sum(), xr, allow_unused=True)
+        tokens, out_grid, prefix = output_tokens(y, tuple(x.shape[-2:]), candidates)
+        t = check_query("query", query, out_grid)
+        (grad,) = torch.autograd.grad(tokens[:, prefix + t].sum(), xr, allow_unused=True)
     if grad is None:
         return torch.zeros(x.shape[0], *x.shape[-2:], dtype=x.dtype, device=x.device), out_grid, t
     field = grad.detach().abs().sum(1)

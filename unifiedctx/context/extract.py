@@ -1,16 +1,20 @@
-"""The :class:`~unifiedctx.context.steps.ContextStep` list of a model, read from one forward pass.
+"""The :class:`~unifiedctx.context.steps.ContextStep` list of any model, read from one forward pass.
 
-Two kinds of model are read here:
+The steps come from the one reader's typed records
+(:func:`unifiedctx.inspection.structure.read_records`), for unifiedctx's networks and foreign ones
+alike:
 
-* unifiedctx's ``ContextNet`` (every preset): per stage, the patch embedding's strided conv,
-  then per block the positional depthwise conv (Container-Light: ``x + pos(x)``) and the mixer
-  (``x + gamma * mixer(norm(x))``). The channel MLP is a residual too; it mixes channels only,
-  so it contributes I and has no step. Norms and the position embedding are token-wise.
-* a plain ``nn.Sequential`` of unifiedctx mixers and torch ``nn.Conv2d`` layers (and token-wise
-  layers: activations, norms, dropout, identity), each a step ``A x`` with no residual.
+* a token mixer (a unifiedctx mixer, asked for its own ``affinity(input)``; a layer ``inspect_model``
+  views: ``nn.MultiheadAttention``, timm's attention, Mixer, Pooling, Swin, ConViT) is ``A x``;
+* a convolution, a strided pooling or Swin's patch merging is its window (patch embeddings,
+  downsampling, plain conv layers);
+* a block that describes its residual branches (unifiedctx's ``Block``; timm's ViT, Mixer,
+  MetaFormer, ConvNeXt, ResNet, Swin and ConViT blocks) makes each branch ``x + gamma * A x``, or
+  ``shortcut(x) + gamma * branch(x)`` when the branch holds several maps or has a downsampling
+  shortcut. A channel MLP mixes channels only: its branch is the identity and has no step.
 
-Each mixer is asked for its own ``affinity(input)`` on the input it received; nothing here
-looks inside a mixer.
+Prefix tokens (class, distillation) are carried: a step's N counts them, and
+:func:`~unifiedctx.context.rollout.compose` joins them where they enter the sequence.
 """
 
 from __future__ import annotations
@@ -20,142 +24,87 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ..mixers import AffinityMixer
-from ..models.layers import LayerNorm2d, LayerScale
-from ..models.network import ContextNet
-from .steps import ContextStep, window_step
-
-TOKENWISE = (nn.Identity, nn.Dropout, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
-             LayerNorm2d)
+from ..inspection.reader import check_model, forward_pass, untouched
+from ..inspection.records import AffinityRecord, ResidualRecord, WindowRecord
+from ..inspection.structure import read_records
+from ..validation import check_finite, check_float_image, check_int
+from .steps import ContextStep
 
 
-class ModelState:
-    """Leaves a model as it was: buffers (BatchNorm statistics) and the RNG state are restored."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
-        self.rng = torch.random.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        return self
-
-    def __exit__(self, *exc):
-        with torch.no_grad():
-            for buffer, saved in self.buffers:
-                buffer.copy_(saved)
-        torch.random.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-        return False
+def ModelState(model: nn.Module):  # noqa: N802  (kept: the old guard's name, now the one guard)
+    """The one guard (:func:`unifiedctx.inspection.reader.untouched`): the model is left as it was."""
+    return untouched(model)
 
 
 def check_image(x, model: nn.Module) -> tuple[int, int]:
     """``x`` must be a float ``(B, C, H, W)`` tensor of the model's dtype; returns ``(H, W)``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point image tensor, got dtype {x.dtype} "
-                        f"(convert a uint8 image with x.float() / 255)")
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, C, H, W), got shape {tuple(x.shape)}")
+    check_model(model)
+    check_float_image("x", x)
+    check_finite("x", x)
     param = next(model.parameters(), None)
     if param is not None and param.dtype != x.dtype:
         raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {param.dtype}: "
                         f"use x.to({param.dtype}) or model.to({x.dtype})")
-    if isinstance(model, ContextNet):
+    if callable(getattr(model, "check_input", None)):
         model.check_input(x)
     return tuple(x.shape[-2:])
 
 
-@torch.no_grad()
 def module_inputs(model: nn.Module, x: torch.Tensor,
                   modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """The input each of ``modules`` received in one ``model(x)``; the model is left as it was."""
-    seen, handles = {}, []
-
-    def keep(name):
-        def hook(module, args):
-            seen[name] = args[0].detach()
-        return hook
-
-    with ModelState(model):
-        try:
-            for name, module in modules.items():
-                handles.append(module.register_forward_pre_hook(keep(name)))
-            model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-    return seen
+    wanted = {id(m) for m in modules.values()}
+    with torch.no_grad():
+        seen = forward_pass(model, x, lambda name, module: id(module) in wanted)
+    names = {id(m): n for n, m in modules.items()}
+    lookup = dict(model.named_modules())
+    out = {}
+    for name, call in seen.inputs.items():
+        out[names[id(lookup[name])]] = next(iter(call.values()))
+    return out
 
 
-def _plan_contextnet(model: ContextNet) -> list[tuple[str, str, nn.Module, float]]:
-    """``(kind, name, module, scale)`` for every token map, in forward order."""
-    names = {id(m): n for n, m in model.named_modules()}
-    plan = []
-    for stage in model.stages:
-        plan.append(("embed", names[id(stage.embed.proj)], stage.embed.proj, 1.0))
-        for block in stage.blocks:
-            if block.pos is not None:
-                plan.append(("pos", names[id(block.pos)], block.pos, 1.0))
-            scale = block.scale1.gamma.detach().mean().item() if isinstance(block.scale1, LayerScale) else 1.0
-            plan.append(("mixer", names[id(block.mixer)], block.mixer, scale))
-    return plan
+def step_of(record, residual: bool = False, scale: float = 1.0, name: str | None = None) -> ContextStep:
+    """The :class:`ContextStep` of one record (:mod:`unifiedctx.inspection.records`)."""
+    if isinstance(record, AffinityRecord):
+        t = record.tokens
+        return ContextStep(name or record.name, t.grid, t.grid, affinity=record.affinity, residual=residual,
+                           scale=scale, prefix_in=t.prefix, prefix_out=t.prefix,
+                           covers=() if name in (None, record.name) else (record.name,))
+    if isinstance(record, WindowRecord):
+        return ContextStep(name or record.name, record.tokens_in.grid, record.tokens_out.grid,
+                           window=record.window, residual=residual, scale=scale,
+                           covers=() if name in (None, record.name) else (record.name,))
+    if isinstance(record, ResidualRecord):
+        gamma = record.residual.gamma
+        if len(record.inner) == 1 and not record.shortcut and not isinstance(record.inner[0], ResidualRecord):
+            return step_of(record.inner[0], residual=True, scale=gamma, name=record.name)
+        branch = tuple(step_of(r) for r in record.inner)
+        shortcut = tuple(step_of(r) for r in record.shortcut)
+        first, last = (shortcut or branch)[0], branch[-1]
+        covers = tuple(n for s in branch + shortcut for n in s.names() if n != record.name)
+        return ContextStep(record.name, first.grid_in, last.grid_out, residual=True, scale=gamma,
+                           prefix_in=first.prefix_in, prefix_out=last.prefix_out, branch=branch,
+                           shortcut=shortcut, covers=covers)
+    raise TypeError(f"not a layer record: {type(record).__name__}")
 
 
-def _flatten(seq: nn.Sequential, prefix: str = ""):
-    for name, child in seq.named_children():
-        full = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            yield from _flatten(child, f"{full}.")
-        else:
-            yield full, child
+def read_steps(model: nn.Module, x: torch.Tensor, prefix_tokens: int | None = None
+               ) -> tuple[list[ContextStep], OrderedDict]:
+    """``(steps, skipped)``: :func:`context_steps` and the layers the reader could not read, with why."""
+    check_image(x, model)
+    if prefix_tokens is not None:
+        check_int("prefix_tokens", prefix_tokens, low=0)
+    records, skipped = read_records(model, x, prefix_tokens)
+    return [step_of(r) for r in records], skipped
 
 
-def _plan_sequential(model: nn.Sequential) -> list[tuple[str, str, nn.Module, float]]:
-    plan = []
-    for name, child in _flatten(model):
-        if isinstance(child, AffinityMixer):
-            plan.append(("layer", name, child, 1.0))
-        elif isinstance(child, nn.Conv2d):
-            plan.append(("conv", name, child, 1.0))
-        elif not (isinstance(child, TOKENWISE) or type(child).__module__ == "torch.nn.modules.activation"):
-            raise TypeError(f"rollout cannot read layer {name!r} ({type(child).__name__}) of this "
-                            f"nn.Sequential: it takes unifiedctx mixers, nn.Conv2d and token-wise "
-                            f"layers (activations, norms, dropout, identity)")
-    return plan
-
-
-@torch.no_grad()
-def context_steps(model: nn.Module, x: torch.Tensor) -> list[ContextStep]:
+def context_steps(model: nn.Module, x: torch.Tensor, prefix_tokens: int | None = None) -> list[ContextStep]:
     """The :class:`ContextStep` of every token map of ``model`` on input ``x``, in forward order.
 
-    ``model`` is a unifiedctx ``ContextNet`` or a plain ``nn.Sequential`` (see the module
-    docstring). Affinities are those of the inputs the layers received in one ``model(x)``.
+    ``model`` is any network the reader covers (see the module docstring): unifiedctx's, a plain
+    PyTorch stack, timm's ViT / DeiT, Mixer, PoolFormer, ConvNeXt, ResNet, Swin, ConViT. Affinities
+    are those of the inputs the layers received in one ``model(x)``; ``prefix_tokens`` as in
+    :func:`unifiedctx.inspect_model`.
     """
-    check_image(x, model)
-    if isinstance(model, ContextNet):
-        plan = _plan_contextnet(model)
-    elif isinstance(model, nn.Sequential):
-        plan = _plan_sequential(model)
-    else:
-        raise TypeError(f"rollout reads unifiedctx ContextNet models and nn.Sequential stacks, got "
-                        f"{type(model).__name__}; for another model build its steps "
-                        f"(unifiedctx.context.steps_from_affinities) and call rollout_steps")
-    inputs = module_inputs(model, x, OrderedDict((name, module) for _, name, module, _ in plan))
-    steps = []
-    for kind, name, module, scale in plan:
-        if name not in inputs:
-            continue  # a layer the forward pass did not reach
-        inp = inputs[name]
-        grid = tuple(inp.shape[-2:])
-        if kind in ("embed", "conv", "pos"):
-            steps.append(window_step(name, module, grid, residual=kind == "pos"))
-        else:
-            steps.append(ContextStep(name, grid, grid, affinity=module.affinity(inp).detach(),
-                                     residual=kind == "mixer", scale=scale))
-    return steps
+    return read_steps(model, x, prefix_tokens)[0]

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .extract import check_image, context_steps
-from .steps import ContextStep, check_heads
+from ..validation import check_bool, check_query
+from .extract import check_image, read_steps
+from .steps import ContextStep, check_heads, join_matrix, product
 
 
 @dataclass
@@ -49,6 +50,10 @@ class Rollout:
         input_grid: ``(H_in, W_in)``.
         layers: the names of the steps composed, in order.
         heads, signed: the rule used.
+        prefix_maps: ``(B, P, H_in * W_in)``: the same for the layer's P prefix tokens (class,
+            distillation; ``P = 0`` without). Their rows sum to less than 1 (non-negative rule): the
+            rest of their context comes from the prefix tokens' own parameters, which no pixel reaches.
+        skipped: ``{module name: why}`` for the layers with parameters that the reader could not read.
     """
 
     maps: torch.Tensor
@@ -57,6 +62,8 @@ class Rollout:
     layers: list[str]
     heads: str = "mean"
     signed: bool = False
+    prefix_maps: torch.Tensor | None = None
+    skipped: dict = field(default_factory=dict)
 
     @property
     def layer(self) -> str:
@@ -73,33 +80,31 @@ class Rollout:
         t = query_index(query, self.grid)
         return self.maps[index, t].reshape(self.input_grid)
 
+    def prefix_map(self, token: int = 0, index: int = 0) -> torch.Tensor:
+        """Prefix token ``token``'s context (0: the class token) on the input grid, image ``index``."""
+        count = 0 if self.prefix_maps is None else self.prefix_maps.shape[1]
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < count:
+            raise ValueError(f"token must be a prefix token in [0, {count}) (this layer has {count}), "
+                             f"got {token!r}")
+        return self.prefix_maps[index, token].reshape(self.input_grid)
+
 
 def query_index(query, grid: tuple[int, int]) -> int:
-    """``(row, col)`` or a flat index (None: the centre token) -> the flat token index."""
-    h, w = grid
-    if query is None:
-        return (h // 2) * w + w // 2
-    if isinstance(query, int) and not isinstance(query, bool):
-        if not 0 <= query < h * w:
-            raise ValueError(f"query must be a token index in [0, {h * w}) or (row, col) on the grid "
-                             f"{grid}, got {query}")
-        return query
-    ok = isinstance(query, (tuple, list)) and len(query) == 2 and all(
-        isinstance(q, int) and not isinstance(q, bool) for q in query)
-    if not ok or not (0 <= query[0] < h and 0 <= query[1] < w):
-        raise ValueError(f"query must be (row, col) inside the grid {grid} or a token index, got {query!r}")
-    return query[0] * w + query[1]
+    """``(row, col)`` or a flat index (None: the centre token) -> the flat token index: the one rule,
+    :func:`unifiedctx.validation.check_query`."""
+    return check_query("query", query, grid)
 
 
 def layer_names(steps: Sequence[ContextStep]) -> list[str]:
     """The names ``upto`` accepts: every step and every module that contains steps."""
     names = []
     for step in steps:
-        parts = step.name.split(".")
-        for i in range(1, len(parts) + 1):
-            prefix = ".".join(parts[:i])
-            if prefix not in names:
-                names.append(prefix)
+        for name in step.names():
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:i])
+                if prefix not in names:
+                    names.append(prefix)
     return names
 
 
@@ -111,7 +116,8 @@ def resolve_upto(steps: Sequence[ContextStep], upto) -> int:
         return len(steps) - 1
     if not isinstance(upto, str):
         raise TypeError(f"upto must be a layer name (str) or None, got {type(upto).__name__}")
-    inside = [i for i, s in enumerate(steps) if s.name == upto or s.name.startswith(upto + ".")]
+    inside = [i for i, s in enumerate(steps)
+              if any(n == upto or n.startswith(upto + ".") for n in s.names())]
     if not inside:
         names = layer_names(steps)
         close = difflib.get_close_matches(upto, names, n=4, cutoff=0.5)
@@ -121,32 +127,52 @@ def resolve_upto(steps: Sequence[ContextStep], upto) -> int:
     return inside[-1]
 
 
-def compose(steps: Sequence[ContextStep], input_grid, heads: str = "mean",
-            signed: bool = False) -> Iterator[tuple[ContextStep, torch.Tensor]]:
-    """Yield ``(step, R)`` after every step: R ``(B|1, N_step, H_in * W_in)`` (see the module docstring)."""
-    check_heads(heads)
-    expected, r = tuple(input_grid), None
+def _matrices(steps: Sequence[ContextStep], input_grid, heads: str, signed: bool):
+    """``(step, [matrices])`` per step: its matrix, after the join of prefix tokens it needs."""
+    expected, prefix = tuple(input_grid), 0
     for step in steps:
         if tuple(step.grid_in) != expected:
             raise ValueError(f"step {step.name!r} reads a {step.grid_in} grid but the previous one "
                              f"gave {expected}")
         s = step.matrix(heads, bool(signed))
-        r = s if r is None else s @ r
-        expected = tuple(step.grid_out)
+        mats = [s]
+        if step.prefix_in != prefix:
+            mats.insert(0, join_matrix(expected, prefix, step.prefix_in, s.dtype, s.device))
+        expected, prefix = tuple(step.grid_out), step.prefix_out
+        yield step, mats
+
+
+def compose(steps: Sequence[ContextStep], input_grid, heads: str = "mean",
+            signed: bool = False) -> Iterator[tuple[ContextStep, torch.Tensor]]:
+    """Yield ``(step, R)`` after every step: R ``(B|1, N_step, H_in * W_in)`` (see the module docstring;
+    N counts the step's prefix tokens first)."""
+    check_heads(heads)
+    r = None
+    for step, mats in _matrices(steps, input_grid, heads, signed):
+        for s in mats:
+            r = s if r is None else s @ r
         yield step, r
 
 
 def rollout_steps(steps: Sequence[ContextStep], input_grid, upto: str | None = None, heads: str = "mean",
                   signed: bool = False) -> Rollout:
-    """The rollout of an explicit list of steps (any model; see :func:`rollout`)."""
+    """The rollout of an explicit list of steps (any model; see :func:`rollout`).
+
+    The product is taken from the last step down (:func:`~unifiedctx.context.steps.product`), so
+    its cost is ``sum_l N_upto N_l N_(l-1)``, not ``sum_l N_l N_(l-1) H_in W_in``.
+    """
+    check_heads(heads)
     last = resolve_upto(steps, upto)
-    *_, (step, r) = compose(steps[: last + 1], input_grid, heads, signed)
+    mats = [m for _, ms in _matrices(steps[: last + 1], input_grid, heads, signed) for m in ms]
+    r = product(mats)
+    step = steps[last]
     names = [s.name for s in steps[: last + 1]]
-    return Rollout(r, tuple(step.grid_out), tuple(input_grid), names, heads, bool(signed))
+    p = step.prefix_out
+    return Rollout(r[:, p:], tuple(step.grid_out), tuple(input_grid), names, heads, bool(signed), r[:, :p])
 
 
 def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: str = "mean",
-            signed: bool = False) -> Rollout:
+            signed: bool = False, prefix_tokens: int | None = None) -> Rollout:
     """The composed affinity from the input pixels to the tokens of layer ``upto``.
 
     ``R = S_upto @ ... @ S_1`` of shape ``(B, N_upto, H_in * W_in)``, with one ``S_l`` per token
@@ -155,31 +181,43 @@ def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: s
     docstring for the two rules.
 
     Args:
-        model: a unifiedctx ``ContextNet`` (any preset) or an ``nn.Sequential`` of unifiedctx
-            mixers and ``nn.Conv2d`` layers (no residuals: each layer is ``A x``).
+        model: any network the one reader covers (:mod:`unifiedctx.context.extract`): a unifiedctx
+            ``ContextNet`` (any preset), a plain PyTorch stack (``nn.Sequential`` of mixers, convs,
+            pooling, ``nn.MultiheadAttention``...: no residuals, each layer is ``A x``), timm's ViT /
+            DeiT (class and distillation tokens), Mixer, PoolFormer, ConvNeXt, ResNet, Swin (shifted
+            windows) and ConViT. ``eval()`` it for exact affinities (its mode is not changed here).
         x: ``(B, C, H, W)`` float images of the model's dtype.
-        upto: a layer name: a step (``"stages.3.blocks.0.mixer"``) or a module holding steps
-            (``"stages.2"``: up to its last step). Default: the last layer.
+        upto: a layer name: a step (``"stages.3.blocks.0.mixer"``, ``"blocks.3.attn"``), a layer inside
+            a step (``"layer1.0.conv2"``: its block), or a module holding steps (``"stages.2"``: up to
+            its last step). Default: the last layer.
         heads: ``"mean"`` or ``"max"``: how the heads' ``|A_m|`` are combined (signed: always the mean).
             The heads are each mixer's M: attention heads, the channels of a depthwise conv or of
             Container's per-channel affinity, the output channels of a patch embedding.
         signed: the signed rule (exact for linear static mixers) instead of the non-negative one.
+        prefix_tokens: class / distillation tokens of token layers (default: as ``inspect_model``).
 
     Returns:
         :class:`Rollout` with ``maps`` ``(B, N_upto, H_in * W_in)`` (an expanded view when no layer
-        depends on x), ``grid``, ``input_grid``, ``layers``.
+        depends on x), ``prefix_maps`` (the class / distillation tokens), ``grid``, ``input_grid``,
+        ``layers`` and ``skipped``.
 
     Every mixer's dense ``(B|1, M, N, N)`` affinity is built, and R holds ``N_upto x H_in W_in``
-    numbers per image: meant for the small grids of the ``_nano`` and ``_cifar`` presets.
+    numbers per image (DeiT-S at 224: 197 x 50176).
     """
     check_heads(heads)
-    if not isinstance(signed, bool):
-        raise TypeError(f"signed must be True or False, got {signed!r}")
+    check_bool("signed", signed)
     input_grid = check_image(x, model)
-    steps = context_steps(model, x)
+    if upto is not None and not isinstance(upto, str):
+        raise TypeError(f"upto must be a layer name (str) or None, got {type(upto).__name__} {upto!r}")
+    steps, skipped = read_steps(model, x, prefix_tokens)
+    if not steps:
+        raise ValueError(f"{type(model).__name__} has no layer that moves context between tokens (no mixer, "
+                         f"convolution or pooling the reader covers); skipped: {dict(skipped) or 'nothing'}")
     resolve_upto(steps, upto)  # a bad name fails before any matrix is built
     out = rollout_steps(steps, input_grid, upto, heads, signed)
     out.maps = out.maps.expand(x.shape[0], -1, -1)  # static models give one map for the batch
+    out.prefix_maps = out.prefix_maps.expand(x.shape[0], -1, -1)
+    out.skipped = dict(skipped)
     return out
 
 
@@ -213,7 +251,7 @@ def context_distance(model: nn.Module, x: torch.Tensor, heads: str = "mean", sig
     if every not in ("block", "step"):
         raise ValueError(f"every must be 'block' or 'step', got {every!r}")
     input_grid = check_image(x, model)
-    steps = context_steps(model, x)
+    steps = read_steps(model, x)[0]
     out = {}
     for step, r in compose(steps, input_grid, heads, signed):
         name = step.name.rsplit(".", 1)[0] if every == "block" and step.residual else step.name

@@ -17,56 +17,21 @@ models plug in by building steps (:func:`steps_from_affinities`) and calling
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..inspection.records import ConvWindow
+from ..inspection.structure import window_of
+from ..validation import check_choice
+
 HEADS = ("mean", "max")
 
 
-@dataclass(frozen=True)
-class ConvWindow:
-    """A convolution's weight ``(C_out, C_in / groups, kh, kw)`` with its stride, padding, dilation.
-
-    Head m is output channel m; its kernel is the sum over the input channels it reads
-    (signed), or the sum of their absolute values (the non-negative rule).
-    """
-
-    weight: torch.Tensor
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-
-    def kernel(self, heads: str, signed: bool) -> torch.Tensor:
-        """``(kh, kw)``: signed, the mean over heads of ``sum_c W[m, c]``; else the mean or max
-        over heads of ``sum_c |W[m, c]|``."""
-        if signed:
-            return self.weight.sum(1).mean(0)
-        per_head = self.weight.abs().sum(1)
-        return per_head.mean(0) if heads == "mean" else per_head.amax(0)
-
-    def out_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
-        kh, kw = self.weight.shape[-2:]
-        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
-                     for n, p, d, k, s in zip(grid, self.padding, self.dilation, (kh, kw), self.stride))
-
-    def matrix(self, kernel: torch.Tensor, grid_in: tuple[int, int]) -> torch.Tensor:
-        """The window as a matrix ``(N_out, N_in)``: ``A[t, j] = kernel[o]`` where input pixel j is
-        at offset o of output token t's window (zero padding: offsets off the grid are dropped)."""
-        (hi, wi), (ho, wo) = grid_in, self.out_grid(grid_in)
-        a = kernel.new_zeros(ho, wo, hi, wi)
-        oy, ox = torch.arange(ho, device=kernel.device), torch.arange(wo, device=kernel.device)
-        kh, kw = kernel.shape
-        for ky in range(kh):
-            iy = oy * self.stride[0] - self.padding[0] + ky * self.dilation[0]
-            vy = (iy >= 0) & (iy < hi)
-            for kx in range(kw):
-                ix = ox * self.stride[1] - self.padding[1] + kx * self.dilation[1]
-                vx = (ix >= 0) & (ix < wi)
-                a[oy[vy][:, None], ox[vx][None, :], iy[vy][:, None], ix[vx][None, :]] = kernel[ky, kx]
-        return a.reshape(ho * wo, hi * wi)
+def _rownorm(a: torch.Tensor) -> torch.Tensor:
+    return a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
 
 @dataclass(frozen=True)
@@ -76,10 +41,16 @@ class ContextStep:
     Attributes:
         name: the module's name (``model.named_modules()``), e.g. ``"stages.0.blocks.0.mixer"``.
         grid_in, grid_out: token grids ``(H, W)`` before and after (equal unless it resamples).
-        affinity: ``(B|1, M, N_out, N_in)``, or None when ``window`` is given.
-        window: a :class:`ConvWindow`, or None when ``affinity`` is given.
+        affinity: ``(B|1, M, N_out, N_in)``, or None when ``window`` or ``branch`` is given.
+        window: a :class:`ConvWindow`, or None.
         residual: the layer is ``x + scale * A x`` (True) or ``A x`` (False).
         scale: the branch's weight in the signed rule (a layer scale's mean gamma; 1 without one).
+        prefix_in, prefix_out: prefix (class / distillation) tokens in front of the grid's tokens;
+            N counts them (``N = prefix + H * W``).
+        branch: for a residual block whose branch holds several token maps (ResNet's convs), their
+            steps in order; then the step is ``shortcut(x) + scale * branch(x)``.
+        shortcut: the steps of a downsampling shortcut (empty: the identity).
+        covers: the module names inside this step (a ``branch``'s layers), that ``upto`` may name.
     """
 
     name: str
@@ -89,12 +60,20 @@ class ContextStep:
     window: ConvWindow | None = None
     residual: bool = False
     scale: float = 1.0
+    prefix_in: int = 0
+    prefix_out: int = 0
+    branch: tuple = ()
+    shortcut: tuple = ()
+    covers: tuple = ()
 
     def combined(self, heads: str, signed: bool) -> torch.Tensor:
         """The heads combined, before the residual: ``(B|1, N_out, N_in)``.
 
-        signed: ``mean_m A_m``; non-negative: ``mean_m |A_m|`` or ``max_m |A_m|``.
+        signed: ``mean_m A_m``; non-negative: ``mean_m |A_m|`` or ``max_m |A_m|``. A ``branch``: the
+        product of its steps' matrices.
         """
+        if self.branch:
+            return product([s.matrix(heads, signed) for s in self.branch])
         if self.window is not None:
             return self.window.matrix(self.window.kernel(heads, signed), self.grid_in).unsqueeze(0)
         a = self.affinity
@@ -108,14 +87,52 @@ class ContextStep:
         signed:        ``I + scale * A`` (residual) or ``A``: the exact linear map of a linear layer.
         non-negative:  ``rownorm(A + I)`` (residual) or ``rownorm(A)``, with ``A`` from
                        :meth:`combined` and ``rownorm`` dividing each row by its sum.
+        A ``branch`` (several maps, or a downsampling shortcut S): signed ``S + scale * F``,
+        non-negative ``(S' + F) / 2`` with ``F`` the product of the branch's row-normalised maps and
+        ``S'`` the row-normalised shortcut (``I`` without one): branch and shortcut weigh the same.
         """
         a = self.combined(heads, signed)
+        if self.branch or self.shortcut:
+            n_in = a.shape[-1]
+            cut = (product([s.matrix(heads, signed) for s in self.shortcut]) if self.shortcut
+                   else torch.eye(n_in, dtype=a.dtype, device=a.device))
+            if signed:
+                return cut + self.scale * a
+            return 0.5 * (_rownorm(cut) + _rownorm(a))
         if self.residual:
             eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
             a = eye + self.scale * a if signed else a + eye
         if not signed:
-            a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+            a = _rownorm(a)
         return a
+
+    def names(self) -> tuple[str, ...]:
+        """This step's name and every module name it covers."""
+        return (self.name, *self.covers)
+
+
+def product(matrices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``M_L @ ... @ M_1`` of matrices given in forward order ``[M_1, ..., M_L]``, multiplied from the
+    last one down, so the cost is ``sum_l N_L N_l N_(l-1)``: cheap when the last layer is small."""
+    out = matrices[-1]
+    for m in reversed(matrices[:-1]):
+        out = out @ m
+    return out
+
+
+def join_matrix(grid, prefix_from: int, prefix_to: int, dtype, device) -> torch.Tensor:
+    """``(prefix_to + N, prefix_from + N)``: where prefix tokens join (a class token concatenated
+    after the patch embedding) or leave: grid tokens map to themselves, the first
+    ``min(prefix_from, prefix_to)`` prefix tokens to themselves, a new prefix token to nothing (it
+    is a parameter, no pixel reaches it)."""
+    n = grid[0] * grid[1]
+    out = torch.zeros(prefix_to + n, prefix_from + n, dtype=dtype, device=device)
+    keep = min(prefix_from, prefix_to)
+    idx = torch.arange(keep, device=device)
+    out[idx, idx] = 1
+    grid_idx = torch.arange(n, device=device)
+    out[prefix_to + grid_idx, prefix_from + grid_idx] = 1
+    return out.unsqueeze(0)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -124,17 +141,13 @@ def _pair(value) -> tuple[int, int]:
 
 def conv_window(conv: nn.Conv2d, grid: tuple[int, int]) -> ConvWindow:
     """The :class:`ConvWindow` of a torch ``nn.Conv2d`` (zero padding only) on input ``grid``."""
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
     if conv.padding_mode != "zeros":
         raise ValueError(f"rollout handles zero-padded convolutions only, got padding_mode="
                          f"{conv.padding_mode!r}")
-    kernel, dilation = _pair(conv.kernel_size), _pair(conv.dilation)
-    if conv.padding == "valid":
-        padding = (0, 0)
-    elif conv.padding == "same":
-        padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
-    else:
-        padding = _pair(conv.padding)
-    return ConvWindow(conv.weight.detach(), _pair(conv.stride), padding, dilation)
+    window = window_of(conv, tuple(grid))
+    return window if window is not None else ConvWindow(conv.weight.detach())
 
 
 def window_step(name: str, conv: nn.Conv2d, grid: tuple[int, int], residual: bool = False) -> ContextStep:
@@ -177,6 +190,5 @@ def steps_from_affinities(affinities: Mapping[str, object], grid, residual: bool
 
 
 def check_heads(heads) -> str:
-    if heads not in HEADS:
-        raise ValueError(f"heads must be 'mean' or 'max' (how the heads are combined), got {heads!r}")
-    return heads
+    """``"mean"`` or ``"max"`` (how the heads are combined), through ``validation.check_choice``."""
+    return check_choice("heads", heads, HEADS)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..mixers.base import AffinityMixer
+from ..validation import check_finite, check_int_or_pair, check_module
 from .timm_attention import (
     inspect_convit_gpsa,
     inspect_convit_mhsa,
@@ -196,6 +197,14 @@ def inspect(module: nn.Module, x: torch.Tensor, grid=None, prefix_tokens: int = 
     """
     from .view import check_prefix
 
+    check_module("module", module)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor (an image batch or tokens), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    check_finite("x", x)
+    if grid is not None:
+        check_int_or_pair("grid", grid)
     check_prefix(prefix_tokens)
     family = family_of(module)
     if family is None:

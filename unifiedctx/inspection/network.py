@@ -17,16 +17,14 @@ and the global RNG state is restored.
 
 from __future__ import annotations
 
-import fnmatch
-import inspect as pyinspect
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from .families import FAMILIES, Family, NoView, family_of
+from .reader import check_door, forward_pass, select_layers
 from .view import check_prefix, pair
 
 #: Prefix-token counts tried, in order, when a token layer's sequence is not a whole grid.
@@ -67,7 +65,7 @@ class NetworkInspection(OrderedDict):
     def distances(self) -> OrderedDict[str, torch.Tensor]:
         """``{name: (M,)}`` mean affinity distance of every head, in input pixels
         (:func:`unifiedctx.viz.distance.affinity_distance` with each view's grid and pixel stride)."""
-        from ..viz.distance import affinity_distance
+        from .distance import affinity_distance
 
         return OrderedDict((name, affinity_distance(v.grid_affinity(), v.grid, v.pixel_stride or 1.0))
                            for name, v in self.items() if v.grid is not None)
@@ -83,20 +81,6 @@ def tiling_grid(n: int, image_size) -> tuple[int, int] | None:
     return (h, w) if h * w == n else None
 
 
-def _select(layers) -> Callable[[str, nn.Module], bool]:
-    if layers is None:
-        return lambda name, module: True
-    if callable(layers):
-        return layers
-    if isinstance(layers, str) or not isinstance(layers, Iterable):
-        layers = [layers]
-    patterns = list(layers)
-    if not all(isinstance(p, str) for p in patterns):
-        raise TypeError("layers must be None, a callable (name, module) -> bool, or module names / "
-                        f"fnmatch patterns, got {layers!r}")
-    return lambda name, module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def _skip_reason(module: nn.Module) -> str:
     """Why a module that ran has no view (for the modules no family reads)."""
     if isinstance(module, nn.Linear):
@@ -110,35 +94,22 @@ def _skip_reason(module: nn.Module) -> str:
     return f"{type(module).__name__}: no affinity view (not a type inspect supports)"
 
 
-def _copied(value, memo=None):
-    """Tensors (also inside a tuple, list or dict) detached and cloned, one copy per tensor so that
-    ``attn(x, x, x)`` still gets one tensor three times; anything else as it is."""
-    memo = {} if memo is None else memo
-    if isinstance(value, torch.Tensor):
-        if id(value) not in memo:
-            memo[id(value)] = value.detach().clone()
-        return memo[id(value)]
-    if isinstance(value, (tuple, list)):
-        return type(value)(_copied(v, memo) for v in value)
-    if isinstance(value, dict):
-        return {k: _copied(v, memo) for k, v in value.items()}
-    return value
-
-
-def _bound_call(module: nn.Module, args, kwargs) -> dict:
-    try:
-        bound = pyinspect.signature(module.forward).bind(*args, **kwargs)
-    except (TypeError, ValueError):
-        return {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
-    return dict(bound.arguments)
-
-
 def _prefix_and_grid(n: int, image_size, candidates) -> tuple[int, tuple[int, int]] | None:
     for p in candidates:
         grid = tiling_grid(n - p, image_size)
         if grid is not None:
             return p, grid
     return None
+
+
+def prefix_candidates(model: nn.Module, prefix_tokens: int | None) -> list[int]:
+    """The prefix-token counts to try for a token layer: ``[prefix_tokens]`` when given, else
+    ``model.num_prefix_tokens`` (timm) first, then 0 .. :data:`MAX_PREFIX_TOKENS`."""
+    if prefix_tokens is not None:
+        return [check_prefix(prefix_tokens)]
+    own = getattr(model, "num_prefix_tokens", None)
+    own = [own] if isinstance(own, int) and not isinstance(own, bool) and own >= 0 else []
+    return own + list(range(MAX_PREFIX_TOKENS + 1))
 
 
 def _token_context(family: Family, module, x, image_size, prefix_candidates):
@@ -156,7 +127,7 @@ def _token_context(family: Family, module, x, image_size, prefix_candidates):
     return grid, prefix, n
 
 
-def _view_of_call(family: Family, module, call, image_size, batch, prefix_candidates, max_tokens):
+def view_of_call(family: Family, module, call, image_size, batch, prefix_candidates, max_tokens):
     x, extra = family.call_input(module, call)
     if not isinstance(x, torch.Tensor):
         raise NoView(f"its input is a {type(x).__name__}, not a tensor")
@@ -209,60 +180,17 @@ def inspect_model(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: in
     Raises:
         TypeError / ValueError: ``model`` is not a module, ``x`` not an image batch, a bad option.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = getattr(x, "shape", type(x).__name__)
-        raise ValueError(f"x must be an image batch (B, C, H, W), got {got}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
-    select = _select(layers)
+    check_door(model, x, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
+    select = select_layers(layers)
     image_size = pair(tuple(x.shape[-2:]))
-    own = getattr(model, "num_prefix_tokens", None)
-    if prefix_tokens is not None:
-        candidates = [check_prefix(prefix_tokens)]
-    else:
-        candidates = ([own] if isinstance(own, int) and own >= 0 else []) + list(range(MAX_PREFIX_TOKENS + 1))
+    candidates = prefix_candidates(model, prefix_tokens)
     result = NetworkInspection(image_size)
-    order: list[str] = []
-    calls: dict[str, int] = {}
-    captured: dict[str, tuple] = {}
-
-    def before(name):
-        def hook(module, args, kwargs):
-            if name not in calls:
-                order.append(name)
-            calls[name] = calls.get(name, 0) + 1
-        return hook
-
-    def after(name):
-        def hook(module, args, kwargs, output):
-            if name not in captured:  # the view is of the first call; copies, in case a later
-                # in-place layer changes these tensors
-                memo = {}
-                call = _bound_call(module, _copied(args, memo), _copied(kwargs, memo))
-                captured[name] = (call, _copied(output, memo))
-        return hook
-
-    modules = list(model.named_modules())
-    lookup = dict(modules)
-    families = {name: family_of(module) for name, module in modules}
-    handles = []
-    buffers = [(b, b.clone()) for b in model.buffers()]
-    cuda = sorted({t.device.index or 0 for t in [*model.parameters(), x] if t.is_cuda})
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            for name, module in modules:
-                handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
-                if families[name] is not None and select(name, module):
-                    handles.append(module.register_forward_hook(after(name), with_kwargs=True))
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for buffer, saved in buffers:
-            buffer.copy_(saved)
+    lookup = dict(model.named_modules())
+    families = {name: family_of(module) for name, module in lookup.items()}
+    seen = forward_pass(model, x, lambda name, module: families[name] is not None and select(name, module))
+    order, calls = seen.order, seen.calls
+    captured = {name: (call, seen.outputs[name])
+                for name, call in seen.inputs.items() if name in seen.outputs}
     # views are built after the pass, outermost first, so nothing inside a viewed module is built
     viewed: list[str] = []
     for name in order:
@@ -273,7 +201,7 @@ def inspect_model(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: in
             call, output = captured.pop(name)
             family = families[name]
             try:
-                view = _view_of_call(family, module, call, image_size, x.shape[0], candidates, max_tokens)
+                view = view_of_call(family, module, call, image_size, x.shape[0], candidates, max_tokens)
             except NoView as err:
                 result.skipped[name] = str(err)
                 continue

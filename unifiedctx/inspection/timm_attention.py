@@ -17,8 +17,9 @@ import math
 import torch
 from einops import rearrange
 
+from ..mixers.attention import softmax_affinity
 from ..mixers.local import token_offsets
-from .view import AffinityView, check_tokens, softmax_affinity, token_grid
+from .view import AffinityView, check_tokens, token_grid
 
 
 def _heads(t: torch.Tensor, n_parts: int, heads: int) -> tuple[torch.Tensor, ...]:
@@ -41,7 +42,7 @@ def inspect_timm_attention(module, x, grid=None, prefix_tokens=0, attn_mask=None
     if is_causal:
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         attn_mask = causal if attn_mask is None else attn_mask & causal
-    a = softmax_affinity(q, k, module.scale, attn_mask)
+    a = softmax_affinity(q, k, attn_mask, scale=module.scale)
     gate_layer = getattr(module, "gate", None)
     gate = gate_layer(x).sigmoid() if isinstance(gate_layer, torch.nn.Module) else None
     norm = getattr(module, "norm", torch.nn.Identity())
@@ -60,7 +61,7 @@ def inspect_convit_mhsa(module, x, grid=None, prefix_tokens=0) -> AffinityView:
     """ConViT's plain ``MHSA`` (its late, non-local layers, after the class token joins)."""
     check_tokens(x, "ConViT MHSA")
     q, k, v = _heads(module.qkv(x), 3, module.num_heads)
-    a = softmax_affinity(q, k, module.scale)
+    a = softmax_affinity(q, k, scale=module.scale)
     project = lambda z: module.proj_drop(module.proj(rearrange(z, "b m n d -> b n (m d)")))
     grid = token_grid(grid, x.shape[1], prefix_tokens)
     return AffinityView(v, a, project, grid, "dynamic", module.num_heads, "ConViT MHSA", prefix_tokens)
@@ -87,7 +88,7 @@ def inspect_swin_window_attention(module, x, mask=None) -> AffinityView:
         if windows % per_image:
             raise ValueError(f"mask has {per_image} windows, which do not divide the {windows} windows of x")
         bias = bias + mask.repeat(windows // per_image, 1, 1).unsqueeze(1)
-    a = softmax_affinity(q, k, module.scale, bias)
+    a = softmax_affinity(q, k, bias, scale=module.scale)
     project = lambda z: module.proj_drop(module.proj(rearrange(z, "b m n d -> b n (m d)")))
     view = AffinityView(v, a, project, tuple(module.window_size), "dynamic", m, "Swin WindowAttention")
     view.notes["windows"] = "the batch axis holds B * nW windows; the grid is one window"
@@ -121,7 +122,7 @@ def inspect_convit_gpsa(module, x, grid=None) -> AffinityView:
     m = module.num_heads
     q, k = _heads(module.qk(x), 2, m)
     (v,) = _heads(module.v(x), 1, m)
-    dynamic = softmax_affinity(q, k, module.scale)
+    dynamic = softmax_affinity(q, k, scale=module.scale)
     static = gpsa_positional_affinity(module.pos_proj, grid, x.dtype, x.device)
     g = torch.sigmoid(module.gating_param).view(1, -1, 1, 1)
     mixed = (1 - g) * dynamic + g * static

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..mixers.attention import softmax_affinity
 from ..mixers.local import local_affinity
-from .view import AffinityView, check_image, check_window, pair, softmax_affinity, token_grid
+from .view import AffinityView, check_image, check_window, pair, token_grid
 
 
 def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
@@ -123,7 +124,7 @@ def inspect_mha(module: nn.MultiheadAttention, x, grid=None, prefix_tokens=0) ->
         k = F.pad(k, (0, 0, 0, 1))
         v = F.pad(v, (0, 0, 0, 1))
         extra += 1
-    a = softmax_affinity(q, k, d**-0.5)
+    a = softmax_affinity(q, k, scale=d**-0.5)
 
     def project(z):
         y = module.out_proj(rearrange(z, "b m n d -> b n (m d)"))

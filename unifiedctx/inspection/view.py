@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..mixers.attention import softmax_affinity  # noqa: F401  (the one softmax affinity, re-exported)
 from ..mixers.base import check_grid
-from ..validation import check_float_image
+from ..validation import check_float_image, check_int
 
 
 @dataclass
@@ -104,22 +105,5 @@ def token_grid(grid, n_tokens: int, prefix_tokens: int):
 
 
 def check_prefix(prefix_tokens) -> int:
-    """A non-negative int number of prefix tokens."""
-    if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
-        raise ValueError(f"prefix_tokens must be a non-negative int, got {prefix_tokens!r}")
-    return prefix_tokens
-
-
-def softmax_affinity(q: torch.Tensor, k: torch.Tensor, scale: float, bias=None) -> torch.Tensor:
-    """``softmax(q k^T * scale + bias)`` over keys: ``(B, M, N, d), (B, M, K, d) -> (B, M, N, K)``.
-
-    ``bias`` is an additive float mask broadcastable to ``(B, M, N, K)`` (``-inf`` blocks a pair), or
-    a boolean mask where ``True`` means "may attend" (PyTorch's SDPA convention).
-    """
-    scores = (q @ k.transpose(-2, -1)) * scale
-    if bias is not None:
-        if bias.dtype == torch.bool:
-            scores = scores.masked_fill(~bias, float("-inf"))
-        else:
-            scores = scores + bias
-    return torch.softmax(scores, dim=-1)
+    """A non-negative int number of prefix tokens (``TypeError`` for another kind, ``ValueError`` < 0)."""
+    return check_int("prefix_tokens", prefix_tokens, low=0)

@@ -30,10 +30,19 @@ def qkv_heads(qkv: nn.Linear, x: torch.Tensor, heads: int):
     return rearrange(qkv(tokens(x)), "b n (three m d) -> three b m n d", three=3, m=heads).unbind(0)
 
 
-def softmax_affinity(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d) + bias)`` over the keys: ``(B, M, N, d) -> (B, M, N, N)``."""
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    return (scores if bias is None else scores + bias).softmax(dim=-1)
+def softmax_affinity(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
+                     scale: float | None = None) -> torch.Tensor:
+    """``softmax(q k^T * scale + bias)`` over the keys: ``(B, M, N, d), (B, M, K, d) -> (B, M, N, K)``.
+
+    The one softmax affinity of the library (the mixers and the inspected attention layers).
+    ``scale`` defaults to ``1 / sqrt(d)``. ``bias`` is an additive float term broadcastable to
+    ``(B, M, N, K)`` (``-inf`` blocks a pair), or a boolean mask where ``True`` means "may attend"
+    (PyTorch's SDPA convention).
+    """
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if bias is not None:
+        scores = scores.masked_fill(~bias, float("-inf")) if bias.dtype == torch.bool else scores + bias
+    return scores.softmax(dim=-1)
 
 
 class Attention(AffinityMixer):

@@ -15,50 +15,21 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 
 import torch
 from torch import nn
 
+from ..inspection.reader import check_door, check_model, forward_pass, select_layers, untouched
+from ..inspection.structure import mixer_affinity
 from ..mixers import AffinityMixer
 from ..mixers.base import DESCRIPTIONS
+from ..validation import check_choice
 
 
 def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
-
-@contextmanager
-def untouched(model: nn.Module, *, eval_mode: bool = False):
-    """Run a block that reads ``model`` and put back everything a forward pass could change.
-
-    Saved and restored: each module's ``training`` flag, every buffer's values, every
-    parameter's ``requires_grad``, and the global torch RNG (``torch.random.fork_rng`` over
-    the CUDA devices the model lives on, so dropout in train mode draws from a copy).
-    ``eval_mode=True`` also switches the model to eval mode inside the block.
-    """
-    _check_model(model)
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    cuda = sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers())
-                   if t.device.type == "cuda"})
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            if eval_mode:
-                model.eval()
-            yield model
-    finally:
-        for module, mode in modes:
-            module.training = mode
-        for param, flag in grads:
-            param.requires_grad_(flag)
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
+    check_model(model)
 
 
 def mixer_layers(model: nn.Module) -> OrderedDict[str, AffinityMixer]:
@@ -71,28 +42,15 @@ def mixer_layers(model: nn.Module) -> OrderedDict[str, AffinityMixer]:
 def mixer_inputs(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
     """The input ``(B, C, H, W)`` each mixer received during one forward pass ``model(x)``.
 
-    Runs under ``torch.no_grad`` in the model's own train/eval mode, inside :func:`untouched`:
-    modes, BatchNorm statistics, ``requires_grad`` and the global RNG are as they were after
-    it. The pre-hooks are removed even when the forward fails.
+    Runs under ``torch.no_grad`` in the model's own train/eval mode, through the one reader
+    (:func:`unifiedctx.inspection.reader.forward_pass`): modes, BatchNorm statistics,
+    ``requires_grad`` and the global RNG are as they were after it, and the hooks are removed even
+    when the forward fails.
     """
     layers = mixer_layers(model)
-    seen: OrderedDict[str, torch.Tensor] = OrderedDict()
-    handles = []
-
-    def keep(name):
-        def hook(module, args):
-            seen[name] = args[0].detach()
-        return hook
-
-    with untouched(model):
-        try:
-            for name, mixer in layers.items():
-                handles.append(mixer.register_forward_pre_hook(keep(name)))
-            model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-    return OrderedDict((name, seen[name]) for name in layers if name in seen)
+    seen = forward_pass(model, x, lambda name, module: name in layers)
+    return OrderedDict((name, next(iter(seen.inputs[name].values())))
+                       for name in layers if name in seen.inputs)
 
 
 @torch.no_grad()
@@ -162,23 +120,11 @@ class LayerAffinity:
         return self.read_components()
 
 
-def _names_selector(layers) -> Callable[[str, nn.Module], bool]:
-    from ..inspection.network import _select
-
-    return _select(layers)
-
-
 def _listed(reasons: dict, most: int = 12) -> str:
     items = [f"{name or '<model>'}: {why}" for name, why in list(reasons.items())[:most]]
     if len(reasons) > most:
         items.append(f"... and {len(reasons) - most} more")
     return "; ".join(items) if items else "no module ran"
-
-
-@torch.no_grad()
-def _mixer_affinity(mixer: AffinityMixer, x: torch.Tensor) -> torch.Tensor:
-    with untouched(mixer):
-        return mixer.affinity(x)
 
 
 def _mixer_records(model, x, select, max_tokens) -> tuple[list[LayerAffinity], dict]:
@@ -197,7 +143,7 @@ def _mixer_records(model, x, select, max_tokens) -> tuple[list[LayerAffinity], d
         stride = (x.shape[-2] / grid[0], x.shape[-1] / grid[1])
         records.append(LayerAffinity(name, mixer.kind, grid, type(mixer).__name__, "mixer", weights, {},
                                      stride, mixer.describe(), mixer.head_unit,
-                                     partial(_mixer_affinity, mixer, inp),
+                                     partial(mixer_affinity, mixer, inp),
                                      partial(mixer_components, mixer, inp)))
     return records, skipped
 
@@ -273,18 +219,11 @@ def layer_affinities(model: nn.Module, x: torch.Tensor, layers=None, max_tokens:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: a bad option, or no layer with a view (the message lists what was skipped, and why).
     """
-    _check_model(model)
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        got = getattr(x, "shape", type(x).__name__)
-        raise ValueError(f"x must be an image batch (B, C, H, W), got {got}")
+    check_door(model, x, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
+    check_choice("source", source, SOURCES)
     use_mixers = source == "mixers" or (source == "auto" and bool(mixer_layers(model)))
     if use_mixers:
-        records, skipped = _mixer_records(model, x, _names_selector(layers), max_tokens)
+        records, skipped = _mixer_records(model, x, select_layers(layers), max_tokens)
     else:
         records, skipped = _inspected_records(model, x, layers, max_tokens, prefix_tokens)
     if not records:

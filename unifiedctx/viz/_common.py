@@ -8,36 +8,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..validation import check_int_or_pair
+from ..inspection.distance import as_affinity, grid_of  # noqa: F401  (re-exported: used by every plot)
+from ..validation import check_query
 from .scales import symmetric_limits  # noqa: F401  (re-exported: the one colour rule lives in scales)
-
-
-def as_affinity(a, name: str = "A") -> torch.Tensor:
-    """Return ``a`` as a detached float64 CPU tensor of shape ``(B|1, M, N, K)``.
-
-    Accepts ``(N, K)`` (one head), ``(M, N, K)`` (heads) or ``(B, M, N, K)``; numpy arrays too.
-    """
-    if isinstance(a, np.ndarray):
-        a = torch.from_numpy(a)
-    if not isinstance(a, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(a).__name__}")
-    if a.dim() == 2:
-        a = a[None, None]
-    elif a.dim() == 3:
-        a = a[None]
-    elif a.dim() != 4:
-        raise ValueError(f"{name} must have shape (N, N), (M, N, N) or (B, M, N, N), got {tuple(a.shape)}")
-    return a.detach().to("cpu", torch.float64)
-
-
-def grid_of(grid, n: int, name: str = "grid") -> tuple[int, int]:
-    """Validate ``grid`` against N tokens; ``None`` means one row of N tokens ``(1, N)``."""
-    if grid is None:
-        return (1, n)
-    grid = check_int_or_pair("grid", grid)
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"{name}={grid} holds {grid[0] * grid[1]} tokens but the affinity has N={n}")
-    return grid
 
 
 def pick_index(value: int, size: int, name: str) -> int:
@@ -59,20 +32,9 @@ def pick_heads(heads, size: int) -> list[int]:
 
 
 def query_index(query, grid: tuple[int, int]) -> int:
-    """Token index of ``query``: a ``(y, x)`` position on ``grid`` (or a flat int index)."""
-    h, w = grid
-    if isinstance(query, (int, np.integer)) and not isinstance(query, bool):
-        if not 0 <= query < h * w:
-            raise ValueError(f"query={query} is outside the grid {grid} (token indices 0..{h * w - 1})")
-        return int(query)
-    if not (isinstance(query, (tuple, list)) and len(query) == 2):
-        raise TypeError(f"query must be a (y, x) pair of ints or a token index, got {query!r}")
-    y, x = query
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (y, x)):
-        raise TypeError(f"query must be a (y, x) pair of ints, got {query!r}")
-    if not (0 <= y < h and 0 <= x < w):
-        raise ValueError(f"query={tuple(query)} is outside the grid {grid}: need 0 <= y < {h}, 0 <= x < {w}")
-    return int(y) * w + int(x)
+    """Token index of ``query``: a ``(y, x)`` position on ``grid``, a flat int index, or None (the
+    centre token): the one rule, :func:`unifiedctx.validation.check_query`."""
+    return check_query("query", query, grid)
 
 
 def new_axes(ax=None, figsize=(5, 4)):

@@ -1,15 +1,10 @@
-"""Mean affinity distance: how far, in input pixels, each head gathers its context from.
+"""Mean affinity distance per head and layer, and its plot: how far each head gathers its context.
 
-The ViT paper's "attention distance" (Dosovitskiy et al. 2021, Fig. 7), for any affinity::
-
-    W[m, i, j] = |A[m, i, j]| / sum_j' |A[m, i, j']|          (rows of |A|, normalised)
-    D[m]       = mean_i  sum_j  W[m, i, j] * ||p_i - p_j|| * stride
-
-with ``p_i`` the (y, x) grid position of token i and ``stride`` the layer's size of one grid
-cell in input pixels (image size / grid size). For attention and pooling ``|A| = A`` already
-sums to 1 per row; for signed static kernels (convolutions, MLP-Mixer weights) the absolute
-value measures where the weight mass sits regardless of its sign. Rows with no weight at all
-are left out of the mean (a head whose rows are all zero gets NaN).
+The math, ``D[m] = mean_i sum_j |A[m, i, j]| / sum_j' |A[m, i, j']| * ||p_i - p_j|| * stride`` (the ViT
+paper's "attention distance", for any affinity), is :mod:`unifiedctx.inspection.distance`
+(:func:`affinity_distance`, :func:`token_distances`, re-exported here); this module applies it to
+recorded layers (:func:`layer_distances`), to any model (:func:`model_distances`, through the one
+reader) and draws it (:func:`plot_affinity_distance`).
 """
 
 from __future__ import annotations
@@ -21,64 +16,23 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ..mixers.local import token_offsets
-from ._common import as_affinity, grid_of, new_axes
+from ..inspection.distance import affinity_distance, token_distances  # noqa: F401  (the math; re-exported)
+from ..inspection.network import tiling_grid
+from ..validation import check_optional_positive_int
+from ._common import new_axes
 from .scales import MIN_FONTSIZE
 
 
-def _strides(pixel_stride) -> tuple[float, float]:
-    if isinstance(pixel_stride, (tuple, list)):
-        if len(pixel_stride) != 2:
-            raise ValueError(f"pixel_stride must be a number or a (sy, sx) pair, got {pixel_stride!r}")
-        sy, sx = (float(v) for v in pixel_stride)
-    else:
-        sy = sx = float(pixel_stride)
-    if sy <= 0 or sx <= 0:
-        raise ValueError(f"pixel_stride must be positive, got {pixel_stride!r}")
-    return sy, sx
-
-
-def token_distances(grid, pixel_stride=1.0) -> torch.Tensor:
-    """Euclidean distances ``||p_i - p_j||`` between the N tokens of ``grid``, in pixels: ``(N, N)``."""
-    sy, sx = _strides(pixel_stride)
-    dy, dx = (t.to(torch.float64) for t in token_offsets(tuple(grid)))
-    return torch.sqrt((dy * sy) ** 2 + (dx * sx) ** 2)
-
-
-def affinity_distance(A, grid, pixel_stride=1.0) -> torch.Tensor:
-    """Mean affinity distance of every head: ``(M,)`` float64, in input pixels.
-
-    ``D[m] = mean_{b, i} sum_j |A[b, m, i, j]| / sum_j' |A[b, m, i, j']| * ||p_i - p_j|| * stride``
-    (see the module docstring). ``A`` is ``(B|1, M, N, N)``, ``(M, N, N)`` or ``(N, N)``;
-    ``grid=(H, W)`` with H*W = N (``None``: a 1 x N line); ``pixel_stride`` is the input
-    pixels per grid step, a number or a ``(sy, sx)`` pair (e.g. ``image_size / grid_size``).
-    Averaged over the batch and over all queries i with a nonzero row.
-    """
-    a = as_affinity(A).abs()
-    n = a.shape[2]
-    if a.shape[3] != n:
-        raise ValueError(f"A must be square over tokens (N, N), got {tuple(a.shape[-2:])}")
-    grid = grid_of(grid, n)
-    dist = token_distances(grid, pixel_stride)
-    mass = a.sum(-1)  # (B, M, N)
-    per_row = (a * dist).sum(-1) / mass.clamp_min(torch.finfo(torch.float64).tiny)
-    valid = mass > 0
-    total = torch.where(valid, per_row, torch.zeros_like(per_row)).sum((0, 2))
-    count = valid.sum((0, 2)).to(torch.float64)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
-
-
 def infer_grid(n: int, image_size) -> tuple[int, int]:
-    """The ``(h, w)`` grid of N tokens that tiles ``image_size=(H, W)`` with one square stride."""
+    """The ``(h, w)`` grid of N tokens that tiles ``image_size=(H, W)`` with one square stride
+    (:func:`unifiedctx.inspection.network.tiling_grid`), or a ValueError."""
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    big_h, big_w = image_size
-    stride = math.sqrt(big_h * big_w / n)
-    h, w = round(big_h / stride), round(big_w / stride)
-    if h * w != n:
+    grid = tiling_grid(n, tuple(image_size))
+    if grid is None:
         raise ValueError(f"cannot infer a grid of {n} tokens for image_size {tuple(image_size)}; "
                          f"pass grids={{layer: (H, W)}}")
-    return h, w
+    return grid
 
 
 def layer_distances(affinities: Mapping, image_size, grids: Mapping | None = None) -> OrderedDict:
@@ -111,9 +65,7 @@ def model_distances(model, x: torch.Tensor, max_tokens: int | None = None, layer
     """
     from ..models.recording import layer_affinities
 
-    if most_heads is not None and (isinstance(most_heads, bool) or not isinstance(most_heads, int)
-                                   or most_heads < 1):
-        raise ValueError(f"most_heads must be a positive int or None, got {most_heads!r}")
+    check_optional_positive_int("most_heads", most_heads)
     out = OrderedDict()
     for record in layer_affinities(model, x, layers=layers, max_tokens=max_tokens):
         if record.grid is None:

@@ -1,0 +1,144 @@
+"""The typed records the reader yields for each layer of a network, as plain data.
+
+A network moves context between tokens in three kinds of places, and the reader gives one record
+type for each::
+
+    AffinityRecord  a token mixer:            y = A x             A: (B|1, M, n, n) on its tokens
+    WindowRecord    an embedding/downsample:  y = W * x           a strided window, grid -> coarser grid
+    ResidualRecord  a residual branch:        y = s(x) + g f(x)   f: the records inside the branch,
+                                              s: the shortcut (I or a window), g: the layer scale
+
+Each token set is a :class:`TokenGrid`: the ``(H, W)`` grid and the prefix (class / distillation)
+tokens in front of it (``n = prefix + H * W``). Blocks describe their residual branches with
+:class:`Residual` (unifiedctx's ``Block.residuals()``; timm's blocks through
+:mod:`unifiedctx.inspection.structure`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """``prefix`` tokens (class, distillation) in front of the ``grid = (H, W)`` tokens."""
+
+    grid: tuple[int, int]
+    prefix: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """``n = prefix + H * W``."""
+        return self.prefix + self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True)
+class ConvWindow:
+    """A convolution's weight ``(C_out, C_in / groups, kh, kw)`` with its stride, padding, dilation.
+
+    Head m is output channel m; its kernel is the sum over the input channels it reads
+    (signed), or the sum of their absolute values (the non-negative rule).
+    """
+
+    weight: torch.Tensor
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    def kernel(self, heads: str, signed: bool) -> torch.Tensor:
+        """``(kh, kw)``: signed, the mean over heads of ``sum_c W[m, c]``; else the mean or max
+        over heads of ``sum_c |W[m, c]|``."""
+        if signed:
+            return self.weight.sum(1).mean(0)
+        per_head = self.weight.abs().sum(1)
+        return per_head.mean(0) if heads == "mean" else per_head.amax(0)
+
+    def out_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The output grid: ``(n + 2 p - d (k - 1) - 1) // s + 1`` per axis."""
+        kh, kw = self.weight.shape[-2:]
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                     for n, p, d, k, s in zip(grid, self.padding, self.dilation, (kh, kw), self.stride))
+
+    def matrix(self, kernel: torch.Tensor, grid_in: tuple[int, int]) -> torch.Tensor:
+        """The window as a matrix ``(N_out, N_in)``: ``A[t, j] = kernel[o]`` where input pixel j is
+        at offset o of output token t's window (zero padding: offsets off the grid are dropped)."""
+        (hi, wi), (ho, wo) = grid_in, self.out_grid(grid_in)
+        a = kernel.new_zeros(ho, wo, hi, wi)
+        oy, ox = torch.arange(ho, device=kernel.device), torch.arange(wo, device=kernel.device)
+        kh, kw = kernel.shape
+        for ky in range(kh):
+            iy = oy * self.stride[0] - self.padding[0] + ky * self.dilation[0]
+            vy = (iy >= 0) & (iy < hi)
+            for kx in range(kw):
+                ix = ox * self.stride[1] - self.padding[1] + kx * self.dilation[1]
+                vx = (ix >= 0) & (ix < wi)
+                a[oy[vy][:, None], ox[vx][None, :], iy[vy][:, None], ix[vx][None, :]] = kernel[ky, kx]
+        return a.reshape(ho * wo, hi * wi)
+
+
+@dataclass(frozen=True)
+class Residual:
+    """One residual branch of a block: ``y = shortcut(x) + scale * branch(x)``.
+
+    Attributes:
+        branch: the branch's module name inside the block (``"mixer"``, ``"attn"``); ``""``: the
+            whole block but its shortcut (ResNet, ConvNeXt).
+        scale: the branch's layer scale (a tensor of per-channel gammas, or None for 1).
+        shortcut: the shortcut's module name inside the block (a downsampling), None: identity.
+        on_grid: ``(affinity, block input grid) -> (B|1, M, N, N)`` for a branch whose mixer works on
+            pieces of the grid (Swin's shifted windows), else None.
+    """
+
+    branch: str
+    scale: torch.Tensor | None = None
+    shortcut: str | None = None
+    on_grid: Callable | None = None
+
+    @property
+    def gamma(self) -> float:
+        """The mean layer scale (1 without one): the branch's weight in the signed rule."""
+        return 1.0 if self.scale is None else float(self.scale.detach().double().mean())
+
+
+@dataclass
+class AffinityRecord:
+    """A token mixer: ``affinity`` ``(B|1, M, n, n)`` on ``tokens`` (prefix tokens first, extra keys
+    such as a bias key dropped), computed on first access."""
+
+    name: str
+    tokens: TokenGrid
+    module_type: str
+    read: Callable[[], torch.Tensor] = field(repr=False)
+
+    @cached_property
+    def affinity(self) -> torch.Tensor:
+        return self.read()
+
+
+@dataclass
+class WindowRecord:
+    """A strided window (patch embedding, downsampling conv, pooling, patch merging)."""
+
+    name: str
+    tokens_in: TokenGrid
+    tokens_out: TokenGrid
+    window: ConvWindow
+    module_type: str = ""
+
+
+@dataclass
+class ResidualRecord:
+    """``y = shortcut(x) + gamma * branch(x)``: ``inner`` the records of the branch, in order;
+    ``shortcut`` the window records of a downsampling shortcut (empty: the identity)."""
+
+    name: str
+    residual: Residual
+    inner: list = field(default_factory=list)
+    shortcut: list = field(default_factory=list)
+
+
+__all__ = ["AffinityRecord", "ConvWindow", "Residual", "ResidualRecord", "TokenGrid", "WindowRecord"]
