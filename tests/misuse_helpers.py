@@ -82,7 +82,8 @@ def raises_at_door(argument: str, call, *args, errors=(ValueError, TypeError), *
         call(*args, **kwargs)
     except BaseException as err:  # noqa: BLE001 - inspected below, re-raised if unexpected
         if not isinstance(err, errors):
-            raise AssertionError(f"expected {errors} naming {argument!r}, got {type(err).__name__}: {err}") from err
+            wanted = f"expected {errors} naming {argument!r}"
+            raise AssertionError(f"{wanted}, got {type(err).__name__}: {err}") from err
         last = traceback.extract_tb(err.__traceback__)[-1]
         where = os.path.abspath(last.filename)
         assert where.startswith(_package_dir()), (

@@ -213,7 +213,8 @@ def check_int_choice(name: str, value, choices: Iterable[int]) -> int:
     choices = tuple(choices)
     value = check_int(name, value)
     if value not in choices:
-        wanted = " or ".join(map(str, choices)) if len(choices) <= 2 else f"one of {', '.join(map(str, choices))}"
+        listed = ", ".join(map(str, choices))
+        wanted = " or ".join(map(str, choices)) if len(choices) <= 2 else f"one of {listed}"
         raise ValueError(f"{name} must be {wanted}, got {value}")
     return value
 

@@ -18,6 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_float,
+    check_int_or_pair,
+    check_positive_int,
+    check_seed,
+)
 from ._common import (
     as_affinity,
     axes_grid,
@@ -27,15 +36,6 @@ from ._common import (
     pick_heads,
     pick_index,
     query_index,
-)
-from ..validation import (
-    check_bool,
-    check_choice,
-    check_finite,
-    check_float,
-    check_int_or_pair,
-    check_positive_int,
-    check_seed,
 )
 from .scales import (
     DIVERGING,
@@ -308,7 +308,8 @@ def comparison_mixers(dim: int, grid, seed: int = 0, heads: int = 2, kernel_size
     """
     from ..mixers import create
 
-    dim, grid, seed = check_positive_int("dim", dim), check_int_or_pair("grid", grid), check_seed("seed", seed)
+    dim, grid = check_positive_int("dim", dim), check_int_or_pair("grid", grid)
+    seed = check_seed("seed", seed)
     options = {"dwconv": {"kernel_size": kernel_size}, "attention": {"heads": heads},
                "tokenmlp": {"grid": tuple(grid)},
                "container": {"heads": heads, "kernel_size": kernel_size}}

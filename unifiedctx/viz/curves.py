@@ -216,7 +216,8 @@ def learning_curves(runs: Mapping, metric="test_acc", axes=None, title: str | No
     elif isinstance(metric, (list, tuple)) and metric and all(isinstance(m, str) for m in metric):
         metrics = list(metric)
     else:
-        raise TypeError(f"metric must be a key such as 'test_acc' or a non-empty list of keys, got {metric!r}")
+        raise TypeError(f"metric must be a key such as 'test_acc' or a non-empty list of keys, "
+                        f"got {metric!r}")
     histories = {label: _check_history(h, f"runs[{label!r}]") for label, h in runs.items()}
     for label, rows in histories.items():
         for m in metrics:

@@ -70,7 +70,8 @@ def _as_kernel_dict(kernels) -> OrderedDict:
     out = OrderedDict()
     for name, k in kernels.items():
         if not isinstance(k, (torch.Tensor, np.ndarray)):
-            raise TypeError(f"kernels[{name!r}] must be a tensor or an array (C, kh, kw), got {type(k).__name__}")
+            raise TypeError(f"kernels[{name!r}] must be a tensor or an array (C, kh, kw), "
+                            f"got {type(k).__name__}")
         k = torch.as_tensor(k).detach().to("cpu", torch.float64)
         check_finite(f"kernels[{name!r}]", k)
         if k.dim() == 4 and k.shape[1] == 1:

@@ -136,7 +136,8 @@ def _finite_array(name: str, values) -> np.ndarray:
     try:
         out = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be numbers (a tensor or an array), got {type(values).__name__}") from None
+        raise TypeError(f"{name} must be numbers (a tensor or an array), "
+                        f"got {type(values).__name__}") from None
     check_finite(name, out)
     return out
 
