@@ -59,7 +59,33 @@ WRONG = {
     "inf": float("inf"),
     "none": None,
     "list": [1, 2, 3],
+    "one": 1.0,
+    "unknown name": "nonsense",
+    "string for bool": "False",
+    "int for bool": 1,
 }
+
+#: Which of :data:`WRONG` each kind of argument must refuse (a seed may be 0, a fraction not).
+KINDS = {
+    "count": ("bool for int", "string for number", "float for int", "negative", "zero", "nan", "list"),
+    "count0": ("bool for int", "string for number", "float for int", "negative", "nan", "list"),
+    "seed": ("bool for int", "string for number", "float for int", "negative", "nan", "list"),
+    "fraction": ("bool for int", "string for number", "negative", "zero", "one", "nan", "inf", "list"),
+    "number": ("bool for int", "string for number", "nan", "inf", "list"),
+    "size": ("bool for int", "string for number", "float for int", "negative", "zero", "nan", "none"),
+    "size?": ("bool for int", "string for number", "float for int", "negative", "zero", "nan"),
+    "rate": ("bool for int", "string for number", "negative", "one", "nan", "inf", "list"),
+    "choice": ("int for bool", "bool for int", "unknown name", "none"),
+    "choice?": ("int for bool", "bool for int", "unknown name"),
+    "text": ("int for bool", "bool for int", "list"),
+    "flag": ("string for bool", "int for bool", "none"),
+    "flag?": ("string for bool", "int for bool"),
+}
+
+
+def wrong_values(kind: str):
+    """``[(label, value)]``: the wrong inputs of ``kind`` (see :data:`KINDS`)."""
+    return [(label, WRONG[label]) for label in KINDS[kind]]
 
 
 def _package_dir() -> str:

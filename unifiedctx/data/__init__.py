@@ -87,7 +87,7 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, one of {', '.join(LOADERS)}; got {type(name).__name__} {name!r}")
     if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(LOADERS)}.{suggest(name, LOADERS)}")
+        raise ValueError(f"unknown dataset name {name!r}; available: {', '.join(LOADERS)}.{suggest(name, LOADERS)}")
     check_bool("download", download)
     if root is not None:
         root = check_path("root", root, kind="folder", must_exist=False)

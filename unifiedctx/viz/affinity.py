@@ -202,9 +202,9 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
     check_finite(f"the query maps of query {(qy, qx)}", maps[chosen])
     if image is not None and not isinstance(image, (torch.Tensor, np.ndarray)):
         raise TypeError(f"image must be a torch.Tensor, a numpy array or None, got {type(image).__name__}")
+    if image is not None:
+        check_finite("image", torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image))
     img = None if image is None else image_array(image)
-    if img is not None:
-        check_finite("image", img)
     size = (h, w) if img is None else img.shape[:2]
     up = upsample_maps(maps[chosen], size, mode=mode).numpy()
     scale = _with_cmap(scale or maps_scale(maps[chosen].numpy()), cmap)

@@ -62,6 +62,8 @@ def _as_kernel_dict(kernels) -> OrderedDict:
         found = static_kernels(kernels)
         if not found:
             raise ValueError(f"{type(kernels).__name__} has no depthwise (dwconv / Container) kernels")
+        for name, k in found.items():
+            check_finite(f"the kernels of {name!r}", k)
         return found
     if isinstance(kernels, (torch.Tensor, np.ndarray)):
         kernels = {"kernels": kernels}
