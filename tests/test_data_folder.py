@@ -115,7 +115,7 @@ def test_train_augmentation_is_reproducible_from_the_seed(tmp_path):
     for i in range(3):
         write_png(tmp_path / "only" / f"{i}.png", np.random.default_rng(i).integers(0, 256, (20, 30, 3),
                                                                                    dtype=np.uint8))
-    ds = data.load("imagefolder", path=tmp_path, image_size=8, val_fraction=0, num_workers=0)
+    ds = data.load("imagefolder", path=tmp_path, image_size=8, val_fraction=0.3, num_workers=0)
     a, b, c = (torch.cat([x for x, _ in ds.train_loader(2, seed=s)]) for s in (0, 0, 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
 

@@ -34,10 +34,10 @@ def test_pair_size_and_dtype():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"name": "cat"}, ValueError, "name must be one of"),
-    ({"size": 0}, ValueError, "size must be positive"),
-    ({"size": (3,)}, TypeError, "size must be None"),
-    ({"size": True}, TypeError, "size must be None"),
+    ({"name": "cat"}, ValueError, "name must be .china. or .flower., got .cat."),
+    ({"size": 0}, ValueError, r"size\[0\] \(H\) must be positive, got 0"),
+    ({"size": (3,)}, TypeError, r"size must be an int or a pair \(H, W\)"),
+    ({"size": True}, TypeError, r"size must be an int or a pair \(H, W\), got bool True"),
     ({"dtype": torch.int64}, TypeError, "dtype must be"),
 ])
 def test_bad_arguments_are_named(kwargs, error, match):

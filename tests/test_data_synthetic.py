@@ -166,7 +166,7 @@ def test_longrange_colour_marks_show_the_palette_colour_at_each_centre():
 def test_longrange_colour_marks_need_rgb_and_a_known_kind():
     with pytest.raises(ValueError, match="channels=3"):
         data.load("longrange", n_train=4, n_test=4, size=16, channels=1, marks="colors")
-    with pytest.raises(ValueError, match="marks must be one of"):
+    with pytest.raises(ValueError, match="marks must be .shapes. or .colors., got .stripes."):
         data.load("longrange", n_train=4, n_test=4, size=16, marks="stripes")
     colours = data.load("longrange", n_train=8, n_test=4, size=16, marks="colors", seed=0)
     shapes = data.load("longrange", n_train=8, n_test=4, size=16, seed=0)

@@ -30,6 +30,8 @@ from torch import nn
 __all__ = [
     "check_bool", "check_choice", "check_float", "check_float_image", "check_int",
     "check_int_or_pair", "check_positive_int", "suggest",
+    "check_finite", "check_fraction", "check_int_choice", "check_int_range", "check_path", "check_seed",
+    "PathNotFound",
 ]
 
 
@@ -260,10 +262,90 @@ def check_layer_name(name: str, value, model: nn.Module) -> str:
     return value
 
 
-def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
-    """``x`` if every value is finite; else a ``ValueError`` saying how many are NaN or infinite."""
-    bad = ~torch.isfinite(x.detach())
+# ------------------------------------------------------------------ helpers of the third misuse pass
+SEED_MAX = 2 ** 63 - 1
+
+
+def check_seed(name: str, value) -> int:
+    """Return ``value`` if it is an int in ``[0, 2**63 - 1]``, a seed ``torch.Generator.manual_seed``
+    takes (``"a"``, ``1.5``, ``True`` or ``-1`` are refused here, not deep inside torch)."""
+    return check_int(name, value, low=0, high=SEED_MAX)
+
+
+def check_fraction(name: str, value, *, zero_ok: bool = False, one_ok: bool = False) -> float:
+    """Return ``value`` as a float in the open interval ``(0, 1)``: a share of a whole that must
+    leave something on both sides (a test split of a dataset, say). ``zero_ok`` / ``one_ok``
+    close that end. The string ``"0.1"``, a bool and NaN are refused."""
+    return check_float(name, value, low=0, high=1, low_open=not zero_ok, high_open=not one_ok)
+
+
+def check_int_choice(name: str, value, choices: Iterable[int]) -> int:
+    """Return ``value`` if it is an int (not a bool) among ``choices``, e.g. ``channels`` in (1, 3)."""
+    choices = tuple(choices)
+    value = check_int(name, value)
+    if value not in choices:
+        listed = ", ".join(map(str, choices))
+        wanted = " or ".join(map(str, choices)) if len(choices) <= 2 else f"one of {listed}"
+        raise ValueError(f"{name} must be {wanted}, got {value}")
+    return value
+
+
+def check_int_range(name: str, value, low: int, high: int) -> tuple[int, int]:
+    """``k -> (k, k)``; ``(a, b) -> (a, b)``: an int or a pair ``(min, max)`` of ints with
+    ``low <= min <= max <= high``, as a tuple (a count drawn uniformly from the range)."""
+    pair = (value, value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise TypeError(f"{name} must be an int or a pair (min, max) of ints, got {_describe(value)}")
+    lo = check_int(f"{name}[0] (min)", pair[0], low=low, high=high)
+    hi = check_int(f"{name}[1] (max)", pair[1], low=low, high=high)
+    if lo > hi:
+        raise ValueError(f"{name} must be a pair (min, max) with min <= max, got {tuple(pair)}")
+    return lo, hi
+
+
+class PathNotFound(FileNotFoundError, ValueError):
+    """A path given to the library does not exist: both a ``FileNotFoundError`` and the
+    ``ValueError`` every other bad argument is."""
+
+
+def check_path(name: str, value, *, kind: str = "file", must_exist: bool = True):
+    """Return ``value`` as a :class:`pathlib.Path` (``~`` expanded) naming a ``kind`` (``"file"``
+    or ``"folder"``).
+
+    Not a ``str`` / ``os.PathLike`` (an int, a bool, None): ``TypeError``. A path that holds the
+    other kind of thing (a folder given for a file, say): ``ValueError`` saying what was found
+    and what is expected. With ``must_exist``, a path that does not exist is a
+    :class:`PathNotFound` (a ``FileNotFoundError`` and a ``ValueError``).
+    """
+    import os
+    from pathlib import Path
+
+    check_choice("kind", kind, ("file", "folder"))
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path to a {kind} (str or os.PathLike), got {_describe(value)}")
+    path = Path(value).expanduser()
+    if path.is_dir() and kind == "file":
+        raise ValueError(f"{name} must be a file, but {path} is a folder")
+    if path.exists() and not path.is_dir() and kind == "folder":
+        raise ValueError(f"{name} must be a folder, but {path} is a file")
+    if must_exist and not path.exists():
+        raise PathNotFound(f"{name} {path} is not a {kind}: nothing exists at that path")
+    return path
+
+
+def check_finite(name: str, values):
+    """Refuse (``ValueError``) a tensor or array that holds NaN or an infinity, saying how many
+    and of how many entries: a view never draws non-finite numbers as if they were data.
+    Returns ``values`` unchanged when all are finite (or when they are not floating point)."""
+    import numpy as np
+
+    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values, dtype=np.float64))
+    if not (t.is_floating_point() or t.is_complex()):
+        return values
+    bad = ~torch.isfinite(t.detach())
     if bool(bad.any()):
-        raise ValueError(f"{name} holds {int(bad.sum())} non-finite values (NaN or inf) out of "
-                         f"{x.numel()}: every view of it would be NaN; clean or re-normalise the input")
-    return x
+        nan = int(torch.isnan(t.detach()).sum())
+        raise ValueError(f"{name} holds {int(bad.sum())} non-finite values of {t.numel()} ({nan} NaN, "
+                         f"{int(bad.sum()) - nan} infinite): nothing is drawn; look for a diverged model "
+                         "or a NaN input")
+    return values

@@ -29,6 +29,7 @@ import inspect
 import os
 from pathlib import Path
 
+from ..validation import check_bool, check_path, suggest
 from .base import DatasetUnavailable, ImageData, channel_stats, default_data_root
 from .canvas import SegmentationData, load_mnist_canvas
 from .cifar import load_cifar
@@ -77,17 +78,19 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
             dataset does not take is a TypeError that lists those it does.
 
     Raises:
-        ValueError: unknown ``name`` or a bad option value.
+        TypeError: an option of the wrong type (``seed="a"``, ``val_fraction="0.1"``, ``True``
+            for a count), named with what it got and what it expects.
+        ValueError: unknown ``name`` or a bad option value (``val_fraction=0``: an empty split;
+            a folder where a file should be), refused before anything is read or written.
         DatasetUnavailable: a download that cannot be made or verified.
     """
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if not isinstance(download, bool):
-        raise TypeError(f"download must be True or False, got {type(download).__name__} {download!r}")
-    if root is not None and not isinstance(root, (str, os.PathLike)):
-        raise TypeError(f"root must be a folder path (str or os.PathLike), got {type(root).__name__}")
+        raise TypeError(f"name must be a str, one of {', '.join(LOADERS)}; got {type(name).__name__} {name!r}")
     if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(LOADERS)}")
+        raise ValueError(f"unknown dataset name {name!r}; available: {', '.join(LOADERS)}.{suggest(name, LOADERS)}")
+    check_bool("download", download)
+    if root is not None:
+        root = check_path("root", root, kind="folder", must_exist=False)
     loader = LOADERS[name]
     accepted = [p for p in inspect.signature(loader).parameters if p not in ("root", "download")]
     unknown = sorted(set(options) - set(accepted))
@@ -96,7 +99,7 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
                         f"its options are: {', '.join(accepted)}")
     recorded = dict(options)
     if "root" in inspect.signature(loader).parameters:
-        options.update(root=Path(root).expanduser() if root is not None else DATA_ROOT, download=download)
+        options.update(root=root if root is not None else DATA_ROOT, download=download)
     data = loader(**options)
     data.options = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in recorded.items()
                     if k != "progress"}  # a progress bar changes nothing

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..validation import check_int, check_seed
+
 ENV_VAR = "UNIFIEDCTX_DATA"
 
 
@@ -159,15 +161,14 @@ class ImageData:
         """A new :class:`ImageData` with ``n_train`` training and ``n_test`` test images drawn at
         random without replacement (``torch.Generator`` seeded with ``seed``; ``None`` keeps the
         whole split). ``mean`` and ``std`` are kept, so a model sees the same normalisation."""
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(check_seed("seed", seed))
         picked = {}
         for split, n in (("train", n_train), ("test", n_test)):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if n is None:
                 picked[split] = (x, y)
                 continue
-            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= x.shape[0]:
-                raise ValueError(f"n_{split} must be an int in [1, {x.shape[0]}], got {n!r}")
+            n = check_int(f"n_{split}", n, low=1, high=int(x.shape[0]))
             idx = torch.randperm(x.shape[0], generator=gen)[:n].to(x.device)
             picked[split] = (x[idx], y[idx])
         return dataclasses.replace(self, train_x=picked["train"][0], train_y=picked["train"][1],

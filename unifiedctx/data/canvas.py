@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_int, check_int_choice, check_int_range, check_positive_int, check_seed
 from .base import ImageData, channel_stats, tensor_fingerprint
 from .mnist import SIDE, read_table, stratified_split
 
@@ -52,17 +53,24 @@ class SegmentationData(ImageData):
         train_boxes, test_boxes: int64 ``(N, K, 5)`` rows ``(x0, y0, x1, y1, label)``, padded
             with rows of -1 where an image has fewer than K objects; ``None`` when the dataset
             has no boxes (a segmentation folder).
+        ignore_index: the mask value of pixels that belong to no class (segmentation's usual
+            "void" / "don't care" label, 255 in VOC-style masks), which a loss and the mIoU
+            skip; ``None`` when every pixel has a class. It is never one of ``classes`` and is
+            not counted in ``num_classes``.
         ``train_y``/``test_y`` (ImageData's) hold an image-level label: the class with the
-        most pixels other than class 0 (0 if there is none).
+        most pixels other than class 0 and the ignored ones (0 if there is none).
     """
 
     train_masks: torch.Tensor | None = None
     test_masks: torch.Tensor | None = None
     train_boxes: torch.Tensor | None = None
     test_boxes: torch.Tensor | None = None
+    ignore_index: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.ignore_index is not None:
+            self.ignore_index = check_int("ignore_index", self.ignore_index, low=self.num_classes)
         for split in ("train", "test"):
             x, m = getattr(self, f"{split}_x"), getattr(self, f"{split}_masks")
             if not isinstance(m, torch.Tensor) or m.dtype not in (torch.uint8, torch.int64):
@@ -85,7 +93,10 @@ class SegmentationData(ImageData):
         """ImageData's hash of the contents, with the masks (and boxes) hashed as well."""
         parts = [self.train_x, self.train_y, self.test_x, self.test_y, self.train_masks, self.test_masks]
         parts += [b for b in (self.train_boxes, self.test_boxes) if b is not None]
-        return tensor_fingerprint(*parts, extra=(self.classes, self.mean, self.std))
+        extra = (self.classes, self.mean, self.std)
+        if self.ignore_index is not None:
+            extra = (*extra, self.ignore_index)
+        return tensor_fingerprint(*parts, extra=extra)
 
     def to(self, device: torch.device | str) -> SegmentationData:
         """A new :class:`SegmentationData` whose tensors (images, labels, masks, boxes) live on ``device``."""
@@ -97,14 +108,13 @@ class SegmentationData(ImageData):
                seed: int = 0) -> SegmentationData:
         """``n_train`` / ``n_test`` images drawn without replacement (seeded like ImageData's
         ``subset``), each with its mask and boxes; ``mean``/``std`` kept."""
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(check_seed("seed", seed))
         picked = {}
         for split, n in (("train", n_train), ("test", n_test)):
             count = getattr(self, f"{split}_x").shape[0]
             if n is None:
                 continue
-            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= count:
-                raise ValueError(f"n_{split} must be an int in [1, {count}], got {n!r}")
+            n = check_int(f"n_{split}", n, low=1, high=count)
             idx = torch.randperm(count, generator=gen)[:n]
             for field in ("x", "y", "masks", "boxes"):
                 value = getattr(self, f"{split}_{field}")
@@ -113,11 +123,14 @@ class SegmentationData(ImageData):
         return dataclasses.replace(self, **picked)
 
 
-def dominant_class(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+def dominant_class(masks: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> torch.Tensor:
     """int64 ``(N,)``: for each mask ``(H, W)`` the class >= 1 with the most pixels (ties: the
-    lower class; 0 when the mask is all background)."""
+    lower class; 0 when the mask is all background). Pixels equal to ``ignore_index`` count
+    for no class."""
     n = masks.shape[0]
     flat = masks.reshape(n, -1).long()
+    if ignore_index is not None:
+        flat = torch.where(flat == ignore_index, torch.zeros_like(flat), flat)  # class 0 is not counted
     counts = torch.zeros(n, num_classes, dtype=torch.int64).scatter_add_(1, flat, torch.ones_like(flat))
     counts[:, 0] = 0
     best = counts.argmax(1)  # argmax returns the first maximum: the lower class on ties
@@ -126,13 +139,7 @@ def dominant_class(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def _int_range(name: str, value, low: int, high: int) -> tuple[int, int]:
     """``3`` -> ``(3, 3)``; ``(a, b)`` -> ``(a, b)``; both within ``[low, high]``, ``a <= b``."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    ok = (isinstance(pair, (tuple, list)) and len(pair) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) for v in pair))
-    if not ok or not low <= pair[0] <= pair[1] <= high:
-        raise ValueError(f"{name} must be an int or a pair (min, max) of ints with "
-                         f"{low} <= min <= max <= {high}, got {value!r}")
-    return int(pair[0]), int(pair[1])
+    return check_int_range(name, value, low, high)
 
 
 def render_canvases(digits: torch.Tensor, labels: torch.Tensor, n: int, size: int, count: tuple[int, int],
@@ -222,17 +229,12 @@ def load_mnist_canvas(size: int = 128, digits=(1, 4), n_train: int = 1000, n_tes
         boxes int64 ``(N, max digits, 5)``; mean/std of the training canvases; ``flip_ok`` and
         ``crop_ok`` False (a mirrored digit is not a digit).
     """
-    if isinstance(size, bool) or not isinstance(size, int) or not 64 <= size <= 512:
-        raise ValueError(f"size must be an int in [64, 512], got {size!r}")
+    size = check_int("size", size, low=64, high=512)
     count = _int_range("digits", digits, 1, 32)
     side = _int_range("digit_size", digit_size, 8, size)
-    for name, value in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    n_train, n_test = check_positive_int("n_train", n_train), check_positive_int("n_test", n_test)
+    seed = check_seed("seed", seed)
+    channels = check_int_choice("channels", channels, (1, 3))
     table = read_table()
     pool = torch.from_numpy(np.ascontiguousarray(table[:, :-1])).view(-1, SIDE, SIDE)
     pool_labels = torch.from_numpy(table[:, -1].astype(np.int64))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..validation import check_bool, check_choice, check_path
 from .base import DatasetUnavailable, ImageData, channel_stats
 from .download import download as fetch
 from .download import extract_members, how_to_fetch, md5sum
@@ -79,6 +80,13 @@ def prepare(spec: Archive, root: Path, download: bool, url: str | None, progress
     folder = root / spec.folder
     source = archive_url(spec, url)
     archive = root / spec.filename
+    if archive.is_dir():
+        raise DatasetUnavailable(f"{archive} is a folder, but that path is where the archive file "
+                                 f"{spec.filename} is expected (a gzipped tar of {spec.folder}/): move "
+                                 "or delete that folder. " + how_to_fetch(source, archive, spec.md5))
+    if folder.exists() and not folder.is_dir():
+        raise DatasetUnavailable(f"{folder} is a file, but that path is where the unpacked folder "
+                                 f"{spec.folder}/ is expected: move or delete that file and call again.")
     if folder.is_dir():
         missing = [name for name in spec.files if not (folder / name).is_file()]
         if missing:
@@ -160,12 +168,16 @@ def load_cifar(name: str, root: Path, download: bool = True, url: str | None = N
     """Load ``"cifar10"`` or ``"cifar100"`` (with ``label_type`` ``"fine"``, 100 classes, or
     ``"coarse"``, 20 superclasses) as :class:`ImageData`: uint8 images ``(50000, 3, 32, 32)``
     and ``(10000, 3, 32, 32)``, channels in R, G, B order."""
-    spec = ARCHIVES[name]
-    if label_type not in ("fine", "coarse"):
-        raise ValueError(f"label_type must be 'fine' or 'coarse', got {label_type!r}")
+    spec = ARCHIVES[check_choice("name", name, ARCHIVES)]
+    check_choice("label_type", label_type, ("fine", "coarse"))
     if name == "cifar10" and label_type != "fine":
         raise ValueError("label_type='coarse' exists only for cifar100")
-    folder = prepare(spec, Path(root), download, url, progress)
+    if url is not None and not isinstance(url, str):
+        raise TypeError(f"url must be a string (a folder URL or the archive's URL), got "
+                        f"{type(url).__name__} {url!r}")
+    check_bool("progress", progress)
+    root = check_path("root", root, kind="folder", must_exist=False)
+    folder = prepare(spec, root, check_bool("download", download), url, progress)
     if spec.label_bytes == 1:
         classes, label_index = read_names(folder / "batches.meta.txt"), 0
     else:

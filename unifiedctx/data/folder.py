@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
+from ..validation import check_bool, check_fraction, check_int, check_path, check_positive_int, check_seed
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
@@ -219,8 +221,8 @@ class FolderData:
         return digest.hexdigest()[:16]
 
     def _loader(self, samples, batch_size: int, train: bool, seed: int = 0, **kwargs) -> DataLoader:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = check_positive_int("batch_size", batch_size)
+        seed = check_seed("seed", seed)
         dataset = ImageFiles(samples, self.image_size[0], train, self.mean, self.std, seed)
         return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
@@ -234,8 +236,12 @@ class FolderData:
         ``world_size > 1`` each ``rank`` reads its own shard through a
         :class:`~torch.utils.data.DistributedSampler`: call ``loader.sampler.set_epoch(epoch)``
         each epoch to reshuffle."""
-        if not 0 <= rank < world_size:
+        world_size = check_positive_int("world_size", world_size)
+        rank = check_int("rank", rank, low=0)
+        if rank >= world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
+        seed, shuffle = check_seed("seed", seed), check_bool("shuffle", shuffle)
+        drop_last = check_bool("drop_last", drop_last)
         aug_seed = seed + 100_003 * rank
         gen = torch.Generator().manual_seed(aug_seed)
         if world_size > 1:
@@ -254,19 +260,25 @@ class FolderData:
 
 def load_imagefolder(path: str | Path | None = None, image_size: int = 224, val_fraction: float = 0.1,
                      split_seed: int = 0, num_workers: int = 2) -> FolderData:
-    """Index the image folder at ``path`` (see the module docstring) as :class:`FolderData`."""
+    """Index the image folder at ``path`` (see the module docstring) as :class:`FolderData`.
+
+    Args:
+        path: the folder (``path/train/<class>/``, ``path/val/<class>/`` or ``path/<class>/``).
+        image_size: side S of the square images the loaders yield, ``(3, S, S)``.
+        val_fraction: without a ``val/`` folder, the share of each class that becomes the test
+            split, in the open interval (0, 1): 0 would leave the test split empty and 1 the
+            training split, so both are refused here, before anything is read or written.
+        split_seed: seed of that split (an int >= 0).
+        num_workers: DataLoader workers (an int >= 0).
+    """
     if path is None:
         raise ValueError("load('imagefolder') needs path=: the folder that holds train/ (and val/) "
                          "or the class folders")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"path {root} is not a folder")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    root = check_path("path", path, kind="folder")
+    image_size = check_positive_int("image_size", image_size)
+    val_fraction = check_fraction("val_fraction", val_fraction)
+    split_seed = check_seed("split_seed", split_seed)
+    num_workers = check_int("num_workers", num_workers, low=0)
     train_dir = root / "train" if (root / "train").is_dir() else root
     classes = class_folders(train_dir)
     if not classes:

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..validation import check_choice, check_float, check_int, check_positive_int
 from .base import ImageData, channel_stats
 from .synthetic import check_common, to_uint8
 
@@ -114,16 +115,30 @@ def render(shapes: torch.Tensor, centres: torch.Tensor, size: int, channels: int
     return image
 
 
+def check_min_distance(min_distance, size: int) -> float:
+    """``min_distance`` as a float in ``[3, size - 3]`` (3 keeps the marks apart; farther than
+    ``size - 3`` is too rare to sample, and beyond the diagonal sampling would never end)."""
+    value = check_float("min_distance", min_distance)
+    if not 3 <= value <= size - 3:
+        raise ValueError(f"min_distance must be in [3, {size - 3}] for size {size} (3 keeps the marks "
+                         f"apart; farther than size - 3 is too rare to sample), got {min_distance!r}")
+    return value
+
+
 def longrange_scenes(n: int, size: int = 32, channels: int = 3, min_distance: float | None = None,
                      generator: torch.Generator | None = None, marks: str = "shapes") -> Scenes:
     """``n`` images of the ``longrange`` task with their scenes (see :class:`Scenes`);
     ``marks`` is ``"shapes"`` (five 3x3 shapes) or ``"colors"`` (five colours, RGB only)."""
-    if marks not in MARKS:
-        raise ValueError(f"marks must be one of {MARKS}, got {marks!r}")
+    n = check_positive_int("n", n)
+    size = check_int("size", size, low=8)
+    channels = check_positive_int("channels", channels)
+    check_choice("marks", marks, MARKS)
     if marks == "colors" and channels != 3:
         raise ValueError(f"marks='colors' needs channels=3 (colours), got channels={channels}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    min_distance = size / 2 if min_distance is None else float(min_distance)
+    min_distance = size / 2 if min_distance is None else check_min_distance(min_distance, size)
     labels = (torch.arange(n) % 2)[torch.randperm(n, generator=gen)]
     shapes = sample_shapes(labels, gen)
     centres = sample_centres(n, size, min_distance, gen)
@@ -138,9 +153,9 @@ def load_longrange(n_train: int = 5000, n_test: int = 1000, size: int = 32, chan
     recognisable from any part of it, so a coarse patch embedding that cuts a mark in pieces
     still sees what it is (the shapes need the whole 3x3 pattern)."""
     check_common(n_train, n_test, size, channels, seed)
-    if min_distance is not None and not 3 <= min_distance <= size - 3:
-        raise ValueError(f"min_distance must be in [3, {size - 3}] for size {size} (3 keeps the marks "
-                         f"apart; farther than size - 3 is too rare to sample), got {min_distance!r}")
+    check_choice("marks", marks, MARKS)
+    if min_distance is not None:
+        check_min_distance(min_distance, size)
     train, test = (longrange_scenes(n, size, channels, min_distance, torch.Generator().manual_seed(s), marks)
                    for n, s in ((n_train, 2 * seed), (n_test, 2 * seed + 1)))
     mean, std = channel_stats(train.images)

@@ -9,9 +9,13 @@ says how to get it.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..validation import check_choice, check_int_or_pair
 
 PHOTOS = ("china", "flower")
 
@@ -25,8 +29,10 @@ def sample_photo(name: str = "china", size=None, dtype=torch.float64) -> torch.T
             (area resampling); a pair ``(H, W)`` resizes the whole photo to H x W.
         dtype: a floating-point dtype.
     """
-    if name not in PHOTOS:
-        raise ValueError(f"name must be one of {', '.join(map(repr, PHOTOS))}, got {name!r}")
+    check_choice("name", name, PHOTOS)
+    crop = size is not None and isinstance(size, numbers.Integral) and not isinstance(size, bool)
+    if size is not None:
+        size = check_int_or_pair("size", size)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     try:
@@ -37,13 +43,8 @@ def sample_photo(name: str = "china", size=None, dtype=torch.float64) -> torch.T
     image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).to(dtype) / 255.0
     if size is None:
         return image
-    if isinstance(size, int) and not isinstance(size, bool):
-        if size <= 0:
-            raise ValueError(f"size must be positive, got {size}")
+    if crop:
         side = min(image.shape[1:])
         top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
-        image, size = image[:, top:top + side, left:left + side], (size, size)
-    ok = isinstance(size, (tuple, list)) and len(size) == 2
-    if not ok or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise TypeError(f"size must be None, a positive int or a pair (H, W) of them, got {size!r}")
+        image = image[:, top:top + side, left:left + side]
     return F.interpolate(image[None], size=tuple(size), mode="area")[0].clamp(0, 1)

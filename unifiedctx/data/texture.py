@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import check_int, check_positive_int
 from .base import ImageData, channel_stats
 from .synthetic import check_common, to_uint8
 
@@ -39,6 +40,12 @@ def texture_images(n: int, size: int = 32, channels: int = 3, period: int = 4,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` texture images, uint8 ``(n, channels, size, size)``, and their int64 labels ``(n,)``
     (classes exactly balanced, in random order)."""
+    n, size = check_positive_int("n", n), check_positive_int("size", size)
+    channels = check_positive_int("channels", channels)
+    if check_int("period", period, low=2, high=size) % 2:
+        raise ValueError(f"period must be an even int in [2, size], got {period!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     labels = (torch.arange(n) % len(CLASSES))[torch.randperm(n, generator=gen)]
     coords = torch.arange(size)
@@ -64,7 +71,7 @@ def load_texture(n_train: int = 5000, n_test: int = 1000, size: int = 32, channe
                  period: int = 4, seed: int = 0) -> ImageData:
     """The ``texture`` task (see the module docstring) as :class:`ImageData` with 4 classes."""
     check_common(n_train, n_test, size, channels, seed)
-    if isinstance(period, bool) or not isinstance(period, int) or period < 2 or period % 2 or period > size:
+    if check_int("period", period, low=2, high=size) % 2:
         raise ValueError(f"period must be an even int in [2, size], got {period!r}")
     (train_x, train_y), (test_x, test_y) = (
         texture_images(n, size, channels, period, torch.Generator().manual_seed(2 * seed + i))

@@ -15,6 +15,7 @@ import json
 
 from torch import nn
 
+from ..validation import check_bool, check_int
 from .network import ContextNet, as_size
 from .presets import PRESETS, preset
 from .pretrained import apply_weights
@@ -48,9 +49,7 @@ def _unknown(name) -> ValueError:
 
 
 def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return check_int(name, value, low=minimum)
 
 
 def create_model(name: str, num_classes: int | None = None, img_size=None, in_chans: int = 3, *,
@@ -87,6 +86,8 @@ def create_model(name: str, num_classes: int | None = None, img_size=None, in_ch
         raise TypeError(f"name must be a string (see list_models()), got {type(name).__name__}")
     if name not in PRESETS:
         raise _unknown(name)
+    check_bool("pretrained", pretrained)
+    check_bool("ema", ema)
     cfg = preset(name)
     cfg.pop("family"), cfg.pop("size")
     cfg["img_size"] = list(as_size(cfg["img_size"] if img_size is None else img_size))

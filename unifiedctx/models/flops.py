@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..validation import check_bool, check_positive_int
 from .network import as_size
 
 
@@ -58,11 +59,16 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (buffers such as BatchNorm statistics excluded)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_bool("trainable_only", trainable_only)
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of ``model(x)`` (one forward, no gradients), attention included."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor input of the model, got {type(x).__name__}")
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=SDPA_FLOPS) as counter:
         model(x)
     return counter.get_total_flops()
@@ -85,8 +91,7 @@ def count_macs(model: nn.Module, img_size=None, batch: int = 1, device="meta") -
         if img_size is None:
             raise ValueError("img_size is required: this model has no img_size attribute")
     h, w = as_size(img_size)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    batch = check_positive_int("batch", batch)
     if device is not None:
         model = copy.deepcopy(model).to(device)
     param = next(model.parameters(), None)

@@ -21,24 +21,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..mixers import AffinityMixer
-from ..validation import check_bool, check_choice, check_float, check_float_image
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_float_image,
+    check_int,
+    check_int_or_pair,
+    check_positive_int,
+)
 from .blocks import Block
-from .layers import PatchEmbed, make_norm
+from .layers import NORMS, PatchEmbed, make_norm
 from .spec import StageSpec, stage_specs
 
 INITS = ("linear", "pointwise", "all")
 
 
 def as_size(img_size, name: str = "img_size") -> tuple[int, int]:
-    """``224`` or ``(224, 288)`` -> ``(H, W)``, with a clear error for anything else."""
-    if isinstance(img_size, int) and not isinstance(img_size, bool):
-        img_size = (img_size, img_size)
-    ok = isinstance(img_size, (tuple, list)) and len(img_size) == 2
-    if not ok or not all(isinstance(s, int) and not isinstance(s, bool) for s in img_size):
-        raise TypeError(f"{name} must be an int or a pair of ints (H, W), got {img_size!r}")
-    if min(img_size) <= 0:
-        raise ValueError(f"{name} must be positive, got {tuple(img_size)}")
-    return int(img_size[0]), int(img_size[1])
+    """``224`` or ``(224, 288)`` -> ``(H, W)``, with a clear error for anything else (a bool, a
+    string, a float, a zero or negative side): :func:`~unifiedctx.validation.check_int_or_pair`."""
+    return check_int_or_pair(name, img_size)
 
 
 class Stage(nn.Module):
@@ -95,9 +97,16 @@ class ContextNet(nn.Module):
         check_bool("abs_pos_embed", abs_pos_embed)
         drop_path = check_float("drop_path", drop_path, low=0, high=1, high_open=True)
         dropout = check_float("dropout", dropout, low=0, high=1, high_open=True)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string or None, got {type(name).__name__} {name!r}")
+        check_choice("final_norm", final_norm, NORMS)
+        if final_eps is not None:
+            final_eps = check_float("final_eps", final_eps, low=0, low_open=True)
         self.name = name
         self.img_size = as_size(img_size)
-        self.in_chans, self.num_classes = in_chans, int(num_classes)
+        in_chans = check_positive_int("in_chans", in_chans)
+        num_classes = check_int("num_classes", num_classes, low=0)
+        self.in_chans, self.num_classes = in_chans, num_classes
         stages = stage_specs(stages)
         self.stride = math.prod(s.stride for s in stages)
         if self.img_size[0] % self.stride or self.img_size[1] % self.stride:
@@ -177,8 +186,7 @@ class ContextNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a fresh one for ``num_classes`` (0: no classifier)."""
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        num_classes = check_int("num_classes", num_classes, low=0)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:

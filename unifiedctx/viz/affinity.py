@@ -18,6 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_float,
+    check_int_or_pair,
+    check_positive_int,
+    check_seed,
+)
 from ._common import (
     as_affinity,
     axes_grid,
@@ -28,10 +37,25 @@ from ._common import (
     pick_index,
     query_index,
 )
-from .scales import DIVERGING, MIN_FONTSIZE, SEQUENTIAL, Scale, add_colorbar, maps_scale, scale_for
+from .scales import (
+    DIVERGING,
+    MIN_FONTSIZE,
+    SEQUENTIAL,
+    Scale,
+    add_colorbar,
+    check_cmap,
+    check_scale,
+    maps_scale,
+    scale_for,
+)
 
 SEQUENTIAL_CMAP = SEQUENTIAL  # kept names; the rule itself lives in viz.scales
 DIVERGING_CMAP = DIVERGING
+
+
+def _check_title(title) -> None:
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {type(title).__name__} {title!r}")
 
 
 def _with_cmap(scale: Scale, cmap) -> Scale:
@@ -70,6 +94,12 @@ def plot_affinity_matrix(A, grid=None, head: int = 0, batch: int = 0, ax=None, c
     if a.shape[3] != n:
         raise ValueError(f"A must be square over tokens (N, N), got {tuple(a.shape[-2:])}")
     h, w = grid_of(grid, n)
+    check_cmap("cmap", cmap)
+    check_scale("scale", scale)
+    _check_title(title)
+    check_bool("colorbar", colorbar)
+    check_bool("row_lines", row_lines)
+    check_finite(f"A[{b}, {m}]", a[b, m])
     values = a[b, m].numpy()
     fig, ax = new_axes(ax, figsize=(5, 4.4))
     scale = _with_cmap(scale or scale_for(values), cmap)
@@ -116,8 +146,11 @@ def query_maps(A, grid, query, batch: int = 0) -> torch.Tensor:
 
 def upsample_maps(maps: torch.Tensor, size, mode: str = "nearest") -> torch.Tensor:
     """Resize ``(M, h, w)`` maps to ``size=(H, W)`` with ``F.interpolate`` (nearest or bilinear)."""
-    if mode not in ("nearest", "bilinear"):
-        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
+    check_choice("mode", mode, ("nearest", "bilinear"))
+    if not isinstance(maps, torch.Tensor) or not maps.is_floating_point() or maps.dim() != 3:
+        raise TypeError(f"maps must be a floating-point tensor (M, h, w), got "
+                        f"{type(maps).__name__} {tuple(getattr(maps, 'shape', ()))}")
+    size = check_int_or_pair("size", size)
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     kwargs = {"align_corners": False} if mode == "bilinear" else {}
@@ -156,6 +189,21 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
     q = query_index(query, (h, w))
     qy, qx = divmod(q, w)
     chosen = pick_heads(heads, maps.shape[0])
+    if not chosen:
+        raise ValueError(f"heads must name at least one head, got {heads!r}")
+    check_choice("mode", mode, ("nearest", "bilinear"))
+    if ncols is not None:
+        check_positive_int("ncols", ncols)
+    alpha = check_float("alpha", alpha, low=0, high=1)
+    check_cmap("cmap", cmap)
+    check_scale("scale", scale)
+    _check_title(title)
+    check_bool("colorbar", colorbar)
+    check_finite(f"the query maps of query {(qy, qx)}", maps[chosen])
+    if image is not None and not isinstance(image, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"image must be a torch.Tensor, a numpy array or None, got {type(image).__name__}")
+    if image is not None:
+        check_finite("image", torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image))
     img = None if image is None else image_array(image)
     size = (h, w) if img is None else img.shape[:2]
     up = upsample_maps(maps[chosen], size, mode=mode).numpy()
@@ -219,8 +267,16 @@ def grid_features(image, dim: int, grid, seed: int = 0) -> torch.Tensor:
     Similar-looking tokens thus get similar features, which is what makes attention's
     affinity content-dependent.
     """
+    dim = check_positive_int("dim", dim)
+    grid = check_int_or_pair("grid", grid)
+    seed = check_seed("seed", seed)
+    if not isinstance(image, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"image must be a torch.Tensor or a numpy array, got {type(image).__name__}")
     t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if not (t.is_floating_point() or t.dtype == torch.uint8):
+        raise TypeError(f"image must hold float (or uint8) pixels, got dtype {t.dtype}")
     t = t.detach().to("cpu", torch.float64)
+    check_finite("image", t)
     if t.dim() == 2:
         t = t[None]
     if t.dim() == 4:
@@ -252,6 +308,8 @@ def comparison_mixers(dim: int, grid, seed: int = 0, heads: int = 2, kernel_size
     """
     from ..mixers import create
 
+    dim, grid = check_positive_int("dim", dim), check_int_or_pair("grid", grid)
+    seed = check_seed("seed", seed)
     options = {"dwconv": {"kernel_size": kernel_size}, "attention": {"heads": heads},
                "tokenmlp": {"grid": tuple(grid)},
                "container": {"heads": heads, "kernel_size": kernel_size}}
@@ -318,7 +376,10 @@ def comparison_figure(image, dim: int = 16, grid=(8, 8), query=None, seed: int =
     Returns:
         the ``Figure`` (2 rows x 4 columns; the matrices are ``fig.axes[0:4]``'s images).
     """
-    grid = tuple(grid)
+    grid = check_int_or_pair("grid", grid)
+    check_choice("mode", mode, ("nearest", "bilinear"))
+    if query is not None:
+        query_index(query, grid)
     affs = comparison_affinities(image, dim=dim, grid=grid, seed=seed, heads=heads,
                                  kernel_size=kernel_size)
     if query is None:

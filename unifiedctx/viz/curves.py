@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from ..train.history import mixing_of
+from ..validation import check_finite
 from ._common import new_axes
 from .scales import MIN_FONTSIZE
 
@@ -35,8 +36,15 @@ MEANING = {"alpha": "attention, dynamic", "beta": "conv, static", "gate": "posit
 STYLES = ("-", "--", ":", "-.")
 
 
+def _check_title(title) -> None:
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {type(title).__name__} {title!r}")
+
+
 def metric_label(key: str) -> str:
     """A column name as words: ``"test_acc"`` -> ``"test accuracy"``."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a metric name (a string such as 'test_acc'), got {type(key).__name__}")
     if key in METRIC_LABELS:
         return METRIC_LABELS[key]
     words = ["accuracy" if w == "acc" else w for w in key.split("_")]
@@ -61,7 +69,15 @@ def _as_weights(weights) -> dict:
         if ("alpha" in named) != ("beta" in named):
             raise ValueError(f"weights[{layer!r}] must hold both 'alpha' and 'beta' (Container's "
                              f"mix), got {sorted(named)}")
-        out[layer] = {name: (np.asarray(v, dtype=float).tolist()) for name, v in named.items()}
+        out[layer] = {}
+        for name, v in named.items():
+            try:
+                value = np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=float)
+            except (TypeError, ValueError):
+                raise TypeError(f"weights[{layer!r}][{name!r}] must be a number or a list of numbers, "
+                                f"got {type(v).__name__} {v!r}") from None
+            check_finite(f"weights[{layer!r}][{name!r}]", value)
+            out[layer][name] = value.tolist()
     return out
 
 
@@ -85,6 +101,7 @@ def plot_mixing_weights(weights, ax=None, title: str | None = None):
     Returns:
         the ``Figure``; ``ax.containers[k]`` are the bars of the k-th weight name (alpha, beta).
     """
+    _check_title(title)
     weights = _as_weights(weights)
     if not weights:
         raise ValueError("no mixing weights: the model has no mixer with a mixing knob")
@@ -137,6 +154,7 @@ def plot_mixing_history(history, ax=None, title: str | None = None):
     Returns:
         the ``Figure``; the lines are ``ax.lines`` in order (alpha of layer 0, beta of layer 0, ...).
     """
+    _check_title(title)
     rows = _check_history(history)
     rows = [{**r, "mixing": mixing_of(r)} for r in rows]
     rows = [r for r in rows if r["mixing"]]
@@ -145,6 +163,10 @@ def plot_mixing_history(history, ax=None, title: str | None = None):
     layers = list(dict.fromkeys(n for r in rows for n in r["mixing"]))
     names = list(dict.fromkeys(k for r in rows for w in r["mixing"].values() for k in w))
     epochs = _epochs(rows)
+    for e, r in zip(epochs, rows):
+        for layer, w in r["mixing"].items():
+            for name, v in w.items():
+                check_finite(f"history (epoch {e}) mixing[{layer!r}][{name!r}]", np.asarray(v, dtype=float))
     fig, ax = new_axes(ax, figsize=(6.5, 3.6))
     for layer, color in zip(layers, _colors(len(layers))):
         seen = [(e, r["mixing"][layer]) for e, r in zip(epochs, rows) if layer in r["mixing"]]
@@ -184,15 +206,34 @@ def learning_curves(runs: Mapping, metric="test_acc", axes=None, title: str | No
     Returns:
         the ``Figure``; in panel k, ``ax.lines[r]`` is run r's curve of ``metric[k]``.
     """
-    if not isinstance(runs, Mapping) or not runs:
+    if not isinstance(runs, Mapping):
+        raise TypeError(f"runs must be a mapping {{label: history}}, got {type(runs).__name__}")
+    if not runs:
         raise ValueError("runs must be a non-empty mapping {label: history}")
-    metrics = [metric] if isinstance(metric, str) else list(metric)
+    _check_title(title)
+    if isinstance(metric, str):
+        metrics = [metric]
+    elif isinstance(metric, (list, tuple)) and metric and all(isinstance(m, str) for m in metric):
+        metrics = list(metric)
+    else:
+        raise TypeError(f"metric must be a key such as 'test_acc' or a non-empty list of keys, "
+                        f"got {metric!r}")
     histories = {label: _check_history(h, f"runs[{label!r}]") for label, h in runs.items()}
     for label, rows in histories.items():
         for m in metrics:
             if not any(m in r for r in rows):
                 keys = sorted({k for r in rows for k in r})
                 raise ValueError(f"metric {m!r} is not in run {label!r}; its keys are: {', '.join(keys)}")
+            for e, r in zip(_epochs(rows), rows):
+                value = r.get(m)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                    raise TypeError(f"run {label!r}, epoch {e}: metric {m!r} must be a number, got "
+                                    f"{type(value).__name__} {value!r}")
+                if not np.isfinite(value):
+                    raise ValueError(f"run {label!r}, epoch {e}: metric {m!r} is {value}, not a finite "
+                                     "number: nothing is drawn (a diverged run? its curve ends there)")
     if axes is None:
         import matplotlib.pyplot as plt
 

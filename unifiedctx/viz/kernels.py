@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .scales import DIVERGING, MIN_FONTSIZE, Scale, add_colorbar, symmetric_limits
+from ..validation import check_bool, check_finite, check_float, check_positive_int
+from .scales import DIVERGING, MIN_FONTSIZE, Scale, add_colorbar, check_cmap, symmetric_limits
 
 
 def _is_depthwise(conv: nn.Module) -> bool:
@@ -37,6 +38,9 @@ def static_kernels(model: nn.Module, all_depthwise: bool = False) -> OrderedDict
     """
     from ..models.recording import mixer_layers
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_bool("all_depthwise", all_depthwise)
     out = OrderedDict()
     mixers = mixer_layers(model)
     for name, mixer in mixers.items():
@@ -58,6 +62,8 @@ def _as_kernel_dict(kernels) -> OrderedDict:
         found = static_kernels(kernels)
         if not found:
             raise ValueError(f"{type(kernels).__name__} has no depthwise (dwconv / Container) kernels")
+        for name, k in found.items():
+            check_finite(f"the kernels of {name!r}", k)
         return found
     if isinstance(kernels, (torch.Tensor, np.ndarray)):
         kernels = {"kernels": kernels}
@@ -65,7 +71,11 @@ def _as_kernel_dict(kernels) -> OrderedDict:
         raise TypeError("kernels must be a (C, k, k) tensor, a mapping {name: (C, k, k)} or a model")
     out = OrderedDict()
     for name, k in kernels.items():
+        if not isinstance(k, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"kernels[{name!r}] must be a tensor or an array (C, kh, kw), "
+                            f"got {type(k).__name__}")
         k = torch.as_tensor(k).detach().to("cpu", torch.float64)
+        check_finite(f"kernels[{name!r}]", k)
         if k.dim() == 4 and k.shape[1] == 1:
             k = k[:, 0]
         if k.dim() == 2:
@@ -83,6 +93,8 @@ def kernel_limits(*kernel_sets, channels: int | None = None) -> OrderedDict:
     :func:`plot_static_kernels` takes) and pass the result as ``limits=`` to both plots: the
     two figures then share one colour range per layer. Only the first ``channels`` are read.
     """
+    if channels is not None:
+        channels = check_positive_int("channels", channels)
     limits = OrderedDict()
     for kernels in kernel_sets:
         for name, k in _as_kernel_dict(kernels).items():
@@ -113,8 +125,20 @@ def plot_static_kernels(kernels, channels: int = 16, cmap: str = DIVERGING, fig=
         colorbars come after the tiles in ``fig.axes``).
     """
     layers = _as_kernel_dict(kernels)
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    channels = check_positive_int("channels", channels)
+    check_cmap("cmap", cmap, none_ok=False)
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {type(title).__name__} {title!r}")
+    if fig is not None:
+        from matplotlib.figure import Figure
+
+        if not isinstance(fig, Figure):
+            raise TypeError(f"fig must be a matplotlib Figure or None, got {type(fig).__name__}")
+    if limits is not None and not isinstance(limits, Mapping):
+        check_float("limits", limits, low=0, low_open=True)
+    elif limits is not None:
+        for name, v in limits.items():
+            check_float(f"limits[{name!r}]", v, low=0, low_open=True)
     ncols = min(channels, max(k.shape[0] for k in layers.values()))
     nrows = len(layers)
     if fig is None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..validation import check_finite
+
 #: Colormap of non-negative quantities (softmax, pooling, |A|).
 SEQUENTIAL = "magma"
 #: Colormap of signed quantities, centred at 0 (red positive, blue negative, white zero).
@@ -53,6 +55,38 @@ class Scale:
         return np.clip((np.asarray(values, dtype=np.float64) - self.vmin) / span, 0.0, 1.0)
 
 
+def check_cmap(name: str, cmap, none_ok: bool = True):
+    """Return ``cmap`` if it is a matplotlib colormap or the name of a registered one (``None``
+    too when ``none_ok``); an unknown name is our ``ValueError`` with close names suggested, not
+    matplotlib's ``KeyError``."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Colormap
+
+    from ..validation import suggest
+
+    if (cmap is None and none_ok) or isinstance(cmap, Colormap):
+        return cmap
+    if not isinstance(cmap, str):
+        raise TypeError(f"{name} must be a colormap name (like {SEQUENTIAL!r}) or a matplotlib Colormap, "
+                        f"got {type(cmap).__name__} {cmap!r}")
+    if cmap not in colormaps:
+        raise ValueError(f"{name} must be the name of a matplotlib colormap, got {cmap!r}."
+                         f"{suggest(cmap, list(colormaps))}")
+    return cmap
+
+
+def check_scale(name: str, scale) -> Scale | None:
+    """Return ``scale`` if it is ``None`` or a :class:`Scale` with finite limits, ``vmin < vmax``."""
+    if scale is None:
+        return None
+    if not isinstance(scale, Scale):
+        raise TypeError(f"{name} must be a unifiedctx.viz.Scale (from scale_for) or None, "
+                        f"got {type(scale).__name__}")
+    if not (np.isfinite(scale.vmin) and np.isfinite(scale.vmax)) or not scale.vmin < scale.vmax:
+        raise ValueError(f"{name} must have finite limits vmin < vmax, got {scale.vmin} to {scale.vmax}")
+    return scale
+
+
 def symmetric_limits(values) -> tuple[float, float]:
     """``(-v, v)`` with v the largest absolute value (1 if all are zero): a diverging scale."""
     v = float(np.nanmax(np.abs(np.asarray(values)))) if np.size(values) else 1.0
@@ -75,9 +109,14 @@ def scale_for(values, *, rows=None, signed: bool | None = None) -> Scale:
     symmetric limits, else the sequential one with ``vmin = 0``. ``rows`` (default: ``values``
     itself) are the affinity rows the values come from, ``(..., N)``: when they are all
     distributions (:func:`rows_are_distributions`) the scale carries ``uniform = 1/N``.
+
+    Values with a NaN or an infinity are refused (``ValueError`` saying how many): a colour
+    scale over them would draw garbage as if it were data.
     """
-    values = np.asarray(values, dtype=np.float64)
-    rows = values if rows is None else np.asarray(rows, dtype=np.float64)
+    values = _finite_array("values", values)
+    rows = values if rows is None else _finite_array("rows", rows)
+    if signed is not None and not isinstance(signed, bool):
+        raise TypeError(f"signed must be True, False or None, got {type(signed).__name__} {signed!r}")
     if signed is None:
         signed = bool((values < 0).any())
     keys = rows.shape[-1] if rows.ndim else None
@@ -92,9 +131,22 @@ def scale_for(values, *, rows=None, signed: bool | None = None) -> Scale:
     return Scale(SEQUENTIAL, 0.0, vmax, False, uniform, keys)
 
 
+def _finite_array(name: str, values) -> np.ndarray:
+    """``values`` as a float64 array, refused when it is not numeric or holds non-finite values."""
+    try:
+        out = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be numbers (a tensor or an array), "
+                        f"got {type(values).__name__}") from None
+    check_finite(name, out)
+    return out
+
+
 def maps_scale(maps) -> Scale:
     """The shared scale of query maps ``(M, H, W)`` (each one row of an affinity, N = H*W)."""
-    maps = np.asarray(maps, dtype=np.float64)
+    maps = _finite_array("maps", maps)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must have shape (M, H, W), got {maps.shape}")
     return scale_for(maps, rows=maps.reshape(len(maps), -1))
 
 
@@ -113,6 +165,11 @@ def add_colorbar(fig, scale: Scale, ax, label: str | None = None, **kwargs):
     The uniform level of softmax-like maps is a cyan line across the bar with the tick label
     ``"uniform 1/N"``; regular ticks too close to it are dropped so no labels collide.
     """
+    check_scale("scale", scale)
+    if scale is None:
+        raise TypeError("scale must be a unifiedctx.viz.Scale (from scale_for), got None")
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a string or None, got {type(label).__name__}")
     kwargs.setdefault("shrink", 0.85)
     bar = fig.colorbar(mappable(scale), ax=ax, **kwargs)
     bar.ax.tick_params(labelsize=MIN_FONTSIZE)
