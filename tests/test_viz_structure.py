@@ -60,7 +60,9 @@ def test_views_keep_to_the_contract(path, tree):
             if node.attr in internals and node.attr not in CONTRACT:
                 problems.append(f"line {node.lineno}: .{node.attr} (a mixer's own submodule)")
             private = node.attr.startswith("_") and not node.attr.startswith("__")
-            own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            own = (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")) or (
+                isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
+                and node.value.func.id == "super")  # super()._x is the object's own method
             if private and not own:
                 problems.append(f"line {node.lineno}: reaches into ._{node.attr[1:]} of another object")
     assert not problems, f"{path}: " + "; ".join(problems)

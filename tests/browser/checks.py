@@ -84,7 +84,7 @@ class Driver:
             index = np.rint(scale.normalise(a[m, q]) * 255).astype(int).reshape(h, w)
             px = np.asarray(tile["data"], np.float64).reshape(tile["h"], tile["w"], 4)
             (ys, xs), want = expected_colours(ex, index, (tile["h"], tile["w"]), (h, w), alpha,
-                                              ex._cmap or scale.cmap if not scale.signed else scale.cmap,
+                                              ex.cmap or scale.cmap if not scale.signed else scale.cmap,
                                               skip=ex.query)
             assert np.abs(px[ys, xs, :3] - want).max() <= 1.0, f"head {m}: the drawn map is not the data"
         assert int(data["mapSum"]) == sum(int(np.rint(scale.normalise(a[m, q]) * 255).sum()) for m in heads)

@@ -119,7 +119,7 @@ class AffinityExplorer(anywidget.AnyWidget):
             raise ValueError(f"panel must be a size in pixels in 16..2048, got {panel}")
         alpha = check_float("alpha", alpha, low=0.0, high=1.0)
         cache_mb = check_float("cache_mb", cache_mb, low=0.0, low_open=True)
-        self._cmap = check_cmap(cmap)
+        self._colormap = check_cmap(cmap)
         for name, m in models.items():
             check_finite_model(name, m)
         images = as_images(images)
@@ -133,41 +133,48 @@ class AffinityExplorer(anywidget.AnyWidget):
         self.state = ExplorerState(self.data, model_name=model_name if model_name is not None else
                                    next(iter(models)), image_index=image_index, layer=layer, head=head,
                                    component=component, query=query, depth=depth)
-        luts, names = lut_bytes(self._cmap)
+        luts, names = lut_bytes(self._colormap)
         super().__init__(
             setup={"models": list(models), "n_images": len(images), "h": image_hw[0], "w": image_hw[1],
                    "panel": panel, "alpha": alpha, "luts": names, "depth_modes": list(DEPTH_MODES)},
             pictures=b"".join(p.tobytes() for p in self._display), luts=luts,
-            catalog=payload.catalogues(self.data), shown=self._shown())
-        self.state.on_change(lambda what: setattr(self, "shown", self._shown()))
+            catalog=payload.catalogues(self.data), shown=self.view_state())
+        self.state.on_change(lambda what: setattr(self, "shown", self.view_state()))
         self.observe(self._on_shown, names="shown")
         self.on_msg(self._on_request)
 
     # ------------------------------------------------------------------ the bridge
-    def _shown(self) -> dict:
+    def view_state(self) -> dict:
+        """The state the front end draws, as plain data: ``{model_name, image_index, layer, head,
+        component, query: [row, col], depth}`` (what the ``shown`` trait carries)."""
         state = self.state.as_dict()
         return {**state, "query": list(state["query"])}
+
+    @property
+    def cmap(self) -> str:
+        """The colormap name the maps are drawn with (checked at construction)."""
+        return self._colormap
 
     def _on_shown(self, change) -> None:
         """The browser moved a control: take its state (it applied the same rules, from the
         catalogue's data); a state the kernel refuses is sent back as it was."""
         new = dict(change["new"])
-        if new == self._shown():
+        if new == self.view_state():
             return
         try:
             new["query"] = tuple(new.get("query", ()))
             self.state.update(**{k: new[k] for k in FIELDS if k in new})
         except (ValueError, TypeError):
             pass
-        if self.shown != self._shown():
-            self.shown = self._shown()
+        if self.shown != self.view_state():
+            self.shown = self.view_state()
 
     def answer(self, request: dict) -> tuple[dict, bytes]:
         """What the front end asked for: ``{"need": "maps", model, image, layer, component}`` or
         ``{"need": "depth", model, image, layer, mode, query}``, as ``(meta, buffer)``."""
         if request.get("need") == "maps":
             return payload.maps_entry(self.data, request["model"], int(request["image"]), request["layer"],
-                                      request["component"], self._cmap)
+                                      request["component"], self._colormap)
         return payload.depth_entry(self.data, request["model"], int(request["image"]), request["layer"],
                                    tuple(request["query"]), request["mode"])
 

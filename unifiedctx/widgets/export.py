@@ -150,7 +150,7 @@ def payload_of(explorer, *, images=None, max_mb: float = MAX_MB, depth=("rollout
                            f"fewer models, depth=() (no through-depth maps), or a larger max_mb")
         return text
 
-    start = explorer._shown()
+    start = explorer.view_state()
     start["depth"] = start["depth"] if start["depth"] in modes else "off"
     start["image_index"] = picks.index(start["image_index"]) if start["image_index"] in picks else 0
     setup = {**explorer.setup, "n_images": len(picks), "depth_modes": ["off", *modes]}
@@ -165,7 +165,7 @@ def payload_of(explorer, *, images=None, max_mb: float = MAX_MB, depth=("rollout
             for comp in layer["components"]:
                 entries = []
                 for i in picks[:1] if comp["shared"] else picks:
-                    meta, buffer = payload.maps_entry(data, model, i, name, comp["name"], explorer._cmap)
+                    meta, buffer = payload.maps_entry(data, model, i, name, comp["name"], explorer.cmap)
                     entries.append({"meta": meta, "data": count(_pack(buffer))})
                 maps[model][name][comp["name"]] = entries
             through[model][name] = {mode: _depth_entries(data, model, name, mode, picks, count)
