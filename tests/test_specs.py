@@ -189,7 +189,8 @@ def test_other_overrides_still_apply_to_every_stage():
 def test_recipe_round_trips_through_json_in_the_stored_format():
     recipe = Recipe(epochs=3, lr=2e-3, label_smoothing=0.1, ema=0.99, mixup=0.2, seed=4)
     stored = json.loads(json.dumps(recipe.to_dict()))
-    assert stored["task"] == {"name": "classify", "settings": {"label_smoothing": 0.1, "mixup": 0.2, "cutmix": 0.0}}
+    assert stored["task"] == {"name": "classify",
+                              "settings": {"label_smoothing": 0.1, "mixup": 0.2, "cutmix": 0.0}}
     assert "label_smoothing" not in stored and "mixup" not in stored  # the classify task's options
     assert Recipe.from_dict(stored) == recipe
     dino = Recipe(epochs=2, task="dino", task_options={"out_dim": 64})
@@ -215,7 +216,8 @@ def test_recipe_reads_what_older_checkpoints_stored():
     ({"seed": -1}, ValueError, "seed must be >= 0"),
     ({"task_options": {"f": object()}}, TypeError, "task_options must be JSON-serialisable"),
     ({"task": "dino", "label_smoothing": 0.1}, ValueError, "label_smoothing is a setting of the classify"),
-    ({"task_options": {"label_smoothing": 0.1}, "label_smoothing": 0.2}, ValueError, "give label_smoothing once"),
+    ({"task_options": {"label_smoothing": 0.1}, "label_smoothing": 0.2}, ValueError,
+     "give label_smoothing once"),
     ({"task_options": {"out_dim": 3}}, TypeError, "task 'classify' has no option 'out_dim'"),
     ({"lr": 1e38}, ValueError, "lr must be <= 10"),
     ({"lr": float("nan")}, ValueError, "lr must be a finite number"),

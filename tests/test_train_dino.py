@@ -74,8 +74,8 @@ def test_setup_refuses_models_and_data_it_cannot_train(digits):
     Dino(**{**SMALL, "local_crops": 0}).setup(mixer, digits, torch.device("cpu"))  # globals only: fine
     with pytest.raises(TypeError, match="ImageData"):
         task.setup(model_for(task, digits), object(), torch.device("cpu"))
-    with pytest.raises(ValueError, match="mixup"):
-        task.batches(digits, 32, "cpu", mixup=0.2)
+    with pytest.raises(ValueError, match="mixup is a setting of the classify task, not of 'dino'"):
+        fit(model_for(task, digits), digits, epochs=1, task="dino", mixup=0.2)  # refused at the door
     with pytest.raises(ValueError, match="out_dim"):
         Dino(out_dim=0)
     with pytest.raises(ValueError, match="momentum"):

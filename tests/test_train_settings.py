@@ -44,7 +44,8 @@ def test_resume_on_other_data_of_the_same_shape_is_refused(run):
 def test_the_record_holds_every_setting(run):
     recipe = json.loads((run / "config.json").read_text())["recipe"]
     assert recipe["amp"] == "off" and recipe["channels_last"] is False and recipe["compile"] is False
-    assert recipe["task"] == {"name": "classify", "settings": {"label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0}}
+    assert recipe["task"] == {"name": "classify",
+                              "settings": {"label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0}}
     assert recipe["data"]["name"] == "bright" and recipe["data"]["fingerprint"] == bright().fingerprint()
     assert read_checkpoint(run / "last.pt")["recipe"] == recipe
 

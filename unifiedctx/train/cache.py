@@ -65,4 +65,4 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
                                  "(or delete it) to train anew")
             model, state = load_checkpoint(last, model)
             return model, History(state["history"])
-    return model, fit(model, data, p.recipe, task=p.task, **p.run)  # the plan's recipe and task, as they are
+    return model, fit(model, data, p.recipe, task=p.task, **p.run)  # the plan's recipe and task as they are
