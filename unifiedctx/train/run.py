@@ -75,7 +75,7 @@ def check_run_args(a: dict) -> None:
     if a["out"] is not None and not str(a["out"]).strip():
         raise ValueError("out must name a folder, got an empty path")
     if a["out"] is not None and Path(a["out"]).expanduser().is_file():
-        raise ValueError(f"out must be a folder, but {a['out']} is a file")
+        raise NotADirectoryError(f"out must be a folder, but {a['out']} is a file")
     if a["callback"] is not None and not callable(a["callback"]):
         raise TypeError(f"callback must be callable or None, got {type(a['callback']).__name__}")
     if a["run_info"] is not None:
