@@ -482,7 +482,8 @@ def test_map_distance_of_a_plain_map():
 
 
 @pytest.mark.parametrize("stride,padding,kernel,residual",
-                         [(1, 1, 3, True), (2, 1, 3, False), (4, 0, 4, False), (2, 2, 5, False), (1, 2, 5, True)])
+                         [(1, 1, 3, True), (2, 1, 3, False), (4, 0, 4, False), (2, 2, 5, False),
+                          (1, 2, 5, True)])
 @pytest.mark.parametrize("signed", [False, True])
 def test_a_window_applied_on_the_right_is_its_matrix(stride, padding, kernel, residual, signed):
     from unifiedctx.context.steps import ContextStep, ConvWindow
