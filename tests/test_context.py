@@ -479,3 +479,20 @@ def test_map_distance_of_a_plain_map():
     m[0, 0], m[4, 4] = 1.0, 3.0  # from the centre (2, 2): both at distance 2 * sqrt(2)
     assert context.map_distance({"map": m, "query_pixel": (2.0, 2.0)}) == pytest.approx(2 * 2 ** 0.5)
     assert context.map_distance({"map": m, "query_pixel": (0.0, 0.0)}) == pytest.approx(3 * 4 * 2 ** 0.5 / 4)
+
+
+@pytest.mark.parametrize("stride,padding,kernel,residual",
+                         [(1, 1, 3, True), (2, 1, 3, False), (4, 0, 4, False), (2, 2, 5, False),
+                          (1, 2, 5, True)])
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_window_applied_on_the_right_is_its_matrix(stride, padding, kernel, residual, signed):
+    from unifiedctx.context.steps import ContextStep, ConvWindow
+
+    torch.manual_seed(8)
+    weight = torch.randn(3, 2, kernel, kernel, dtype=torch.float64)
+    window = ConvWindow(weight, (stride, stride), (padding, padding))
+    step = ContextStep("w", (9, 11), window.out_grid((9, 11)), window=window, residual=residual, scale=0.4)
+    n_out = step.grid_out[0] * step.grid_out[1]
+    t = torch.rand(2, 5, n_out, dtype=torch.float64)
+    want = t @ step.matrix("mean", signed)
+    assert (step.right(t, "mean", signed) - want).abs().max().item() < 1e-13

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..validation import check_bool, check_query
 from .extract import check_image, read_steps
-from .steps import ContextStep, check_heads, join_matrix, product
+from .steps import ContextStep, check_heads, join_matrix
 
 
 @dataclass
@@ -127,17 +127,28 @@ def resolve_upto(steps: Sequence[ContextStep], upto) -> int:
     return inside[-1]
 
 
-def _matrices(steps: Sequence[ContextStep], input_grid, heads: str, signed: bool):
-    """``(step, [matrices])`` per step: its matrix, after the join of prefix tokens it needs."""
+def _tensor_of(step: ContextStep) -> torch.Tensor:
+    """A tensor of the step (its affinity or window weight, or its branch's first), for dtype and device."""
+    if step.affinity is not None:
+        return step.affinity
+    if step.window is not None:
+        return step.window.weight
+    return _tensor_of(step.branch[0])
+
+
+def _matrices(steps: Sequence[ContextStep], input_grid, heads: str, signed: bool, dense: bool = True):
+    """``(step, [join, ..., matrix])`` per step: the join of prefix tokens it needs, then its matrix
+    (``dense=False``: the step itself in the matrix's place, for :meth:`ContextStep.right`)."""
     expected, prefix = tuple(input_grid), 0
     for step in steps:
         if tuple(step.grid_in) != expected:
             raise ValueError(f"step {step.name!r} reads a {step.grid_in} grid but the previous one "
                              f"gave {expected}")
-        s = step.matrix(heads, bool(signed))
+        s = step.matrix(heads, bool(signed)) if dense else step
         mats = [s]
         if step.prefix_in != prefix:
-            mats.insert(0, join_matrix(expected, prefix, step.prefix_in, s.dtype, s.device))
+            like = _tensor_of(step)
+            mats.insert(0, join_matrix(expected, prefix, step.prefix_in, like.dtype, like.device))
         expected, prefix = tuple(step.grid_out), step.prefix_out
         yield step, mats
 
@@ -163,8 +174,15 @@ def rollout_steps(steps: Sequence[ContextStep], input_grid, upto: str | None = N
     """
     check_heads(heads)
     last = resolve_upto(steps, upto)
-    mats = [m for _, ms in _matrices(steps[: last + 1], input_grid, heads, signed) for m in ms]
-    r = product(mats)
+    ops = [(step, joins[:-1]) for step, joins in _matrices(steps[: last + 1], input_grid, heads, signed,
+                                                            dense=False)]
+    (step, joins), r = ops[-1], ops[-1][0].matrix(heads, bool(signed))
+    for j in reversed(joins):
+        r = r @ j
+    for earlier, joins in reversed(ops[:-1]):
+        r = earlier.right(r, heads, bool(signed))
+        for j in reversed(joins):
+            r = r @ j
     step = steps[last]
     names = [s.name for s in steps[: last + 1]]
     p = step.prefix_out

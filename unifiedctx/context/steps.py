@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..inspection.records import ConvWindow
@@ -106,6 +107,41 @@ class ContextStep:
             a = _rownorm(a)
         return a
 
+    def right(self, t: torch.Tensor, heads: str, signed: bool) -> torch.Tensor:
+        """``t @ matrix(heads, signed)`` for ``t`` ``(B|1, R, N_out)``, without building a window's
+        ``(N_out, N_in)`` matrix: a window is applied as the transposed convolution of its kernel (the
+        adjoint of the convolution), its row sums as the convolution of ones."""
+        if self.branch:
+            f = fold(self.branch, t, heads, signed)
+            c = fold(self.shortcut, t, heads, signed) if self.shortcut else t
+            return c + self.scale * f if signed else 0.5 * (c + f)
+        if self.window is None or self.shortcut:
+            return t @ self.matrix(heads, signed)
+        kernel = self.window.kernel(heads, signed).to(t.dtype)
+        if signed:
+            out = self._adjoint(t, kernel)
+            return t + self.scale * out if self.residual else out
+        sums = self._row_sums(kernel) + (1 if self.residual else 0)
+        u = t / sums.clamp_min(torch.finfo(t.dtype).tiny)
+        out = self._adjoint(u, kernel)
+        return out + u if self.residual else out
+
+    def _adjoint(self, t: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        w, (hi, wi), (ho, wo) = self.window, self.grid_in, self.grid_out
+        b, r, _ = t.shape
+        base = [(o - 1) * s - 2 * p + d * (k - 1) + 1
+                for o, s, p, d, k in zip((ho, wo), w.stride, w.padding, w.dilation, kernel.shape)]
+        out = F.conv_transpose2d(t.reshape(b * r, 1, ho, wo), kernel[None, None], stride=w.stride,
+                                 padding=w.padding, output_padding=(hi - base[0], wi - base[1]),
+                                 dilation=w.dilation)
+        return out.reshape(b, r, hi * wi)
+
+    def _row_sums(self, kernel: torch.Tensor) -> torch.Tensor:
+        w = self.window
+        ones = kernel.new_ones(1, 1, *self.grid_in)
+        sums = F.conv2d(ones, kernel[None, None], stride=w.stride, padding=w.padding, dilation=w.dilation)
+        return sums.reshape(-1)
+
     def names(self) -> tuple[str, ...]:
         """This step's name and every module name it covers."""
         return (self.name, *self.covers)
@@ -118,6 +154,13 @@ def product(matrices: Sequence[torch.Tensor]) -> torch.Tensor:
     for m in reversed(matrices[:-1]):
         out = out @ m
     return out
+
+
+def fold(steps: Sequence[ContextStep], t: torch.Tensor, heads: str, signed: bool) -> torch.Tensor:
+    """``t @ S_L @ ... @ S_1`` for ``steps = [S_1, ..., S_L]`` (:meth:`ContextStep.right`, last first)."""
+    for step in reversed(steps):
+        t = step.right(t, heads, signed)
+    return t
 
 
 def join_matrix(grid, prefix_from: int, prefix_to: int, dtype, device) -> torch.Tensor:

@@ -163,6 +163,20 @@ def window_of(module: nn.Module, shape, pointwise: bool = True, dtype=None) -> C
     return None
 
 
+def static_window(mixer: AffinityMixer) -> ConvWindow | None:
+    """A static mixer's affinity as the window it is, through the contract: a ``kind == "static"``
+    mixer whose ``static_kernels()`` ``(M, kh, kw)`` gives one kernel per head has
+    ``affinity = local_affinity(static_kernels(), grid)``, the centred stride-1 window of those kernels
+    (a depthwise convolution). None for every other mixer (their dense affinity is asked for)."""
+    if mixer.kind != "static":
+        return None
+    kernels = mixer.static_kernels()
+    if kernels is None or kernels.dim() != 3 or kernels.shape[0] != mixer.heads:
+        return None
+    kh, kw = kernels.shape[-2:]
+    return ConvWindow(kernels.detach()[:, None], (1, 1), (kh // 2, kw // 2), (1, 1))
+
+
 def _window_grid(module, shape) -> tuple[int, int]:
     return (shape[1], shape[2]) if _is_patch_merging(module) else (shape[-2], shape[-1])
 
@@ -239,6 +253,10 @@ class _Walk:
                                 type(module).__name__)
         if isinstance(module, AffinityMixer) and name in self.seen.inputs:
             x = next(iter(self.seen.inputs[name].values()))
+            window = static_window(module)
+            if window is not None:  # its affinity is exactly this window: no dense (M, N, N) needed
+                grid = tuple(x.shape[-2:])
+                return WindowRecord(name, TokenGrid(grid), TokenGrid(grid), window, type(module).__name__)
             return AffinityRecord(name, TokenGrid(tuple(x.shape[-2:])), type(module).__name__,
                                   partial(mixer_affinity, module, x))
         family = self.families[name]
@@ -296,5 +314,5 @@ def read_records(model: nn.Module, x: torch.Tensor, prefix_tokens: int | None = 
     return _group(walk, model), walk.skipped
 
 
-__all__ = ["TIMM_BLOCKS", "TOKENWISE", "mixer_affinity", "read_records", "residuals_of", "swin_on_grid",
-           "window_of"]
+__all__ = ["TIMM_BLOCKS", "TOKENWISE", "mixer_affinity", "read_records", "residuals_of", "static_window",
+           "swin_on_grid", "window_of"]
