@@ -43,29 +43,70 @@ SMALL = {"n_train": 8, "n_test": 4}
 DATA_TABLE = [
     ("load", lambda a, v: data.load(v), "name", "choice"),
     ("load", lambda a, v: data.load("mnist5k", **{a: v}), "download", "flag"),
-    *[("mnist5k", option("mnist5k"), arg, kind)
-      for arg, kind in (("size", "size"), ("channels", "size"), ("n_test", "size"), ("seed", "seed"))],
-    *[("texture", option("texture", **SMALL, size=16), arg, kind)
-      for arg, kind in (("n_train", "size"), ("n_test", "size"), ("channels", "size"), ("period", "size"),
-                        ("seed", "seed"))],
+    *[
+        ("mnist5k", option("mnist5k"), arg, kind)
+        for arg, kind in (("size", "size"), ("channels", "size"), ("n_test", "size"), ("seed", "seed"))
+    ],
+    *[
+        ("texture", option("texture", **SMALL, size=16), arg, kind)
+        for arg, kind in (
+            ("n_train", "size"),
+            ("n_test", "size"),
+            ("channels", "size"),
+            ("period", "size"),
+            ("seed", "seed"),
+        )
+    ],
     ("texture", option("texture", **SMALL), "size", "size"),
-    *[("longrange", option("longrange", **SMALL, size=16), arg, kind)
-      for arg, kind in (("n_train", "size"), ("n_test", "size"), ("channels", "size"), ("seed", "seed"),
-                        ("min_distance", "number"), ("marks", "choice"))],
+    *[
+        ("longrange", option("longrange", **SMALL, size=16), arg, kind)
+        for arg, kind in (
+            ("n_train", "size"),
+            ("n_test", "size"),
+            ("channels", "size"),
+            ("seed", "seed"),
+            ("min_distance", "number"),
+            ("marks", "choice"),
+        )
+    ],
     ("longrange", option("longrange", **SMALL), "size", "size"),
-    *[("mnist_canvas", option("mnist_canvas", size=64, n_train=2, n_test=2), arg, kind)
-      for arg, kind in (("size", "size"), ("digits", "size"), ("n_train", "size"), ("n_test", "size"),
-                        ("seed", "seed"), ("digit_size", "size"), ("channels", "size"))],
-    *[("cifar10", option("cifar10", download=False), arg, kind)
-      for arg, kind in (("label_type", "choice"), ("progress", "flag"))],
-    ("texture.subset", lambda a, v: data.load("texture", **SMALL, size=16).subset(**{a: v}), "n_train", "count"),
-    ("texture.subset", lambda a, v: data.load("texture", **SMALL, size=16).subset(n_train=2, **{a: v}),
-     "seed", "seed"),
+    *[
+        ("mnist_canvas", option("mnist_canvas", size=64, n_train=2, n_test=2), arg, kind)
+        for arg, kind in (
+            ("size", "size"),
+            ("digits", "size"),
+            ("n_train", "size"),
+            ("n_test", "size"),
+            ("seed", "seed"),
+            ("digit_size", "size"),
+            ("channels", "size"),
+        )
+    ],
+    *[
+        ("cifar10", option("cifar10", download=False), arg, kind)
+        for arg, kind in (("label_type", "choice"), ("progress", "flag"))
+    ],
+    (
+        "texture.subset",
+        lambda a, v: data.load("texture", **SMALL, size=16).subset(**{a: v}),
+        "n_train",
+        "count",
+    ),
+    (
+        "texture.subset",
+        lambda a, v: data.load("texture", **SMALL, size=16).subset(n_train=2, **{a: v}),
+        "seed",
+        "seed",
+    ),
     ("texture_images", lambda a, v: data.texture_images(**{"n": 4, a: v}), "n", "count"),
     ("texture_images", lambda a, v: data.texture_images(**{"n": 4, a: v}), "period", "count"),
     ("longrange_scenes", lambda a, v: data.longrange_scenes(**{"n": 4, "size": 16, a: v}), "n", "count"),
-    ("longrange_scenes", lambda a, v: data.longrange_scenes(**{"n": 4, "size": 16, a: v}), "min_distance",
-     "number"),
+    (
+        "longrange_scenes",
+        lambda a, v: data.longrange_scenes(**{"n": 4, "size": 16, a: v}),
+        "min_distance",
+        "number",
+    ),
     ("sample_photo", lambda a, v: data.sample_photo(**{a: v}), "name", "choice"),
     ("sample_photo", lambda a, v: data.sample_photo(**{a: v}), "size", "count"),
 ]
@@ -85,7 +126,9 @@ def folders(tmp_path_factory):
     for label in ("ant", "bee"):
         (root / "images" / label).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "images" / label / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                root / "images" / label / f"{i}.png"
+            )
     seg = root / "seg"
     (seg / "images").mkdir(parents=True)
     (seg / "masks").mkdir()
@@ -97,17 +140,37 @@ def folders(tmp_path_factory):
 
 
 FOLDER_TABLE = [
-    *[("imagefolder", arg, kind) for arg, kind in (("image_size", "size"), ("val_fraction", "fraction"),
-                                                    ("split_seed", "seed"), ("num_workers", "count0"))],
-    *[("segfolder", arg, kind) for arg, kind in (("channels", "size"), ("num_classes", "count"),
-                                                  ("val_fraction", "fraction"), ("seed", "seed"),
-                                                  ("image_size", "count"), ("ignore_index", "count0"))],
+    *[
+        ("imagefolder", arg, kind)
+        for arg, kind in (
+            ("image_size", "size"),
+            ("val_fraction", "fraction"),
+            ("split_seed", "seed"),
+            ("num_workers", "count0"),
+        )
+    ],
+    *[
+        ("segfolder", arg, kind)
+        for arg, kind in (
+            ("channels", "size"),
+            ("num_classes", "count"),
+            ("val_fraction", "fraction"),
+            ("seed", "seed"),
+            ("image_size", "count"),
+            ("ignore_index", "count0"),
+        )
+    ],
 ]
 
 
-@pytest.mark.parametrize("dataset, argument, value", [
-    pytest.param(dataset, argument, value, id=f"{dataset}-{argument}-{label}")
-    for dataset, argument, kind in FOLDER_TABLE for label, value in wrong_values(kind)])
+@pytest.mark.parametrize(
+    "dataset, argument, value",
+    [
+        pytest.param(dataset, argument, value, id=f"{dataset}-{argument}-{label}")
+        for dataset, argument, kind in FOLDER_TABLE
+        for label, value in wrong_values(kind)
+    ],
+)
 def test_folder_datasets_refuse_a_wrong_option_before_reading(folders, dataset, argument, value):
     raises_at_door(argument, data.load, dataset, path=folders[dataset], **{argument: value})
 
@@ -115,7 +178,9 @@ def test_folder_datasets_refuse_a_wrong_option_before_reading(folders, dataset, 
 @pytest.mark.parametrize("dataset", ["imagefolder", "segfolder"])
 @pytest.mark.parametrize("what", ["file", "missing", "int", "bool"])
 def test_a_folder_dataset_names_a_path_that_is_not_a_folder(folders, dataset, what):
-    path = {"file": folders["file"], "missing": folders["file"].parent / "nowhere", "int": 5, "bool": True}[what]
+    path = {"file": folders["file"], "missing": folders["file"].parent / "nowhere", "int": 5, "bool": True}[
+        what
+    ]
     err = raises_at_door("path", data.load, dataset, path=path)
     if what == "file":
         assert "is a file" in str(err) and "must be a folder" in str(err)
@@ -129,8 +194,11 @@ def test_a_file_given_as_the_cache_root_is_named(folders):
 def test_the_cifar_archive_path_being_a_folder_says_what_was_found_and_expected(tmp_path):
     (tmp_path / "cifar-10-binary.tar.gz").mkdir()
     for download in (False, True):
-        with pytest.raises(DatasetUnavailable, match=r"cifar-10-binary\.tar\.gz is a folder, but that path is "
-                                                     r"where the archive file cifar-10-binary\.tar\.gz is expected"):
+        with pytest.raises(
+            DatasetUnavailable,
+            match=r"cifar-10-binary\.tar\.gz is a folder, but that path is "
+            r"where the archive file cifar-10-binary\.tar\.gz is expected",
+        ):
             data.load("cifar10", root=tmp_path, download=download)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-binary.tar.gz"]  # nothing written
 
@@ -148,8 +216,18 @@ def test_a_folder_loader_refuses_a_wrong_batch_size(folders, loader, label, valu
     raises_at_door("batch_size", getattr(ds, loader), value)
 
 
-@pytest.mark.parametrize("argument, value", [("rank", -1), ("rank", 2), ("rank", True), ("world_size", 0),
-                                             ("world_size", "2"), ("shuffle", "no"), ("seed", -1)])
+@pytest.mark.parametrize(
+    "argument, value",
+    [
+        ("rank", -1),
+        ("rank", 2),
+        ("rank", True),
+        ("world_size", 0),
+        ("world_size", "2"),
+        ("shuffle", "no"),
+        ("seed", -1),
+    ],
+)
 def test_the_training_loader_names_its_sharding_arguments(folders, argument, value):
     ds = data.load("imagefolder", path=folders["imagefolder"], image_size=8, val_fraction=0.4, num_workers=0)
     raises_at_door(argument, ds.train_loader, 2, **{"world_size": 2, argument: value})
@@ -162,27 +240,63 @@ def create(**fixed):
 
 MODEL_TABLE = [
     ("create_model", lambda a, v: models.create_model(v), "name", "choice"),
-    *[("create_model", create(), arg, kind)
-      for arg, kind in (("num_classes", "count0"), ("img_size", "size?"), ("in_chans", "size"),
-                        ("pretrained", "flag"), ("ema", "flag"), ("drop_path", "rate"),
-                        ("dropout", "rate"), ("init", "choice"), ("abs_pos_embed", "flag"),
-                        ("kernel_size", "size"), ("mlp_ratio", "number"), ("norm", "choice"),
-                        ("layer_scale", "number"), ("pos_conv", "flag"), ("embed_kernel", "size?"),
-                        ("final_norm", "choice"), ("final_eps", "number"))],
+    *[
+        ("create_model", create(), arg, kind)
+        for arg, kind in (
+            ("num_classes", "count0"),
+            ("img_size", "size?"),
+            ("in_chans", "size"),
+            ("pretrained", "flag"),
+            ("ema", "flag"),
+            ("drop_path", "rate"),
+            ("dropout", "rate"),
+            ("init", "choice"),
+            ("abs_pos_embed", "flag"),
+            ("kernel_size", "size"),
+            ("mlp_ratio", "number"),
+            ("norm", "choice"),
+            ("layer_scale", "number"),
+            ("pos_conv", "flag"),
+            ("embed_kernel", "size?"),
+            ("final_norm", "choice"),
+            ("final_eps", "number"),
+        )
+    ],
     ("create_model", lambda a, v: models.create_model("deit_tiny_nano", **{a: v}), "heads", "size"),
     ("create_model", lambda a, v: models.create_model("convnet_nano", mixer=v), "mixer", "choice?"),
     ("create_model", lambda a, v: models.create_model("convnet_nano", dims=[8, 16, 24, v]), "dim", "size"),
     ("create_model", lambda a, v: models.create_model("convnet_nano", depths=[1, v, 1, 1]), "depth", "size"),
-    ("StageSpec", lambda a, v: models.StageSpec(**{"dim": 8, "depth": 1, "stride": 2, "mixer": "dwconv", a: v}),
-     "stride", "size"),
+    (
+        "StageSpec",
+        lambda a, v: models.StageSpec(**{"dim": 8, "depth": 1, "stride": 2, "mixer": "dwconv", a: v}),
+        "stride",
+        "size",
+    ),
     ("list_models", lambda a, v: models.list_models(v), "pattern", "text"),
-    ("count_macs", lambda a, v: models.count_macs(models.create_model("convnet_nano"), **{a: v}), "batch", "size"),
-    ("count_macs", lambda a, v: models.count_macs(models.create_model("convnet_nano"), **{a: v}), "img_size",
-     "size?"),
-    ("count_params", lambda a, v: models.count_params(models.create_model("convnet_nano"), **{a: v}),
-     "trainable_only", "flag"),
-    ("reset_classifier", lambda a, v: models.create_model("convnet_nano").reset_classifier(v), "num_classes",
-     "count0"),
+    (
+        "count_macs",
+        lambda a, v: models.count_macs(models.create_model("convnet_nano"), **{a: v}),
+        "batch",
+        "size",
+    ),
+    (
+        "count_macs",
+        lambda a, v: models.count_macs(models.create_model("convnet_nano"), **{a: v}),
+        "img_size",
+        "size?",
+    ),
+    (
+        "count_params",
+        lambda a, v: models.count_params(models.create_model("convnet_nano"), **{a: v}),
+        "trainable_only",
+        "flag",
+    ),
+    (
+        "reset_classifier",
+        lambda a, v: models.create_model("convnet_nano").reset_classifier(v),
+        "num_classes",
+        "count0",
+    ),
 ]
 
 
@@ -191,28 +305,40 @@ def test_models_refuse_a_wrong_option_at_the_door(call, argument, value):
     raises_at_door(argument, call, argument, value)
 
 
-@pytest.mark.parametrize("x", [np.zeros((1, 3, 32, 32), np.float32), torch.zeros(1, 3, 32, 32, dtype=torch.uint8),
-                               torch.zeros(3, 32, 32), torch.zeros(1, 5, 32, 32), torch.zeros(1, 3, 30, 30),
-                               torch.zeros(1, 3, 32, 32, dtype=torch.float64)],
-                         ids=["numpy", "uint8", "rank 3", "5 channels", "30x30", "float64"])
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.zeros((1, 3, 32, 32), np.float32),
+        torch.zeros(1, 3, 32, 32, dtype=torch.uint8),
+        torch.zeros(3, 32, 32),
+        torch.zeros(1, 5, 32, 32),
+        torch.zeros(1, 3, 30, 30),
+        torch.zeros(1, 3, 32, 32, dtype=torch.float64),
+    ],
+    ids=["numpy", "uint8", "rank 3", "5 channels", "30x30", "float64"],
+)
 def test_a_model_refuses_a_wrong_input_at_the_door(x):
     model = models.create_model("convnet_nano")
     raises_at_door("x", model, x)
     raises_at_door("x", model.features, x)
 
 
-@pytest.mark.parametrize("config", [5, {}, {"preset": "convnet_nano", "stages": 5}],
-                         ids=["int", "empty", "stages int"])
+@pytest.mark.parametrize(
+    "config", [5, {}, {"preset": "convnet_nano", "stages": 5}], ids=["int", "empty", "stages int"]
+)
 def test_from_config_refuses_what_is_not_a_config(config):
-    raises_at_door("config" if not isinstance(config, dict) or not config else "stages",
-                   models.from_config, config)
+    raises_at_door(
+        "config" if not isinstance(config, dict) or not config else "stages", models.from_config, config
+    )
 
 
 # ------------------------------------------------------------------ mixers
 MIXER_TABLE = [
     ("create", lambda a, v: mixers.create(v, dim=8), "mixer", "choice"),
-    *[(name, lambda a, v, n=name: mixers.create(n, **{"dim": 8, **extra, a: v}), "dim", "size")
-      for name, extra in (("dwconv", {}), ("attention", {"heads": 2}), ("tokenmlp", {"grid": 4}))],
+    *[
+        (name, lambda a, v, n=name, e=extra: mixers.create(n, **{"dim": 8, **e, a: v}), "dim", "size")
+        for name, extra in (("dwconv", {}), ("attention", {"heads": 2}), ("tokenmlp", {"grid": 4}))
+    ],
     ("dwconv", lambda a, v: mixers.create("dwconv", dim=8, **{a: v}), "kernel_size", "size"),
     ("dwconv", lambda a, v: mixers.create("dwconv", dim=8, **{a: v}), "proj", "flag"),
     ("conv", lambda a, v: mixers.create("conv", dim=8, **{a: v}), "bias", "flag"),
@@ -237,8 +363,13 @@ def test_mixers_refuse_a_wrong_option_at_the_door(call, argument, value):
 @pytest.mark.parametrize("door", ["forward", "affinity", "values", "reference"])
 def test_every_mixer_door_refuses_a_wrong_input(name, door):
     mixer = mixers.create(name, **mixers.REGISTRY[name].example_options((4, 4))[0])
-    for x in (np.zeros((1, mixer.dim, 4, 4)), torch.zeros(1, mixer.dim, 4, 4, dtype=torch.uint8),
-              torch.zeros(mixer.dim, 4, 4), torch.zeros(1, mixer.dim + 1, 4, 4), "x"):
+    for x in (
+        np.zeros((1, mixer.dim, 4, 4)),
+        torch.zeros(1, mixer.dim, 4, 4, dtype=torch.uint8),
+        torch.zeros(mixer.dim, 4, 4),
+        torch.zeros(1, mixer.dim + 1, 4, 4),
+        "x",
+    ):
         raises_at_door("x", getattr(mixer, door), x)
 
 
@@ -246,10 +377,30 @@ def test_every_mixer_door_refuses_a_wrong_input(name, door):
 A = torch.softmax(torch.randn(1, 2, 16, 16, dtype=torch.float64), -1)
 HISTORY = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.6}]
 VIZ_TABLE = [
-    ("plot_affinity_matrix", lambda a, v: viz.plot_affinity_matrix(A, grid=(4, 4), **{a: v}), "head", "count0"),
-    ("plot_affinity_matrix", lambda a, v: viz.plot_affinity_matrix(A, grid=(4, 4), **{a: v}), "batch", "count0"),
-    ("plot_affinity_matrix", lambda a, v: viz.plot_affinity_matrix(A, grid=(4, 4), **{a: v}), "cmap", "choice?"),
-    ("plot_affinity_matrix", lambda a, v: viz.plot_affinity_matrix(A, grid=(4, 4), **{a: v}), "colorbar", "flag"),
+    (
+        "plot_affinity_matrix",
+        lambda a, v: viz.plot_affinity_matrix(A, grid=(4, 4), **{a: v}),
+        "head",
+        "count0",
+    ),
+    (
+        "plot_affinity_matrix",
+        lambda a, v: viz.plot_affinity_matrix(A, grid=(4, 4), **{a: v}),
+        "batch",
+        "count0",
+    ),
+    (
+        "plot_affinity_matrix",
+        lambda a, v: viz.plot_affinity_matrix(A, grid=(4, 4), **{a: v}),
+        "cmap",
+        "choice?",
+    ),
+    (
+        "plot_affinity_matrix",
+        lambda a, v: viz.plot_affinity_matrix(A, grid=(4, 4), **{a: v}),
+        "colorbar",
+        "flag",
+    ),
     ("plot_affinity_matrix", lambda a, v: viz.plot_affinity_matrix(A, grid=v), "grid", "size?"),
     ("plot_query_maps", lambda a, v: viz.plot_query_maps(A, (4, 4), (1, 1), **{a: v}), "alpha", "number"),
     ("plot_query_maps", lambda a, v: viz.plot_query_maps(A, (4, 4), (1, 1), **{a: v}), "mode", "choice"),
@@ -259,25 +410,57 @@ VIZ_TABLE = [
     ("query_maps", lambda a, v: viz.query_maps(A, (4, 4), (0, 0), **{a: v}), "batch", "count0"),
     ("upsample_maps", lambda a, v: viz.upsample_maps(torch.rand(2, 4, 4), v), "size", "size"),
     ("upsample_maps", lambda a, v: viz.upsample_maps(torch.rand(2, 4, 4), 8, mode=v), "mode", "choice"),
-    ("grid_features", lambda a, v: viz.grid_features(torch.rand(3, 16, 16), **{"dim": 8, "grid": 4, a: v}),
-     "dim", "size"),
-    ("grid_features", lambda a, v: viz.grid_features(torch.rand(3, 16, 16), **{"dim": 8, "grid": 4, a: v}),
-     "grid", "size"),
-    ("grid_features", lambda a, v: viz.grid_features(torch.rand(3, 16, 16), **{"dim": 8, "grid": 4, a: v}),
-     "seed", "seed"),
+    (
+        "grid_features",
+        lambda a, v: viz.grid_features(torch.rand(3, 16, 16), **{"dim": 8, "grid": 4, a: v}),
+        "dim",
+        "size",
+    ),
+    (
+        "grid_features",
+        lambda a, v: viz.grid_features(torch.rand(3, 16, 16), **{"dim": 8, "grid": 4, a: v}),
+        "grid",
+        "size",
+    ),
+    (
+        "grid_features",
+        lambda a, v: viz.grid_features(torch.rand(3, 16, 16), **{"dim": 8, "grid": 4, a: v}),
+        "seed",
+        "seed",
+    ),
     ("comparison_mixers", lambda a, v: viz.comparison_mixers(**{"dim": 8, "grid": 4, a: v}), "heads", "size"),
-    ("comparison_mixers", lambda a, v: viz.comparison_mixers(**{"dim": 8, "grid": 4, a: v}), "kernel_size",
-     "size"),
+    (
+        "comparison_mixers",
+        lambda a, v: viz.comparison_mixers(**{"dim": 8, "grid": 4, a: v}),
+        "kernel_size",
+        "size",
+    ),
     ("learning_curves", lambda a, v: viz.learning_curves({"run": HISTORY}, metric=v), "metric", "count"),
     ("metric_label", lambda a, v: viz.metric_label(v), "key", "text"),
-    ("static_kernels", lambda a, v: viz.static_kernels(models.create_model("convnet_nano"), **{a: v}),
-     "all_depthwise", "flag"),
-    ("plot_static_kernels", lambda a, v: viz.plot_static_kernels(torch.randn(4, 3, 3), **{a: v}), "channels",
-     "size"),
-    ("plot_static_kernels", lambda a, v: viz.plot_static_kernels(torch.randn(4, 3, 3), **{a: v}), "cmap",
-     "choice"),
-    ("plot_static_kernels", lambda a, v: viz.plot_static_kernels(torch.randn(4, 3, 3), **{a: v}), "limits",
-     "number"),
+    (
+        "static_kernels",
+        lambda a, v: viz.static_kernels(models.create_model("convnet_nano"), **{a: v}),
+        "all_depthwise",
+        "flag",
+    ),
+    (
+        "plot_static_kernels",
+        lambda a, v: viz.plot_static_kernels(torch.randn(4, 3, 3), **{a: v}),
+        "channels",
+        "size",
+    ),
+    (
+        "plot_static_kernels",
+        lambda a, v: viz.plot_static_kernels(torch.randn(4, 3, 3), **{a: v}),
+        "cmap",
+        "choice",
+    ),
+    (
+        "plot_static_kernels",
+        lambda a, v: viz.plot_static_kernels(torch.randn(4, 3, 3), **{a: v}),
+        "limits",
+        "number",
+    ),
     ("kernel_limits", lambda a, v: viz.kernel_limits(torch.randn(4, 3, 3), **{a: v}), "channels", "count"),
     ("scale_for", lambda a, v: viz.scale_for(np.ones(3), **{a: v}), "signed", "flag?"),
 ]
@@ -302,19 +485,35 @@ def nan_at(t, index):
     return t
 
 
-@pytest.mark.parametrize("view", [
-    lambda: viz.plot_affinity_matrix(nan_at(A, (0, 0, 3, 3)), grid=(4, 4)),
-    lambda: viz.plot_query_maps(nan_at(A, (0, 1, 5, 2)), (4, 4), (1, 1)),
-    lambda: viz.plot_query_maps(A, (4, 4), (1, 1), image=nan_at(torch.rand(3, 8, 8), (0, 1, 1))),
-    lambda: viz.comparison_figure(nan_at(torch.rand(3, 16, 16), (0, 2, 2)), dim=8, grid=(4, 4)),
-    lambda: viz.plot_static_kernels(nan_at(torch.randn(4, 3, 3), (1, 1, 1))),
-    lambda: viz.plot_mixing_weights({"stage": {"alpha": float("nan"), "beta": 0.5}}),
-    lambda: viz.plot_mixing_history([{"epoch": 1, "mixing": {"s": {"alpha": 0.5, "beta": float("inf")}}}]),
-    lambda: viz.learning_curves({"run": [*HISTORY, {"epoch": 3, "test_acc": float("nan")}]}),
-    lambda: viz.scale_for(np.array([0.1, np.inf])),
-    lambda: viz.maps_scale(nan_at(torch.rand(2, 4, 4), (1, 0, 0))),
-], ids=["matrix", "query maps", "image", "comparison", "kernels", "mixing weights", "mixing history",
-        "learning curves", "scale_for", "maps_scale"])
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda: viz.plot_affinity_matrix(nan_at(A, (0, 0, 3, 3)), grid=(4, 4)),
+        lambda: viz.plot_query_maps(nan_at(A, (0, 1, 5, 2)), (4, 4), (1, 1)),
+        lambda: viz.plot_query_maps(A, (4, 4), (1, 1), image=nan_at(torch.rand(3, 8, 8), (0, 1, 1))),
+        lambda: viz.comparison_figure(nan_at(torch.rand(3, 16, 16), (0, 2, 2)), dim=8, grid=(4, 4)),
+        lambda: viz.plot_static_kernels(nan_at(torch.randn(4, 3, 3), (1, 1, 1))),
+        lambda: viz.plot_mixing_weights({"stage": {"alpha": float("nan"), "beta": 0.5}}),
+        lambda: viz.plot_mixing_history(
+            [{"epoch": 1, "mixing": {"s": {"alpha": 0.5, "beta": float("inf")}}}]
+        ),
+        lambda: viz.learning_curves({"run": [*HISTORY, {"epoch": 3, "test_acc": float("nan")}]}),
+        lambda: viz.scale_for(np.array([0.1, np.inf])),
+        lambda: viz.maps_scale(nan_at(torch.rand(2, 4, 4), (1, 0, 0))),
+    ],
+    ids=[
+        "matrix",
+        "query maps",
+        "image",
+        "comparison",
+        "kernels",
+        "mixing weights",
+        "mixing history",
+        "learning curves",
+        "scale_for",
+        "maps_scale",
+    ],
+)
 def test_a_view_of_non_finite_numbers_says_so_instead_of_drawing(view):
     import matplotlib.pyplot as plt
 
