@@ -14,6 +14,7 @@ JupyterLab window) and ``artifacts/explorer_widget.png`` (the explorer alone; co
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -50,6 +51,20 @@ def run_all_cells(page) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
 
 
+def kernel_state(page, server) -> dict:
+    """The explorer's state as the kernel holds it, printed by a new cell typed into the notebook."""
+    page.locator(".jp-CodeCell").last.locator(".jp-InputPrompt").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")
+    page.keyboard.press("Enter")
+    page.keyboard.type('print("KERNEL-STATE", explorer.shown)')
+    page.keyboard.press("Shift+Enter")
+    output = page.locator(".jp-OutputArea-output", has_text="KERNEL-STATE")
+    output.wait_for(timeout=30_000)
+    wait_kernel_idle(page, server)
+    return ast.literal_eval(output.inner_text().split("KERNEL-STATE", 1)[1].strip())
+
+
 def test_every_control_live_in_jupyterlab(chromium_page, jupyter_lab):
     page = chromium_page
     ARTIFACTS.mkdir(exist_ok=True)
@@ -69,9 +84,14 @@ def test_every_control_live_in_jupyterlab(chromium_page, jupyter_lab):
         for control in ("ucx-model_name", "ucx-layer", "ucx-head", "ucx-component", "ucx-depth",
                         "ucx-row", "ucx-col", "ucx-image"):
             assert any(control in c.split() for c in reached), (control, reached)
+        assert kernel_state(page, jupyter_lab) == driver.explorer.shown  # the kernel followed the browser
+        asked = int(driver.check()["asked"])
         for _ in range(5):  # clicks on a layer already drawn: no kernel round trip
             for fx, fy in ((0.2, 0.2), (0.8, 0.7)):
                 driver.click(fx, fy)
+        assert int(driver.check()["asked"]) == asked, "the front end asked the kernel for what it had"
+        driver.select("layer", driver.explorer.layers[-1], layer=driver.explorer.layers[-1])
+        assert int(driver.check()["asked"]) == asked + 1  # a new layer: one request
         ms = driver.median_redraw_ms()
         print(f"nano, live in JupyterLab: redraw after a click, median of {len(driver.redraw_ms)}: "
               f"{ms:.1f} ms (shared CPU)")

@@ -362,7 +362,7 @@ function render({ model, el }) {
     Object.assign(root.dataset, { query: s.query.join(","), layer: s.layer, component: s.component,
       head: String(s.head), model: s.model_name, image: String(s.image_index), depth: s.depth,
       mapSum: String(sum), depthSum: String(depthSum), redrawMs: (performance.now() - started).toFixed(2),
-      ready: "1" });
+      asked: String(cache.size), ready: "1" });
   }
 
   const onShown = () => { started = performance.now(); S = model.get("shown"); draw(); };
