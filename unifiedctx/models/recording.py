@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..inspection.reader import check_door, check_model, forward_pass, select_layers, untouched
-from ..inspection.structure import mixer_affinity
+from ..inspection.structure import mixer_affinity, swin_on_grid
 from ..mixers import AffinityMixer
 from ..mixers.base import DESCRIPTIONS
 from ..validation import check_choice
@@ -83,7 +83,7 @@ class LayerAffinity:
         name: the module's name in ``model.named_modules()``.
         kind: ``"static"`` (independent of x: convolutions, pooling), ``"dynamic"`` (attention; a token
             MLP, whose affinity is input-gated) or ``"mixed"`` (a weighted sum of both).
-        grid: ``(H, W)`` of the layer's tokens (one window for Swin's window attention), or ``None``.
+        grid: ``(H, W)`` of the layer's tokens (Swin's window attention: its block's whole grid), or ``None``.
         module_type: the class that computed it (the view's ``module_type`` for inspected layers).
         source: ``"mixer"`` or ``"inspect"``.
         mixing_weights: the mixer's knobs as plain numbers (:func:`mixing_weights`), else ``None``.
@@ -93,7 +93,8 @@ class LayerAffinity:
             :func:`describe_view`), e.g. ``"input-gated: ..."`` for a token MLP.
         head_unit: what one of the M affinities is: ``"head"`` or ``"channel"`` (or ``"shift"``).
         affinity: ``(B|1, M, N, N)`` on the token grid (inspected layers: prefix tokens and extra
-            keys dropped, ``view.grid_affinity()``; Swin: ``B * nW`` windows in the batch axis).
+            keys dropped, ``view.grid_affinity()``; Swin: the windows laid out on the whole grid, 0 between
+            tokens of different windows, the cyclic shift undone).
         components: ``{kind: A}``, or ``{"dynamic", "static", "mixed"}`` for mixed layers, each
             ``(B|1, M_view, N, N)`` on the grid.
     """
@@ -179,16 +180,48 @@ def describe_view(view) -> tuple[str, str]:
     return (f"{words} ({view.module_type})" if view.module_type else words), "head"
 
 
+def _windows_on_grid(model, name: str, view, image_grid) -> tuple | None:
+    """``(grid, to_grid)`` for a view whose grid is one window (Swin's window attention): the
+    block's whole token grid and the map that lays ``(B * nW, M, n, n)`` window affinities on it
+    as ``(B, M, N, N)`` (0 between tokens of different windows, the cyclic shift undone); ``None``
+    for any other view, or when the parent block does not say its window and shift."""
+    block = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
+    if "windows" not in view.notes or not all(hasattr(block, a) for a in ("window_size", "shift_size")):
+        return None
+    grid = tuple(int(round(g / s)) for g, s in zip(image_grid, view.pixel_stride))
+    return grid, partial(swin_on_grid, block, grid=grid)
+
+
+def _inspected_record(model, name: str, view, image_grid, max_tokens) -> LayerAffinity | None:
+    grid, affinity, components = view.grid, view.grid_affinity, partial(_view_components, view)
+    notes = dict(view.notes)
+    windows = _windows_on_grid(model, name, view, image_grid)
+    if windows is not None:  # the one reader's rule: a layer's tokens are its block's whole grid
+        grid, to_grid = windows
+        if max_tokens is not None and grid[0] * grid[1] > max_tokens:
+            return None
+        affinity = lambda: to_grid(view.grid_affinity())  # noqa: E731
+        components = lambda: {k: to_grid(a) for k, a in _view_components(view).items()}  # noqa: E731
+        notes["windows"] = ("the windows laid out on the block's whole grid (0 between tokens of different "
+                            "windows)")
+    return LayerAffinity(name, view.kind, grid, view.module_type, "inspect", None, notes, view.pixel_stride,
+                         *describe_view(view), affinity, components)
+
+
 def _inspected_records(model, x, layers, max_tokens, prefix_tokens) -> tuple[list[LayerAffinity], dict]:
     from ..inspection import inspect_model
 
     with untouched(model):
         result = inspect_model(model, x, layers=layers, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
-    records = [LayerAffinity(name, view.kind, view.grid, view.module_type, "inspect", None, dict(view.notes),
-                             view.pixel_stride, *describe_view(view), view.grid_affinity,
-                             partial(_view_components, view))
-               for name, view in result.items()]
-    return records, result.skipped
+    skipped = dict(result.skipped)
+    records = []
+    for name, view in result.items():
+        record = _inspected_record(model, name, view, tuple(x.shape[-2:]), max_tokens)
+        if record is None:
+            skipped[name] = f"its block's whole grid has more tokens than max_tokens={max_tokens}"
+        else:
+            records.append(record)
+    return records, skipped
 
 
 def layer_affinities(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: int | None = None,
