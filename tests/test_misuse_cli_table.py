@@ -140,7 +140,7 @@ TRAIN_MISTAKES = [
     ),
     (
         ["--data", "cifar10", "--data-root", "{empty_root}", "--data-option", "download=False"],
-        "cifar",
+        "is not in {empty_root} and download=False",
     ),  # DatasetUnavailable
     (["--data", "cifar10", "--data-root", "{file}"], "root must be a folder"),
 ]
@@ -196,18 +196,25 @@ EVAL_MISTAKES = [
     (["--checkpoint", "{two_classes}", "--batch-size", "0"], "--batch-size"),
     (["--checkpoint", "{two_classes}", "--device", "gpu"], "device must be"),
     (["--checkpoint", "{two_classes}", "--ema"], "no EMA weights"),
+    # a class mismatch: a 2-class model on texture's 4 classes
     (
         [
             "--checkpoint",
             "{two_classes}",
             "--data",
             "texture",
-            "--data-option",
-            "classes=4",
             "--img-size",
             "16",
+            "--data-option",
+            "n_train=8",
+            "--data-option",
+            "n_test=8",
         ],
-        "classes",
+        "the model has 2 classes but the data has 4",
+    ),
+    (
+        ["--checkpoint", "{two_classes}", "--data", "texture", "--data-option", "classes=4"],
+        "takes no option 'classes'",
     ),
     (["--checkpoint", "{two_classes}"], "--data is needed"),
 ]
@@ -243,6 +250,15 @@ def test_every_eval_mistake_is_one_line_exit_2(extra, words, place, capsys):
 )
 def test_mistakes_in_the_command_itself_are_one_line_exit_2(argv, words, capsys):
     assert words in fails(argv, capsys)
+
+
+def test_a_weights_only_file_given_to_resume_is_one_line_saying_how_to_start_from_it(place, capsys):
+    out = place["out"]
+    torch.manual_seed(0)
+    save_checkpoint(out / "last.pt", create_model("convnet_nano", num_classes=4, img_size=16))  # as a best.pt
+    err = fails([*TRAIN, "--out", str(out), "--resume", "--allow-foreign"], capsys)
+    assert "cannot resume" in err and "weights only" in err and "load_checkpoint" in err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["last.pt"]
 
 
 def test_the_real_command_gives_one_line_and_exit_code_2(tmp_path):
