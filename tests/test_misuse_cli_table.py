@@ -186,6 +186,9 @@ def test_every_train_mistake_is_one_line_exit_2_and_writes_nothing(extra, words,
     assert not place["out"].exists(), f"a run folder was made for {extra}"
 
 
+#: A small texture set for eval (texture has 4 classes).
+EVAL_DATA = ["--data", "texture", "--img-size", "16", "--data-option", "n_train=8",
+             "--data-option", "n_test=8"]
 EVAL_MISTAKES = [
     (["--checkpoint", "{missing}"], "nothing exists"),
     (["--checkpoint", "{folder}"], "is a folder"),
@@ -197,21 +200,7 @@ EVAL_MISTAKES = [
     (["--checkpoint", "{two_classes}", "--device", "gpu"], "device must be"),
     (["--checkpoint", "{two_classes}", "--ema"], "no EMA weights"),
     # a class mismatch: a 2-class model on texture's 4 classes
-    (
-        [
-            "--checkpoint",
-            "{two_classes}",
-            "--data",
-            "texture",
-            "--img-size",
-            "16",
-            "--data-option",
-            "n_train=8",
-            "--data-option",
-            "n_test=8",
-        ],
-        "the model has 2 classes but the data has 4",
-    ),
+    (["--checkpoint", "{two_classes}", *EVAL_DATA], "the model has 2 classes but the data has 4"),
     (
         ["--checkpoint", "{two_classes}", "--data", "texture", "--data-option", "classes=4"],
         "takes no option 'classes'",
@@ -224,16 +213,7 @@ EVAL_MISTAKES = [
 def test_every_eval_mistake_is_one_line_exit_2(extra, words, place, capsys):
     argv = ["eval", "--device", "cpu", *_fill(extra, place)]
     if "--data" not in extra and "{two_classes}" in extra and "--data is needed" not in words:
-        argv += [
-            "--data",
-            "texture",
-            "--img-size",
-            "16",
-            "--data-option",
-            "n_train=8",
-            "--data-option",
-            "n_test=8",
-        ]
+        argv += EVAL_DATA
     err = fails(argv, capsys)
     assert words.format(**place) in err, err
 
