@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from unifiedctx.models import create_model
 from unifiedctx.train import save_checkpoint
 from unifiedctx.train.checkpoint_file import FORMAT
 
+REPO = Path(__file__).resolve().parents[1]
 DATA = ["--data", "texture", "--img-size", "16", "--data-option", "n_train=32", "--data-option", "n_test=16"]
 TRAIN = [
     "train",
@@ -243,7 +245,7 @@ def test_a_weights_only_file_given_to_resume_is_one_line_saying_how_to_start_fro
 
 def test_the_real_command_gives_one_line_and_exit_code_2(tmp_path):
     """One case as a user runs it: a subprocess, its stderr and its exit code."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
         [sys.executable, "-m", "unifiedctx", *TRAIN, "--lr", "1e38", "--out", str(tmp_path / "run")],
         capture_output=True,
