@@ -116,3 +116,90 @@ def test_rgb_mask_and_bad_arguments_are_refused(tmp_path):
         data.load("segfolder", path=tmp_path, channels=2)
     with pytest.raises(ValueError, match="has no images/ folder"):
         data.load("segfolder", path=tmp_path / "masks")
+
+
+# ------------------------------------------------------------------ the ignore label 255
+COLOURS = (40, 120, 200)  # the grey level of a pixel of class 0, 1, 2; an ignored pixel is drawn as class 1
+
+
+def write_ignore_folder(root, n=6, size=(8, 8), seed=0):
+    """Masks of classes {0, 1, 2} with about a fifth of the pixels 255 ("no class"); the image's grey
+    level says the class (COLOURS), so a model can read the right answer off every pixel."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        mask = rng.integers(0, 3, size).astype(np.uint8)
+        mask[rng.random(size) < 0.2] = 255
+        grey = np.where(mask == 255, COLOURS[1], np.take(COLOURS, np.minimum(mask, 2))).astype(np.uint8)
+        Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(root / "images" / f"img{i}.png")
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"img{i}.png")
+
+
+class ReadsTheColour(torch.nn.Module):
+    """Per-pixel logits ``-(g - COLOURS[k])**2 / 100`` from the grey level ``g`` (un-normalised with
+    the data's mean/std): right on every labelled pixel, and on an ignored one it says class 1.
+    ``spoil`` makes pixel (0, 0) of every image wrong (class (true + 1) mod 3)."""
+
+    def __init__(self, data, spoil=False):
+        super().__init__()
+        self.num_classes = 3
+        self.register_buffer("mean", torch.tensor(data.mean[0]))
+        self.register_buffer("std", torch.tensor(data.std[0]))
+        self.register_buffer("colours", torch.tensor(COLOURS, dtype=torch.float32).view(1, 3, 1, 1))
+        self.scale = torch.nn.Parameter(torch.ones(()))  # a parameter, so fit/evaluate see a float model
+        self.spoil = spoil
+
+    def forward(self, x):
+        grey = (x[:, :1] * self.std + self.mean) * 255
+        logits = -((grey - self.colours) ** 2) / 100 * self.scale
+        if self.spoil:
+            logits = logits.clone()
+            logits[:, :, 0, 0] = logits[:, :, 0, 0].roll(1, dims=1)
+        return logits
+
+
+def test_masks_with_255_load_with_the_real_class_count_and_255_kept_as_ignore(tmp_path):
+    write_ignore_folder(tmp_path)
+    ds = data.load("segfolder", path=tmp_path, val_fraction=0.5)
+    assert ds.num_classes == 3 and ds.classes == ["0", "1", "2"] and ds.ignore_index == 255
+    masks = torch.cat([ds.train_masks, ds.test_masks])
+    assert set(torch.unique(masks).tolist()) == {0, 1, 2, 255}
+    assert (masks == 255).float().mean() > 0.1  # the ignored pixels are still there, marked
+
+
+def test_255_pixels_count_neither_in_the_loss_nor_in_the_miou(tmp_path):
+    from unifiedctx.train import evaluate, tasks
+
+    write_ignore_folder(tmp_path)
+    ds = data.load("segfolder", path=tmp_path, val_fraction=0.5)
+    right = evaluate(ReadsTheColour(ds), ds, task="segment", device="cpu")
+    assert right["test_miou"] == 1.0 and right["test_pixel_acc"] == 1.0  # wrong only where the label is 255
+    spoiled = evaluate(ReadsTheColour(ds, spoil=True), ds, task="segment", device="cpu")
+    assert spoiled["test_miou"] < 1.0 and spoiled["test_pixel_acc"] < 1.0  # a wrong labelled pixel counts
+
+    task = tasks.create("segment")
+    model = ReadsTheColour(ds).double()
+    task.setup(model, ds, torch.device("cpu"))
+    assert task.ignore_index == 255
+    x = ((ds.train_x.double() / 255 - ds.mean[0]) / ds.std[0])
+    mask = ds.train_masks.long()
+    loss, sums = task.loss(model, (x, mask))
+    logits, valid = model(x), mask != 255
+    expected = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[valid], mask[valid])
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-12, atol=1e-12)
+    assert int(sums["pixels"]) == int(valid.sum()) and int(sums["correct"]) == int(valid.sum())
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"num_classes": 3}, r"img2.png holds class index 7, outside \[0, 3\) or the ignore label 255"),
+    ({"classes": ["a", "b", "c"]}, r"img2.png holds class index 7, outside \[0, 3\) or the ignore label 255"),
+    ({"num_classes": 3, "ignore_index": None}, r"img\d.png holds class index (7|255), outside \[0, 3\)"),
+])
+def test_a_mask_value_that_is_neither_a_class_nor_the_ignore_label_is_refused(tmp_path, options, words):
+    write_ignore_folder(tmp_path)
+    mask = np.array(Image.open(tmp_path / "masks" / "img2.png"))
+    mask[3, 4] = 7
+    Image.fromarray(mask, mode="L").save(tmp_path / "masks" / "img2.png")
+    with pytest.raises(ValueError, match=words):
+        data.load("segfolder", path=tmp_path, val_fraction=0.5, **options)

@@ -57,3 +57,36 @@ def test_inspect_names_the_channel_count_and_dtype_a_layer_takes():
         unifiedctx.inspect(conv, torch.randn(1, 8, 5, 5, dtype=torch.float64))
     view = unifiedctx.inspect(conv.double(), torch.randn(1, 8, 5, 5, dtype=torch.float64))
     assert view.affinity.shape == (1, 8, 25, 25)
+
+
+def test_an_image_with_nan_or_inf_is_refused_not_drawn_as_zeros():
+    import math
+
+    import numpy as np
+    from misuse_helpers import raises_at_door
+
+    from unifiedctx.viz._common import image_array
+
+    good = torch.arange(12.0).reshape(1, 3, 2, 2)
+    out = image_array(good)
+    assert out.shape == (2, 2, 3) and out.min() == 0.0 and out.max() == 1.0
+    for bad in (math.nan, math.inf, -math.inf):
+        image = good.clone()
+        image[0, 1, 0, 1] = bad
+        err = raises_at_door("image", image_array, image)
+        assert "1 non-finite values of 12" in str(err)
+        raises_at_door("image", image_array, image[0].numpy())
+    assert isinstance(raises_at_door("image", image_array, np.array([["a", "b"]])), TypeError)
+    assert image_array(np.ones((2, 2), dtype=bool)).shape == (2, 2)  # a bool mask is numbers
+
+
+def test_the_comparison_figure_refuses_a_nan_image():
+    import math
+
+    from misuse_helpers import raises_at_door
+
+    from unifiedctx.viz.affinity import comparison_figure
+
+    image = torch.rand(3, 16, 16)
+    image[0, 3, 3] = math.nan
+    raises_at_door("image", comparison_figure, image)

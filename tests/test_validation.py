@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from unifiedctx import validation as V
 from unifiedctx.validation import (
     check_bool,
     check_choice,
@@ -188,3 +190,169 @@ def test_float_image_dtype_check_yields_to_autocast():
         assert check_float_image("x", x, like=nn.Linear(3, 3)) is x
     with pytest.raises(TypeError, match="bfloat16"):
         check_float_image("x", x, like=nn.Linear(3, 3))
+
+
+# ------------------------------------------------------------------ the helpers of the later passes
+NAN, INF = math.nan, math.inf
+
+
+def refused(call, error, *words):
+    """``call()`` raises ``error`` whose message holds every one of ``words``."""
+    with pytest.raises(error) as err:
+        call()
+    for w in words:
+        assert w in str(err.value), str(err.value)
+    return err.value
+
+
+@pytest.mark.parametrize("value, expected", [(0, 0), (7, 7), (np.int64(5), 5), (2 ** 63 - 1, 2 ** 63 - 1)])
+def test_seed_accepts_the_seeds_torch_takes(value, expected):
+    got = V.check_seed("seed", value)
+    assert got == expected and type(got) is int
+
+
+@pytest.mark.parametrize("value, error, words", [
+    (True, TypeError, ("seed must be an int", "bool")), ("a", TypeError, ("seed must be an int", "'a'")),
+    (1.5, TypeError, ("seed must be an int",)), (NAN, TypeError, ("seed must be an int",)),
+    (-1, ValueError, ("seed must be >= 0", "-1")), (2 ** 63, ValueError, ("seed must be <=",)),
+    (None, TypeError, ("seed",)),
+])
+def test_seed_refuses_by_name(value, error, words):
+    refused(lambda: V.check_seed("seed", value), error, *words)
+
+
+@pytest.mark.parametrize("value, kwargs, expected", [
+    (0.1, {}, 0.1), (0.999, {}, 0.999), (1, {"one_ok": True}, 1.0), (0, {"zero_ok": True}, 0.0),
+    (np.float32(0.5), {}, 0.5),
+])
+def test_fraction_accepts_shares(value, kwargs, expected):
+    got = V.check_fraction("val_fraction", value, **kwargs)
+    assert got == pytest.approx(expected, abs=0) and type(got) is float
+
+
+@pytest.mark.parametrize("value, error, words", [
+    ("0.1", TypeError, ("val_fraction must be a float", "str '0.1'")), (True, TypeError, ("bool",)),
+    (0, ValueError, ("val_fraction must be in (0, 1)", "got 0")), (1, ValueError, ("in (0, 1)", "got 1")),
+    (-0.1, ValueError, ("in (0, 1)",)), (NAN, ValueError, ("finite",)), (INF, ValueError, ("finite",)),
+])
+def test_fraction_refuses_by_name(value, error, words):
+    refused(lambda: V.check_fraction("val_fraction", value), error, *words)
+
+
+def test_int_choice():
+    assert V.check_int_choice("channels", 3, (1, 3)) == 3
+    assert type(V.check_int_choice("channels", np.int64(1), (1, 3))) is int
+    refused(lambda: V.check_int_choice("channels", 2, (1, 3)), ValueError, "channels must be 1 or 3, got 2")
+    refused(lambda: V.check_int_choice("k", 4, (1, 2, 3)), ValueError, "k must be one of 1, 2, 3, got 4")
+    refused(lambda: V.check_int_choice("channels", True, (1, 3)), TypeError, "channels must be an int",
+            "bool")
+    refused(lambda: V.check_int_choice("channels", "3", (1, 3)), TypeError, "channels must be an int")
+    refused(lambda: V.check_int_choice("channels", 3.0, (1, 3)), TypeError, "channels must be an int")
+
+
+def test_int_range():
+    assert V.check_int_range("digits", 2, 1, 9) == (2, 2)
+    assert V.check_int_range("digits", (1, 4), 1, 9) == (1, 4)
+    assert V.check_int_range("digits", [3, 3], 1, 9) == (3, 3)
+    refused(lambda: V.check_int_range("digits", (4, 1), 1, 9), ValueError, "min <= max", "(4, 1)")
+    refused(lambda: V.check_int_range("digits", 0, 1, 9), ValueError, "digits[0] (min) must be >= 1")
+    refused(lambda: V.check_int_range("digits", (1, 10), 1, 9), ValueError, "digits[1] (max) must be <= 9")
+    refused(lambda: V.check_int_range("digits", True, 1, 9), TypeError, "digits must be an int or a pair")
+    refused(lambda: V.check_int_range("digits", (1, 2, 3), 1, 9), TypeError,
+            "digits must be an int or a pair")
+    refused(lambda: V.check_int_range("digits", (1, "2"), 1, 9), TypeError, "digits[1] (max) must be an int")
+    refused(lambda: V.check_int_range("digits", (1.5, 2), 1, 9), TypeError, "digits[0] (min) must be an int")
+
+
+def test_optional_positive_int():
+    assert V.check_optional_positive_int("limit", None) is None
+    assert V.check_optional_positive_int("limit", 3) == 3
+    refused(lambda: V.check_optional_positive_int("limit", 0), ValueError, "limit must be positive")
+    refused(lambda: V.check_optional_positive_int("limit", False), TypeError, "limit must be an int")
+
+
+def test_module():
+    m = nn.Linear(2, 2)
+    assert V.check_module("model", m) is m
+    refused(lambda: V.check_module("model", "resnet"), TypeError, "model must be a torch.nn.Module", "str")
+    refused(lambda: V.check_module("model", nn.Linear), TypeError, "model must be a torch.nn.Module")
+    assert len(str(refused(lambda: V.check_module("model", "x" * 1000), TypeError))) < 300  # kept short
+
+
+@pytest.mark.parametrize("query, expected", [(None, 2 * 5 + 2), (0, 0), (19, 19), (np.int64(3), 3),
+                                             ((1, 2), 1 * 5 + 2), ([3, 4], 19), ((np.int64(0), 1), 1)])
+def test_query_on_a_4_by_5_grid(query, expected):
+    assert V.check_query("query", query, (4, 5)) == expected
+
+
+@pytest.mark.parametrize("query, error, words", [
+    (20, ValueError, ("query=20 is outside the grid (4, 5)", "[0, 20)")), (-1, ValueError, ("outside",)),
+    ((4, 0), ValueError, ("query=(4, 0) is outside the grid", "0 <= row < 4")),
+    ((0, -1), ValueError, ("outside",)), (True, TypeError, ("query must be",)), (1.5, TypeError, ("query",)),
+    ("centre", TypeError, ("query",)), ((1, 2, 3), TypeError, ("query",)),
+    ((1.0, 2), TypeError, ("query must be a (row, col) pair of ints",)),
+    ((True, 0), TypeError, ("pair of ints",)),
+])
+def test_query_refuses_by_name(query, error, words):
+    refused(lambda: V.check_query("query", query, (4, 5)), error, *words)
+
+
+def test_layer_name():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
+    assert V.check_layer_name("layer", "1.0", model) == "1.0"
+    assert V.check_layer_name("layer", "", model) == ""  # the model itself
+    refused(lambda: V.check_layer_name("layer", "1.1", model), ValueError, "layer='1.1' is not a module",
+            "Did you mean")
+    refused(lambda: V.check_layer_name("layer", 0, model), TypeError, "layer must be a module name (str)")
+
+
+def test_path_kinds_and_what_is_found(tmp_path):
+    f = tmp_path / "a.pt"
+    f.write_bytes(b"x")
+    assert V.check_path("path", str(f)) == f and isinstance(V.check_path("path", f), Path)
+    assert V.check_path("root", tmp_path, kind="folder") == tmp_path
+    assert V.check_path("out", tmp_path / "new", kind="folder", must_exist=False) == tmp_path / "new"
+    home = V.check_path("root", "~", kind="folder")
+    assert home == Path.home()
+    refused(lambda: V.check_path("path", tmp_path), ValueError, "path must be a file",
+            f"{tmp_path} is a folder")
+    refused(lambda: V.check_path("path", tmp_path, what="checkpoint"), ValueError,
+            "path must be a checkpoint file", "is a folder")
+    refused(lambda: V.check_path("root", f, kind="folder"), ValueError, "root must be a folder",
+            f"{f} is a file")
+    missing = refused(lambda: V.check_path("path", tmp_path / "no.pt", what="checkpoint"), V.PathNotFound,
+                      "no checkpoint at", "path is not a file", "nothing exists")
+    assert isinstance(missing, FileNotFoundError) and isinstance(missing, ValueError)
+    for value in (3, True, None, [str(f)]):
+        refused(lambda v=value: V.check_path("path", v), TypeError, "path must be a path to a file")
+    for value in ("", "  "):
+        refused(lambda v=value: V.check_path("root", v, kind="folder"), ValueError, "root", "empty path")
+    refused(lambda: V.check_path("path", f, kind="link"), ValueError, "kind must be 'file' or 'folder'")
+
+
+def test_file_path_is_check_path_for_a_file(tmp_path):
+    f = tmp_path / "a.pt"
+    f.write_bytes(b"x")
+    assert V.check_file_path("path", f, "checkpoint") == f
+    for value in (tmp_path, tmp_path / "none.pt", 5, ""):
+        with pytest.raises((TypeError, ValueError)) as ours:
+            V.check_file_path("path", value, "checkpoint")
+        with pytest.raises((TypeError, ValueError)) as theirs:
+            V.check_path("path", value, kind="file", what="checkpoint")
+        assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("values", [torch.zeros(3), np.arange(4.0), [1.0, 2.0], torch.arange(3),
+                                    np.array([1, 2], dtype=np.int64), torch.tensor(5.0)])
+def test_finite_returns_finite_values_unchanged(values):
+    assert V.check_finite("maps", values) is values
+
+
+@pytest.mark.parametrize("values, words", [
+    (torch.tensor([1.0, NAN, 2.0]), ("maps holds 1 non-finite values of 3", "1 NaN, 0 infinite")),
+    (np.array([[INF, -INF], [0.0, NAN]]), ("3 non-finite values of 4", "1 NaN, 2 infinite")),
+    ([NAN], ("1 non-finite values of 1",)),
+    (torch.tensor([NAN], dtype=torch.float16), ("1 NaN",)),
+])
+def test_finite_refuses_nan_and_inf_saying_how_many(values, words):
+    refused(lambda: V.check_finite("maps", values), ValueError, *words, "nothing is drawn")

@@ -192,22 +192,9 @@ def check_float_image(name: str, x, like=None) -> torch.Tensor:
 
 
 def check_file_path(name: str, value, what: str = "file"):
-    """Return ``value`` as a ``pathlib.Path`` naming an existing file.
-
-    Not a ``str``/``os.PathLike``: ``TypeError``; a folder: ``ValueError`` saying so; nothing
-    there: ``FileNotFoundError`` naming the path (``what`` says what was expected, e.g. "checkpoint").
-    """
-    import os
-    from pathlib import Path
-
-    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path to a {what} (str or os.PathLike), got {_describe(value)}")
-    path = Path(value).expanduser()
-    if path.is_dir():
-        raise ValueError(f"no {what} at {path}: it is a folder ({name} must name a {what} file)")
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} at {path}")
-    return path
+    """Return ``value`` as a ``pathlib.Path`` naming an existing file: ``check_path(name, value,
+    kind="file", what=what)`` (kept for its callers; see :func:`check_path`)."""
+    return check_path(name, value, kind="file", what=what)
 
 
 def check_module(name: str, value) -> nn.Module:
@@ -308,28 +295,35 @@ class PathNotFound(FileNotFoundError, ValueError):
     ``ValueError`` every other bad argument is."""
 
 
-def check_path(name: str, value, *, kind: str = "file", must_exist: bool = True):
+def check_path(name: str, value, *, kind: str = "file", must_exist: bool = True, what: str | None = None):
     """Return ``value`` as a :class:`pathlib.Path` (``~`` expanded) naming a ``kind`` (``"file"``
-    or ``"folder"``).
+    or ``"folder"``); ``what`` says what the file or folder is for the messages (``"checkpoint"``).
 
-    Not a ``str`` / ``os.PathLike`` (an int, a bool, None): ``TypeError``. A path that holds the
-    other kind of thing (a folder given for a file, say): ``ValueError`` saying what was found
-    and what is expected. With ``must_exist``, a path that does not exist is a
-    :class:`PathNotFound` (a ``FileNotFoundError`` and a ``ValueError``).
+    Not a ``str`` / ``os.PathLike`` (an int, a bool, None): ``TypeError``. An empty string:
+    ``ValueError``. A path that holds the other kind of thing (a folder given for a file, say):
+    ``ValueError`` saying what was found and what is expected. With ``must_exist``, a path that
+    does not exist is a :class:`PathNotFound` (a ``FileNotFoundError`` and a ``ValueError``)::
+
+        check_path("path", "runs/a", kind="file", what="checkpoint")
+        # ValueError: path must be a checkpoint file, but runs/a is a folder
     """
     import os
     from pathlib import Path
 
     check_choice("kind", kind, ("file", "folder"))
+    what = kind if what is None else what
     if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path to a {kind} (str or os.PathLike), got {_describe(value)}")
+        raise TypeError(f"{name} must be a path to a {what} (str or os.PathLike), got {_describe(value)}")
+    if not os.fspath(value).strip():
+        raise ValueError(f"{name} must be a path to a {what}, got an empty path")
     path = Path(value).expanduser()
+    thing = kind if what == kind else f"{what} {kind}"
     if path.is_dir() and kind == "file":
-        raise ValueError(f"{name} must be a file, but {path} is a folder")
+        raise ValueError(f"{name} must be a {thing}, but {path} is a folder")
     if path.exists() and not path.is_dir() and kind == "folder":
-        raise ValueError(f"{name} must be a folder, but {path} is a file")
+        raise ValueError(f"{name} must be a {thing}, but {path} is a file")
     if must_exist and not path.exists():
-        raise PathNotFound(f"{name} {path} is not a {kind}: nothing exists at that path")
+        raise PathNotFound(f"no {what} at {path}: {name} is not a {kind} (nothing exists at that path)")
     return path
 
 

@@ -13,15 +13,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..validation import check_int
 from .erf import erf_on_grid
 from .rollout import query_index, rollout, token_centres
 
 
 def _check_index(index, x: torch.Tensor) -> int:
+    """``index`` if it picks an image of the batch ``x`` ``(B, C, H, W)``: an int (not a bool) in
+    ``[0, B)`` (``TypeError`` for another kind of value, ``ValueError`` off the batch)."""
     batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 4 else None
-    in_batch = batch is None or (isinstance(index, int) and 0 <= index < batch)
-    if isinstance(index, bool) or not isinstance(index, int) or not in_batch:
-        raise ValueError(f"index must be an image of the batch, an int in [0, {batch}), got {index!r}")
+    index = check_int("index", index)
+    if batch is not None and not 0 <= index < batch:
+        raise ValueError(f"index must be an image of the batch, an int in [0, {batch}), got {index}")
     return index
 
 

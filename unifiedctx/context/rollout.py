@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..validation import check_bool, check_query
+from ..validation import check_bool, check_int, check_query
 from .extract import check_image, read_steps
 from .steps import ContextStep, check_heads, join_matrix
 
@@ -83,9 +83,10 @@ class Rollout:
     def prefix_map(self, token: int = 0, index: int = 0) -> torch.Tensor:
         """Prefix token ``token``'s context (0: the class token) on the input grid, image ``index``."""
         count = 0 if self.prefix_maps is None else self.prefix_maps.shape[1]
-        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < count:
+        token = check_int("token", token)
+        if not 0 <= token < count:
             raise ValueError(f"token must be a prefix token in [0, {count}) (this layer has {count}), "
-                             f"got {token!r}")
+                             f"got {token}")
         return self.prefix_maps[index, token].reshape(self.input_grid)
 
 

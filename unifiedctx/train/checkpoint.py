@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..validation import check_bool
 from .checkpoint_file import (
     FORMAT,
     describe,
@@ -82,8 +83,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
     Raises:
         ValueError: the checkpoint was made for another architecture (both are named).
     """
-    if not isinstance(ema, bool):
-        raise TypeError(f"ema must be True or False, got {type(ema).__name__} {ema!r}")
+    check_bool("ema", ema)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     state = read_checkpoint(path, map_location)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..validation import check_file_path
+from ..validation import check_file_path, check_module, check_path
 from .finite import nonfinite_tensors
 from .history import atomic_open
 
@@ -43,9 +43,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> Path:
 
     Raises:
         ValueError: a tensor of the payload (weights, optimizer state, EMA, ...) holds a NaN or an
-            infinity: a non-finite model is never saved, and ``path`` is left as it was.
+            infinity: a non-finite model is never saved, and ``path`` is left as it was; or
+            ``path`` is a folder.
+        TypeError: ``path`` is not a path, ``model`` not a module.
     """
-    path = Path(path)
+    path = check_path("path", path, kind="file", must_exist=False, what="checkpoint")
+    check_module("model", model)
     payload = {"format": FORMAT, "model_config": model_config(model), "model": model.state_dict(), **state}
     bad = nonfinite_tensors(payload)
     if bad:
@@ -57,9 +60,27 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **state) -> Path:
     return path
 
 
+def check_map_location(name: str, value):
+    """``value`` if ``torch.load`` can take it as ``map_location``: a device name (``"cpu"``,
+    ``"cuda:0"``), a ``torch.device``, a dict of device names or a callable; otherwise a
+    ``TypeError``/``ValueError`` naming ``name`` (not an error that blames the file)."""
+    if isinstance(value, torch.device) or callable(value) or isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a device name such as 'cpu', a torch.device, a dict or a callable, "
+                        f"got {type(value).__name__} {value!r}")
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{name} must be a device name such as 'cpu' or 'cuda:0', got {value!r}") from err
+    return value
+
+
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """The raw checkpoint dict (``weights_only=True``); clear errors for a missing or foreign file."""
+    """The raw checkpoint dict (``weights_only=True``); clear errors for a missing or foreign file,
+    and for a ``map_location`` that names no device."""
     path = check_file_path("path", path, "checkpoint")
+    check_map_location("map_location", map_location)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated file, a pickle with code in it, not a torch file at all

@@ -66,9 +66,17 @@ def _optional_positive_int(name, value):
 
 
 def _task_name(name, value) -> str:
+    """A registered task's name (``tasks.available()``); an unknown one is refused with close names."""
     if not isinstance(value, str) or not value:
         raise TypeError(f"{name} must be a task name such as 'classify', 'segment' or 'dino', got {value!r}")
+    if value not in _INSTANCE_TASKS:  # a task given as an instance need not be registered
+        tasks.task_class(value)  # ValueError: unknown task 'segmnt'; available: ... Did you mean 'segment'?
     return value
+
+
+#: Names of the Task instances that recipes were made for (:meth:`Recipe.for_task`): known tasks
+#: too, although no registry lists them.
+_INSTANCE_TASKS: set[str] = set()
 
 
 def _json_dict(name, value) -> dict:
@@ -145,6 +153,7 @@ class Recipe:
 
     def for_task(self, task) -> Recipe:
         """This recipe with ``task`` (a Task instance) as the task: its name and full settings."""
+        _INSTANCE_TASKS.add(task.name)
         return self.replace(task=task.name, task_options=dict(task.settings()))
 
     # ------------------------------------------------------------------ building and JSON

@@ -9,14 +9,13 @@ import numpy as np
 import torch
 
 from ..inspection.distance import as_affinity, grid_of  # noqa: F401  (re-exported: used by every plot)
-from ..validation import check_query
+from ..validation import check_finite, check_int, check_query
 from .scales import symmetric_limits  # noqa: F401  (re-exported: the one colour rule lives in scales)
 
 
 def pick_index(value: int, size: int, name: str) -> int:
     """Check an index (``head``, ``batch``) lies in ``range(size)``; negatives count from the end."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = check_int(name, value)
     if not -size <= value < size:
         raise ValueError(f"{name}={value} is out of range: there are {size} (valid: 0..{size - 1})")
     return int(value) % size
@@ -66,9 +65,17 @@ def image_array(image) -> np.ndarray:
     """An image as an ``(H, W)`` or ``(H, W, 3)`` float array in [0, 1] for ``imshow``.
 
     Accepts ``(H, W)``, ``(C, H, W)`` or ``(1, C, H, W)`` tensors/arrays with C = 1 or 3;
-    the values are min-max scaled (per image) so normalised inputs display correctly.
+    the values are min-max scaled (per image) so normalised inputs display correctly. An image
+    holding NaN or an infinity is a ``ValueError`` saying how many (it is not drawn as zeros); one
+    that is not numbers (a string, a PIL image of another mode) is a ``TypeError``.
     """
-    t = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if not isinstance(image, torch.Tensor):
+        array = np.asarray(image)
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise TypeError(f"image must be a tensor or array of numbers, got {type(image).__name__} "
+                            f"(dtype {array.dtype})")
+        image = array
+    t = torch.as_tensor(image)
     t = t.detach().to("cpu", torch.float64)
     if t.dim() == 4:
         if t.shape[0] != 1:
@@ -83,6 +90,7 @@ def image_array(image) -> np.ndarray:
             raise ValueError(f"image must have 1 or 3 channels (C, H, W), got shape {tuple(t.shape)}")
     if t.dim() != 2 and not (t.dim() == 3 and t.shape[-1] == 3):
         raise ValueError(f"image must be (H, W), (C, H, W) or (1, C, H, W), got {tuple(t.shape)}")
+    check_finite("image", t)
     lo, hi = t.min(), t.max()
     t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
     return t.numpy()

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from ...validation import check_bool, check_positive_int
+
 
 class DinoHead(nn.Module):
     """``(B, in_dim) -> (B, out_dim)``: MLP of ``layers`` linear maps, L2 norm, weight-normed last layer.
@@ -48,8 +50,8 @@ class DinoHead(nn.Module):
             ("bottleneck_dim", bottleneck_dim),
             ("layers", layers),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, value)
+        check_bool("batch_norm", batch_norm)
         widths = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
         mlp: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):

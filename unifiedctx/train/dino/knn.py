@@ -17,6 +17,8 @@ import contextlib
 import torch
 from torch import nn
 
+from ...validation import check_float, check_int, check_positive_int
+
 
 def knn_predict(
     bank: torch.Tensor,
@@ -43,10 +45,12 @@ def knn_predict(
         )
     if bank_labels.shape != (bank.shape[0],):
         raise ValueError(f"bank_labels must have shape ({bank.shape[0]},), got {tuple(bank_labels.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= bank.shape[0]:
-        raise ValueError(f"k must be an int in [1, {bank.shape[0]}] (the bank size), got {k!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    k = check_int("k", k, low=1)
+    if k > bank.shape[0]:
+        raise ValueError(f"k must be an int in [1, {bank.shape[0]}] (the bank size), got {k}")
+    temperature = check_float("temperature", temperature, low=0, low_open=True)
+    num_classes = check_positive_int("num_classes", num_classes)
+    chunk = check_positive_int("chunk", chunk)
     bank = nn.functional.normalize(bank, dim=1)
     labels = bank_labels.long()
     preds = []
