@@ -311,21 +311,11 @@ READERS = {
     "load_checkpoint(rebuild)": lambda p: load_checkpoint(p),
     "pretrained.load_weights": lambda p: pretrained.load_weights(make(), p),
 }
-#: What unifiedctx/models/pretrained.py (not this branch's file) still lets through: the change it
-#: needs is in the report of branch h22c (check_path/check_module at its door, the path in every error).
-PRETRAINED_PENDING = pytest.mark.xfail(strict=True, reason="needs the door in models/pretrained.py")
-
-
 def reader_cases():
     out = []
     for reader in READERS:
         for which in BAD_FILES:
-            pending = reader.startswith("pretrained") and which in ("foreign", "folder", "missing")
-            out.append(
-                pytest.param(
-                    which, reader, id=f"{reader}-{which}", marks=[PRETRAINED_PENDING] if pending else []
-                )
-            )
+            out.append(pytest.param(which, reader, id=f"{reader}-{which}"))
     return out
 
 
@@ -346,7 +336,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named_with_what_it_holds(files, whic
         "read_checkpoint",
         "load_checkpoint",
         "save_checkpoint",
-        pytest.param("pretrained.read_weights_file", marks=PRETRAINED_PENDING),
+        "pretrained.read_weights_file",
     ],
 )
 @pytest.mark.parametrize("label", [k for k in KINDS["path"] if k != "empty string"])
@@ -388,7 +378,6 @@ def test_the_other_checkpoint_arguments_are_checked(files, tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-@PRETRAINED_PENDING
 @pytest.mark.parametrize("label", KINDS["model?"])
 def test_pretrained_load_weights_checks_its_model(files, label):
     raises_at_door("model", pretrained.load_weights, VALUES[label], files["good"])
@@ -415,15 +404,7 @@ BUILD_TABLE = [
 ]
 
 
-#: ``build_model`` lives in cache.py, which this branch does not own: its door is
-#: :func:`unifiedctx.train.doors.check_build_model` (tested directly below), called from
-#: ``build_model`` once the coordinator adds that one line (then this mark goes).
-BUILD_PENDING = pytest.mark.xfail(
-    strict=True, reason="needs doors.check_build_model called in cache.build_model"
-)
-
-
-@BUILD_PENDING
+#: ``build_model``'s door is :func:`unifiedctx.train.doors.check_build_model` (also tested directly below).
 @pytest.mark.parametrize("call, argument, value", cases(BUILD_TABLE))
 def test_build_model_refuses_at_the_door(call, argument, value):
     raises_at_door(argument, call, argument, value)

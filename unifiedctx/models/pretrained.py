@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..validation import check_bool
+from ..validation import check_bool, check_module, check_path
 
 #: The authors' ImageNet-1k Container-Light (82.3 % top-1), linked from their README's model zoo.
 RELEASE_DRIVE_ID = "1WMOWoxTX7AQDCbfMYh7naqIHube3K85A"
@@ -164,9 +164,7 @@ def read_weights_file(path) -> dict:
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a torch checkpoint dict, or it needs some other class to unpickle.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    path = check_path("path", path, kind="file", what="checkpoint")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -208,6 +206,7 @@ def load_weights(model: nn.Module, path, *, ema: bool = False) -> nn.Module:
     """
     from ..train.checkpoint_file import FORMAT, check_weights_entry, load_weights_into, read_checkpoint
 
+    check_module("model", model)
     check_bool("ema", ema)
     state = read_weights_file(path)
     if state.get("format") == FORMAT:
@@ -218,7 +217,11 @@ def load_weights(model: nn.Module, path, *, ema: bool = False) -> nn.Module:
             model.to(dtype)
         return load_weights_into(model, path, state, ema=ema)
     weights = _pick_deit_state(state, path, ema)
-    converted = convert_authors_state_dict(weights, model)
+    try:
+        converted = convert_authors_state_dict(weights, model)
+    except ValueError as err:
+        raise ValueError(f"{path} is neither a unifiedctx checkpoint (no format {FORMAT!r}) nor one of "
+                         f"the authors' Container-Light that fits this model: {err}") from err
     dtype = _floating_dtype(converted.values())
     if dtype is not None:
         model.to(dtype)

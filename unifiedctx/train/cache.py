@@ -9,6 +9,7 @@ from torch import nn
 
 from ..validation import check_choice
 from .checkpoint import load_checkpoint, read_checkpoint, recipe_differences
+from .doors import check_build_model
 from .engine import _FIT_RUN_ARGS, fit
 from .history import History
 from .recipe import Recipe
@@ -19,6 +20,7 @@ from .tasks import model_for_data
 def build_model(model_name: str, data, seed: int = 0, **overrides) -> nn.Module:
     """``create_model(model_name)`` sized for ``data`` (classes, channels, image size), initialised
     from ``torch.manual_seed(seed)`` (:func:`unifiedctx.train.tasks.model_for_data`)."""
+    check_build_model(model_name, data, seed)
     return model_for_data(model_name, data, seed, **overrides)
 
 
