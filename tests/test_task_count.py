@@ -3,14 +3,18 @@ door, and a network that learns to count digits far better than the best constan
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_docs_examples import runnable_blocks
 from torch import nn
 
 from unifiedctx.train import distributed as D
 from unifiedctx.train import evaluate, fit, tasks
+from unifiedctx.train.tasks import count as count_module
 from unifiedctx.train.tasks.count import Count, count_metrics, digit_counts, small_canvases
 
 
@@ -109,3 +113,23 @@ def test_a_network_learns_to_count_beyond_the_best_constant(canvases):
     assert last["test_mae"] < 0.75 * median_mae, (last, median_mae)
     again = evaluate(model, canvases, batch_size=64, device="cpu", task=task)
     assert again["test_acc"] == last["test_acc"] and again["test_mae"] == last["test_mae"]
+
+
+# ---------------------------------------------------------------------------------- docs/adding_a_task.md
+DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_task.md"
+
+
+def test_the_guide_lists_the_real_file_and_its_registry_line():
+    text = DOC.read_text()
+    source = (Path(count_module.__file__)).read_text()
+    assert f"```python\n{source}```" in text, "docs/adding_a_task.md no longer shows count.py as it is"
+    assert tasks.LAZY["count"] == "unifiedctx.train.tasks.count"
+    assert '"count": "unifiedctx.train.tasks.count",' in text
+
+
+@pytest.mark.parametrize("index", range(len(runnable_blocks(DOC.read_text()))))
+def test_the_guides_runnable_examples_run(index, tmp_path, monkeypatch):
+    code = runnable_blocks(DOC.read_text())[index]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{DOC.name}[runnable {index}]", "exec"), {"__name__": "__docs__"})
+    assert (tmp_path / "runs" / "count" / "last.pt").exists()
