@@ -35,7 +35,7 @@ from ..validation import check_module
 from . import distributed as D
 from .batches import derive_seed
 from .checkpoint import save_checkpoint
-from .checks import check_model_takes_data as _check_model_takes_data
+from .checks import check_model_takes_data as _check_model_takes_data  # noqa: F401  (its old import path)
 from .checks import check_network, prepare
 from .claim import claim_folder, write_config
 from .evaluation import evaluate
@@ -55,7 +55,6 @@ RUN_KEYS = ("amp", "channels_last", "compile", "task", "data")
 
 __all__ = ["PROGRESS", "Recipe", "StopTraining", "TrainingDiverged", "evaluate", "fit", "resolve_amp",
            "resolve_device", "run_recipe"]
-_REEXPORTED = (_check_model_takes_data, _FIT_RUN_ARGS)  # old import paths of what moved out
 
 
 class StopTraining(Exception):
