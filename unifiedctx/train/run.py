@@ -194,7 +194,7 @@ FIT_ARGUMENTS = """
             Should have a ``config`` dict (every ``create_model`` model does): it is stored in
             checkpoints and checked on resume.
         data: an ImageData (kept on the device, augmented there), a FolderData (DataLoaders), or
-            what the task takes (a SegmentationData for ``segment``).
+            what the task takes (its ``check_data`` says what that is).
         recipe: the settings that decide the result (``None``: from the keywords).
         **settings: any :class:`Recipe` setting by name (``epochs`` is required without a recipe):
 {recipe_settings}
