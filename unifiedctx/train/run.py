@@ -3,7 +3,8 @@
 ``plan(recipe, task, settings, run)`` checks every argument of :func:`unifiedctx.train.fit` at
 the door (``TypeError``/``ValueError`` naming it, through :mod:`unifiedctx.validation`) and
 returns the frozen :class:`Plan` that ``fit`` and ``train_or_load`` both use: the recipe is built
-once, the task once, the device, autocast dtype and compile switch once.
+once, the task once, the device, autocast dtype and compile switch once. :data:`FIT_ARGUMENTS`
+documents fit's arguments (it becomes part of ``fit.__doc__``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ RUN_DEFAULTS = {"device": "auto", "amp": "auto", "compile": False, "channels_las
                 "resume": False, "progress": True, "eval_batch_size": None, "callback": None,
                 "run_info": None,
                 "save_rank_weights": False, "allow_foreign": False}
+#: fit's keyword arguments that are not recipe settings.
+FIT_RUN_ARGS = ("task", *RUN_DEFAULTS)
 
 
 def resolve_device(device) -> torch.device:
@@ -125,6 +128,15 @@ class Plan:
         """The run folder (``~`` expanded), or ``None``."""
         return Path(self.run["out"]).expanduser() if self.run["out"] is not None else None
 
+    def config(self, model, data, device: torch.device, record: dict) -> dict:
+        """What ``config.json`` holds: the model's config, the run ``record``, the data's name, the
+        device, amp, compile, memory format and the caller's ``run_info``."""
+        from .checkpoint import model_config
+
+        return {"model": model_config(model), "recipe": record, "data": getattr(data, "name", None),
+                "device": str(device), "amp": str(self.amp_dtype), "compile": self.compile,
+                "channels_last": self.run["channels_last"], "run": self.run["run_info"]}
+
     def record(self, data, world_size: int) -> dict:
         """What checkpoints and ``config.json`` store as the run's ``recipe`` and resume compares:
         the recipe, then the world size, amp, channels_last, compile and the data's identity."""
@@ -147,3 +159,79 @@ def plan(recipe: Recipe | None, task, settings: dict, run: dict) -> Plan:
     dev = resolve_device(run["device"])
     compile_on = run["compile"] is True or (run["compile"] == "auto" and dev.type == "cuda")
     return Plan(recipe, task, dev, resolve_amp(run["amp"], dev), compile_on, run)
+
+
+def split_fit_kwargs(kwargs: dict, drop: tuple[str, ...] = ("task",)) -> tuple[dict, dict]:
+    """``(recipe settings, run arguments)`` of fit's keywords; the run arguments without ``drop``."""
+    settings = {k: v for k, v in kwargs.items() if k not in FIT_RUN_ARGS}
+    return settings, {k: v for k, v in kwargs.items() if k in FIT_RUN_ARGS and k not in drop}
+
+
+def run_recipe(data, recipe: Recipe | None = None, **fit_kwargs) -> dict:
+    """The record that ``fit(model, data, recipe, **fit_kwargs)`` would store (and compare on resume)."""
+    settings, run = split_fit_kwargs(fit_kwargs)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return plan(recipe, fit_kwargs.get("task"), settings, run).record(data, world_size)
+
+
+def recipe_doc() -> str:
+    """The :class:`Recipe` settings as docstring lines (``name (default): help``)."""
+    from dataclasses import MISSING, fields
+
+    lines = []
+    for f in fields(Recipe):
+        required = f.default is MISSING and f.default_factory is MISSING
+        value = f.default if f.default is not MISSING else None if required else f.default_factory()
+        default = "required" if required else repr(value)
+        lines.append(f"            ``{f.name}`` ({default}): {f.metadata['help']}.")
+    return "\n".join(lines)
+
+
+#: The Args, Returns and Raises of :func:`unifiedctx.train.fit` (``{recipe_settings}``: :func:`recipe_doc`).
+FIT_ARGUMENTS = """
+    Args:
+        model: the network to train (classification: float ``(B, C, H, W)`` -> ``(B, num_classes)``).
+            Should have a ``config`` dict (every ``create_model`` model does): it is stored in
+            checkpoints and checked on resume.
+        data: an ImageData (kept on the device, augmented there), a FolderData (DataLoaders), or
+            what the task takes (its ``check_data`` says what that is).
+        recipe: the settings that decide the result (``None``: from the keywords).
+        **settings: any :class:`Recipe` setting by name (``epochs`` is required without a recipe):
+{recipe_settings}
+        task: what to optimise and measure (:mod:`unifiedctx.train.tasks`): a name (the recipe's
+            ``task``) or a Task instance (its name and ``settings()`` go into the recipe).
+        device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        amp: ``"auto"`` (bf16 autocast on CUDA, off on CPU), ``"bf16"`` or ``"off"``.
+        compile: ``torch.compile`` the model; ``"auto"`` compiles on CUDA only.
+        channels_last: model and batches in ``channels_last`` memory format.
+        out: folder for ``last.pt`` (every epoch), ``best.pt``, ``history.json``/``.csv`` and
+            ``config.json``; ``None`` writes nothing.
+        resume: continue from ``out/last.pt`` if it exists (same settings required); without it an
+            existing ``out/last.pt`` is a ``FileExistsError``.
+        progress: ``True``: tqdm bars (rank 0 only) with loss, the task's metrics and images/s;
+            ``False``: nothing; ``"epoch"``: one line per epoch (epoch, train loss, the task's metric, time).
+        eval_batch_size: test batch size (default ``2 * batch_size``).
+        callback: called after every optimizer step with a dict ``event="step"``, ``epoch``
+            (1-based), ``step`` (1-based in the epoch), ``global_step``, ``loss`` (a 0-d tensor),
+            ``model``; and after every epoch (checkpoint written) with ``event="epoch"``, ``epoch``,
+            ``row`` (the history entry), ``model``. Raising :class:`StopTraining` ends the run.
+        run_info: extra JSON-serialisable facts stored in ``out/config.json``.
+        save_rank_weights: every rank writes its final weights to ``out/rank{r}.pt`` (DDP checks).
+        allow_foreign: train into an ``out`` that holds files other than this run's own (a run
+            owns its folder: otherwise such a folder is a ``FileExistsError``; see ``rundir.py``).
+
+    Returns:
+        :class:`History`, one dict per epoch (see :mod:`unifiedctx.train.history`).
+
+    Every setting that changes the result (the recipe, ``amp``, ``channels_last``, ``compile``,
+    the task and the data's name, options and fingerprint) is recorded in ``config.json`` and the
+    checkpoints; resuming with any other is a ``ValueError`` listing the differences. Every
+    argument, the data and the model are checked before anything is written.
+
+    Raises:
+        TrainingDiverged: the loss, the gradient norm, the weights or the test loss became NaN or
+            infinite (checked at every step, the last included; on CUDA without a sync per step):
+            the epoch, the step and the last good checkpoint are named; nothing non-finite is saved.
+        FileExistsError: ``out`` holds another run's or a person's files (see ``allow_foreign``).
+        unifiedctx.train.rundir.FolderInUse: another live process is training into ``out``.
+"""

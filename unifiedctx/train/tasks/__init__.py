@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 
 from ...validation import suggest
-from .base import Task, autocast_context, model_for_data, option_names
+from .base import Task, TaskExample, autocast_context, model_for_data, option_names
 from .classify import Classify, ClassifyOptions, evaluate_classifier, output_classes
 
 #: Registered task classes by name.
@@ -27,11 +27,12 @@ REGISTRY: dict[str, type[Task]] = {"classify": Classify}
 LAZY = {
     "segment": "unifiedctx.train.tasks.segment",
     "dino": "unifiedctx.train.tasks.dino",
+    "count": "unifiedctx.train.tasks.count",
 }
 
-__all__ = ["LAZY", "REGISTRY", "Classify", "ClassifyOptions", "Task", "autocast_context", "available",
-           "create", "evaluate_classifier", "model_for_data", "option_names", "output_classes", "register",
-           "task_class"]
+__all__ = ["LAZY", "REGISTRY", "Classify", "ClassifyOptions", "Task", "TaskExample", "autocast_context",
+           "available", "create", "evaluate_classifier", "model_for_data", "option_names", "output_classes",
+           "register", "task_class"]
 
 
 def register(cls: type[Task]) -> type[Task]:

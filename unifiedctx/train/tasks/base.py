@@ -12,6 +12,12 @@ A task is the unit that owns its training. The engine (:func:`unifiedctx.train.f
 
 and checkpoints ``model``, ``task.modules()`` and ``task.state_dict()``. ``best.pt`` is picked by
 ``task.best_metric`` (larger is better). Nothing in the engine names a task.
+
+Required: ``name``, ``best_metric``, :meth:`Task.loss`, :meth:`Task.evaluate`. Optional (each has a
+default): ``check_data``, ``setup``, ``modules``, ``network``, ``batches``, ``build_model``,
+``after_step``, ``train_metrics``, ``state_dict``/``load_state_dict``, ``settings`` and
+:meth:`Task.example`, the tiny run (a :class:`TaskExample`) that ``tests/test_task_contract.py``
+puts every registered task through: fit, kill and resume, evaluate, two gloo ranks.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -60,6 +67,33 @@ def _split_sizes(data) -> tuple[int | None, int | None]:
     return sizes[0], sizes[1]
 
 
+@dataclass(frozen=True)
+class TaskExample:
+    """A tiny run of a task, for tests: ``fit(task.build_model(preset, data, seed, **model_options),
+    data, task=create(name, **options), epochs=2, device="cpu", **recipe)``.
+
+    Attributes:
+        preset: a :func:`unifiedctx.models.create_model` preset.
+        data: the data set (tiny: a few dozen images of 16 px, one or two steps per epoch).
+        options: the task's options.
+        model_options: extra arguments of the model's builder (``drop_path=0.0``, ...).
+        recipe: recipe settings besides ``epochs`` (``batch_size`` is per rank).
+        ddp_matches_single: two ranks of ``batch_size`` take the very steps of one process with
+            ``2 * batch_size`` (up to float rounding). False where a rank draws randomness or
+            statistics of its own shard (DINO's multi-crops, a BatchNorm in the head).
+        state_metrics: history columns measured on the task's training state rather than the
+            model (DINO's teacher), which ``evaluate`` on a loaded checkpoint cannot reproduce.
+    """
+
+    preset: str
+    data: object
+    options: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    ddp_matches_single: bool = True
+    state_metrics: tuple[str, ...] = ()
+
+
 class Task(ABC):
     """Base class of a training task (see the module docstring for the order of the calls).
 
@@ -78,6 +112,12 @@ class Task(ABC):
     def settings(self) -> dict:
         """JSON-able settings of this task that decide the result (none by default)."""
         return {}
+
+    @classmethod
+    def example(cls) -> TaskExample | None:
+        """A tiny run of this task for the contract test (:class:`TaskExample`); ``None`` by
+        default, and then the contract test fails for this task until it declares one."""
+        return None
 
     def build_model(self, preset: str, data, seed: int = 0, **overrides) -> nn.Module:
         """The model this task trains, from a preset sized for ``data`` (:func:`model_for_data`)."""

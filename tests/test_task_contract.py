@@ -1,0 +1,232 @@
+"""Every task in the registry (``tasks.available()``, so a new task is picked up by itself) keeps the
+engine's contract on its tiny example (``Task.example()``, a :class:`TaskExample`):
+
+1. fit trains it for 2 epochs (finite losses, the task's best metric in every row);
+2. a run stopped after epoch 1 and resumed by a fresh model and a fresh task ends bit for bit where
+   the uninterrupted run ends: weights, optimizer, the task's modules and state, the history rows
+   (timing columns aside);
+3. ``evaluate`` of the checkpoint, loaded into a freshly built model, gives the last row's test metrics
+   exactly (the same batches, the same sums);
+4. two gloo ranks (``torch.distributed.run``, as tests/test_ddp.py launches it) end with the same
+   weights and task modules on both ranks; where the example says so (``ddp_matches_single``), those
+   weights equal one process's with the doubled batch up to float rounding (K ranks of batch b take
+   the step of one process of batch K b), else they still differ from the initial weights.
+
+Tasks whose files this test may not change (classify, segment, dino) declare no ``example()`` yet;
+their examples sit in ``FALLBACK`` below, and a task with neither fails here.
+
+This file is also the worker the two ranks run: ``python tests/test_task_contract.py OUT``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMING = ("epoch_time", "images_per_s", "time")
+
+
+def texture(n_train: int = 32, n_test: int = 16):
+    from unifiedctx.data.texture import load_texture
+
+    return load_texture(n_train=n_train, n_test=n_test, size=16, seed=0)
+
+
+def fallback_examples() -> dict:
+    """Examples of the tasks whose files do not declare one (to move into them as ``example()``)."""
+    from unifiedctx.train.tasks import TaskExample
+    from unifiedctx.train.tasks.count import small_canvases
+
+    fast = {"batch_size": 16, "lr": 3e-3, "seed": 1}
+    return {
+        # label smoothing, mixup and the EMA exercise the classify options and the EMA's resume
+        "classify": TaskExample("deit_tiny_nano", texture(), {"label_smoothing": 0.1, "mixup": 0.4},
+                                {"drop_path": 0.0}, {**fast, "ema": 0.9}),
+        "segment": TaskExample("deit_tiny_nano", small_canvases(32, 16, size=16, seed=1), {}, {}, fast),
+        # each rank draws its own multi-crops and the head's BatchNorm sees its own shard
+        "dino": TaskExample("deit_tiny_nano", texture(),
+                            {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "local_crops": 2,
+                             "knn_k": 5},
+                            {}, fast, ddp_matches_single=False, state_metrics=("teacher_knn_acc",)),
+    }
+
+
+@functools.cache
+def example(name: str):
+    from unifiedctx.train import tasks
+
+    declared = tasks.task_class(name).example()
+    if declared is not None:
+        return declared
+    found = fallback_examples().get(name)
+    assert found is not None, (f"task {name!r} declares no example(): give it a classmethod example() "
+                               "returning a TaskExample (see unifiedctx/train/tasks/base.py)")
+    return found
+
+
+def run(name: str, out: Path | None, ex=None, seed: int = 1, **fit_kwargs):
+    """``(model, history)`` of the example of task ``name`` trained for 2 epochs on the CPU."""
+    from unifiedctx.train import fit, tasks
+
+    ex = ex or example(name)
+    task = tasks.create(name, **ex.options)
+    model = task.build_model(ex.preset, ex.data, seed, **ex.model_options)
+    settings = {**ex.recipe, **{k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in ex.recipe}}
+    history = fit(model, ex.data, task=task, epochs=2, device="cpu", progress=False, out=out, **settings,
+                  **fit_kwargs)
+    return model, history
+
+
+def same(a, b, where: str = "") -> None:
+    """``a`` and ``b`` equal bit for bit (tensors), recursively through dicts and lists."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a) == sorted(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{i}]")
+    else:
+        both_nan = isinstance(a, float) and math.isnan(a) and math.isnan(b)
+        assert a == b or both_nan, f"{where}: {a!r} != {b!r}"
+
+
+def without_timing(rows) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def task_names() -> list[str]:
+    from unifiedctx.train import tasks
+
+    return tasks.available()
+
+
+@pytest.fixture(scope="module")
+def full_runs():
+    """Each task's uninterrupted 2-epoch run (made once, read by several tests), on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield {}
+    torch.set_num_threads(threads)
+
+
+def full_run(name: str, full_runs: dict, root: Path) -> Path:
+    if name not in full_runs:
+        out = root / f"full_{name}"
+        run(name, out)
+        full_runs[name] = out
+    return full_runs[name]
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_fit_stop_and_resume_is_bit_exact(name, full_runs, tmp_path_factory):
+    from unifiedctx.train import StopTraining, read_checkpoint, tasks
+
+    full = full_run(name, full_runs, tmp_path_factory.mktemp("contract"))
+    a = read_checkpoint(full / "last.pt")
+    assert a["epoch"] == 2 and len(a["history"]) == 2
+    metric = tasks.task_class(name).best_metric
+    for row in a["history"]:
+        assert math.isfinite(row["train_loss"]) and math.isfinite(row[metric]), row
+
+    def stop_after_epoch_1(info):
+        if info["event"] == "epoch" and info["epoch"] == 1:
+            raise StopTraining
+
+    cut = tmp_path_factory.mktemp("cut") / name
+    _, first = run(name, cut, callback=stop_after_epoch_1)
+    assert len(first) == 1 and read_checkpoint(cut / "last.pt")["epoch"] == 1
+    torch.manual_seed(12345)  # the resumed run owes nothing to the global RNG this process left behind
+    _, resumed = run(name, cut, seed=99, resume=True)  # other initial weights: the checkpoint's are loaded
+    b = read_checkpoint(cut / "last.pt")
+    assert b["epoch"] == 2 and b["step"] == a["step"]
+    for key in ("model", "optimizer", "ema", "task_modules", "task_state"):
+        same(a.get(key), b.get(key), key)
+    assert without_timing(a["history"]) == without_timing(b["history"]) == without_timing(resumed)
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_evaluate_of_the_checkpoint_gives_the_last_rows_metrics(name, full_runs, tmp_path_factory):
+    from unifiedctx.train import evaluate, load_checkpoint, tasks
+
+    full = full_run(name, full_runs, tmp_path_factory.mktemp("contract"))
+    ex = example(name)
+    task = tasks.create(name, **ex.options)
+    fresh = task.build_model(ex.preset, ex.data, 99, **ex.model_options)  # other weights until loaded
+    model, state = load_checkpoint(full / "last.pt", fresh)
+    row = state["history"][-1]
+    got = evaluate(model, ex.data, batch_size=2 * ex.recipe["batch_size"], device="cpu", task=task)
+    public = getattr(task, "public_metrics", None)
+    wanted = public(row) if public is not None else {k: row[k] for k in got if k not in ex.state_metrics}
+    assert wanted and {k: got[k] for k in wanted} == wanted
+    if public is None:
+        assert task.best_metric in wanted
+
+
+# ---------------------------------------------------------------------------------- two gloo ranks
+def worker(out: Path) -> None:
+    """Run on each of two ranks: every task's example, with per-rank batch half the example's."""
+    import torch.distributed as dist
+
+    from unifiedctx.train import tasks
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")  # once: fit joins it (and leaves it to us) for every task
+    try:
+        for name in tasks.available():
+            ex = example(name)
+            run(name, out / name, batch_size=ex.recipe["batch_size"] // 2, save_rank_weights=True)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    from test_ddp import free_port
+
+    out = tmp_path_factory.mktemp("ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__, str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", task_names())
+def test_two_gloo_ranks_agree(name, ddp_runs, full_runs, tmp_path_factory):
+    from unifiedctx.train import read_checkpoint, tasks
+
+    ex = example(name)
+    full = full_run(name, full_runs, tmp_path_factory.mktemp("contract"))  # one process, batch 2 b
+    r0, r1 = (read_checkpoint(ddp_runs / name / f"rank{r}.pt")["model"] for r in (0, 1))
+    last = read_checkpoint(ddp_runs / name / "last.pt")
+    assert last["recipe"]["world_size"] == 2 and last["epoch"] == 2
+    same(r0, r1, "rank 0 vs rank 1")
+    same(last["model"], r0, "last.pt vs rank 0")
+    single = read_checkpoint(full / "last.pt")
+    start = tasks.create(name, **ex.options).build_model(ex.preset, ex.data, 1, **ex.model_options)
+    start = start.state_dict()
+    assert last["step"] == single["step"]
+    for key, w in r0.items():
+        if ex.ddp_matches_single:
+            torch.testing.assert_close(w, single["model"][key], atol=2e-5, rtol=1e-4,
+                                       msg=f"2 ranks vs 1 process: {key}")
+    moved = [k for k, w in r0.items() if w.is_floating_point() and not torch.equal(w, start[k])]
+    assert moved, "two ranks trained nothing"
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
