@@ -68,7 +68,7 @@ def _optional_positive_int(name, value):
 def _task_name(name, value) -> str:
     """A registered task's name (``tasks.available()``); an unknown one is refused with close names."""
     if not isinstance(value, str) or not value:
-        raise TypeError(f"{name} must be a task name such as 'classify', 'segment' or 'dino', got {value!r}")
+        raise TypeError(f"{name} must be a task name ({', '.join(tasks.available())}), got {value!r}")
     if value not in _INSTANCE_TASKS:  # a task given as an instance need not be registered
         tasks.task_class(value)  # ValueError: unknown task 'segmnt'; available: ... Did you mean 'segment'?
     return value
