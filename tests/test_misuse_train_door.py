@@ -464,6 +464,7 @@ def test_the_public_training_api_is_covered_by_these_tables():
         "ModelEma",
         "StopTraining",
         "Task",
+        "TaskExample",
         "TrainingDiverged",
         "WarmupCosine",
         "crop_flip",
