@@ -129,12 +129,13 @@ def train_side_by_side(jobs: list[dict], workers: int | None = None, log=print) 
                 done.append(future.result())
                 if log is not None:
                     r = done[-1]
-                    log(f"{r['name']:24s} trained: mIoU {r['test_miou']:.3f} in {r['seconds']:.1f} s "
-                        f"({r['cpu_s']:.1f} s of CPU)")
+                    log(f"{r['name']:24s} ready (trained, or loaded from its folder): mIoU "
+                        f"{r['test_miou']:.3f} after {r['seconds']:.1f} s ({r['cpu_s']:.1f} s of CPU)")
         return done
     if log is not None:
         for r in done:
-            log(f"{r['name']:24s} trained: mIoU {r['test_miou']:.3f} in {r['seconds']:.1f} s")
+            log(f"{r['name']:24s} ready (trained, or loaded from its folder): mIoU {r['test_miou']:.3f} "
+                f"after {r['seconds']:.1f} s")
     return done
 
 
