@@ -54,3 +54,13 @@ def test_training_is_never_silent_in_either_profile():
     from unifiedctx.profiles import make
 
     assert make("quick").progress == "epoch" and make("full").progress is True
+
+
+def test_the_segment_recipes_are_the_sweeps_chosen_points():
+    # docs/sweep_segment.md: 2048 canvases x 8 epochs at batch 16, lr 2e-2 gave container_light mIoU 0.380
+    quick = profiles.make("quick").task_recipes["segment"]
+    assert quick == Recipe(epochs=8, batch_size=16, lr=2e-2, warmup_epochs=0.3, weight_decay=0.05, seed=0,
+                           task="segment")
+    assert quick.task_options == {"flip": False}          # a flipped digit is not a digit
+    full = profiles.make("full").task_recipes["segment"]
+    assert (full.task, full.epochs, full.batch_size, full.lr) == ("segment", 40, 32, 1e-2)
