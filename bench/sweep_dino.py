@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -35,11 +36,46 @@ from unifiedctx.data import load
 from unifiedctx.train import Recipe, fit
 from unifiedctx.train.dino import Dino, knn_accuracy
 
-HEADER = (
-    f"  {'family':16s} {'seed':>4s} {'epochs':>6s} {'lr':>7s} {'batch':>5s} {'local':>5s} "
-    f"{'momentum':>8s} {'out_dim':>7s} {'steps':>5s} {'wall_s':>6s} {'cpu_s':>6s} {'untrained':>9s} "
-    f"{'k-NN':>6s} {'teacher':>7s} {'gain':>6s}"
+# the table's columns: (title in the text table, title in Markdown, the row's key, format)
+COLUMNS = (
+    ("family", "family", "family", "16s"),
+    ("seed", "seed", "seed", "4d"),
+    ("epochs", "epochs", "epochs", "6d"),
+    ("lr", "lr", "lr", "7.0e"),
+    ("batch", "batch", "batch", "5d"),
+    ("local", "local", "local_crops", "5d"),
+    ("momentum", "momentum", "momentum", "8.3f"),
+    ("out_dim", "out_dim", "out_dim", "7d"),
+    ("steps", "steps", "steps", "5d"),
+    ("wall_s", "wall s", "seconds", "6.1f"),
+    ("cpu_s", "CPU s", "cpu_seconds", "6.1f"),
+    ("untrained", "untrained", "untrained", "9.3f"),
+    ("k-NN", "k-NN", "knn", "6.3f"),
+    ("teacher", "teacher", "teacher_knn", "7.3f"),
+    ("gain", "gain", "gain", "+6.3f"),
 )
+
+
+def _cells(row: dict, markdown: bool) -> list[str]:
+    """The row's values, padded to the text table's widths (``markdown``: unpadded)."""
+    cells = []
+    for _, _, key, fmt in COLUMNS:
+        value = cpu_seconds(row) if key == "cpu_seconds" else row[key]
+        text = format(value, fmt)
+        cells.append(("–" if value == math.inf else text.strip()) if markdown else text)
+    return cells
+
+
+def _width(fmt: str) -> int:
+    """The field width of a format spec such as ``"+6.3f"`` (6)."""
+    return int(re.match(r"\+?(\d+)", fmt).group(1))
+
+
+HEADER = "  " + " ".join(
+    f"{title:<{_width(fmt)}}" if fmt.endswith("s") else f"{title:>{_width(fmt)}}"
+    for title, _, _, fmt in COLUMNS
+)
+MARKDOWN_HEADER = "| " + " | ".join(md for _, md, _, _ in COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|"
 
 
 def run_point(
@@ -102,12 +138,7 @@ def run_point(
 
 def format_row(row: dict, mark: str = " ") -> str:
     """One printed line of the table (``mark``: ``*`` on the Pareto front)."""
-    return (
-        f"{mark} {row['family']:16s} {row['seed']:4d} {row['epochs']:6d} {row['lr']:7.0e} {row['batch']:5d} "
-        f"{row['local_crops']:5d} {row['momentum']:8.3f} {row['out_dim']:7d} {row['steps']:5d} "
-        f"{row['seconds']:6.1f} {cpu_seconds(row):6.1f} {row['untrained']:9.3f} {row['knn']:6.3f} "
-        f"{row['teacher_knn']:7.3f} {row['gain']:+6.3f}"
-    )
+    return f"{mark} " + " ".join(_cells(row, markdown=False))
 
 
 def cpu_seconds(row: dict) -> float:
@@ -133,18 +164,8 @@ def pareto(rows: list[dict]) -> list[bool]:
 
 def markdown_row(row: dict, mark: str = "") -> str:
     """One row of the Markdown table (docs/sweep_dino.md)."""
-    return (
-        f"| {mark}{row['family']} | {row['seed']} | {row['epochs']} | {row['lr']:.0e} | {row['batch']} | "
-        f"{row['local_crops']} | {row['momentum']:.2f} | {row['out_dim']} | {row['steps']} | "
-        f"{row['seconds']:.0f} | {cpu_seconds(row):.0f} | {row['untrained']:.3f} | {row['knn']:.3f} | "
-        f"{row['teacher_knn']:.3f} | {row['gain']:+.3f} |"
-    )
-
-
-MARKDOWN_HEADER = (
-    "| family | seed | epochs | lr | batch | local | momentum | out_dim | steps | wall s | CPU s | untrained "
-    "| k-NN | teacher | gain |\n" + "|---" * 15 + "|"
-)
+    cells = _cells(row, markdown=True)
+    return "| " + " | ".join([mark + cells[0], *cells[1:]]) + " |"
 
 
 def summary(rows: list[dict], markdown: bool = False) -> str:
