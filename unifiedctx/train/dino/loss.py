@@ -12,12 +12,18 @@ centre follows the teacher's batch mean over both global crops (summed over DDP 
 
     c <- m_c c + (1 - m_c) mean_{b, g} t_g[b]
 
+(the mean over every row of every rank: the reference code divides the all-reduced sum by
+``B * world_size``, the same number when the ranks' batches are equal, as DDP's shards are).
+
 Centring keeps one prototype from winning every image; sharpening keeps the teacher from
 spreading uniformly: together they prevent collapse. Schedules, as functions of the step ``s``
 of ``S`` in total (so that a resumed run needs only the step):
 
     tau_t(s) = tau_0 + (tau_1 - tau_0) min(1, s / (w S))          linear warmup, then constant
     m(s) = 1 - (1 - m_0) (1 + cos(pi s / S)) / 2                  teacher EMA momentum, m_0 -> 1
+
+The temperature warm-up is linear per STEP (the paper's code: per epoch); the momentum is per
+step as in the paper's code. tests/test_dino_formulation.py holds all four against the paper.
 """
 
 from __future__ import annotations
@@ -35,14 +41,26 @@ from .. import distributed as D
 def teacher_temperature(
     step: int, total_steps: int, start: float = 0.04, end: float = 0.07, warmup: float = 0.3
 ) -> float:
-    """``tau_t(s)``: linear from ``start`` to ``end`` over the first ``warmup`` fraction of the steps."""
+    """``tau_t(s)``: linear from ``start`` to ``end`` over the first ``warmup`` fraction of the steps.
+
+    Convention (DINO's reference code warms up per *epoch*: ``linspace(start, end, W)`` over the first
+    ``W`` epochs, one value per epoch): ours is the same line evaluated per *step*, so a run of a few
+    epochs still gets a gradual warm-up; at the first step of every epoch ``e`` it equals the
+    reference's value when ``warmup = (W - 1) / epochs``. Step 0 is always ``start`` (also when
+    ``total_steps`` is not known yet, 0, as in the task's first step); ``warmup = 0`` gives ``end``.
+    """
+    if warmup <= 0:
+        return end
     ramp = warmup * total_steps
-    t = 1.0 if ramp <= 0 else min(1.0, step / ramp)
+    t = min(1.0, step / ramp) if ramp > 0 else (0.0 if step <= 0 else 1.0)
     return start + (end - start) * t
 
 
 def teacher_momentum(step: int, total_steps: int, base: float = 0.996) -> float:
-    """``m(s) = 1 - (1 - m_0) (1 + cos(pi s / S)) / 2``: ``m_0`` at the start, 1 at the end."""
+    """``m(s) = 1 - (1 - m_0) (1 + cos(pi s / S)) / 2``: ``m_0`` at the start, 1 at the end.
+
+    Per step, as in DINO's reference code (``cosine_scheduler(m_0, 1, epochs, steps_per_epoch)``
+    indexed by the 0-based global step ``s`` just taken, ``S`` steps in all)."""
     t = min(1.0, step / max(total_steps, 1))
     return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * t)) / 2.0
 
