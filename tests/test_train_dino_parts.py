@@ -104,6 +104,11 @@ def test_multicrop_refuses_bad_settings_by_name():
         MultiCrop(32, 16, local_crops=-1)
     with pytest.raises(ValueError, match="3-channel"):
         MultiCrop(32, 16, jitter=0.4, mean=(0.5,), std=(0.2,))
+    for wrong in ({"global_size": True}, {"local_size": 16.0}, {"local_crops": "2"}, {"jitter": "0.1"}):
+        with pytest.raises(TypeError, match=next(iter(wrong))):  # bool is not a size, strings not numbers
+            MultiCrop(**({"global_size": 32, "local_size": 16} | wrong))
+    with pytest.raises(ValueError, match="jitter"):
+        MultiCrop(32, 16, jitter=1.0)
     with pytest.raises(ValueError, match="x must be"):
         MultiCrop(32, 16)(torch.zeros(3, 32, 32))
 

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ...validation import check_float, check_int, check_positive_int
+
 
 def _uniform(n: int, low: float, high: float, generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
@@ -133,16 +135,13 @@ class MultiCrop:
         mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0),
     ):
-        for name, value in (("global_size", global_size), ("local_size", local_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(local_crops, bool) or not isinstance(local_crops, int) or local_crops < 0:
-            raise ValueError(f"local_crops must be a non-negative int, got {local_crops!r}")
+        check_positive_int("global_size", global_size)
+        check_positive_int("local_size", local_size)
+        check_int("local_crops", local_crops, low=0)
         for name, (lo, hi) in (("global_scale", global_scale), ("local_scale", local_scale)):
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(f"{name} must be (low, high) with 0 < low <= high <= 1, got {(lo, hi)}")
-        if not 0.0 <= jitter < 1.0:
-            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+        check_float("jitter", jitter, low=0.0, high=1.0, high_open=True)
         if jitter > 0 and len(mean) != 3:
             raise ValueError(f"colour jitter needs 3-channel images; mean has {len(mean)} channels")
         self.global_size, self.local_size, self.local_crops = global_size, local_size, local_crops
