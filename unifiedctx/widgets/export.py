@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..validation import check_float
+from ..validation import check_float, check_int
 from . import explorer_payload as payload
 from .explorer_data import DEPTH_MODES
 
@@ -111,11 +111,10 @@ def _check_images(images, n: int) -> list[int]:
         return list(range(n))
     if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
         raise TypeError(f"images must be a list of image indices in 0..{n - 1}, got {images!r}")
-    picks = list(images)
-    if not picks or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n
-                        for i in picks):
+    picks = [check_int(f"images[{k}]", i) for k, i in enumerate(images)]  # bool or float: TypeError
+    if not picks or not all(0 <= i < n for i in picks):
         raise ValueError(f"images must be indices in 0..{n - 1}, got {images!r}")
-    return [int(i) for i in picks]
+    return picks
 
 
 def _check_path(path) -> Path:
