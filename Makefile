@@ -18,7 +18,7 @@ TIMM_TESTS := tests/test_inspect_timm.py tests/test_inspect_model_timm.py tests/
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
 
-.PHONY: lab test course site install unit notebooks browser lint bench clean timm-env timm-test
+.PHONY: lab test course site site-quick install unit notebooks browser lint bench clean timm-env timm-test
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -56,6 +56,13 @@ course: $(STAMP)
 site: $(STAMP)
 	$(BIN)/python -m unifiedctx.site --out build/site
 
+# CI's site: notebooks 01 (math) and 05 (the explorer on 04's runs, cached by the nbval pass before it)
+# rendered by the real generator, then browsed in Chromium (tests/browser/test_site_browser.py)
+SITE_QUICK := build/site-quick
+site-quick: $(STAMP)
+	$(BIN)/python -m unifiedctx.site --profile quick --out $(SITE_QUICK) 01 05
+	UNIFIEDCTX_SITE=$(SITE_QUICK) $(BIN)/pytest -q -m browser tests/browser/test_site_browser.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -74,6 +81,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q tests
 	UNIFIEDCTX_PROFILE=quick $(BIN)/pytest -q --nbval-lax notebooks/
+	$(MAKE) site-quick
 	$(MAKE) timm-test
 
 bench: $(STAMP)

@@ -30,3 +30,13 @@ def test_lab_passes_the_users_args_and_allow_root_only_as_root():
 
 def test_site_target_builds_the_static_site():
     assert "unifiedctx.site" in dry_run("site")
+
+
+def test_ci_builds_the_quick_site_after_the_notebooks_and_browses_it():
+    test = dry_run("test").splitlines()
+    notebooks = next(i for i, c in enumerate(test) if "--nbval-lax notebooks/" in c)
+    site = next(i for i, c in enumerate(test) if "site-quick" in c)
+    assert notebooks < site  # 05 loads the runs that 04 cached under nbval
+    quick = dry_run("site-quick")
+    assert "-m unifiedctx.site --profile quick --out build/site-quick 01 05" in quick
+    assert "UNIFIEDCTX_SITE=build/site-quick" in quick and "tests/browser/test_site_browser.py" in quick
