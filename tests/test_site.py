@@ -34,7 +34,8 @@ def executed_notebook(path, title, printed, profile="quick", explorer=False):
     if explorer:
         outputs.append(nbformat.v4.new_output("display_data", data={
             course.WIDGET_VIEW: WIDGET_VIEW, "text/plain": "AffinityExplorer(...)", "text/html": FRAME}))
-        state = {"state": {}, "version_major": 2}
+        state = {"state": {"abc": {"model_name": "AnyModel", "model_module": "anywidget", "state": {}}},
+                 "version_major": 2, "version_minor": 0}  # the view's model, as nbclient saves it
         nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": state}
     nb.cells = [nbformat.v4.new_markdown_cell("".join(heading) + "The affinity $A$, and $$Y = A V$$."),
                 nbformat.v4.new_code_cell("print('x')", outputs=outputs)]
