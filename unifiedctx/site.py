@@ -71,6 +71,11 @@ THEME_OVERRIDE = """{% extends "base.html" %}
 {{ config.site_name }}</title>{% endblock %}
 """
 
+#: The site's own stylesheet: a wider page than Material's 61rem, so that an explorer with its
+#: depth panel fits beside the navigation on a laptop screen.
+STYLESHEET = ".md-grid { max-width: 100rem; }\n"
+STYLESHEET_PATH = "assets/stylesheets/unifiedctx.css"
+
 INDEX = """# unifiedctx: the course
 
 Convolution, self-attention and MLP-Mixer are one operator: every token takes a weighted sum of
@@ -170,6 +175,8 @@ def write_sources(executed: list[Path], docs: Path, explorers: Path | None) -> P
     (docs / "index.md").write_text(index, encoding="utf-8")
     if explorers != docs / EXPLORERS:
         shutil.copytree(explorers, docs / EXPLORERS)
+    (docs / STYLESHEET_PATH).parent.mkdir(parents=True)
+    (docs / STYLESHEET_PATH).write_text(STYLESHEET, encoding="utf-8")
     shutil.copytree(_mathjax_folder(), docs / MATHJAX)
     (docs / MATHJAX / "config" / "local").mkdir(parents=True, exist_ok=True)
     (docs / MATHJAX / "config" / "local" / "unifiedctx.js").write_text(MATHJAX_LOCAL, encoding="utf-8")
@@ -184,6 +191,7 @@ def write_sources(executed: list[Path], docs: Path, explorers: Path | None) -> P
         "theme": {"name": "material", "font": False, "features": ["toc.integrate"],
                   "custom_dir": str(overrides.resolve())},
         "nav": nav,
+        "extra_css": [STYLESHEET_PATH],
         # no search plugin: its web worker cannot start on a page opened from disk
         "plugins": [{"mkdocs-jupyter": {"execute": False, "include_source": True, "ignore_h1_titles": True,
                                         "custom_mathjax_url": MATHJAX_URL, "cache": False}}],
