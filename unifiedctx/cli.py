@@ -372,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data":
         return _data()
     from unifiedctx.data import DatasetUnavailable
+    from unifiedctx.files import FolderInUse
     from unifiedctx.train import TrainingDiverged
-    from unifiedctx.train.rundir import FolderInUse
 
     run = _train if args.command == "train" else _eval
     prefix = f"unifiedctx {args.command}: error:"

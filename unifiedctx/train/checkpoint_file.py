@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import atomic_open
 from ..validation import check_file_path, check_module, check_path
 from .finite import nonfinite_tensors
-from .history import atomic_open
 
 FORMAT = "unifiedctx-checkpoint/1"
 

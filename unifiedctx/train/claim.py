@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_atomic
 from . import distributed as D
-from .history import write_atomic
 
 
 @contextlib.contextmanager

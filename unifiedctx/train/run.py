@@ -233,5 +233,5 @@ FIT_ARGUMENTS = """
             infinite (checked at every step, the last included; on CUDA without a sync per step):
             the epoch, the step and the last good checkpoint are named; nothing non-finite is saved.
         FileExistsError: ``out`` holds another run's or a person's files (see ``allow_foreign``).
-        unifiedctx.train.rundir.FolderInUse: another live process is training into ``out``.
+        unifiedctx.files.FolderInUse: another live process is training into ``out``.
 """
