@@ -89,3 +89,63 @@ def test_task_registry_names_and_errors():
         tasks.create("classify", label_smoothing=1.5)
     with pytest.raises(TypeError, match="Task subclass"):
         tasks.register(nn.Linear)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Every task imported, then a copy of the registry that the test may change (undone after it)."""
+    for name in tasks.available():
+        tasks.task_class(name)
+    monkeypatch.setattr(tasks, "REGISTRY", dict(tasks.REGISTRY))
+
+
+@pytest.mark.parametrize("taken", ["classify", "segment", "dino", "count"])
+def test_register_refuses_a_taken_name_unless_asked_to_replace(taken, registry):
+    holder = tasks.task_class(taken)
+
+    class Impostor(MeanBrightness):
+        name = taken
+
+    words = rf"task name '{taken}' is taken by .*{holder.__qualname__}.*replace=True"
+    with pytest.raises(ValueError, match=words):
+        tasks.register(Impostor)
+    with pytest.raises(ValueError, match="is taken"):
+        tasks.register()(Impostor)  # the decorator's form
+    assert tasks.task_class(taken) is holder  # nothing replaced
+    assert tasks.register(holder) is holder  # the same class again is no replacement
+    assert tasks.register(Impostor, replace=True) is Impostor and tasks.task_class(taken) is Impostor
+    with pytest.raises(TypeError, match="replace must be True or False"):
+        tasks.register(Impostor, replace="yes")
+
+
+def test_register_takes_a_free_name_and_refuses_a_nameless_task(registry):
+
+    @tasks.register
+    class Brightness(MeanBrightness):
+        name = "brightness_regression"
+
+    assert tasks.task_class("brightness_regression") is Brightness
+
+    class Nameless(MeanBrightness):
+        name = ""
+
+    with pytest.raises(TypeError, match="name must be a non-empty string"):
+        tasks.register(Nameless)
+
+
+def test_the_name_of_a_task_not_imported_yet_is_taken_too():
+    """``count`` is imported on first use; registering another ``count`` first must not take its name."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, pytest; from unifiedctx.train import tasks, Task\n"
+            "assert 'unifiedctx.train.tasks.count' not in sys.modules\n"
+            "Other = type('Other', (tasks.Classify,), {'name': 'count'})\n"
+            "with pytest.raises(ValueError, match='taken by unifiedctx.train.tasks.count.Count'):\n"
+            "    tasks.register(Other)\n"
+            "assert tasks.task_class('count').__module__ == 'unifiedctx.train.tasks.count'\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
