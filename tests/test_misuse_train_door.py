@@ -18,6 +18,7 @@ import torch
 from misuse_helpers import FAST, WRONG, bright, make, raises_at_door
 
 from unifiedctx import train
+from unifiedctx.files import FORMAT
 from unifiedctx.models import pretrained
 from unifiedctx.train import (
     Recipe,
@@ -30,7 +31,6 @@ from unifiedctx.train import (
     save_checkpoint,
     train_or_load,
 )
-from unifiedctx.train.checkpoint_file import FORMAT
 from unifiedctx.train.engine import run_recipe
 
 #: More wrong values than the shared table: ranges that only some settings have.
@@ -394,6 +394,62 @@ def test_a_weights_only_file_given_to_resume_says_how_to_start_from_it(tmp_path)
         "weights only" in str(err) and "load_checkpoint" in str(err) and str(folder / "last.pt") in str(err)
     )
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == before
+
+
+# ------------------------------------------------------------------ the entries of a run's last.pt
+#: (entry, wrong value, whether read_checkpoint itself refuses it): every entry that reading a checkpoint
+#: and resuming a run read, each with a value of the wrong kind; ``"recipe.task"`` is the task inside the
+#: stored recipe; ``None`` removes the entry (a weights-only file has none of the run's entries, so only
+#: resume refuses their absence), and some values are well-formed but do not fit the run (only resume).
+BAD_ENTRIES = [
+    ("epoch", "one", True), ("epoch", -3, True), ("epoch", 1.5, True), ("epoch", True, True),
+    ("epoch", 9, True), ("epoch", None, False),
+    ("epochs", 0, True), ("epochs", "2", True),
+    ("step", -1, True), ("step", "8", True), ("step", None, False),
+    ("history", [1, 2], True), ("history", "rows", True), ("history", [{"epoch": 2, "test_acc": 0.5}], True),
+    ("history", [{"epoch": 1, "test_acc": "high"}], True), ("history", [], True), ("history", None, False),
+    ("optimizer", {"state": 3}, True), ("optimizer", [1], True),
+    ("optimizer", {"state": {}, "param_groups": []}, False),
+    ("ema", {"w": "not a tensor"}, True), ("ema", 5, True), ("ema", None, False),
+    ("task_modules", 5, True), ("task_state", [1], True),
+    ("recipe", 5, True), ("recipe", None, False), ("recipe.task", "classify", True),
+    ("recipe.task", {"name": 3}, True),
+    ("model_config", [1], True),
+    ("model", {"body.0.weight": torch.zeros(2)}, False),
+]
+
+
+@pytest.mark.parametrize("entry, value, by_reader",
+                         [pytest.param(*row, id=f"{row[0]}={row[1]!r}"[:40]) for row in BAD_ENTRIES])
+def test_a_wrong_entry_of_last_pt_is_named_with_its_file_and_nothing_is_written(entry, value, by_reader,
+                                                                               tmp_path):
+    out = tmp_path / "run"
+    fit(make(), bright(), epochs=1, out=out, ema=0.9, **FAST)
+    last = out / "last.pt"
+    state = torch.load(last, weights_only=True)
+    if entry == "recipe.task":
+        state["recipe"]["task"] = value
+    elif value is None:
+        del state[entry]
+    else:
+        state[entry] = value
+    torch.save(state, last)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    name = entry.split(".")[-1]
+    err = raises_at_door(name, fit, make(), bright(), epochs=1, out=out, ema=0.9, resume=True, **FAST)
+    assert str(last) in str(err), str(err)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    if by_reader:
+        assert str(last) in str(raises_at_door(name, read_checkpoint, last))
+
+
+def test_a_history_file_that_is_not_a_history_is_named(tmp_path):
+    for text, words in (("[half", "not valid JSON"), ('{"epoch": 1}', "list of per-epoch dicts"),
+                        ('[{"epoch": 1, "test_acc": "high"}]', "test_acc"), ('[{"epoch": 2}]', "epoch 1")):
+        path = tmp_path / "history.json"
+        path.write_text(text)
+        err = raises_at_door(str(path), train.History.from_json, path)
+        assert words in str(err), str(err)
 
 
 # ------------------------------------------------------------------ build_model

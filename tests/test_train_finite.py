@@ -137,7 +137,7 @@ def test_the_watch_never_syncs_with_the_host_per_step(monkeypatch):
 
 
 def test_nonfinite_tensors_names_every_bad_tensor_in_a_nested_state():
-    from unifiedctx.train.finite import nonfinite_tensors
+    from unifiedctx.files import nonfinite_tensors
 
     nan, inf = float("nan"), float("inf")
     state = {"a": torch.ones(2), "b": {"c": torch.tensor([1.0, nan]), "d": [torch.tensor(inf)]},

@@ -16,16 +16,17 @@ from pathlib import Path
 
 from torch import nn
 
-from ..validation import check_bool
-from .checkpoint_file import (
+from ..files import (
     FORMAT,
+    check_resumable,
     describe,
     load_weights_into,
     model_config,
+    nonfinite_tensors,
     read_checkpoint,
     save_checkpoint,
 )
-from .finite import nonfinite_tensors
+from ..validation import check_bool
 from .recipe import upgrade_record
 
 __all__ = ["FORMAT", "build_from_config", "check_config", "data_identity", "describe", "load_checkpoint",
@@ -131,11 +132,7 @@ def resume_state(path: Path, model: nn.Module, record: dict) -> dict:
     it exactly: same architecture, same settings, a full training state, finite weights."""
     state = read_checkpoint(path)
     check_config(state.get("model_config"), model_config(model), f"checkpoint {path}")
-    if state.get("optimizer") is None or "epoch" not in state:
-        raise ValueError(f"cannot resume from {path}: it holds weights only (no optimizer state or epoch "
-                         "count, like a best.pt), but resume needs the last.pt of a run. To start a new run "
-                         f"from its weights: load_checkpoint({str(path)!r}, model), then fit the model into "
-                         "another folder")
+    check_resumable(path, state)
     diff = recipe_differences(state.get("recipe", {}), record)
     if diff:
         raise ValueError(f"cannot resume {path} exactly with other settings ({'; '.join(diff)}); "

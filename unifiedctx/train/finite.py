@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import nonfinite_tensors  # noqa: F401  (the checks below and their users)
 from . import distributed as D
 
 WHAT = {1: "the loss", 2: "the gradient norm", 3: "the largest weight"}
@@ -31,24 +32,6 @@ WHAT = {1: "the loss", 2: "the gradient norm", 3: "the largest weight"}
 class TrainingDiverged(RuntimeError):
     """The loss, the gradients or the weights became NaN or infinite; nothing non-finite was saved,
     and the message names the epoch, the step and the last good checkpoint (or says there is none)."""
-
-
-def nonfinite_tensors(state, prefix: str = "") -> list[str]:
-    """Dotted names of the floating-point tensors in ``state`` (nested dicts, lists, tuples) that
-    hold a NaN or an infinity."""
-    bad: list[str] = []
-    if isinstance(state, torch.Tensor):
-        if (state.is_floating_point() or state.is_complex()) and not bool(torch.isfinite(state).all()):
-            bad.append(prefix or "tensor")
-    elif isinstance(state, dict):
-        for key, value in state.items():
-            bad += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            bad += nonfinite_tensors(value, f"{prefix}[{i}]")
-    elif isinstance(state, float) and not math.isfinite(state):
-        bad.append(prefix or "value")
-    return bad
 
 
 def max_abs(tensors: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -24,7 +24,7 @@ import math
 import os
 from pathlib import Path
 
-from ..files import write_atomic
+from ..files import check_history_rows, write_atomic
 
 
 def mixing_of(row) -> dict:
@@ -100,8 +100,15 @@ class History(list):
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> History:
-        """Read a history written by :meth:`to_json`."""
-        return cls(json.loads(Path(path).read_text()))
+        """Read a history written by :meth:`to_json`; a file that is not JSON, or whose rows are not
+        what :func:`unifiedctx.files.check_history_rows` expects, is a ``ValueError`` naming the file
+        and the row."""
+        path = Path(path)
+        try:
+            rows = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path} is not a history: it is not valid JSON ({err})") from None
+        return cls(check_history_rows(rows, str(path)))
 
     def __repr__(self) -> str:
         if not self:

@@ -55,20 +55,22 @@ class RunState:
         return self.plan.task
 
     def resume(self, last: Path) -> None:
-        """Load the run's state from ``last`` (same model and settings, refused otherwise)."""
+        """Load the run's state from ``last`` (same model and settings, refused otherwise); an entry
+        that does not fit this run is a ``ValueError`` naming the file and the entry."""
         state = resume_state(last, self.model, self.record)
-        self.model.load_state_dict(state["model"])
-        self.task.modules().load_state_dict(state.get("task_modules") or {})
-        self.task.load_state_dict(state.get("task_state") or {})
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_entry(last, "model", self.model.load_state_dict, state["model"])
+        load_entry(last, "task_modules", self.task.modules().load_state_dict, state.get("task_modules") or {})
+        load_entry(last, "task_state", self.task.load_state_dict, state.get("task_state") or {})
+        load_entry(last, "optimizer", self.optimizer.load_state_dict, state["optimizer"])
         for group in self.optimizer.param_groups:  # the kernel choice follows this device, not the saved one
             group["fused"] = self.device.type == "cuda"
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            load_entry(last, "ema", self.ema.load_state_dict, state.get("ema"))
         self.history.extend(state["history"])
         self.epoch, self.step = state["epoch"], state["step"]
         metric = self.task.best_metric
-        self.best = max((r[metric] for r in self.history if metric in r), default=-math.inf)
+        self.best = max((r[metric] for r in self.history if isinstance(r.get(metric), (int, float))),
+                        default=-math.inf)
         self.last_good = LastGood(last, self.epoch, self.plan.out)
 
     def save(self, row: dict) -> None:
@@ -89,3 +91,14 @@ class RunState:
             self.history.to_json(out / "history.json")
             self.history.to_csv(out / "history.csv")
         self.last_good = LastGood(out / "last.pt", self.epoch, out)
+
+
+def load_entry(path: Path, entry: str, load: Callable, value) -> None:
+    """``load(value)`` for the checkpoint entry ``entry`` of ``path``; what does not fit (a missing
+    or unexpected key, a wrong shape, a wrong kind of value) is a ``ValueError`` naming both."""
+    try:
+        load(value)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise ValueError(f"cannot resume from {path}: its {entry!r} entry does not fit this run "
+                         f"({reason})") from err
