@@ -149,7 +149,8 @@ class Segment(Task):
                               **overrides)
 
     def check_data(self, data) -> None:
-        """Masks in both splits, non-empty splits, mask values in ``[0, K)`` or the ignore label."""
+        """Masks in both splits, non-empty splits, mask values in ``[0, K)`` or the ignore label, and
+        in each split at least one labelled pixel (a split whose every pixel is ignored is refused)."""
         if getattr(data, "train_masks", None) is None or getattr(data, "test_masks", None) is None:
             raise ValueError(f"task 'segment' needs a dataset with masks (train_masks, test_masks), such as "
                              f"mnist_canvas or segfolder; got {getattr(data, 'name', type(data).__name__)!r}")
@@ -165,6 +166,11 @@ class Segment(Task):
                 also = "" if ignore is None else f" and not the ignore label {ignore}"
                 raise ValueError(f"data.{split}_masks has the value {int(masks[bad][0])}, outside the "
                                  f"{k} classes [0, {k - 1}]{also}")
+            if ignore is not None and len(masks) and not bool((masks != ignore).any()):
+                use = "trained on" if split == "train" else "measured on"
+                raise ValueError(f"data.{split}_masks labels no pixel: the {split} split has {len(masks)} "
+                                 f"images, but every pixel of their masks is the ignore label {ignore}, so "
+                                 f"nothing can be {use}; give that split masks with labelled pixels")
 
     def setup(self, model: nn.Module, data, device: torch.device) -> None:
         """Check the model fits the data (classes, channels, image size); each mismatch is a
