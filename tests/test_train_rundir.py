@@ -56,7 +56,7 @@ def test_the_same_run_killed_before_its_first_checkpoint_restarts(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop(info):
+    def stop(event):
         raise Stop
 
     with pytest.raises(Stop):
@@ -89,11 +89,11 @@ HOLDER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from misuse_helpers import FAST, bright, make
-    from unifiedctx.train import fit
+    from unifiedctx.train import StepDone, fit
     out, go = Path(sys.argv[1]), Path(sys.argv[2])
 
-    def wait(info):
-        if info["event"] == "step" and info["step"] == 1:
+    def wait(event):
+        if isinstance(event, StepDone) and event.step == 1:
             go.with_suffix(".ready").touch()
             while not go.exists():
                 time.sleep(0.05)
@@ -137,13 +137,13 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_the_lock_is_held_for_the_whole_run(tmp_path):
     seen = []
 
-    def probe(info):
+    def probe(event):
         with pytest.raises(FolderInUse, match=f"pid {os.getpid()}"):
             FileLock(tmp_path / ".lock", "run folder").acquire()
-        seen.append(info["event"])
+        seen.append(type(event).__name__)
 
     fit(make(), bright(), epochs=2, out=tmp_path, callback=probe, **FAST)
-    assert seen.count("epoch") == 2 and seen.count("step") == 16
+    assert seen.count("EpochDone") == 2 and seen.count("StepDone") == 16 and seen[0] == "TrainingStarted"
 
 
 def test_temporary_files_of_a_killed_process_are_removed_at_the_next_start(tmp_path):

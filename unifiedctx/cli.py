@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------ helpers
 def _check_model_name(name: str) -> None:
     from unifiedctx.models import list_models
+    from unifiedctx.models.segment import segmenter_presets
 
     names = list_models()
-    if name not in names:
+    if name not in segmenter_presets():  # every preset, and the segment task's U-Net
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `unifiedctx models` lists them"
         raise ValueError(f"unknown model {name!r}{hint}")
@@ -245,17 +246,16 @@ def _load_data(args, limit_train=None):
 
 def _train(args) -> int:
     from unifiedctx import train as T
-    from unifiedctx.train.recipe import Recipe
-    from unifiedctx.train.run import recipe_and_task
+    from unifiedctx.train.recipe import Recipe, resolve
 
     _check_model_name(args.model)
     flags = {k.removeprefix("task_flag__"): v for k, v in vars(args).items()
              if k.startswith("task_flag__") and v is not None}
     settings = {k: getattr(args, k) for k in Recipe.keys()}
-    recipe, task = recipe_and_task(None, None, {**settings, **flags, "task_options": dict(args.task_options)})
+    recipe, task = resolve(None, None, {**settings, **flags, "task_options": dict(args.task_options)})
     ds = _load_data(args, args.limit_train)
-    model = task.build_model(args.model, ds, seed=recipe.seed, **dict(args.model_option))
-    run_info = {"command": "train", "task": recipe.task, "model": args.model, "data": args.data,
+    model = T.build_model(args.model, ds, recipe.seed, task=task, **dict(args.model_option))
+    run_info = {"command": "train", "task": task.name, "model": args.model, "data": args.data,
                 "data_options": dict(args.data_option), "data_root": args.data_root,
                 "img_size": args.img_size, "limit_train": args.limit_train, "limit_test": args.limit_test,
                 "model_options": dict(args.model_option)}

@@ -117,7 +117,7 @@ def make(name: str) -> Profile:
     if name == "full":
         device = "cuda" if torch.cuda.is_available() else "cpu"
         recipe = Recipe(epochs=30, batch_size=256, lr=2e-3, warmup_epochs=2, augment=True,
-                        label_smoothing=0.1, weight_decay=0.05, seed=0)
+                        task_options={"label_smoothing": 0.1}, weight_decay=0.05, seed=0)
         probes = {"texture": probe.replace(epochs=10), "longrange": probe.replace(epochs=20)}
         tasks = {"context": recipe,
                  # notebook 09, 4000 canvases of 128 px on a GPU (docs/sweep_segment.md: given, not yet run)

@@ -27,6 +27,15 @@ from pathlib import Path
 from ..files import check_history_rows, write_atomic
 
 
+def mixing_columns(model) -> dict:
+    """``{"mixing": {layer: {name: value}}}`` for a history row: the mixing weights of every mixer
+    that has a knob (:func:`unifiedctx.models.mixing_weights`; ``{}`` if none)."""
+    from unifiedctx.models import mixing_weights
+
+    weights = mixing_weights(model)
+    return {"mixing": {name: dict(w) for name, w in weights.items()}} if weights else {}
+
+
 def mixing_of(row) -> dict:
     """The ``{layer: {name: value}}`` mixing weights of one history row (empty if none).
 

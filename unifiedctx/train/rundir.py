@@ -1,4 +1,5 @@
-"""A run owns its folder: :class:`RunFolder` claims ``out`` for one :func:`~unifiedctx.train.fit`.
+"""A run owns its folder: :func:`claim_folder` claims ``out`` for one :func:`~unifiedctx.train.fit`
+on every rank at once (:class:`RunFolder` on rank 0), and :func:`write_config` writes its ``config.json``.
 
 While a run lives, ``out/.lock`` is held (:class:`unifiedctx.files.FileLock`: ``fcntl.flock``, naming
 its holder's pid, host and start time; the kernel drops it when its process dies, so the lock of a
@@ -17,18 +18,24 @@ folder holding anything else is refused (``FileExistsError`` naming the files an
 
 Once the folder is ours, the temporaries a killed run left there are removed (nobody else may be
 writing there while we hold the lock). With ``allow_foreign=True`` the folder is not known to be
-ours, so nothing in it is removed.
+ours, so nothing in it is removed. An existing ``out/last.pt`` without ``resume=True`` is a
+``FileExistsError``. Under DDP the claim's outcome is all-reduced, so when it fails every rank stops
+(rank 0 with the claim's own error).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
 from pathlib import Path
 
-from ..files import FileLock, is_temporary_of
+import torch
+
+from ..files import FileLock, is_temporary_of, model_config, write_atomic
+from . import distributed as D
 
 #: The files a run writes into its folder (plus ``rank<R>.pt`` with ``save_rank_weights``). A new
 #: file of the run is owned by adding its name here.
@@ -109,3 +116,42 @@ class RunFolder:
             raise FileExistsError(f"{self.out} holds {whose} ({shown}); a run owns its folder: choose an "
                                   f"empty or new folder, or pass {ALLOW_FLAG} to write into it anyway "
                                   "(files named like a run's are then overwritten)")
+
+
+@contextlib.contextmanager
+def claim_folder(out: Path | None, ctx: D.DistContext, device: torch.device, config: dict, *, resume: bool,
+                 allow_foreign: bool):
+    """Hold ``out`` (rank 0) while the block runs; yields ``out/last.pt`` when the run resumes
+    from it, else ``None``. ``out=None`` claims nothing."""
+    last = out / "last.pt" if out else None
+    resuming = last is not None and last.exists()
+    if resuming and not resume:
+        raise FileExistsError(f"{last} already exists: pass resume=True (--resume) to continue that run, "
+                              "or choose another output folder")
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if out is not None and ctx.is_main:
+            try:
+                stack.enter_context(RunFolder(out, resuming=resuming, config=config,
+                                              allow_foreign=allow_foreign))
+            except (OSError, RuntimeError) as err:
+                refused = err
+        flag = torch.tensor([float(refused is not None)], device=device)
+        if D.all_reduce_sum(flag, ctx).item() > 0:
+            raise refused if refused is not None else RuntimeError(
+                f"the main process could not claim the run folder {out} (its error says why)")
+        yield last if resuming else None
+
+
+def run_config(model, data, record: dict, run, device: torch.device) -> dict:
+    """What ``config.json`` holds: the model's config, the run ``record``, the data's name, the
+    device, amp, compile, memory format and the caller's ``run_info`` (``run``: the RunOptions)."""
+    return {"model": model_config(model), "recipe": record, "data": getattr(data, "name", None),
+            "device": str(device), "amp": str(run.amp_dtype), "compile": run.compiled,
+            "channels_last": run.channels_last, "run": run.run_info}
+
+
+def write_config(out: Path | None, ctx: D.DistContext, config: dict) -> None:
+    """``out/config.json`` (rank 0, atomically)."""
+    if out is not None and ctx.is_main:
+        write_atomic(out / "config.json", json.dumps(config, indent=1, default=str) + "\n")

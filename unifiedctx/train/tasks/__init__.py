@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 
 from ...validation import check_bool, suggest
-from .base import Task, TaskExample, autocast_context, model_for_data, option_names
+from .base import Task, TaskExample, autocast_context, checked_options, option_names
 from .classify import Classify, ClassifyOptions, evaluate_classifier, output_classes
 
 #: Registered task classes by name.
@@ -32,7 +32,7 @@ LAZY = {
 }
 
 __all__ = ["LAZY", "REGISTRY", "Classify", "ClassifyOptions", "Task", "TaskExample", "autocast_context",
-           "available", "create", "evaluate_classifier", "model_for_data", "option_names", "output_classes",
+           "available", "checked_options", "create", "evaluate_classifier", "option_names", "output_classes",
            "register", "task_class"]
 
 
@@ -83,8 +83,8 @@ def task_class(name) -> type[Task]:
 
 
 def create(task, **options) -> Task:
-    """A :class:`Task` from a name (``"classify"``, ``"segment"``, ``"dino"``) and its options;
-    a Task instance is returned as it is (then ``options`` must be empty)."""
+    """A :class:`Task` from a name (``"classify"``, ``"segment"``, ``"dino"``, ``"count"``) and its
+    options; a Task instance is returned as it is (then ``options`` must be empty)."""
     if isinstance(task, Task):
         if options:
             raise TypeError(f"task options {sorted(options)} given with a Task instance; set them on it")
