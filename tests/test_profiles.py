@@ -107,3 +107,22 @@ def test_the_full_dino_recipe_builds_for_its_cifar_preset_and_trains():
     model = build_model("container_light_nano", data, seed=0, task=task)
     history = fit(model, data, recipe, task=task, device="cpu", progress=False)
     assert 0.0 <= history[-1]["knn_acc"] <= 1.0 and history[-1]["teacher_entropy"] > 0
+
+
+def test_notebook_04s_runs_are_reached_through_supervised_run(tmp_path):
+    """Another notebook gets notebook 04's classifier through the profile: trained into cache_dir/04/<family>
+    the first time, loaded from there after (the same weights, nothing trained again)."""
+    import dataclasses
+
+    from unifiedctx.data import load
+
+    data = load("texture", size=16, n_train=32, n_test=16)
+    profile = dataclasses.replace(profiles.make("quick"), cache_dir=tmp_path, device="cpu",
+                                  recipe=Recipe(epochs=1, batch_size=16, seed=0))
+    model, history = profile.supervised_run("convnet", data)
+    last = tmp_path / "04" / "convnet" / "last.pt"
+    assert last.exists() and len(history) == 1 and model.config["preset"] == "convnet_nano"
+    stamp = last.stat().st_mtime_ns
+    again, loaded = profile.supervised_run("convnet", data)
+    assert last.stat().st_mtime_ns == stamp and list(loaded) == list(history)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

@@ -10,7 +10,10 @@ Without it, :func:`current` picks ``full`` when CUDA is available and ``quick`` 
     history = unifiedctx.train.fit(model, data, profile.recipe, device=profile.device)
 
 A notebook takes its epochs, batch size and learning rate from ``profile.recipe`` (notebooks 04
-and 05) or ``profile.synthetic_recipes[task]`` (notebook 03's probes), never its own numbers.
+and 05) or ``profile.synthetic_recipes[task]`` (notebook 03's probes), never its own numbers. A
+notebook that needs notebook 04's trained classifiers gets them through
+:meth:`Profile.supervised_run` (loaded from notebook 04's run folder, trained there if missing),
+never by reading that folder itself.
 """
 
 from __future__ import annotations
@@ -77,6 +80,16 @@ class Profile:
     def quick(self) -> bool:
         """True in the CPU/CI profile."""
         return self.name == "quick"
+
+    def supervised_run(self, family: str, data):
+        """``(model, history)`` of notebook 04's run of ``family``: the preset :meth:`model` trained on
+        ``data`` (the profile's :attr:`dataset`) by :attr:`recipe` in ``cache_dir/04/family``, loaded
+        from there (by :func:`unifiedctx.train.train_or_load`), or trained there now when notebook 04
+        has not run."""
+        from .train import train_or_load
+
+        return train_or_load(self.model(family), data, self.cache_dir / "04" / family, self.recipe,
+                             device=self.device, progress=self.progress)
 
     @property
     def progress(self) -> bool | str:
