@@ -280,3 +280,32 @@ def test_the_real_command_gives_one_line_and_exit_code_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "lr must be <= 10" in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+#: (entry, wrong value, words): entries of a run's last.pt that train --resume and eval read.
+BAD_CHECKPOINT_ENTRIES = [
+    ("epoch", "one", "the 'epoch' entry holds str 'one', but an int >= 0"),
+    ("epoch", -3, "the 'epoch' entry holds int -3"),
+    ("history", [1, 2], "the 'history' entry: row 0 must be a dict"),
+    ("step", None, "the 'step' entry holds NoneType"),
+    ("recipe", [1], "the 'recipe' entry holds list"),
+]
+
+
+@pytest.mark.parametrize("entry, value, words", BAD_CHECKPOINT_ENTRIES, ids=[f"{e}={v!r}" for e, v, _ in
+                                                                              BAD_CHECKPOINT_ENTRIES])
+def test_a_wrong_checkpoint_entry_is_one_line_naming_the_file_for_resume_and_eval(entry, value, words, place,
+                                                                                  capsys):
+    out = place["out"]
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    last = out / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state[entry] = value
+    torch.save(state, last)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    evaluate = ["eval", "--checkpoint", str(last), "--device", "cpu"]
+    for argv in ([*TRAIN, "--out", str(out), "--resume"], evaluate):
+        err = fails(argv, capsys)
+        assert str(last) in err and words in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
