@@ -368,3 +368,32 @@ def test_datasets_declare_their_augmentation():
         ds = datasets.load(name, **small)
         assert not ds.crop_ok and not ds.flip_ok and not ds.subset(4, 2).flip_ok  # kept by subset()
     assert brightness_data().crop_ok and brightness_data().flip_ok  # natural images: both by default
+
+
+def test_the_loops_events_come_at_their_points_typed(tmp_path):
+    """TrainingStarted once, after the folder is claimed and a resumed run loaded (epochs done so far);
+    StepDone after every optimizer step; EpochDone after the epoch's checkpoint is written."""
+    from unifiedctx.train import StopTraining, TrainingStarted
+
+    data, seen = brightness_data(), []
+
+    def look(event):
+        if isinstance(event, TrainingStarted):
+            seen.append(("start", event.epoch, event.epochs, event.out))
+        elif isinstance(event, StepDone):
+            assert event.loss.dim() == 0 and not event.loss.requires_grad and event.steps == 8
+            seen.append(("step", event.epoch, event.step, event.global_step))
+        else:
+            assert isinstance(event, EpochDone) and event.row["epoch"] == event.epoch
+            assert read_checkpoint(event.out / "last.pt")["epoch"] == event.epoch  # already written
+            seen.append(("epoch", event.epoch))
+            if event.epoch == 1:
+                raise StopTraining
+
+    fit(make(), data, epochs=2, out=tmp_path, callback=look, **FAST)
+    fit(make(), data, epochs=2, out=tmp_path, callback=look, resume=True, **FAST)
+    starts = [s for s in seen if s[0] == "start"]
+    assert starts == [("start", 0, 2, tmp_path), ("start", 1, 2, tmp_path)]
+    steps = [s for s in seen if s[0] == "step"]
+    assert [s[3] for s in steps] == list(range(1, 17)) and steps[8] == ("step", 2, 1, 9)
+    assert [s for s in seen if s[0] == "epoch"] == [("epoch", 1), ("epoch", 2)]

@@ -6,12 +6,13 @@ task            a batch                          loss                           
 ``classify``    ``(x, target, labels)``          cross-entropy (label smoothing, mixup)  ``test_acc``
 ``segment``     ``(x, mask)``                    per-pixel cross-entropy                 ``test_miou``
 ``dino``        ``(x, ...)`` (labels unused)     self-distillation over multi-crops      ``knn_acc``
+``count``       ``(x, _, counts)``               cross-entropy over the digit counts     ``test_acc``
 ==============  ===============================  ======================================  ==============
 
 ``create(name, **options)`` builds a registered task; ``register(cls)`` adds one (a class with a
 unique ``name``: a taken name is refused unless ``register(cls, replace=True)``). The tasks other
 than ``classify`` are imported on first use (``LAZY``: one line per task), so ``import
-unifiedctx.train`` stays light. ``docs/adding_a_task.md`` adds a fourth.
+unifiedctx.train`` stays light. ``docs/adding_a_task.md`` adds the fourth, ``count``.
 """
 
 from __future__ import annotations
