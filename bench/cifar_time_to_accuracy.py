@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unifiedctx import data as D  # noqa: E402
-from unifiedctx.train import StopTraining, build_model, fit  # noqa: E402
+from unifiedctx.train import EpochDone, StopTraining, build_model, fit  # noqa: E402
 
 SMOKE = {"model": "container_light_cifar", "data": "texture", "epochs": 1, "batch_size": 16, "lr": 3e-3,
          "weight_decay": 0.05, "warmup_epochs": 0.5, "label_smoothing": 0.1, "ema": 0.99, "target": 1.01,
@@ -84,10 +84,10 @@ def main(argv=None) -> dict:
     print(f"{'epoch':>5} {'train_s':>8} {'wall_s':>8} {'img/s':>8} {'loss':>7} {'test_acc':>9}")
     reached = {}
 
-    def report(info):
-        if info["event"] != "epoch":
+    def report(event):
+        if not isinstance(event, EpochDone):
             return
-        row = info["row"]
+        row = event.row
         wall = time.perf_counter() - start
         print(f"{row['epoch']:>5} {row['time']:>8.1f} {wall:>8.1f} {row['images_per_s']:>8.0f} "
               f"{row['train_loss']:>7.3f} {row['test_acc']:>9.4f}", flush=True)

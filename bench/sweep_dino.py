@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 from unifiedctx.data import load
-from unifiedctx.train import Recipe, fit
-from unifiedctx.train.dino import Dino, knn_accuracy
+from unifiedctx.train import Recipe, build_model, fit
+from unifiedctx.train.dino import knn_accuracy
+from unifiedctx.train.tasks.dino import Dino
 
 # the table's columns: (title in the text table, title in Markdown, the row's key, format)
 COLUMNS = (
@@ -94,9 +95,9 @@ def run_point(
     """Train one point of the grid and return its row (see the module docstring)."""
     options = dict(out_dim=out_dim, local_crops=local_crops, momentum=momentum)
     preset = f"{family}_nano"
-    untrained = knn_accuracy(Dino(**options).build_model(preset, data, seed=seed), data)
+    untrained = knn_accuracy(build_model(preset, data, seed, task="dino"), data)
     task = Dino(**options)
-    model = task.build_model(preset, data, seed=seed)
+    model = build_model(preset, data, seed, task=task)
     recipe = Recipe(
         epochs=epochs,
         batch_size=batch,

@@ -22,25 +22,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
 from unifiedctx.data import load
 from unifiedctx.models import count_params
-from unifiedctx.models.unet import UNet
-from unifiedctx.train import Recipe, fit, train_or_load
-from unifiedctx.train.tasks.segment import Segment
+from unifiedctx.train import Recipe, build_model, fit
 
 #: mnist_canvas options of the quick profile (64 px canvases with 2-3 digits of 30-40 px).
 QUICK_CANVAS = dict(size=64, n_test=96, digits=(2, 3), digit_size=(30, 40))
-#: The U-Net of notebook 09: widths 8, 16 and a bottleneck of 32 (29.6k parameters against the segmenters'
-#: 41-45k). Depth 3 at the segmenters' size (base 5, 47.5k) has five channels before its classifier and
-#: stayed at "background everywhere" at lr 2e-2 and 5e-3 (docs/sweep_segment.md); base 10 costs 2x per canvas.
+#: The U-Net of notebook 09 (``build_model("unet", data, task="segment", **UNET_OPTIONS)``): widths 8,
+#: 16 and a bottleneck of 32 (29.6k parameters against the segmenters' 41-45k). Depth 3 at the
+#: segmenters' size (base 5, 47.5k) has five channels before its classifier and stayed at "background
+#: everywhere" at lr 2e-2 and 5e-3 (docs/sweep_segment.md); base 10 costs 2x per canvas.
 UNET_OPTIONS = dict(base=8, depth=2)
 HEADER = (f"{'family':16s} {'n_train':>7s} {'epochs':>6s} {'lr':>7s} {'batch':>5s} {'width':>5s} "
           f"{'params':>7s} {'steps':>5s} {'seconds':>7s} {'cpu_s':>7s} {'mIoU':>6s} {'pix_acc':>7s}")
@@ -48,13 +44,11 @@ HEADER = (f"{'family':16s} {'n_train':>7s} {'epochs':>6s} {'lr':>7s} {'batch':>5
 
 def build(family: str, data, width: int, seed: int = 0, unet: dict | None = None) -> torch.nn.Module:
     """The segmenter ``{family}_nano`` with head width ``width``, or for ``unet`` the U-Net of
-    ``unet`` options (default :data:`UNET_OPTIONS`), its weights drawn from ``torch.manual_seed(seed)``
-    (the global generator is left as it was)."""
+    ``unet`` options (default :data:`UNET_OPTIONS`), from :func:`unifiedctx.train.build_model`
+    (weights drawn from ``torch.manual_seed(seed)``)."""
     if family == "unet":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return UNet(data.num_classes, in_chans=data.channels, **(unet or UNET_OPTIONS))
-    return Segment(width=width).build_model(f"{family}_nano", data, seed=seed)
+        return build_model("unet", data, seed, task="segment", **(unet or UNET_OPTIONS))
+    return build_model(f"{family}_nano", data, seed, task="segment", width=width)
 
 
 def run_point(family: str, data, *, epochs: int, lr: float, batch: int, width: int, seed: int = 0,
@@ -64,7 +58,7 @@ def run_point(family: str, data, *, epochs: int, lr: float, batch: int, width: i
     recipe = Recipe(epochs=epochs, batch_size=batch, lr=lr, warmup_epochs=warmup, weight_decay=0.05,
                     seed=seed, task="segment")
     start, cpu_start = time.perf_counter(), time.process_time()
-    history = fit(model, data, recipe, task=Segment(width=width), device="cpu", progress=False)
+    history = fit(model, data, recipe, device="cpu", progress=False)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     last = history[-1]
     return {"family": family, "n_train": int(data.train_x.shape[0]), "epochs": epochs, "lr": lr,
@@ -73,70 +67,6 @@ def run_point(family: str, data, *, epochs: int, lr: float, batch: int, width: i
             "cpu_s": round(cpu_seconds, 1),
             "miou": round(last["test_miou"], 4), "pixel_acc": round(last["test_pixel_acc"], 4),
             "miou_curve": [round(r["test_miou"], 4) for r in history]}
-
-
-def job_data(job: dict):
-    """The canvases of a job: ``load("mnist_canvas", seed=0, **job["canvas"])``, cut to its first
-    ``job["n_train"]`` training canvases (``data.subset``, seed 0) when that is set."""
-    data = load("mnist_canvas", seed=0, **job["canvas"])
-    return data if job.get("n_train") is None else data.subset(n_train=job["n_train"], seed=0)
-
-
-def train_job(job: dict, data=None, progress: bool | str = False):
-    """Train (or load, when ``job["out"]`` holds the finished run) one cached run of notebook 09.
-
-    ``job``: ``name`` (a label), ``family`` (``"unet"`` or a backbone family), ``preset`` (its
-    ``create_model`` name; not for ``unet``), ``canvas`` and ``n_train`` (:func:`job_data`),
-    ``recipe`` (a :class:`Recipe`), ``width`` (the head width), ``unet`` (U-Net options),
-    ``out`` (the run's folder), ``device``. Presets go through :func:`train_or_load`; the U-Net,
-    no preset, through ``fit(..., out=out, resume=True)``, which loads a finished run.
-
-    Returns ``(model, history)``.
-    """
-    data = job_data(job) if data is None else data
-    task = Segment(width=job["width"])
-    recipe = job["recipe"]
-    if job["family"] == "unet":
-        model = build("unet", data, job["width"], recipe.seed, job.get("unet"))
-        return model, fit(model, data, recipe, task=task, device=job["device"], out=job["out"], resume=True,
-                          progress=progress)
-    return train_or_load(job["preset"], data, job["out"], recipe, task=task, device=job["device"],
-                         progress=progress)
-
-
-def _worker(job: dict) -> dict:
-    """What a spawned worker runs: one torch thread, :func:`train_job`, a summary back."""
-    torch.set_num_threads(1)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    _, history = train_job(job)
-    return {"name": job["name"], "test_miou": history[-1]["test_miou"],
-            "seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
-
-
-def train_side_by_side(jobs: list[dict], workers: int | None = None, log=print) -> list[dict]:
-    """Train ``jobs`` (see :func:`train_job`) in ``workers`` spawned processes of one torch thread
-    each (default: one per CPU core, at most 2 and at most one per job); each run lands in its
-    ``out`` folder, from which :func:`train_job` in the caller then loads it. With one worker the
-    jobs run here, one after the other. ``log`` gets a line per finished job. Returns the workers'
-    summaries (``name``, ``test_miou``, ``seconds``, ``cpu_s``) in the order they finished."""
-    workers = min(workers or min(os.cpu_count() or 1, 2), len(jobs))
-    done = []
-    if workers <= 1:
-        done = [_worker(job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for future in as_completed([pool.submit(_worker, job) for job in jobs]):
-                done.append(future.result())
-                if log is not None:
-                    r = done[-1]
-                    log(f"{r['name']:24s} ready (trained, or loaded from its folder): mIoU "
-                        f"{r['test_miou']:.3f} after {r['seconds']:.1f} s ({r['cpu_s']:.1f} s of CPU)")
-        return done
-    if log is not None:
-        for r in done:
-            log(f"{r['name']:24s} ready (trained, or loaded from its folder): mIoU {r['test_miou']:.3f} "
-                f"after {r['seconds']:.1f} s")
-    return done
 
 
 def format_row(row: dict) -> str:

@@ -112,7 +112,11 @@ def test_listings_give_sizes_and_whether_data_is_offline(capsys):
     table = {row.split()[0]: row for row in rows}
     assert {"cifar10", "mnist5k", "texture", "imagefolder"} <= set(table)
     assert table["mnist5k"].split()[1:] == ["4000", "1000", "1x32x32", "10", "yes"]
-    assert table["texture"].endswith("yes") and "needs path" in table["imagefolder"]
+    assert table["texture"].endswith("yes")
+    for name, needs in (("imagefolder", "train/ (and val/)"), ("segfolder", "images/ and masks/")):
+        row = table[name]  # what the row needs, in the listing's words: never an exception's text
+        assert "your own files: --data-option path=FOLDER" in row and needs in row, row
+        assert not any(word in row for word in ("missing", "argument", "load(", "()")), row
     assert "no: downloaded on first use" in table["cifar10"] or "cached" in table["cifar10"]
 
 

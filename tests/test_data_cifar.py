@@ -186,6 +186,32 @@ def test_archive_placed_by_hand_is_verified_and_used(monkeypatch, tmp_path):
     assert leftovers(root) == ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]  # the user's file is kept
 
 
+def test_only_our_own_temporaries_are_removed_from_the_data_root(server, monkeypatch, tmp_path):
+    """A killed download leaves ``.<archive>.<8 random>.part`` and ``.<folder>.<8 random>.tmp/``: those
+    go; a person's files that only look like them (another random part) stay, byte for byte."""
+    serve(server, monkeypatch, tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    ours = [root / ".cifar-10-binary.tar.gz.k1ll3d_x.part", root / ".cifar-10-batches-bin.ab12cd_9.tmp"]
+    ours[0].write_bytes(b"half a download")
+    ours[1].mkdir()
+    (ours[1] / "data_batch_1.bin").write_bytes(b"half")
+    theirs = {".cifar-10-binary.tar.gz.backup.part": b"mine",
+              ".cifar-10-binary.tar.gz.K1LL3D_X.part": b"mine",
+              ".cifar-10-batches-bin.old.tmp": None, ".cifar-10-batches-bin.ab12cd_9.tmp.keep": b"mine"}
+    for name, content in theirs.items():
+        if content is None:
+            (root / name).mkdir()
+            (root / name / "notes.txt").write_text("mine")
+        else:
+            (root / name).write_bytes(content)
+    data.load("cifar10", root=root, url=server.url, progress=False)
+    assert not any(p.exists() for p in ours)
+    assert leftovers(root) == sorted(["cifar-10-batches-bin", *theirs])
+    assert (root / ".cifar-10-batches-bin.old.tmp" / "notes.txt").read_text() == "mine"
+    assert all((root / n).read_bytes() == c for n, c in theirs.items() if c is not None)
+
+
 def test_archive_placed_by_hand_with_a_wrong_checksum_is_refused(tmp_path):
     root = tmp_path / "root"
     make_archive(root, "cifar10")  # the official MD5 stays: this tiny archive does not match it

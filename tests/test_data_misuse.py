@@ -49,8 +49,8 @@ def test_a_cifar_test_file_cut_short_is_named_too(tmp_path):
 def test_a_killed_download_leaves_nothing_behind_after_the_next_load(tmp_path, monkeypatch):
     path, _ = make_archive(tmp_path, "cifar10")
     patch_md5(monkeypatch, "cifar10", md5_of(path))
-    (tmp_path / ".cifar-10-binary.tar.gz.k1ll3d.part").write_bytes(b"half a download")
-    staging = tmp_path / ".cifar-10-batches-bin.k1ll3d.tmp"
+    (tmp_path / ".cifar-10-binary.tar.gz.k1ll3d_x.part").write_bytes(b"half a download")
+    staging = tmp_path / ".cifar-10-batches-bin.k1ll3d_x.tmp"
     (staging / "cifar-10-batches-bin").mkdir(parents=True)
     ds = data.load("cifar10", root=tmp_path, download=False)
     assert ds.train_x.shape == (10, 3, 32, 32)

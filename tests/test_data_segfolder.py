@@ -203,3 +203,45 @@ def test_a_mask_value_that_is_neither_a_class_nor_the_ignore_label_is_refused(tm
     Image.fromarray(mask, mode="L").save(tmp_path / "masks" / "img2.png")
     with pytest.raises(ValueError, match=words):
         data.load("segfolder", path=tmp_path, val_fraction=0.5, **options)
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_split_whose_every_pixel_is_ignored_is_refused_before_a_run_folder_is_made(tmp_path, split):
+    """It has images but no labelled pixel: nothing to measure (test) or to learn from (train)."""
+    import dataclasses
+
+    from misuse_helpers import raises_at_door
+
+    from unifiedctx.train import evaluate, fit
+
+    write_ignore_folder(tmp_path / "data")
+    ds = data.load("segfolder", path=tmp_path / "data", val_fraction=0.5)
+    masks = getattr(ds, f"{split}_masks")
+    blank = dataclasses.replace(ds, **{f"{split}_masks": torch.full_like(masks, 255)})
+    out = tmp_path / "run"
+    for call in (lambda: fit(ReadsTheColour(blank), blank, task="segment", epochs=1, batch_size=1,
+                             device="cpu", progress=False, out=out),
+                 lambda: evaluate(ReadsTheColour(blank), blank, task="segment", device="cpu")):
+        err = raises_at_door(f"{split}_masks", call)
+        words = ("labels no pixel", "ignore label 255", f"{len(masks)} images")
+        assert all(w in str(err) for w in words), str(err)
+    assert not out.exists()
+    few = masks.clone().fill_(255)
+    few[0, 0, 0] = 1  # one labelled pixel is enough to measure (or learn) something
+    some = dataclasses.replace(ds, **{f"{split}_masks": few})
+    assert evaluate(ReadsTheColour(some), some, task="segment", device="cpu")["test_pixel_acc"] == 1.0
+
+
+def test_the_command_line_refuses_a_split_without_labelled_pixels_in_one_line(tmp_path, capsys):
+    from unifiedctx.cli import main
+
+    write_ignore_folder(tmp_path / "data", n=2)
+    Image.fromarray(np.full((8, 8), 255, np.uint8), mode="L").save(tmp_path / "data" / "masks" / "img0.png")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", "convnet_nano", "--task", "segment", "--data", "segfolder", "--data-option",
+              f"path={tmp_path / 'data'}", "--data-option", "val_fraction=0.5", "--img-size", "8",
+              "--epochs", "1", "--batch-size", "1", "--device", "cpu", "--no-progress",
+              "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "labels no pixel" in err, err
+    assert not (tmp_path / "run").exists()

@@ -29,7 +29,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from unifiedctx.data import load
-from unifiedctx.train.dino import Dino, DinoLoss, teacher_momentum, teacher_temperature
+from unifiedctx.train import build_model
+from unifiedctx.train.dino import DinoLoss, teacher_momentum, teacher_temperature
+from unifiedctx.train.tasks.dino import Dino
 
 TIGHT = {"atol": 1e-12, "rtol": 1e-12}
 
@@ -247,7 +249,7 @@ def test_the_task_uses_the_warmup_start_at_its_first_step_and_the_step_it_has_re
         teacher_temp=0.07,
         teacher_temp_warmup=0.5,
     )
-    model = task.build_model("deit_tiny_nano", data, seed=0)
+    model = build_model("deit_tiny_nano", data, seed=0, task=task)
     task.setup(model, data, torch.device("cpu"))
     assert task.current_teacher_temp() == 0.02
     for step in range(6):
@@ -271,7 +273,7 @@ def test_the_task_moves_the_teacher_by_the_momentum_of_the_step_just_taken():
     # theta_t <- m_k theta_t + (1 - m_k) theta_s with m_k the reference schedule's value at step k
     data = load("mnist5k", channels=3).subset(64, 32, seed=0)
     task = Dino(out_dim=16, hidden_dim=16, bottleneck_dim=8, local_crops=0, momentum=0.9)
-    model = task.build_model("deit_tiny_nano", data, seed=0)
+    model = build_model("deit_tiny_nano", data, seed=0, task=task)
     task.setup(model, data, torch.device("cpu"))
     model.double()  # float64 after set-up (it probes the model with float32 images)
     task.head.double()

@@ -13,7 +13,7 @@ from torch import nn
 
 from unifiedctx import data as datasets
 from unifiedctx.data import ImageData
-from unifiedctx.train import cache, evaluate, fit, load_checkpoint, save_checkpoint
+from unifiedctx.train import evaluate, fit, load_checkpoint, save_checkpoint, train_or_load
 
 NAN, INF = float("nan"), float("inf")
 
@@ -126,9 +126,9 @@ def test_fit_checks_the_model_against_the_data_before_the_first_step(model, data
     (lambda: datasets.load("texture", n_train=1.5), TypeError, "n_train must be an int"),
     (lambda: datasets.load("mnist5k", channels="3"), TypeError, "channels must be an int"),
     (lambda: bright().subset(True), TypeError, "n_train must be an int"),
-    (lambda: cache.train_or_load("convnet_nano", bright(), "x", model_options="depth=2", epochs=1),
+    (lambda: train_or_load("convnet_nano", bright(), "x", model_options="depth=2", epochs=1),
      TypeError, "model_options must be a dict"),
-    (lambda: cache.train_or_load("convnet_nano", bright(), "x"), TypeError, "needs epochs"),
+    (lambda: train_or_load("convnet_nano", bright(), "x"), TypeError, "needs epochs"),
     (lambda: evaluate(make(), fake_data(test_y=bright().test_y - 1), device="cpu"), ValueError,
      r"data.test_y has labels in \[-1, 1\]"),
     (lambda: load_checkpoint(saved(), make(), ema="False"), TypeError, "ema must be True or False"),
@@ -147,7 +147,7 @@ def test_the_model_check_leaves_the_random_state_and_the_mode_as_they_were():
     torch.manual_seed(5)
     model = Tiny()
     torch.manual_seed(5)
-    from unifiedctx.train.engine import _check_model_takes_data
+    from unifiedctx.train.engine import check_model_takes_data
 
-    _check_model_takes_data(model, bright(), torch.device("cpu"))
+    check_model_takes_data(model, bright(), torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected) and model.training

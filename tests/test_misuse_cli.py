@@ -51,7 +51,7 @@ def test_a_folder_with_a_persons_files_is_refused_and_kept(tmp_path, capsys):
 
 
 def test_a_folder_in_use_is_refused_naming_its_holder(tmp_path, capsys):
-    from unifiedctx.train.rundir import FileLock
+    from unifiedctx.files import FileLock
 
     with FileLock(tmp_path / ".lock", "run folder"):
         err = fails(["train", *TINY, "--out", str(tmp_path)], capsys)

@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from unifiedctx.cli import main
+from unifiedctx.files import FORMAT
 from unifiedctx.models import create_model
 from unifiedctx.train import save_checkpoint
-from unifiedctx.train.checkpoint_file import FORMAT
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = ["--data", "texture", "--img-size", "16", "--data-option", "n_train=32", "--data-option", "n_test=16"]
@@ -69,7 +69,20 @@ def place(tmp_path):
             Image.fromarray(np.full((16, 16, 3), 60 * i, dtype=np.uint8)).save(
                 tmp_path / "imgs" / label / f"{i}.png"
             )
+    configs = {"cfg_list": "[1, 2]", "cfg_invalid": '{"run": {"data": "texture"',
+               "cfg_run": '{"run": "texture"}',
+               "cfg_options": '{"run": {"data": "texture", "data_options": [1]}}',
+               "cfg_img": '{"run": {"data": "texture", "img_size": "16"}}',
+               "cfg_limit": '{"run": {"data": "texture", "limit_test": 0}}',
+               "cfg_recipe": '{"run": {"data": "texture"}, "recipe": ["seed", 3]}',
+               "cfg_seed": '{"run": {"data": "texture"}, "recipe": {"seed": "three"}}',
+               "cfg_data": '{"data": 7}'}
+    for name, text in configs.items():  # a run folder whose config.json is wrong, beside a good checkpoint
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "last.pt").write_bytes((tmp_path / "two.pt").read_bytes())
+        (tmp_path / name / "config.json").write_text(text)
     return {
+        **{name: tmp_path / name / "last.pt" for name in configs},
         "out": tmp_path / "run",
         "file": tmp_path / "notes.txt",
         "folder": tmp_path / "folder",
@@ -208,6 +221,16 @@ EVAL_MISTAKES = [
         "takes no option 'classes'",
     ),
     (["--checkpoint", "{two_classes}"], "--data is needed"),
+    # the run's config.json, read when --data is not given: each entry that eval reads
+    (["--checkpoint", "{cfg_list}"], "config.json holds list [1, 2], but a run's config (a JSON object)"),
+    (["--checkpoint", "{cfg_invalid}"], "config.json is not valid JSON"),
+    (["--checkpoint", "{cfg_run}"], "config.json: the 'run' entry holds str 'texture', but a dict"),
+    (["--checkpoint", "{cfg_options}"], "config.json: the 'run.data_options' entry holds list"),
+    (["--checkpoint", "{cfg_img}"], "config.json: the 'run.img_size' entry holds str '16'"),
+    (["--checkpoint", "{cfg_limit}"], "config.json: the 'run.limit_test' entry holds int 0"),
+    (["--checkpoint", "{cfg_recipe}"], "config.json: the 'recipe' entry holds list"),
+    (["--checkpoint", "{cfg_seed}"], "config.json: the 'recipe.seed' entry holds str 'three'"),
+    (["--checkpoint", "{cfg_data}"], "config.json: the 'data' entry holds int 7"),
 ]
 
 
@@ -257,3 +280,32 @@ def test_the_real_command_gives_one_line_and_exit_code_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "lr must be <= 10" in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+#: (entry, wrong value, words): entries of a run's last.pt that train --resume and eval read.
+BAD_CHECKPOINT_ENTRIES = [
+    ("epoch", "one", "the 'epoch' entry holds str 'one', but an int >= 0"),
+    ("epoch", -3, "the 'epoch' entry holds int -3"),
+    ("history", [1, 2], "the 'history' entry: row 0 must be a dict"),
+    ("step", None, "the 'step' entry holds NoneType"),
+    ("recipe", [1], "the 'recipe' entry holds list"),
+]
+
+
+@pytest.mark.parametrize("entry, value, words", BAD_CHECKPOINT_ENTRIES, ids=[f"{e}={v!r}" for e, v, _ in
+                                                                              BAD_CHECKPOINT_ENTRIES])
+def test_a_wrong_checkpoint_entry_is_one_line_naming_the_file_for_resume_and_eval(entry, value, words, place,
+                                                                                  capsys):
+    out = place["out"]
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    last = out / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state[entry] = value
+    torch.save(state, last)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    evaluate = ["eval", "--checkpoint", str(last), "--device", "cpu"]
+    for argv in ([*TRAIN, "--out", str(out), "--resume"], evaluate):
+        err = fails(argv, capsys)
+        assert str(last) in err and words in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before

@@ -1,8 +1,8 @@
 """Every door of training refuses a wrong input itself, and a refused setting writes nothing.
 
-One table per entry point (``fit``, ``train_or_load``, ``evaluate``, ``run_recipe``, ``Recipe`` and
-``Recipe.replace``, the checkpoint readers and writers, ``build_model``, the pretrained-weights
-loader): for each argument the wrong inputs of its kind (:data:`KINDS` below and
+One table per entry point (``fit``, ``train_or_load``, ``evaluate``, ``run_recipe``, ``Recipe``,
+``Recipe.replace`` and ``RunOptions``, the checkpoint readers and writers, ``build_model``, the
+pretrained-weights loader): for each argument the wrong inputs of its kind (:data:`KINDS` below and
 :data:`misuse_helpers.KINDS`). Each must be a ``ValueError``/``TypeError`` (or our own
 ``FileNotFoundError``-like :class:`~unifiedctx.validation.PathNotFound`) whose message names the
 argument and whose traceback ends inside ``unifiedctx`` (:func:`misuse_helpers.raises_at_door`);
@@ -18,11 +18,12 @@ import torch
 from misuse_helpers import FAST, WRONG, bright, make, raises_at_door
 
 from unifiedctx import train
+from unifiedctx.files import FORMAT
 from unifiedctx.models import pretrained
 from unifiedctx.train import (
     Recipe,
+    RunOptions,
     build_model,
-    doors,
     evaluate,
     fit,
     load_checkpoint,
@@ -30,8 +31,7 @@ from unifiedctx.train import (
     save_checkpoint,
     train_or_load,
 )
-from unifiedctx.train.checkpoint_file import FORMAT
-from unifiedctx.train.engine import run_recipe
+from unifiedctx.train.recipe import run_recipe
 
 #: More wrong values than the shared table: ranges that only some settings have.
 MORE = {
@@ -126,9 +126,19 @@ def _fit(argument, value, folder):
     return fit(make(), bright(), **settings)
 
 
+#: The settings of RECIPE_ARGS that are options of the classify task: in a Recipe, they are task_options.
+TASK_OPTIONS = ("label_smoothing", "mixup", "cutmix")
+
+
+def recipe_field(argument, value) -> dict:
+    """``{argument: value}`` as a Recipe takes it (a task's option inside ``task_options``)."""
+    return {"task_options": {argument: value}} if argument in TASK_OPTIONS else {argument: value}
+
+
 def _fit_recipe(argument, value, folder):
     """The same setting given as a field of a Recipe (built inside the call)."""
-    return fit(make(), bright(), Recipe(**{"epochs": 1, argument: value}), out=folder, progress=False)
+    recipe = Recipe(**{"epochs": 1, **recipe_field(argument, value)})
+    return fit(make(), bright(), recipe, out=folder, progress=False)
 
 
 def _train_or_load(argument, value, folder):
@@ -206,8 +216,11 @@ def test_a_class_count_that_does_not_match_the_data_is_refused_before_a_folder_i
 
 # ------------------------------------------------------------------ Recipe, Recipe.replace, run_recipe
 RECIPE_TABLE = [
-    *[("Recipe", lambda a, v: Recipe(**{"epochs": 2, a: v}), a, k) for a, k in RECIPE_ARGS],
-    *[("Recipe.replace", lambda a, v: Recipe(epochs=2).replace(**{a: v}), a, k) for a, k in RECIPE_ARGS],
+    *[("Recipe", lambda a, v: Recipe(**{"epochs": 2, **recipe_field(a, v)}), a, k) for a, k in RECIPE_ARGS],
+    *[("Recipe.replace", lambda a, v: Recipe(epochs=2).replace(**recipe_field(a, v)), a, k)
+      for a, k in RECIPE_ARGS],
+    *[("RunOptions", lambda a, v: RunOptions(**{a: v}), a, k) for a, k in RUN_ARGS if a != "out"],
+    ("RunOptions", lambda a, v: RunOptions(out=v), "out", "out"),
     ("run_recipe", lambda a, v: run_recipe(bright(), v), "recipe", "recipe"),
     *[
         ("run_recipe", lambda a, v: run_recipe(bright(), Recipe(epochs=1), **{a: v}), a, k)
@@ -237,12 +250,13 @@ def test_a_stored_recipe_that_is_wrong_is_refused_by_name(stored, argument):
 
 def test_an_unknown_setting_is_refused_naming_it():
     for call in (
-        lambda: Recipe(epochs=1, learning_rate=0.1),
         lambda: Recipe(epochs=1).replace(lrr=0.1),
         lambda: fit(make(), bright(), epochs=1, lerning_rate=0.1, **FAST),
+        lambda: train_or_load("convnet_nano", bright(size=16), "run", epochs=1, lerning_rate=0.1, **FAST),
     ):
         raises_at_door("r", call)  # the message names the unknown keyword, checked below
-    with pytest.raises(TypeError, match="learning_rate"):
+    # Recipe is a plain dataclass: Python itself refuses an unknown field, naming it
+    with pytest.raises(TypeError, match="unexpected keyword argument 'learning_rate'"):
         Recipe(epochs=1, learning_rate=0.1)
 
 
@@ -396,51 +410,84 @@ def test_a_weights_only_file_given_to_resume_says_how_to_start_from_it(tmp_path)
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == before
 
 
+# ------------------------------------------------------------------ the entries of a run's last.pt
+#: (entry, wrong value, whether read_checkpoint itself refuses it): every entry that reading a checkpoint
+#: and resuming a run read, each with a value of the wrong kind; ``"recipe.task"`` is the task inside the
+#: stored recipe; ``None`` removes the entry (a weights-only file has none of the run's entries, so only
+#: resume refuses their absence), and some values are well-formed but do not fit the run (only resume).
+BAD_ENTRIES = [
+    ("epoch", "one", True), ("epoch", -3, True), ("epoch", 1.5, True), ("epoch", True, True),
+    ("epoch", 9, True), ("epoch", None, False),
+    ("epochs", 0, True), ("epochs", "2", True),
+    ("step", -1, True), ("step", "8", True), ("step", None, False),
+    ("history", [1, 2], True), ("history", "rows", True), ("history", [{"epoch": 2, "test_acc": 0.5}], True),
+    ("history", [{"epoch": 1, "test_acc": "high"}], True), ("history", [], True), ("history", None, False),
+    ("optimizer", {"state": 3}, True), ("optimizer", [1], True),
+    ("optimizer", {"state": {}, "param_groups": []}, False),
+    ("ema", {"w": "not a tensor"}, True), ("ema", 5, True), ("ema", None, False),
+    ("task_modules", 5, True), ("task_state", [1], True),
+    ("recipe", 5, True), ("recipe", None, False), ("recipe.task", "classify", True),
+    ("recipe.task", {"name": 3}, True),
+    ("model_config", [1], True),
+    ("model", {"body.0.weight": torch.zeros(2)}, False),
+]
+
+
+@pytest.mark.parametrize("entry, value, by_reader",
+                         [pytest.param(*row, id=f"{row[0]}={row[1]!r}"[:40]) for row in BAD_ENTRIES])
+def test_a_wrong_entry_of_last_pt_is_named_with_its_file_and_nothing_is_written(entry, value, by_reader,
+                                                                               tmp_path):
+    out = tmp_path / "run"
+    fit(make(), bright(), epochs=1, out=out, ema=0.9, **FAST)
+    last = out / "last.pt"
+    state = torch.load(last, weights_only=True)
+    if entry == "recipe.task":
+        state["recipe"]["task"] = value
+    elif value is None:
+        del state[entry]
+    else:
+        state[entry] = value
+    torch.save(state, last)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    name = entry.split(".")[-1]
+    err = raises_at_door(name, fit, make(), bright(), epochs=1, out=out, ema=0.9, resume=True, **FAST)
+    assert str(last) in str(err), str(err)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    if by_reader:
+        assert str(last) in str(raises_at_door(name, read_checkpoint, last))
+
+
+def test_a_history_file_that_is_not_a_history_is_named(tmp_path):
+    for text, words in (("[half", "not valid JSON"), ('{"epoch": 1}', "list of per-epoch dicts"),
+                        ('[{"epoch": 1, "test_acc": "high"}]', "test_acc"), ('[{"epoch": 2}]', "epoch 1")):
+        path = tmp_path / "history.json"
+        path.write_text(text)
+        err = raises_at_door(str(path), train.History.from_json, path)
+        assert words in str(err), str(err)
+
+
 # ------------------------------------------------------------------ build_model
 BUILD_TABLE = [
     ("build_model", lambda a, v: build_model(v, bright(size=16)), "model_name", "model name"),
     ("build_model", lambda a, v: build_model("convnet_nano", v), "data", "data"),
     ("build_model", lambda a, v: build_model("convnet_nano", bright(size=16), seed=v), "seed", "seed"),
+    ("build_model", lambda a, v: build_model("convnet_nano", bright(size=16), task=v), "task", "task"),
 ]
 
 
-#: ``build_model``'s door is :func:`unifiedctx.train.doors.check_build_model` (also tested directly below).
 @pytest.mark.parametrize("call, argument, value", cases(BUILD_TABLE))
 def test_build_model_refuses_at_the_door(call, argument, value):
     raises_at_door(argument, call, argument, value)
 
 
-DOORS_TABLE = [
-    (
-        "check_build_model",
-        lambda a, v: doors.check_build_model(v, bright(size=16), 0),
-        "model_name",
-        "model name",
-    ),
-    ("check_build_model", lambda a, v: doors.check_build_model("convnet_nano", v, 0), "data", "data"),
-    (
-        "check_build_model",
-        lambda a, v: doors.check_build_model("convnet_nano", bright(size=16), v),
-        "seed",
-        "seed",
-    ),
-]
-
-
-@pytest.mark.parametrize("call, argument, value", cases(DOORS_TABLE))
-def test_the_build_model_door_refuses_each_wrong_input(call, argument, value):
-    raises_at_door(argument, call, argument, value)
-
-
-def test_the_build_model_door_accepts_what_build_model_takes_and_the_model_is_built():
+def test_build_model_takes_what_a_task_builds_and_refuses_what_it_does_not():
     data = bright(size=16)
-    assert doors.check_build_model("convnet_nano", data, 0) is None
-    assert doors.check_dataset("data", data) is data
-    assert doors.check_build_model("convnet_nano", data, 2**63 - 1) is None
-    err = raises_at_door("data", doors.check_dataset, "data", object())
+    assert build_model("convnet_nano", data, seed=3).num_classes == 3
+    assert build_model("convnet_nano", data, seed=2**63 - 1, task="dino").num_classes == 0
+    err = raises_at_door("data", build_model, "convnet_nano", object())
     assert "num_classes, image_size, channels" in str(err)
-    model = build_model("convnet_nano", data, seed=3)
-    assert model.num_classes == 3
+    err = raises_at_door("model_name", build_model, "unet", data)  # the U-Net is the segment task's only
+    assert "unet" in str(err)
 
 
 def test_the_public_training_api_is_covered_by_these_tables():
@@ -450,6 +497,7 @@ def test_the_public_training_api_is_covered_by_these_tables():
         "train_or_load",
         "evaluate",
         "Recipe",
+        "RunOptions",
         "load_checkpoint",
         "read_checkpoint",
         "save_checkpoint",
@@ -459,13 +507,16 @@ def test_the_public_training_api_is_covered_by_these_tables():
         "Classify",
         "DeviceBatches",
         "DeviceSplit",
+        "EpochDone",
         "History",
         "LoaderBatches",
         "ModelEma",
+        "StepDone",
         "StopTraining",
         "Task",
         "TaskExample",
         "TrainingDiverged",
+        "TrainingStarted",
         "WarmupCosine",
         "crop_flip",
         "derive_seed",

@@ -31,8 +31,8 @@ def test_the_quick_recipes_are_the_numbers_the_notebooks_asserted_with():
     probe = Recipe(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.05, augment=False, seed=0)
     assert quick.synthetic_recipes == {"texture": probe, "longrange": probe.replace(epochs=8)}
     full = profiles.make("full")
-    assert (full.recipe.epochs, full.recipe.lr, full.recipe.label_smoothing, full.recipe.augment) == (
-        30, 2e-3, 0.1, True)
+    smoothing = full.recipe.task_options["label_smoothing"]
+    assert (full.recipe.epochs, full.recipe.lr, smoothing, full.recipe.augment) == (30, 2e-3, 0.1, True)
 
 
 def test_an_unknown_profile_is_refused(monkeypatch):
@@ -74,7 +74,8 @@ def test_the_dino_recipes_are_the_swept_point_and_the_gpu_recipe():
     assert quick == Recipe(epochs=3, batch_size=64, lr=5e-3, warmup_epochs=0.5, weight_decay=0.04,
                            augment=False, seed=0, task="dino", task_options=options)
     assert (full.epochs, full.batch_size, full.lr, full.warmup_epochs) == (100, 256, 1e-3, 10)
-    assert (full.local_crops, full.out_dim, full.momentum, full.teacher_temp) == (6, 4096, 0.996, 0.07)
+    dino = full.task_options
+    assert [dino[k] for k in ("local_crops", "out_dim", "momentum", "teacher_temp")] == [6, 4096, 0.996, 0.07]
     for recipe in (quick, full):
         assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
 
@@ -94,15 +95,34 @@ def test_the_full_dino_recipe_builds_for_its_cifar_preset_and_trains():
     # no CIFAR-10 offline: 32 x 32 colour digits stand in for it (the same shapes). The cifar preset takes
     # the recipe's 16 x 16 local crops (set-up checks it); one step of its task options on a nano network
     from unifiedctx.data import load
-    from unifiedctx.train import fit
+    from unifiedctx.train import build_model, fit, tasks
 
     data = load("mnist5k", channels=3).subset(64, 32, seed=0)
     full = profiles.make("full").task_recipes["dino"]
-    task = full.build_task()
-    task.setup(task.build_model("container_light_cifar", data, seed=0), data, torch.device("cpu"))
+    task = tasks.create(full.task, **full.task_options)
+    task.setup(build_model("container_light_cifar", data, seed=0, task=task), data, torch.device("cpu"))
     assert task.multicrop.local_crops == 6 and task.head.last_layer.out_features == 4096
     recipe = full.replace(epochs=1, batch_size=16, max_steps_per_epoch=1)
-    task = recipe.build_task()
-    model = task.build_model("container_light_nano", data, seed=0)
+    task = tasks.create(recipe.task, **recipe.task_options)
+    model = build_model("container_light_nano", data, seed=0, task=task)
     history = fit(model, data, recipe, task=task, device="cpu", progress=False)
     assert 0.0 <= history[-1]["knn_acc"] <= 1.0 and history[-1]["teacher_entropy"] > 0
+
+
+def test_notebook_04s_runs_are_reached_through_supervised_run(tmp_path):
+    """Another notebook gets notebook 04's classifier through the profile: trained into cache_dir/04/<family>
+    the first time, loaded from there after (the same weights, nothing trained again)."""
+    import dataclasses
+
+    from unifiedctx.data import load
+
+    data = load("texture", size=16, n_train=32, n_test=16)
+    profile = dataclasses.replace(profiles.make("quick"), cache_dir=tmp_path, device="cpu",
+                                  recipe=Recipe(epochs=1, batch_size=16, seed=0))
+    model, history = profile.supervised_run("convnet", data)
+    last = tmp_path / "04" / "convnet" / "last.pt"
+    assert last.exists() and len(history) == 1 and model.config["preset"] == "convnet_nano"
+    stamp = last.stat().st_mtime_ns
+    again, loaded = profile.supervised_run("convnet", data)
+    assert last.stat().st_mtime_ns == stamp and list(loaded) == list(history)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

@@ -22,7 +22,7 @@ from unifiedctx import data
 from unifiedctx.models.unet import UNet
 from unifiedctx.train import distributed as D
 from unifiedctx.train import fit
-from unifiedctx.train.segment_task import Segment, SegmentBatches, evaluate_segmenter
+from unifiedctx.train.tasks.segment import Segment, SegmentBatches, evaluate_segmenter
 
 IGNORE = 255
 RECIPE = dict(epochs=2, batch_size=8, lr=2e-2, warmup_epochs=0.5, seed=0, progress=False, device="cpu")

@@ -187,7 +187,7 @@ def test_other_overrides_still_apply_to_every_stage():
 
 # ------------------------------------------------------------------ Recipe
 def test_recipe_round_trips_through_json_in_the_stored_format():
-    recipe = Recipe(epochs=3, lr=2e-3, label_smoothing=0.1, ema=0.99, mixup=0.2, seed=4)
+    recipe = Recipe(epochs=3, lr=2e-3, task_options={"label_smoothing": 0.1, "mixup": 0.2}, ema=0.99, seed=4)
     stored = json.loads(json.dumps(recipe.to_dict()))
     assert stored["task"] == {"name": "classify",
                               "settings": {"label_smoothing": 0.1, "mixup": 0.2, "cutmix": 0.0}}
@@ -202,7 +202,7 @@ def test_recipe_reads_what_older_checkpoints_stored():
                     "warmup_epochs": 0.5, "label_smoothing": 0.1, "clip_grad": None, "ema": None,
                     "mixup": 0.0, "cutmix": 0.0, "augment": True, "seed": 0, "max_steps_per_epoch": None}
     recipe = Recipe.from_dict(before_tasks)
-    assert recipe.label_smoothing == 0.1 and recipe.lr == 1e-2 and recipe.task == "classify"
+    assert recipe.task_options["label_smoothing"] == 0.1 and recipe.lr == 1e-2 and recipe.task == "classify"
     with_run = {**recipe.to_dict(), "world_size": 2, "amp": "off", "data": {"name": "x"}}
     assert Recipe.from_dict(with_run) == recipe  # the run's records beside the recipe are left out
 
@@ -215,9 +215,9 @@ def test_recipe_reads_what_older_checkpoints_stored():
     ({"augment": "no"}, TypeError, "augment must be True or False"),
     ({"seed": -1}, ValueError, "seed must be >= 0"),
     ({"task_options": {"f": object()}}, TypeError, "task_options must be JSON-serialisable"),
-    ({"task": "dino", "label_smoothing": 0.1}, ValueError, "label_smoothing is a setting of the classify"),
-    ({"task_options": {"label_smoothing": 0.1}, "label_smoothing": 0.2}, ValueError,
-     "give label_smoothing once"),
+    ({"task": "dino", "task_options": {"label_smoothing": 0.1}}, TypeError,
+     "task 'dino' has no option 'label_smoothing'"),
+    ({"task_options": {"label_smoothing": 1.5}}, ValueError, r"label_smoothing must be in \[0, 1\)"),
     ({"task_options": {"out_dim": 3}}, TypeError, "task 'classify' has no option 'out_dim'"),
     ({"lr": 1e38}, ValueError, "lr must be <= 10"),
     ({"lr": float("nan")}, ValueError, "lr must be a finite number"),
@@ -226,6 +226,25 @@ def test_recipe_reads_what_older_checkpoints_stored():
 def test_recipe_names_the_bad_setting(changes, error, words):
     with pytest.raises(error, match=words):
         Recipe(**{"epochs": 2, **changes})
+
+
+def test_a_task_option_by_its_own_name_is_a_keyword_of_fit_not_a_field_of_the_recipe():
+    """Recipe is a plain frozen dataclass: its fields and nothing else. fit's keywords (and
+    Recipe.from_settings) route a task's option given by its own name into task_options."""
+    with pytest.raises(TypeError, match="label_smoothing"):
+        Recipe(epochs=2, label_smoothing=0.1)
+    with pytest.raises(AttributeError):
+        Recipe(epochs=2).label_smoothing  # noqa: B018
+    routed = Recipe.from_settings(epochs=2, label_smoothing=0.1)
+    assert routed == Recipe(epochs=2, task_options={"label_smoothing": 0.1})
+    assert Recipe.from_settings(routed, mixup=0.2).task_options == {"label_smoothing": 0.1, "mixup": 0.2,
+                                                                     "cutmix": 0.0}
+    with pytest.raises(ValueError, match="label_smoothing is a setting of the classify task, not of 'dino'"):
+        Recipe.from_settings(epochs=2, task="dino", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="give label_smoothing once"):
+        Recipe.from_settings(epochs=2, task_options={"label_smoothing": 0.1}, label_smoothing=0.2)
+    with pytest.raises(TypeError, match=r"label_smoothing is an option of the classify task: task_options="):
+        Recipe(epochs=2).replace(label_smoothing=0.1)
 
 
 def test_recipe_replace_and_from_settings():

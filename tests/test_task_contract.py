@@ -12,8 +12,7 @@ engine's contract on its tiny example (``Task.example()``, a :class:`TaskExample
    weights equal one process's with the doubled batch up to float rounding (K ranks of batch b take
    the step of one process of batch K b), else they still differ from the initial weights.
 
-Tasks whose files this test may not change (classify, segment, dino) declare no ``example()`` yet;
-their examples sit in ``FALLBACK`` below, and a task with neither fails here.
+Every task declares its example itself (``Task.example()``); a task without one fails here.
 
 This file is also the worker the two ranks run: ``python tests/test_task_contract.py OUT``.
 """
@@ -34,51 +33,23 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMING = ("epoch_time", "images_per_s", "time")
 
 
-def texture(n_train: int = 32, n_test: int = 16):
-    from unifiedctx.data.texture import load_texture
-
-    return load_texture(n_train=n_train, n_test=n_test, size=16, seed=0)
-
-
-def fallback_examples() -> dict:
-    """Examples of the tasks whose files do not declare one (to move into them as ``example()``)."""
-    from unifiedctx.train.tasks import TaskExample
-    from unifiedctx.train.tasks.count import small_canvases
-
-    fast = {"batch_size": 16, "lr": 3e-3, "seed": 1}
-    return {
-        # label smoothing, mixup and the EMA exercise the classify options and the EMA's resume
-        "classify": TaskExample("deit_tiny_nano", texture(), {"label_smoothing": 0.1, "mixup": 0.4},
-                                {"drop_path": 0.0}, {**fast, "ema": 0.9}),
-        "segment": TaskExample("deit_tiny_nano", small_canvases(32, 16, size=16, seed=1), {}, {}, fast),
-        # each rank draws its own multi-crops and the head's BatchNorm sees its own shard
-        "dino": TaskExample("deit_tiny_nano", texture(),
-                            {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "local_crops": 2,
-                             "knn_k": 5},
-                            {}, fast, ddp_matches_single=False, state_metrics=("teacher_knn_acc",)),
-    }
-
-
 @functools.cache
 def example(name: str):
     from unifiedctx.train import tasks
 
     declared = tasks.task_class(name).example()
-    if declared is not None:
-        return declared
-    found = fallback_examples().get(name)
-    assert found is not None, (f"task {name!r} declares no example(): give it a classmethod example() "
-                               "returning a TaskExample (see unifiedctx/train/tasks/base.py)")
-    return found
+    assert declared is not None, (f"task {name!r} declares no example(): give it a classmethod example() "
+                                  "returning a TaskExample (see unifiedctx/train/tasks/base.py)")
+    return declared
 
 
 def run(name: str, out: Path | None, ex=None, seed: int = 1, **fit_kwargs):
     """``(model, history)`` of the example of task ``name`` trained for 2 epochs on the CPU."""
-    from unifiedctx.train import fit, tasks
+    from unifiedctx.train import build_model, fit, tasks
 
     ex = ex or example(name)
     task = tasks.create(name, **ex.options)
-    model = task.build_model(ex.preset, ex.data, seed, **ex.model_options)
+    model = build_model(ex.preset, ex.data, seed, task=task, **ex.model_options)
     settings = {**ex.recipe, **{k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in ex.recipe}}
     history = fit(model, ex.data, task=task, epochs=2, device="cpu", progress=False, out=out, **settings,
                   **fit_kwargs)
@@ -131,7 +102,7 @@ def full_run(name: str, full_runs: dict, root: Path) -> Path:
 
 @pytest.mark.parametrize("name", task_names())
 def test_fit_stop_and_resume_is_bit_exact(name, full_runs, tmp_path_factory):
-    from unifiedctx.train import StopTraining, read_checkpoint, tasks
+    from unifiedctx.train import EpochDone, StopTraining, read_checkpoint, tasks
 
     full = full_run(name, full_runs, tmp_path_factory.mktemp("contract"))
     a = read_checkpoint(full / "last.pt")
@@ -140,8 +111,8 @@ def test_fit_stop_and_resume_is_bit_exact(name, full_runs, tmp_path_factory):
     for row in a["history"]:
         assert math.isfinite(row["train_loss"]) and math.isfinite(row[metric]), row
 
-    def stop_after_epoch_1(info):
-        if info["event"] == "epoch" and info["epoch"] == 1:
+    def stop_after_epoch_1(event):
+        if isinstance(event, EpochDone) and event.epoch == 1:
             raise StopTraining
 
     cut = tmp_path_factory.mktemp("cut") / name
@@ -158,12 +129,12 @@ def test_fit_stop_and_resume_is_bit_exact(name, full_runs, tmp_path_factory):
 
 @pytest.mark.parametrize("name", task_names())
 def test_evaluate_of_the_checkpoint_gives_the_last_rows_metrics(name, full_runs, tmp_path_factory):
-    from unifiedctx.train import evaluate, load_checkpoint, tasks
+    from unifiedctx.train import build_model, evaluate, load_checkpoint, tasks
 
     full = full_run(name, full_runs, tmp_path_factory.mktemp("contract"))
     ex = example(name)
     task = tasks.create(name, **ex.options)
-    fresh = task.build_model(ex.preset, ex.data, 99, **ex.model_options)  # other weights until loaded
+    fresh = build_model(ex.preset, ex.data, 99, task=task, **ex.model_options)  # other weights until loaded
     model, state = load_checkpoint(full / "last.pt", fresh)
     row = state["history"][-1]
     got = evaluate(model, ex.data, batch_size=2 * ex.recipe["batch_size"], device="cpu", task=task)
@@ -207,7 +178,7 @@ def ddp_runs(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", task_names())
 def test_two_gloo_ranks_agree(name, ddp_runs, full_runs, tmp_path_factory):
-    from unifiedctx.train import read_checkpoint, tasks
+    from unifiedctx.train import build_model, read_checkpoint, tasks
 
     ex = example(name)
     full = full_run(name, full_runs, tmp_path_factory.mktemp("contract"))  # one process, batch 2 b
@@ -217,7 +188,7 @@ def test_two_gloo_ranks_agree(name, ddp_runs, full_runs, tmp_path_factory):
     same(r0, r1, "rank 0 vs rank 1")
     same(last["model"], r0, "last.pt vs rank 0")
     single = read_checkpoint(full / "last.pt")
-    start = tasks.create(name, **ex.options).build_model(ex.preset, ex.data, 1, **ex.model_options)
+    start = build_model(ex.preset, ex.data, 1, task=tasks.create(name, **ex.options), **ex.model_options)
     start = start.state_dict()
     assert last["step"] == single["step"]
     for key, w in r0.items():

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from test_docs_examples import runnable_blocks
 from torch import nn
 
+from unifiedctx.train import build_model, evaluate, fit, tasks
 from unifiedctx.train import distributed as D
-from unifiedctx.train import evaluate, fit, tasks
 from unifiedctx.train.tasks import count as count_module
 from unifiedctx.train.tasks.count import Count, count_metrics, digit_counts, small_canvases
 
@@ -105,7 +105,7 @@ def test_a_network_learns_to_count_beyond_the_best_constant(canvases):
     majority = torch.bincount(truth).max().item() / len(truth)          # the best constant count
     median_mae = (truth - truth.median()).abs().double().mean().item()  # the best constant for |error|
     task = tasks.create("count", max_count=3)
-    model = task.build_model("convnet_nano", canvases, seed=0)
+    model = build_model("convnet_nano", canvases, seed=0, task=task)
     history = fit(model, canvases, task=task, epochs=6, batch_size=32, lr=3e-3, warmup_epochs=0.5,
                   device="cpu", progress=False)
     last = history[-1]

@@ -11,8 +11,8 @@ from test_train_engine import Crash, _stop_at
 
 from unifiedctx import cli
 from unifiedctx.data import load
-from unifiedctx.train import fit, read_checkpoint, tasks
-from unifiedctx.train.dino import Dino
+from unifiedctx.train import build_model, fit, read_checkpoint, tasks
+from unifiedctx.train.tasks.dino import Dino
 
 FAST = {"batch_size": 32, "progress": False, "device": "cpu", "lr": 2e-3, "warmup_epochs": 0.5}
 SMALL = {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "local_crops": 2}
@@ -24,7 +24,7 @@ def digits():
 
 
 def model_for(task, data, name="deit_tiny_nano", seed=0):
-    return task.build_model(name, data, seed=seed)
+    return build_model(name, data, seed=seed, task=task)
 
 
 def test_dino_is_registered_and_builds_classifier_free_models(digits):
@@ -39,7 +39,7 @@ def test_dino_is_registered_and_builds_classifier_free_models(digits):
 
 def test_setup_builds_head_teacher_and_decides_augmentation_from_the_data(digits):
     task = Dino(**SMALL)
-    model = task.build_model("deit_tiny_nano", digits, num_classes=10)  # a classifier is dropped
+    model = build_model("deit_tiny_nano", digits, num_classes=10, task=task)  # a classifier is dropped
     task.setup(model, digits, torch.device("cpu"))
     assert model.num_classes == 0 and task.head.in_dim == model.num_features
     assert task.multicrop.flip is False and task.multicrop.jitter == 0.0  # grey digits in 3 channels
@@ -51,7 +51,7 @@ def test_setup_builds_head_teacher_and_decides_augmentation_from_the_data(digits
     colour.train_x = colour.train_x.clone()
     colour.train_x[:, 0] //= 2  # no longer grey
     other = Dino(**SMALL)
-    other.setup(other.build_model("deit_tiny_nano", colour), colour, torch.device("cpu"))
+    other.setup(build_model("deit_tiny_nano", colour, task=other), colour, torch.device("cpu"))
     assert other.multicrop.flip is True and other.multicrop.jitter == pytest.approx(0.4)
 
 
@@ -68,7 +68,7 @@ def test_setup_refuses_models_and_data_it_cannot_train(digits):
     grey1 = load("mnist5k", channels=1).subset(64, 16)
     with pytest.raises(ValueError, match="3 channels but the data has 1"):
         task.setup(model_for(task, digits), grey1, torch.device("cpu"))
-    mixer = task.build_model("mixer_s16_nano", digits)  # learns one affinity for the 32 x 32 grid only
+    mixer = build_model("mixer_s16_nano", digits, task=task)  # one affinity for the 32 x 32 grid only
     with pytest.raises(ValueError, match="16x16 local crops.*local_crops=0"):
         task.setup(mixer, digits, torch.device("cpu"))
     Dino(**{**SMALL, "local_crops": 0}).setup(mixer, digits, torch.device("cpu"))  # globals only: fine

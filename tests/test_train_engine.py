@@ -10,7 +10,9 @@ from torch import nn
 
 from unifiedctx.data.base import ImageData
 from unifiedctx.train import (
+    EpochDone,
     History,
+    StepDone,
     TrainingDiverged,
     evaluate,
     fit,
@@ -92,8 +94,8 @@ class Crash(Exception):
 
 
 def _stop_at(epoch, step):
-    def callback(info):
-        if info["event"] == "step" and info["epoch"] == epoch and info["step"] == step:
+    def callback(event):
+        if isinstance(event, StepDone) and event.epoch == epoch and event.step == step:
             raise Crash
 
     return callback
@@ -234,34 +236,35 @@ def test_stop_training_from_a_callback_ends_the_run_after_that_epoch(tmp_path):
 
     events = []
 
-    def stop_after_two(info):
-        events.append((info["event"], info["epoch"]))
-        if info["event"] == "epoch" and info["row"]["epoch"] == 2:
+    def stop_after_two(event):
+        events.append((type(event).__name__, event.epoch))
+        if isinstance(event, EpochDone) and event.row["epoch"] == 2:
             raise StopTraining
 
     hist = fit(make(), brightness_data(), epochs=5, out=tmp_path, callback=stop_after_two, **FAST)
     assert len(hist) == 2 and read_checkpoint(tmp_path / "last.pt")["epoch"] == 2
-    assert events.count(("step", 1)) == 8 and events[8] == ("epoch", 1) and events[-1] == ("epoch", 2)
+    assert events[0] == ("TrainingStarted", 0) and events.count(("StepDone", 1)) == 8
+    assert events[9] == ("EpochDone", 1) and events[-1] == ("EpochDone", 2)
 
 
 def test_train_or_load_trains_once_then_loads(tmp_path, monkeypatch):
     from unifiedctx import data as datasets
-    from unifiedctx.train import cache
+    from unifiedctx.train import engine
 
     ds = datasets.load("texture", n_train=32, n_test=16, size=16)
     opts = {"epochs": 1, "batch_size": 16, "progress": False, "device": "cpu"}
-    model, hist = cache.train_or_load("deit_tiny_nano", ds, tmp_path, **opts)
+    model, hist = engine.train_or_load("deit_tiny_nano", ds, tmp_path, **opts)
     assert len(hist) == 1 and model.config["preset"] == "deit_tiny_nano"
 
     def no_training(*a, **k):
         raise AssertionError("train_or_load trained again")
 
-    monkeypatch.setattr(cache, "fit", no_training)
-    again, hist2 = cache.train_or_load("deit_tiny_nano", ds, tmp_path, **opts)
+    monkeypatch.setattr(engine, "fit", no_training)
+    again, hist2 = engine.train_or_load("deit_tiny_nano", ds, tmp_path, **opts)
     assert hist2 == hist
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     with pytest.raises(AssertionError, match="trained again"):  # more epochs asked: it must train (resume)
-        cache.train_or_load("deit_tiny_nano", ds, tmp_path, **{**opts, "epochs": 2})
+        engine.train_or_load("deit_tiny_nano", ds, tmp_path, **{**opts, "epochs": 2})
     rebuilt, _ = load_checkpoint(tmp_path / "last.pt")  # no model given: rebuilt from model.config
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values()))
 
@@ -277,13 +280,14 @@ def test_fit_takes_a_recipe_or_the_same_keywords(tmp_path):
 
     data = brightness_data()
     run = {k: FAST[k] for k in ("progress", "device")}
-    settings = dict(epochs=2, batch_size=16, lr=1e-2, warmup_epochs=0.5, label_smoothing=0.1, seed=2)
-    by_keywords = fit(make(), data, out=tmp_path / "a", **run, **settings)
-    by_recipe = fit(make(), data, Recipe(**settings), out=tmp_path / "b", **run)
-    mixed = fit(make(), data, Recipe(**{**settings, "lr": 0.5}), lr=1e-2, **run)  # keywords replace
+    settings = dict(epochs=2, batch_size=16, lr=1e-2, warmup_epochs=0.5, seed=2)
+    recipe = Recipe(**settings, task_options={"label_smoothing": 0.1})
+    by_keywords = fit(make(), data, out=tmp_path / "a", **run, **settings, label_smoothing=0.1)
+    by_recipe = fit(make(), data, recipe, out=tmp_path / "b", **run)
+    mixed = fit(make(), data, recipe.replace(lr=0.5), lr=1e-2, **run)  # keywords replace
     assert _strip(by_keywords) == _strip(by_recipe) == _strip(mixed)
     stored = read_checkpoint(tmp_path / "b" / "last.pt")["recipe"]
-    assert Recipe.from_dict(stored) == Recipe(**settings)
+    assert Recipe.from_dict(stored) == recipe
     assert json.loads((tmp_path / "a" / "config.json").read_text())["recipe"]["task"] == {
         "name": "classify", "settings": {"label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0}}
     with pytest.raises(TypeError, match="unknown training setting 'learning_rate'"):
@@ -364,3 +368,32 @@ def test_datasets_declare_their_augmentation():
         ds = datasets.load(name, **small)
         assert not ds.crop_ok and not ds.flip_ok and not ds.subset(4, 2).flip_ok  # kept by subset()
     assert brightness_data().crop_ok and brightness_data().flip_ok  # natural images: both by default
+
+
+def test_the_loops_events_come_at_their_points_typed(tmp_path):
+    """TrainingStarted once, after the folder is claimed and a resumed run loaded (epochs done so far);
+    StepDone after every optimizer step; EpochDone after the epoch's checkpoint is written."""
+    from unifiedctx.train import StopTraining, TrainingStarted
+
+    data, seen = brightness_data(), []
+
+    def look(event):
+        if isinstance(event, TrainingStarted):
+            seen.append(("start", event.epoch, event.epochs, event.out))
+        elif isinstance(event, StepDone):
+            assert event.loss.dim() == 0 and not event.loss.requires_grad and event.steps == 8
+            seen.append(("step", event.epoch, event.step, event.global_step))
+        else:
+            assert isinstance(event, EpochDone) and event.row["epoch"] == event.epoch
+            assert read_checkpoint(event.out / "last.pt")["epoch"] == event.epoch  # already written
+            seen.append(("epoch", event.epoch))
+            if event.epoch == 1:
+                raise StopTraining
+
+    fit(make(), data, epochs=2, out=tmp_path, callback=look, **FAST)
+    fit(make(), data, epochs=2, out=tmp_path, callback=look, resume=True, **FAST)
+    starts = [s for s in seen if s[0] == "start"]
+    assert starts == [("start", 0, 2, tmp_path), ("start", 1, 2, tmp_path)]
+    steps = [s for s in seen if s[0] == "step"]
+    assert [s[3] for s in steps] == list(range(1, 17)) and steps[8] == ("step", 2, 1, 9)
+    assert [s for s in seen if s[0] == "epoch"] == [("epoch", 1), ("epoch", 2)]

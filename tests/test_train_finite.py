@@ -8,7 +8,7 @@ import pytest
 import torch
 from misuse_helpers import FAST, Tiny, all_finite, bright, make
 
-from unifiedctx.train import TrainingDiverged, fit, read_checkpoint, save_checkpoint
+from unifiedctx.train import StepDone, TrainingDiverged, fit, read_checkpoint, save_checkpoint
 
 STEPS = 8  # bright(): 128 images, batch 16
 
@@ -71,10 +71,10 @@ def test_a_non_finite_test_loss_stops_the_run_and_nothing_is_saved(tmp_path):
 
 
 def test_weights_made_non_finite_after_the_last_check_are_still_never_saved(tmp_path):
-    def poison(info):  # after the step's check: only the pre-save check can see it
-        if info["event"] == "step" and info["step"] == STEPS:
+    def poison(event):  # after the step's check: only the pre-save check can see it
+        if isinstance(event, StepDone) and event.step == STEPS:
             with torch.no_grad():
-                info["model"].body[0].weight[0, 0, 0, 0] = float("inf")
+                event.model.body[0].weight[0, 0, 0, 0] = float("inf")
 
     with pytest.raises(TrainingDiverged, match=r"model\.body\.0\.weight"):
         fit(make(), bright(), epochs=1, out=tmp_path, callback=poison, **FAST)
@@ -120,7 +120,7 @@ def test_resuming_from_a_checkpoint_with_nan_weights_is_refused(tmp_path):
 
 
 def test_the_watch_never_syncs_with_the_host_per_step(monkeypatch):
-    from unifiedctx.train.finite import DivergenceWatch
+    from unifiedctx.train.engine import DivergenceWatch
 
     watch = DivergenceWatch(torch.device("cpu"))
 
@@ -137,7 +137,7 @@ def test_the_watch_never_syncs_with_the_host_per_step(monkeypatch):
 
 
 def test_nonfinite_tensors_names_every_bad_tensor_in_a_nested_state():
-    from unifiedctx.train.finite import nonfinite_tensors
+    from unifiedctx.files import nonfinite_tensors
 
     nan, inf = float("nan"), float("inf")
     state = {"a": torch.ones(2), "b": {"c": torch.tensor([1.0, nan]), "d": [torch.tensor(inf)]},

@@ -12,8 +12,7 @@ from torch import nn
 
 from unifiedctx.mixers import create
 from unifiedctx.train import History, fit
-from unifiedctx.train.engine import _mixing_columns
-from unifiedctx.train.history import flat_row, mixing_of
+from unifiedctx.train.history import flat_row, mixing_columns, mixing_of
 
 
 class TinyMixed(nn.Module):
@@ -62,13 +61,13 @@ def test_the_engine_logs_each_mixers_own_weights():
     torch.manual_seed(0)
     model = nn.ModuleDict({"c": create("container", dim=4, heads=2), "g": create("gpsa", dim=4, heads=2),
                            "d": create("dwconv", dim=4)})
-    row = _mixing_columns(model)
+    row = mixing_columns(model)
     assert list(row) == ["mixing"] and list(row["mixing"]) == ["c", "g"]
     assert row["mixing"]["c"] == {"alpha": 0.5, "beta": 0.5}
     gate = torch.sigmoid(torch.ones(2)).tolist()  # GPSA's gate starts at sigmoid(1) per head
     assert row["mixing"]["g"] == {"gate": pytest.approx(gate)}
     json.dumps(row)  # plain numbers, no tensors
-    assert _mixing_columns(nn.Sequential(create("dwconv", dim=4))) == {}
+    assert mixing_columns(nn.Sequential(create("dwconv", dim=4))) == {}
 
 
 def test_fit_writes_nested_mixing_and_flat_csv(tmp_path):

@@ -30,8 +30,8 @@ KILLER = textwrap.dedent("""
     import unifiedctx.train as T
     from unifiedctx import cli
 
-    def kill(info):
-        if info["event"] == "step" and info["epoch"] == 2 and info["step"] == 2:
+    def kill(event):
+        if isinstance(event, T.StepDone) and event.epoch == 2 and event.step == 2:
             os.kill(os.getpid(), signal.SIGKILL)
 
     fit = T.fit

@@ -14,14 +14,8 @@ from pathlib import Path
 import pytest
 from misuse_helpers import FAST, bright, make
 
+from unifiedctx.files import FileLock, FolderInUse
 from unifiedctx.train import fit, read_checkpoint
-
-
-def rundir():
-    """The module under test (imported here, so that this file also runs against older code)."""
-    from unifiedctx.train import rundir
-
-    return rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +56,7 @@ def test_the_same_run_killed_before_its_first_checkpoint_restarts(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop(info):
+    def stop(event):
         raise Stop
 
     with pytest.raises(Stop):
@@ -95,11 +89,11 @@ HOLDER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from misuse_helpers import FAST, bright, make
-    from unifiedctx.train import fit
+    from unifiedctx.train import StepDone, fit
     out, go = Path(sys.argv[1]), Path(sys.argv[2])
 
-    def wait(info):
-        if info["event"] == "step" and info["step"] == 1:
+    def wait(event):
+        if isinstance(event, StepDone) and event.step == 1:
             go.with_suffix(".ready").touch()
             while not go.exists():
                 time.sleep(0.05)
@@ -121,7 +115,7 @@ def test_a_second_process_into_the_same_folder_stops_at_once_naming_the_holder(t
         lock = json.loads((out / ".lock").read_text())
         assert lock["pid"] == holder.pid and lock["host"] and lock["started"]
         t0 = time.perf_counter()
-        with pytest.raises(rundir().FolderInUse, match=rf"in use by another process \(pid {holder.pid} on "):
+        with pytest.raises(FolderInUse, match=rf"in use by another process \(pid {holder.pid} on "):
             fit(make(), bright(), epochs=1, out=out, **FAST)
         assert time.perf_counter() - t0 < 5  # at once, not after training
         assert not (out / "last.pt").exists()  # the intruder wrote nothing
@@ -143,13 +137,13 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_the_lock_is_held_for_the_whole_run(tmp_path):
     seen = []
 
-    def probe(info):
-        with pytest.raises(rundir().FolderInUse, match=f"pid {os.getpid()}"):
-            rundir().FileLock(tmp_path / ".lock", "run folder").acquire()
-        seen.append(info["event"])
+    def probe(event):
+        with pytest.raises(FolderInUse, match=f"pid {os.getpid()}"):
+            FileLock(tmp_path / ".lock", "run folder").acquire()
+        seen.append(type(event).__name__)
 
     fit(make(), bright(), epochs=2, out=tmp_path, callback=probe, **FAST)
-    assert seen.count("epoch") == 2 and seen.count("step") == 16
+    assert seen.count("EpochDone") == 2 and seen.count("StepDone") == 16 and seen[0] == "TrainingStarted"
 
 
 def test_temporary_files_of_a_killed_process_are_removed_at_the_next_start(tmp_path):
@@ -160,11 +154,65 @@ def test_temporary_files_of_a_killed_process_are_removed_at_the_next_start(tmp_p
     assert sorted(p.name for p in fresh.iterdir()) == [
         "best.pt", "config.json", "history.csv", "history.json", "last.pt"]
 
-    (fresh / ".history.json.abc123.tmp").write_text("[half")
-    (fresh / ".best.pt.zz9.tmp").write_bytes(b"half")
+    (fresh / ".history.json.abc123_z.tmp").write_text("[half")
+    (fresh / ".best.pt.zz9zz9zz.tmp").write_bytes(b"half")
     with pytest.raises(ValueError, match="epochs: 1 in the checkpoint, 2 now"):
         fit(make(), bright(), epochs=2, out=fresh, resume=True, **FAST)
-    assert not list(fresh.glob(".*.tmp"))  # removed at the start, even by a run that is then refused
+    assert not list(fresh.glob(".*.tmp"))  # the folder is ours: removed, even by a run then refused
+
+
+#: A person's hidden files that look like a run's temporaries but are not named as tempfile names them.
+LOOKALIKES = {".history.json.bak.tmp": b"[my backup]", ".last.pt.keep.tmp": b"my weights",
+              ".config.json.K1LL3D_X.tmp": b"{}", ".notes.txt.abcdefgh.tmp": b"notes",
+              ".last.pt.abcdefgh.tmp.old": b"old"}
+
+
+def _plant(folder: Path, files: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_persons_lookalike_temporaries_make_a_folder_foreign_and_are_kept(tmp_path, resume):
+    out = tmp_path / "run"
+    if resume:
+        fit(make(), bright(), epochs=1, out=out, **FAST)  # a run of ours, then the person's files beside it
+    ours = out / ".last.pt.k1ll3d_x.tmp"  # a temporary of ours, left by a killed run
+    _plant(out, {**LOOKALIKES, ours.name: b"half"})
+    before = snapshot(out)
+    with pytest.raises(FileExistsError) as err:
+        fit(make(), bright(), epochs=2 if resume else 1, out=out, resume=resume, **FAST)
+    assert ".history.json.bak.tmp" in str(err.value) and ".last.pt.keep.tmp" in str(err.value)
+    assert ours.name not in str(err.value)  # ours is not foreign ...
+    assert snapshot(out) == before  # ... but nothing at all is removed from a folder that is not ours
+
+
+def test_allow_foreign_removes_nothing_of_the_folder_it_was_let_into(tmp_path):
+    out = tmp_path / "run"
+    ours = ".best.pt.k1ll3d_x.tmp"
+    _plant(out, {**LOOKALIKES, ours: b"half"})
+    fit(make(), bright(), epochs=1, out=out, allow_foreign=True, **FAST)
+    assert all((out / name).read_bytes() == content for name, content in LOOKALIKES.items())
+    assert (out / ours).read_bytes() == b"half"  # not known to be ours: not removed either
+    assert read_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_an_owned_folder_loses_only_its_own_temporaries(tmp_path):
+    out = tmp_path / "run"
+    fit(make(), bright(), epochs=1, out=out, **FAST)
+    _plant(out, {".history.csv.q_1w2e3r.tmp": b"half", ".rank1.pt.zzzzzzzz.tmp": b"half"})
+    fit(make(), bright(), epochs=1, out=out, resume=True, **FAST)  # all its epochs done: claimed, not trained
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "history.csv", "history.json",
+                                                    "last.pt"]
+
+
+def test_a_persons_lock_file_is_neither_overwritten_nor_removed(tmp_path):
+    out = tmp_path / "run"
+    _plant(out, {".lock": b"my own lock notes"})
+    with pytest.raises(FileExistsError, match=r"\.lock is a file that no lock of ours wrote"):
+        fit(make(), bright(), epochs=1, out=out, allow_foreign=True, **FAST)
+    assert (out / ".lock").read_bytes() == b"my own lock notes" and not (out / "last.pt").exists()
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])

@@ -11,7 +11,7 @@ import torch
 from misuse_helpers import FAST, bright, make
 
 from unifiedctx import data as datasets
-from unifiedctx.train import cache, fit, read_checkpoint
+from unifiedctx.train import engine, fit, read_checkpoint, train_or_load
 
 
 @pytest.fixture
@@ -72,17 +72,17 @@ OPTS = {"epochs": 1, "batch_size": 16, "progress": False, "device": "cpu"}
 
 def test_the_run_cache_refuses_a_run_trained_with_another_lr(tmp_path, monkeypatch):
     ds = datasets.load("texture", n_train=32, n_test=16, size=16)
-    cache.train_or_load("deit_tiny_nano", ds, tmp_path, **OPTS, lr=1e-3)
+    train_or_load("deit_tiny_nano", ds, tmp_path, **OPTS, lr=1e-3)
 
     def no_training(*a, **k):
         raise AssertionError("train_or_load trained again")
 
-    monkeypatch.setattr(cache, "fit", no_training)
+    monkeypatch.setattr(engine, "fit", no_training)
     words = r"cached run .* other settings \(lr: 0\.001 in the cached run, 0\.01 now"
     with pytest.raises(ValueError, match=words):
-        cache.train_or_load("deit_tiny_nano", ds, tmp_path, **OPTS, lr=1e-2)
+        train_or_load("deit_tiny_nano", ds, tmp_path, **OPTS, lr=1e-2)
     other = datasets.load("texture", n_train=32, n_test=16, size=16, seed=1)
     with pytest.raises(ValueError, match=r"data\.options: .*data\.fingerprint"):
-        cache.train_or_load("deit_tiny_nano", other, tmp_path, **OPTS, lr=1e-3)
-    model, hist = cache.train_or_load("deit_tiny_nano", ds, tmp_path, **OPTS, lr=1e-3)  # the same: loaded
+        train_or_load("deit_tiny_nano", other, tmp_path, **OPTS, lr=1e-3)
+    model, hist = train_or_load("deit_tiny_nano", ds, tmp_path, **OPTS, lr=1e-3)  # the same: loaded
     assert len(hist) == 1 and torch.isfinite(next(model.parameters())).all()

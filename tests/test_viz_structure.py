@@ -73,7 +73,7 @@ def test_a_new_mixer_with_a_kernel_and_a_knob_is_picked_up_untouched():
     reach the kernel plot, the history row and the explorer's data through the contract alone."""
     from unifiedctx.mixers.local import local_affinity
     from unifiedctx.models import mixing_weights
-    from unifiedctx.train.engine import _mixing_columns
+    from unifiedctx.train.history import mixing_columns
     from unifiedctx.viz import static_kernels
     from unifiedctx.widgets.explorer_data import ExplorerData
 
@@ -111,6 +111,6 @@ def test_a_new_mixer_with_a_kernel_and_a_knob_is_picked_up_untouched():
     assert list(static_kernels(model)) == ["1"]
     torch.testing.assert_close(static_kernels(model)["1"], model[1].w.detach().double())
     assert mixing_weights(model) == {"1": {"g": 0.25}}
-    assert _mixing_columns(model) == {"mixing": {"1": {"g": 0.25}}}
+    assert mixing_columns(model) == {"mixing": {"1": {"g": 0.25}}}
     data = ExplorerData({"m": model}, [torch.rand(3, 5, 5)])
     assert list(data.catalogue("m")) == ["1"] and data.info("m", "1").heads == {"static": 4}

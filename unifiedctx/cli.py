@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------ helpers
 def _check_model_name(name: str) -> None:
     from unifiedctx.models import list_models
+    from unifiedctx.models.segment import segmenter_presets
 
     names = list_models()
-    if name not in names:
+    if name not in segmenter_presets():  # every preset, and the segment task's U-Net
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `unifiedctx models` lists them"
         raise ValueError(f"unknown model {name!r}{hint}")
@@ -245,17 +246,16 @@ def _load_data(args, limit_train=None):
 
 def _train(args) -> int:
     from unifiedctx import train as T
-    from unifiedctx.train.recipe import Recipe
-    from unifiedctx.train.run import recipe_and_task
+    from unifiedctx.train.recipe import Recipe, resolve
 
     _check_model_name(args.model)
     flags = {k.removeprefix("task_flag__"): v for k, v in vars(args).items()
              if k.startswith("task_flag__") and v is not None}
     settings = {k: getattr(args, k) for k in Recipe.keys()}
-    recipe, task = recipe_and_task(None, None, {**settings, **flags, "task_options": dict(args.task_options)})
+    recipe, task = resolve(None, None, {**settings, **flags, "task_options": dict(args.task_options)})
     ds = _load_data(args, args.limit_train)
-    model = task.build_model(args.model, ds, seed=recipe.seed, **dict(args.model_option))
-    run_info = {"command": "train", "task": recipe.task, "model": args.model, "data": args.data,
+    model = T.build_model(args.model, ds, recipe.seed, task=task, **dict(args.model_option))
+    run_info = {"command": "train", "task": task.name, "model": args.model, "data": args.data,
                 "data_options": dict(args.data_option), "data_root": args.data_root,
                 "img_size": args.img_size, "limit_train": args.limit_train, "limit_test": args.limit_test,
                 "model_options": dict(args.model_option)}
@@ -272,20 +272,62 @@ def _train(args) -> int:
     return 0
 
 
+#: What ``eval`` reads from a run's ``config.json`` (``run`` entry, written by ``train``): entry -> (the
+#: types it may hold, what it must be, in words). ``None`` is always allowed (the run did not set it).
+RUN_ENTRIES = {"data": ((str,), "a dataset name"), "data_options": ((dict,), "a dict of dataset options"),
+               "data_root": ((str,), "a folder path"), "img_size": ((int,), "a positive int"),
+               "limit_train": ((int,), "a positive int"), "limit_test": ((int,), "a positive int")}
+
+
+def _entry_error(path: Path, entry: str, value, expected: str) -> ValueError:
+    shown = f"{type(value).__name__} {value!r}"[:80]
+    return ValueError(f"{path}: the {entry!r} entry holds {shown}, but {expected} was expected")
+
+
+def read_run_config(path: Path) -> dict:
+    """The run's ``config.json`` at ``path``, every entry that ``eval`` reads checked: a ``ValueError``
+    naming the file and the entry (invalid JSON, a list, a ``run`` or ``data_options`` of the wrong
+    type, a non-positive ``img_size``, ...), never a traceback from deep inside."""
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): it is not the config.json a run wrote") from None
+    if not isinstance(config, dict):
+        shown = f"{type(config).__name__} {config!r}"[:80]
+        raise ValueError(f"{path} holds {shown}, but a run's config (a JSON object) was expected")
+    for key, expected in (("run", "a dict"), ("recipe", "a dict")):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise _entry_error(path, key, config[key], expected)
+    for key, (types, expected) in RUN_ENTRIES.items():
+        value = (config.get("run") or {}).get(key)
+        bad = value is not None and (not isinstance(value, types) or isinstance(value, bool)
+                                     or (types == (int,) and value <= 0))
+        if bad:
+            raise _entry_error(path, f"run.{key}", value, expected)
+    recipe = config.get("recipe") or {}
+    if recipe.get("data") is not None and not isinstance(recipe["data"], dict):
+        raise _entry_error(path, "recipe.data", recipe["data"], "a dict (name, options, fingerprint)")
+    seed = recipe.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise _entry_error(path, "recipe.seed", seed, "an int >= 0")
+    if config.get("data") is not None and not isinstance(config["data"], str):
+        raise _entry_error(path, "data", config["data"], "a dataset name")
+    return config
+
+
 def _trained_on(checkpoint: Path, state: dict) -> argparse.Namespace:
     """The dataset arguments of the run that wrote ``checkpoint``, from its ``config.json``."""
     config_path = checkpoint.parent / "config.json"
     if not config_path.is_file():
         raise ValueError(f"--data is needed: there is no config.json next to {checkpoint} to say which "
                          "dataset the run was trained on")
-    config = json.loads(config_path.read_text())
+    config = read_run_config(config_path)
     run = config.get("run") or {}
-    data = run.get("data") or (config.get("recipe") or {}).get("data", {}).get("name") or config.get("data")
-    if isinstance(data, dict):
-        data = data.get("name")
+    recipe = config.get("recipe") or {}
+    data = run.get("data") or (recipe.get("data") or {}).get("name") or config.get("data")
     if not isinstance(data, str):
         raise ValueError(f"--data is needed: {config_path} names no dataset")
-    seed = (state.get("recipe") or config.get("recipe") or {}).get("seed", 0)
+    seed = (state.get("recipe") or {}).get("seed", recipe.get("seed", 0))
     return argparse.Namespace(data=data, data_option=list((run.get("data_options") or {}).items()),
                               img_size=run.get("img_size"), data_root=run.get("data_root"),
                               limit_train=run.get("limit_train"), limit_test=run.get("limit_test"), seed=seed)
@@ -340,14 +382,14 @@ def _data() -> int:
     print(f"{'dataset':12s} {'train':>6s} {'test':>6s} {'image':>9s} {'classes':>7s}  offline")
     unknown = f"{'-':>6s} {'-':>6s} {'-':>9s} {'-':>7s}"
     for name in D.available():
+        if name in D.YOUR_FILES:  # nothing to load without the user's folder: say what the row needs
+            print(f"{name:12s} {unknown}  your own files: --data-option path=FOLDER, {D.YOUR_FILES[name]}")
+            continue
         downloads = "root" in inspect.signature(D.LOADERS[name]).parameters  # loaders that fetch files
         try:
             ds = D.load(name, download=False)
         except D.DatasetUnavailable:
             print(f"{name:12s} {unknown}  no: downloaded on first use")
-            continue
-        except (TypeError, ValueError) as err:
-            print(f"{name:12s} {unknown}  your own files ({str(err).split(';')[0]})")
             continue
         train, test = (len(getattr(ds, f"{split}_x", ())) for split in ("train", "test"))
         size = "x".join(map(str, (ds.channels, *ds.image_size)))
@@ -372,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data":
         return _data()
     from unifiedctx.data import DatasetUnavailable
+    from unifiedctx.files import FolderInUse
     from unifiedctx.train import TrainingDiverged
-    from unifiedctx.train.rundir import FolderInUse
 
     run = _train if args.command == "train" else _eval
     prefix = f"unifiedctx {args.command}: error:"

@@ -10,7 +10,10 @@ Without it, :func:`current` picks ``full`` when CUDA is available and ``quick`` 
     history = unifiedctx.train.fit(model, data, profile.recipe, device=profile.device)
 
 A notebook takes its epochs, batch size and learning rate from ``profile.recipe`` (notebooks 04
-and 05) or ``profile.synthetic_recipes[task]`` (notebook 03's probes), never its own numbers.
+and 05) or ``profile.synthetic_recipes[task]`` (notebook 03's probes), never its own numbers. A
+notebook that needs notebook 04's trained classifiers gets them through
+:meth:`Profile.supervised_run` (loaded from notebook 04's run folder, trained there if missing),
+never by reading that folder itself.
 """
 
 from __future__ import annotations
@@ -78,6 +81,16 @@ class Profile:
         """True in the CPU/CI profile."""
         return self.name == "quick"
 
+    def supervised_run(self, family: str, data):
+        """``(model, history)`` of notebook 04's run of ``family``: the preset :meth:`model` trained on
+        ``data`` (the profile's :attr:`dataset`) by :attr:`recipe` in ``cache_dir/04/family``, loaded
+        from there (by :func:`unifiedctx.train.train_or_load`), or trained there now when notebook 04
+        has not run."""
+        from .train import train_or_load
+
+        return train_or_load(self.model(family), data, self.cache_dir / "04" / family, self.recipe,
+                             device=self.device, progress=self.progress)
+
     @property
     def progress(self) -> bool | str:
         """What ``fit(progress=...)`` shows in this profile: one line per epoch in the quick one
@@ -117,7 +130,7 @@ def make(name: str) -> Profile:
     if name == "full":
         device = "cuda" if torch.cuda.is_available() else "cpu"
         recipe = Recipe(epochs=30, batch_size=256, lr=2e-3, warmup_epochs=2, augment=True,
-                        label_smoothing=0.1, weight_decay=0.05, seed=0)
+                        task_options={"label_smoothing": 0.1}, weight_decay=0.05, seed=0)
         probes = {"texture": probe.replace(epochs=10), "longrange": probe.replace(epochs=20)}
         tasks = {"context": recipe,
                  # notebook 09, 4000 canvases of 128 px on a GPU (docs/sweep_segment.md: given, not yet run)

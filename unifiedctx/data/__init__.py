@@ -33,6 +33,7 @@ from ..validation import check_bool, check_path, suggest
 from .base import DatasetUnavailable, ImageData, channel_stats, default_data_root
 from .canvas import SegmentationData, load_mnist_canvas
 from .cifar import load_cifar
+from . import folder, segfolder
 from .folder import FolderData, load_imagefolder
 from .longrange import load_longrange, longrange_scenes
 from .mnist import load_mnist5k
@@ -53,6 +54,10 @@ LOADERS = {
     "mnist_canvas": load_mnist_canvas,
     "segfolder": load_segfolder,
 }
+
+
+#: Datasets made of a user's own files: what their ``path=`` option must point to.
+YOUR_FILES = {"imagefolder": folder.YOUR_FILES, "segfolder": segfolder.YOUR_FILES}
 
 
 def available() -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import FileLock, is_temporary_of
 from ..validation import check_bool, check_choice, check_path
 from .base import DatasetUnavailable, ImageData, channel_stats
 from .download import download as fetch
@@ -96,8 +97,6 @@ def prepare(spec: Archive, root: Path, download: bool, url: str | None, progress
     if not archive.is_file() and not download:
         raise DatasetUnavailable(f"{spec.folder} is not in {root} and download=False. "
                                  + how_to_fetch(source, archive, spec.md5))
-    from unifiedctx.train.rundir import FileLock
-
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / f".{spec.folder}.lock", f"the download of {spec.folder}").acquire(wait=True):
         remove_stale_temporaries(root, spec)  # we hold the lock: whoever left them is gone
@@ -108,11 +107,14 @@ def prepare(spec: Archive, root: Path, download: bool, url: str | None, progress
 
 def remove_stale_temporaries(root: Path, spec: Archive) -> None:
     """Delete what a killed download or unpack of ``spec`` left in ``root``: the partial download
-    ``.<archive>.*.part`` and the staging folder ``.<folder>.*.tmp``."""
-    for path in root.glob(f".{spec.filename}.*.part"):
-        path.unlink(missing_ok=True)
-    for path in root.glob(f".{spec.folder}.*.tmp"):
-        shutil.rmtree(path, ignore_errors=True)
+    ``.<archive>.<8 random characters>.part`` and the staging folder ``.<folder>.<8 random
+    characters>.tmp``, named exactly as :mod:`tempfile` names them (:func:`unifiedctx.files.
+    is_temporary_of`); a person's ``.<archive>.backup.part`` or ``.<folder>.old.tmp`` stays."""
+    for path in root.iterdir():
+        if path.is_file() and is_temporary_of(path.name, [spec.filename], ".part"):
+            path.unlink(missing_ok=True)
+        elif path.is_dir() and is_temporary_of(path.name, [spec.folder], ".tmp"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _fetch_and_unpack(spec: Archive, root: Path, download: bool, source: str, archive: Path,

@@ -38,6 +38,8 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", 
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 TEST_CROP = 0.875
+#: What ``path=`` must point to (the loader's error without it, and the ``unifiedctx data`` listing).
+YOUR_FILES = "the folder that holds train/ (and val/) or the class folders"
 
 
 #: Pillow modes of one channel with more than 8 bits, and the largest value of each.
@@ -272,8 +274,7 @@ def load_imagefolder(path: str | Path | None = None, image_size: int = 224, val_
         num_workers: DataLoader workers (an int >= 0).
     """
     if path is None:
-        raise ValueError("load('imagefolder') needs path=: the folder that holds train/ (and val/) "
-                         "or the class folders")
+        raise ValueError(f"load('imagefolder') needs path=: {YOUR_FILES}")
     root = check_path("path", path, kind="folder")
     image_size = check_positive_int("image_size", image_size)
     val_fraction = check_fraction("val_fraction", val_fraction)

@@ -39,12 +39,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..validation import check_fraction, check_int, check_int_choice, check_path, check_seed
+from ..validation import (
+    check_fraction,
+    check_int,
+    check_int_choice,
+    check_int_or_pair,
+    check_path,
+    check_seed,
+)
 from .base import channel_stats
 from .canvas import SegmentationData, dominant_class
 from .folder import EXTENSIONS
 
 TEST_FOLDERS = ("val", "test")
+#: What ``path=`` must point to (the loader's error without it, and the ``unifiedctx data`` listing).
+YOUR_FILES = "the folder that holds images/ and masks/ (or train/ and val/ of them)"
 #: The mask value that means "no class" unless declared otherwise (VOC's, Cityscapes', ADE20K's).
 IGNORE = 255
 
@@ -167,12 +176,12 @@ def _class_count(found: torch.Tensor, ignore_index: int | None) -> int:
     return count
 
 
-def load_segfolder(path, image_size=None, channels: int = 3, classes=None, num_classes: int | None = None,
+def load_segfolder(path=None, image_size=None, channels: int = 3, classes=None, num_classes: int | None = None,
                    val_fraction: float = 0.2, seed: int = 0, ignore_index="auto") -> SegmentationData:
     """A segmentation folder (see the module docstring) as :class:`SegmentationData`.
 
     Args:
-        path: the folder.
+        path: the folder (required: ``images/`` and ``masks/``, or ``train/`` and ``val/`` of them).
         image_size: ``S`` or ``(H, W)`` to resize every image and mask to; ``None`` keeps the
             size, which then must be the same for every image.
         channels: 3 (RGB) or 1 (grey).
@@ -191,12 +200,12 @@ def load_segfolder(path, image_size=None, channels: int = 3, classes=None, num_c
         exceeds 255), no boxes; mean/std of the training images; ``ignore_index`` 255 (or the
         declared value) when such pixels occur or were declared, else ``None``.
     """
+    if path is None:
+        raise ValueError(f"load('segfolder') needs path=: {YOUR_FILES}")
     root = check_path("path", path, kind="folder")
     channels = check_int_choice("channels", channels, (1, 3))
     if image_size is not None:
-        from ..models.network import as_size
-
-        image_size = as_size(image_size, "image_size")
+        image_size = check_int_or_pair("image_size", image_size)
     if classes is not None:
         if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__"):
             raise TypeError(f"classes must be a list of class names, got {type(classes).__name__} {classes!r}")

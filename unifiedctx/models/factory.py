@@ -143,7 +143,7 @@ def normalize_config(config: dict) -> dict:
 
 def from_config(config: dict) -> nn.Module:
     """Rebuild a model from its ``model.config`` (fresh weights, same architecture): a
-    :class:`ContextNet`, or a :class:`~unifiedctx.models.segment.Segmenter` around one."""
+    :class:`ContextNet`, a :class:`~unifiedctx.models.segment.Segmenter` around one, or the U-Net."""
     from .segment import from_config as segmenter_from_config
     from .segment import is_segmenter_config
 

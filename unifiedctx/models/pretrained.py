@@ -3,7 +3,7 @@
 ``create_model(name, checkpoint_path=PATH)`` (or ``pretrained=True``) ends in :func:`load_weights`,
 which reads ``PATH`` with ``torch.load(..., weights_only=True)`` and tells two kinds of file apart:
 
-* a **unifiedctx checkpoint** (``unifiedctx.train.checkpoint``): loaded by ``load_checkpoint``,
+* a **unifiedctx checkpoint** (:mod:`unifiedctx.files`): loaded by ``load_checkpoint``,
   which refuses one made for another architecture;
 * a **DeiT-engine checkpoint** of the authors' code (allenai/container): a dict with ``model`` (the
   state dict), possibly ``model_ema``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``scaler`` and
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import FORMAT, check_weights_entry, load_weights_into, read_checkpoint
 from ..validation import check_bool, check_module, check_path
 
 #: The authors' ImageNet-1k Container-Light (82.3 % top-1), linked from their README's model zoo.
@@ -204,8 +205,6 @@ def load_weights(model: nn.Module, path, *, ema: bool = False) -> nn.Module:
         ValueError: a file of another architecture, missing / unused keys, a shape mismatch, no EMA
             weights when asked for, a file that needs a forbidden class to unpickle.
     """
-    from ..train.checkpoint_file import FORMAT, check_weights_entry, load_weights_into, read_checkpoint
-
     check_module("model", model)
     check_bool("ema", ema)
     state = read_weights_file(path)

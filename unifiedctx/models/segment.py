@@ -17,8 +17,9 @@ classifier -> bilinear upsampling`` of the single-stride map, SETR's "naive" hea
 hierarchical backbone's head reads every stage, so its finest prediction grid is stride
 ``S_0`` (4 for the paper presets, 2 for nano/cifar) instead of stride 16.
 
-``create_segmenter(preset, num_classes, img_size)`` builds one from a preset; ``model.config``
-(``{"segmenter": {...}, "backbone": backbone.config}``) rebuilds it with :func:`from_config`.
+``create_segmenter(preset, num_classes, img_size)`` builds one from a preset (``"unet"``: the plain
+U-Net reference instead); ``model.config`` (``{"segmenter": {...}, "backbone": backbone.config}``, or
+``{"unet": {...}}``) rebuilds it with :func:`from_config`.
 """
 
 from __future__ import annotations
@@ -112,26 +113,56 @@ class Segmenter(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def create_segmenter(preset_name: str, num_classes: int, img_size=None, width: int = DEFAULT_WIDTH,
-                     in_chans: int = 3, **overrides) -> Segmenter:
+#: The one segmenter that is not a backbone with a head: the plain U-Net reference (:mod:`.unet`).
+UNET = "unet"
+
+
+def segmenter_presets() -> list[str]:
+    """What :func:`create_segmenter` builds: every backbone preset (``list_models()``) and ``"unet"``."""
+    from . import list_models
+
+    return [*list_models(), UNET]
+
+
+def create_segmenter(preset_name: str, num_classes: int, img_size=None, width: int | None = None,
+                     in_chans: int = 3, **overrides) -> nn.Module:
     """:class:`Segmenter` on the backbone ``create_model(preset_name, num_classes=0, img_size,
-    in_chans, **overrides)`` (MLP-Mixer presets are built for ``img_size`` only)."""
+    in_chans, **overrides)`` with a head of ``width`` (default :data:`DEFAULT_WIDTH`; MLP-Mixer
+    presets are built for ``img_size`` only); for ``"unet"`` the plain
+    :class:`~unifiedctx.models.unet.UNet` (``overrides``: ``base``, ``depth``; it has no head width,
+    and takes any ``img_size`` that ``2**depth`` divides)."""
+    if preset_name == UNET:
+        from ..validation import check_int_or_pair
+        from .unet import UNet
+
+        if width is not None:
+            raise TypeError("the U-Net has no head width: give base= (its first width) and depth= instead")
+        unet = UNet(num_classes, in_chans, **overrides)
+        if img_size is not None and any(s % 2**unet.depth for s in check_int_or_pair("img_size", img_size)):
+            raise ValueError(f"img_size={img_size!r}: the U-Net of depth {unet.depth} needs sides that "
+                             f"2**depth = {2**unet.depth} divides")
+        return unet
     from . import create_model  # the package's (no import cycle with the factory, which reads segmenters)
 
     backbone = create_model(preset_name, num_classes=0, img_size=img_size, in_chans=in_chans, **overrides)
-    return Segmenter(backbone, num_classes, width)
+    return Segmenter(backbone, num_classes, DEFAULT_WIDTH if width is None else width)
 
 
 def is_segmenter_config(config) -> bool:
-    """True for a :class:`Segmenter`'s ``config``."""
-    return isinstance(config, dict) and "segmenter" in config and "backbone" in config
+    """True for a :class:`Segmenter`'s ``config`` or a U-Net's (``{"unet": {...}}``)."""
+    return isinstance(config, dict) and (("segmenter" in config and "backbone" in config)
+                                         or set(config) == {UNET})
 
 
-def from_config(config: dict) -> Segmenter:
-    """Rebuild a :class:`Segmenter` from its ``config`` (fresh weights, same architecture)."""
+def from_config(config: dict) -> nn.Module:
+    """Rebuild a :class:`Segmenter` (or the U-Net) from its ``config`` (fresh weights, same architecture)."""
+    if isinstance(config, dict) and set(config) == {UNET} and isinstance(config[UNET], dict):
+        from .unet import UNet
+
+        return UNet(**config[UNET])
     if not is_segmenter_config(config) or not isinstance(config["backbone"], dict):
         raise ValueError("config must be a Segmenter's config: "
-                         "{'segmenter': {...}, 'backbone': model.config}")
+                         "{'segmenter': {...}, 'backbone': model.config}, or a U-Net's {'unet': {...}}")
     from . import from_config as backbone_from_config
 
     return Segmenter(backbone_from_config(config["backbone"]), **config["segmenter"])

@@ -1,35 +1,46 @@
-"""Checkpoints: written atomically, read with ``torch.load(..., weights_only=True)``, refused when
-they were made for another architecture.
+"""Checkpoints and resume: what a run saves after every epoch, and how it continues from it exactly.
 
-A checkpoint is a dict of tensors and plain values::
+The file itself (atomic writes, ``torch.load(..., weights_only=True)``, every entry checked) is
+:mod:`unifiedctx.files`. Here: :func:`load_checkpoint` (into a model, refused for another
+architecture), and :class:`RunState`, what the training loop carries from step to step and epoch to
+epoch, with :meth:`RunState.save` and :meth:`RunState.resume`:
 
-    {"format": "unifiedctx-checkpoint/1", "model_config": model.config or None,
-     "model": state_dict, "optimizer": state_dict or None, "ema": state_dict or None,
-     "epoch": completed epochs, "epochs": planned epochs, "step": optimizer steps so far,
-     "recipe": the fit settings that decide the result, "history": [per-epoch dicts], ...}
+* ``last.pt`` (every epoch): the weights, the optimizer, the EMA, the epoch and step counts, the
+  history, the task's modules and state, and the run record (:func:`~unifiedctx.train.recipe.run_record`);
+* ``best.pt`` (when the task's ``best_metric`` beat every earlier epoch): the same without optimizer
+  and EMA; ``history.json``/``.csv``: the rows.
+
+Only rank 0 writes; every rank knows the last good checkpoint (:class:`LastGood`, named when a run
+diverges). Resume refuses a checkpoint of another architecture, of other settings
+(:func:`recipe_differences` lists them), with non-finite weights, or whose entries do not fit the run
+(each named with the file).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from ..validation import check_bool
-from .checkpoint_file import (
-    FORMAT,
+from ..files import (
+    check_resumable,
     describe,
     load_weights_into,
     model_config,
+    nonfinite_tensors,
     read_checkpoint,
     save_checkpoint,
 )
-from .finite import nonfinite_tensors
+from ..validation import check_bool
+from .history import History
+from .optim import ModelEma, WarmupCosine
 from .recipe import upgrade_record
-
-__all__ = ["FORMAT", "build_from_config", "check_config", "data_identity", "describe", "load_checkpoint",
-           "model_config", "read_checkpoint", "recipe_differences", "resume_state", "save_checkpoint"]
+from .tasks import Task
 
 
 def _normalized(config):
@@ -56,24 +67,14 @@ def check_config(stored, current, where: str) -> None:
                      f"(differs in: {', '.join(diff)}); use a matching model or another output folder")
 
 
-def build_from_config(config: dict) -> nn.Module:
-    """Rebuild a model from its stored ``config`` with :func:`unifiedctx.models.create_model`."""
-    from unifiedctx import models
-
-    if hasattr(models, "from_config"):
-        return models.from_config(config)
-    config = dict(config)
-    name = config.pop("name", None) or config.pop("preset", None) or config.pop("model", None)
-    return models.create_model(name, **config)
-
-
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, ema: bool = False,
                     map_location="cpu") -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or into a model rebuilt from its stored config).
 
     Args:
         path: the ``.pt`` file.
-        model: a model of the same architecture; ``None`` rebuilds it with ``create_model``.
+        model: a model of the same architecture; ``None`` rebuilds it with
+            :func:`unifiedctx.models.from_config`.
         ema: load the EMA weights instead of the raw ones (``ValueError`` if there are none).
         map_location: where tensors are loaded (default CPU).
 
@@ -81,7 +82,8 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
         ``(model, state)`` where ``state`` is the whole checkpoint dict.
 
     Raises:
-        ValueError: the checkpoint was made for another architecture (both are named).
+        ValueError: the checkpoint was made for another architecture (both are named), or one of
+            its entries is not what it must hold (the file and the entry are named).
     """
     check_bool("ema", ema)
     if model is not None and not isinstance(model, nn.Module):
@@ -90,20 +92,13 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *, 
     if model is None:
         if state.get("model_config") is None:
             raise ValueError(f"{path} stores no model config: pass the model to load it into")
-        model = build_from_config(state["model_config"])
+        from unifiedctx.models import from_config
+
+        model = from_config(state["model_config"])
     else:
         check_config(state.get("model_config"), model_config(model), f"checkpoint {path}")
     load_weights_into(model, path, state, ema=ema)
     return model, state
-
-
-# ---------------------------------------------------------------------------------- the run record
-def data_identity(data) -> dict:
-    """What the data is, for the record: ``{"name", "options", "fingerprint"}`` (the fingerprint
-    hashes the sizes and a strided sample of the contents; see ``ImageData.fingerprint``)."""
-    fingerprint = getattr(data, "fingerprint", None)
-    return {"name": getattr(data, "name", None), "options": getattr(data, "options", None),
-            "fingerprint": fingerprint() if callable(fingerprint) else None}
 
 
 def recipe_differences(stored: dict, wanted: dict, where: str = "in the checkpoint") -> list[str]:
@@ -126,22 +121,101 @@ def _differences(old: dict, new: dict, where: str, prefix: str) -> list[str]:
     return diff
 
 
-def resume_state(path: Path, model: nn.Module, record: dict) -> dict:
-    """The checkpoint at ``path`` if a run with this ``model`` and run ``record`` can resume from
-    it exactly: same architecture, same settings, a full training state, finite weights."""
-    state = read_checkpoint(path)
-    check_config(state.get("model_config"), model_config(model), f"checkpoint {path}")
-    if state.get("optimizer") is None or "epoch" not in state:
-        raise ValueError(f"cannot resume from {path}: it holds weights only (no optimizer state or epoch "
-                         "count, like a best.pt), but resume needs the last.pt of a run. To start a new run "
-                         f"from its weights: load_checkpoint({str(path)!r}, model), then fit the model into "
-                         "another folder")
-    diff = recipe_differences(state.get("recipe", {}), record)
-    if diff:
-        raise ValueError(f"cannot resume {path} exactly with other settings ({'; '.join(diff)}); "
-                         "use the same settings or another output folder")
-    bad = nonfinite_tensors({"model": state.get("model"), "ema": state.get("ema")})
-    if bad:
-        raise ValueError(f"cannot resume {path}: {', '.join(bad[:3])} hold NaN or inf "
-                         "(not a good checkpoint)")
-    return state
+class LastGood:
+    """The checkpoint a diverged run leaves as its last good one: ``path`` after ``epoch`` epochs."""
+
+    def __init__(self, path: Path | None = None, epoch: int = 0, out: Path | None = None):
+        self.path, self.epoch, self.out = path, epoch, out
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return f"the last good checkpoint {self.path} (epoch {self.epoch}) is unchanged"
+        if self.out is None:
+            return "no checkpoint exists (out=None writes none)"
+        return f"no good checkpoint exists in {self.out} (no epoch was completed)"
+
+
+@dataclass
+class RunState:
+    """What the training loop carries from step to step and epoch to epoch, and what ``last.pt`` keeps.
+
+    Attributes:
+        model: the network being trained; task: the run's one Task.
+        net: ``task.network(model)``, the module the optimizer steps (wrapped in DDP under torchrun).
+        batches: ``task.batches(...)``; steps_per_epoch: the optimizer steps of one epoch.
+        optimizer, schedule, ema: AdamW, the warm-up + cosine learning rate, the EMA (or ``None``).
+        history: one row per completed epoch; epoch, step: epochs and optimizer steps done;
+        best: the best ``task.best_metric`` so far (``best.pt``); last_good: see :class:`LastGood`.
+    """
+
+    model: nn.Module
+    task: Task
+    net: nn.Module
+    batches: object
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupCosine
+    ema: ModelEma | None
+    history: History = field(default_factory=History)
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    last_good: LastGood = field(default_factory=LastGood)
+
+    def save(self, out: Path | None, epochs: int, record: dict, is_main: bool) -> None:
+        """After an epoch (its row appended to the history): ``last.pt``, ``best.pt`` when that row
+        is the best so far, the history files (rank 0); the last good checkpoint (every rank)."""
+        if out is None:
+            return
+        if is_main:
+            row, metric = self.history[-1], self.task.best_metric
+            common = {"epoch": self.epoch, "epochs": epochs, "recipe": record, "history": list(self.history),
+                      "task_modules": self.task.modules().state_dict(), "task_state": self.task.state_dict()}
+            save_checkpoint(out / "last.pt", self.model, optimizer=self.optimizer.state_dict(),
+                            ema=self.ema.state_dict() if self.ema else None, step=self.step, **common)
+            if row[metric] > self.best:
+                self.best = row[metric]
+                save_checkpoint(out / "best.pt", self.model, **common)
+            self.history.to_json(out / "history.json")
+            self.history.to_csv(out / "history.csv")
+        self.last_good = LastGood(out / "last.pt", self.epoch, out)
+
+    def resume(self, path: Path, record: dict, device: torch.device) -> None:
+        """Load the run's state from ``path`` (its ``last.pt``): the same architecture, the same
+        settings (``record``), a full training state and finite weights, or a ``ValueError`` naming
+        the file and what differs; an entry that does not fit this run is named with the file."""
+        state = check_resumable(path, read_checkpoint(path))
+        check_config(state.get("model_config"), model_config(self.model), f"checkpoint {path}")
+        diff = recipe_differences(state.get("recipe") or {}, record)
+        if diff:
+            raise ValueError(f"cannot resume {path} exactly with other settings ({'; '.join(diff)}); "
+                             "use the same settings or another output folder")
+        bad = nonfinite_tensors({"model": state.get("model"), "ema": state.get("ema")})
+        if bad:
+            raise ValueError(f"cannot resume {path}: {', '.join(bad[:3])} hold NaN or inf "
+                             "(not a good checkpoint)")
+        load_entry(path, "model", self.model.load_state_dict, state["model"])
+        load_entry(path, "task_modules", self.task.modules().load_state_dict, state.get("task_modules") or {})
+        load_entry(path, "task_state", self.task.load_state_dict, state.get("task_state") or {})
+        load_entry(path, "optimizer", self.optimizer.load_state_dict, state["optimizer"])
+        for group in self.optimizer.param_groups:  # the kernel choice follows this device, not the saved one
+            group["fused"] = device.type == "cuda"
+        if self.ema is not None:
+            load_entry(path, "ema", self.ema.load_state_dict, state.get("ema"))
+        self.history.extend(state["history"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        metric = self.task.best_metric
+        self.best = max((r[metric] for r in self.history if isinstance(r.get(metric), (int, float))),
+                        default=-math.inf)
+        self.last_good = LastGood(path, self.epoch, path.parent)
+
+
+def load_entry(path: Path, entry: str, load: Callable, value) -> None:
+    """``load(value)`` for the checkpoint entry ``entry`` of ``path``; what does not fit (a missing
+    or unexpected key, a wrong shape, a wrong kind of value) is a ``ValueError`` naming both."""
+    try:
+        load(value)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise ValueError(f"cannot resume from {path}: its {entry!r} entry does not fit this run "
+                         f"({reason})") from err

@@ -22,53 +22,18 @@ import io
 import json
 import math
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
-
-def current_umask() -> int:
-    """The process's umask (read without changing it, from ``/proc`` where there is one)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+from ..files import check_history_rows, write_atomic
 
 
-@contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w"):
-    """Open a temporary file beside ``path`` for writing; when the block ends without an error the
-    file is flushed to disk and renamed over ``path`` (``os.replace``), otherwise it is removed. A
-    reader therefore sees the old file or the new one, never half of one. The file gets the
-    permissions of any file the user creates (``0o666`` less the umask). A temporary file left by
-    a killed process (``.<name>.<random>.tmp``) is removed by the next run in that folder
-    (:class:`unifiedctx.train.rundir.RunFolder`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600; this is a user's file
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def mixing_columns(model) -> dict:
+    """``{"mixing": {layer: {name: value}}}`` for a history row: the mixing weights of every mixer
+    that has a knob (:func:`unifiedctx.models.mixing_weights`; ``{}`` if none)."""
+    from unifiedctx.models import mixing_weights
 
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
-    with atomic_open(path) as f:
-        f.write(text)
+    weights = mixing_weights(model)
+    return {"mixing": {name: dict(w) for name, w in weights.items()}} if weights else {}
 
 
 def mixing_of(row) -> dict:
@@ -144,8 +109,15 @@ class History(list):
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> History:
-        """Read a history written by :meth:`to_json`."""
-        return cls(json.loads(Path(path).read_text()))
+        """Read a history written by :meth:`to_json`; a file that is not JSON, or whose rows are not
+        what :func:`unifiedctx.files.check_history_rows` expects, is a ``ValueError`` naming the file
+        and the row."""
+        path = Path(path)
+        try:
+            rows = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path} is not a history: it is not valid JSON ({err})") from None
+        return cls(check_history_rows(rows, str(path)))
 
     def __repr__(self) -> str:
         if not self:

@@ -1,33 +1,44 @@
-"""A run owns its folder: :class:`RunFolder` claims ``out`` for one :func:`~unifiedctx.train.fit`.
+"""A run owns its folder: :func:`claim_folder` claims ``out`` for one :func:`~unifiedctx.train.fit`
+on every rank at once (:class:`RunFolder` on rank 0), and :func:`write_config` writes its ``config.json``.
 
-While a run lives, ``out/.lock`` is held with ``fcntl.flock`` (the kernel drops the lock when its
-process dies, so a lock left by a killed run is simply taken over) and names its holder
-(``pid``, host, start time). A second process into the same folder stops at once with
-:class:`FolderInUse` naming that holder. On a successful claim, the temporary files that a
-killed process left behind (``.<run file>.*.tmp`` of :func:`~unifiedctx.train.history.atomic_open`)
-are removed: nobody else may be writing there while we hold the lock.
+While a run lives, ``out/.lock`` is held (:class:`unifiedctx.files.FileLock`: ``fcntl.flock``, naming
+its holder's pid, host and start time; the kernel drops it when its process dies, so the lock of a
+killed run is simply taken over). A second process into the same folder stops at once with
+:class:`~unifiedctx.files.FolderInUse` naming that holder.
 
-A folder holding anything but this run's own files is refused (``FileExistsError`` naming the
-files and the way out, ``allow_foreign=True`` / ``--allow-foreign``):
+Nothing is removed from a folder before it is known to be ours, and only names we write ourselves,
+exactly, are ours: :data:`RUN_FILES`, ``rank<R>.pt``, and their temporaries as
+:func:`~unifiedctx.files.atomic_open` names them (``.<run file>.<8 random characters>.tmp``). A
+folder holding anything else is refused (``FileExistsError`` naming the files and the way out,
+``allow_foreign=True`` / ``--allow-foreign``), and nothing in it is touched:
 
 * a new run accepts an empty folder, or one whose ``config.json`` records this very model and
   recipe (the same run, killed before its first checkpoint);
-* a resumed run (``last.pt`` there, ``resume=True``) accepts the run files
-  :data:`RUN_FILES` (and ``rank<R>.pt``).
+* a resumed run (``last.pt`` there, ``resume=True``) accepts the run files.
+
+Once the folder is ours, the temporaries a killed run left there are removed (nobody else may be
+writing there while we hold the lock). With ``allow_foreign=True`` the folder is not known to be
+ours, so nothing in it is removed. An existing ``out/last.pt`` without ``resume=True`` is a
+``FileExistsError``. Under DDP the claim's outcome is all-reduced, so when it fails every rank stops
+(rank 0 with the claim's own error).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
-import socket
-import time
 from pathlib import Path
 
-#: The files a run writes into its folder (plus ``rank<R>.pt`` with ``save_rank_weights``).
+import torch
+
+from ..files import FileLock, is_temporary_of, model_config, write_atomic
+from . import distributed as D
+
+#: The files a run writes into its folder (plus ``rank<R>.pt`` with ``save_rank_weights``). A new
+#: file of the run is owned by adding its name here.
 RUN_FILES = ("last.pt", "best.pt", "history.json", "history.csv", "config.json")
 LOCK_NAME = ".lock"
 #: Flag (keyword of fit) and option (of ``unifiedctx train``) that accept a folder with other files.
@@ -35,92 +46,26 @@ ALLOW_FLAG = "allow_foreign=True (--allow-foreign)"
 _RANK_FILE = re.compile(r"rank\d+\.pt")
 
 
-class FolderInUse(RuntimeError):
-    """Another live process holds the run folder's lock (its pid, host and start time are named)."""
-
-
 def _is_run_file(name: str) -> bool:
     return name in RUN_FILES or bool(_RANK_FILE.fullmatch(name))
 
 
-def _is_temp_file(name: str) -> bool:
-    """A temporary file of :func:`atomic_open` for a run file: ``.<run file>.<random>.tmp``."""
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return False
-    target = name[1:].rsplit(".", 2)[0]
-    return _is_run_file(target)
-
-
-class FileLock:
-    """An exclusive, non-blocking ``flock`` on ``path`` that writes who holds it into the file.
-
-    ``acquire()`` raises :class:`FolderInUse` (naming the holder) when a live process holds it;
-    ``release()`` removes the file while still holding the lock. A process that opened the file
-    just before it was removed notices (the path no longer names its inode) and tries again.
-    """
-
-    def __init__(self, path: str | os.PathLike, what: str):
-        self.path, self.what, self.fd = Path(path), what, None
-
-    def acquire(self, wait: bool = False) -> FileLock:
-        """Take the lock (``wait``: block until its holder ends, instead of :class:`FolderInUse`)."""
-        for _ in range(100):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except OSError as err:
-                os.close(fd)
-                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                raise FolderInUse(f"{self.what} is in use by another process ({self.holder()}); "
-                                  "wait for it to end, or use another folder") from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-                os.ftruncate(fd, 0)
-                os.write(fd, (json.dumps(holder) + "\n").encode())
-                return self
-            os.close(fd)  # removed by its last holder between our open and our flock: again
-        raise FolderInUse(f"could not lock {self.path}: it keeps being replaced")
-
-    def holder(self) -> str:
-        """``"pid P on HOST since TIME"`` as the holder wrote it (or what is known)."""
-        try:
-            info = json.loads(self.path.read_text() or "{}")
-            return f"pid {info.get('pid')} on {info.get('host')} since {info.get('started')}"
-        except (OSError, ValueError):
-            return f"the holder of {self.path}"
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
-
-    def __enter__(self) -> FileLock:
-        return self if self.fd is not None else self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+def _is_our_temporary(name: str) -> bool:
+    """A temporary file of :func:`~unifiedctx.files.atomic_open` for a run file, named exactly so."""
+    target = name[1:].rsplit(".", 2)[0] if name.startswith(".") else ""
+    return _is_run_file(target) and is_temporary_of(name, [target])
 
 
 class RunFolder:
-    """Claim ``out`` for one run: lock it, remove stale temporary files, refuse foreign files.
+    """Claim ``out`` for one run: lock it, refuse foreign files, then remove our stale temporaries.
 
     Args:
         out: the run's folder (created if missing, parents included).
         resuming: ``out/last.pt`` exists and the caller resumes from it.
         config: what this run writes into ``config.json`` (its ``model`` and ``recipe`` decide
             whether a ``config.json`` found in a new run's folder is this run's own).
-        allow_foreign: accept a folder that holds other files (run files there are overwritten).
+        allow_foreign: accept a folder that holds other files (run files there are overwritten;
+            nothing else in it is touched).
     """
 
     def __init__(self, out: str | os.PathLike, *, resuming: bool, config: dict, allow_foreign: bool = False):
@@ -133,8 +78,9 @@ class RunFolder:
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
-            self._remove_stale_temporaries()
-            self._refuse_foreign_files()
+            if not self.allow_foreign:
+                self._refuse_foreign_files()
+                self._remove_stale_temporaries()  # the folder is ours: what a killed run left goes
         except BaseException:
             self.lock.release()
             raise
@@ -145,7 +91,7 @@ class RunFolder:
 
     def _remove_stale_temporaries(self) -> None:
         for path in self.out.iterdir():
-            if _is_temp_file(path.name) and path.is_file():
+            if _is_our_temporary(path.name) and path.is_file():
                 path.unlink(missing_ok=True)
 
     def _own_config(self, path: Path) -> bool:
@@ -157,9 +103,8 @@ class RunFolder:
         return isinstance(stored, dict) and all(stored.get(k) == self.config.get(k) for k in keys)
 
     def _refuse_foreign_files(self) -> None:
-        if self.allow_foreign:
-            return
-        names = sorted(p.name for p in self.out.iterdir() if p.name != LOCK_NAME)
+        names = sorted(p.name for p in self.out.iterdir()
+                       if p.name != LOCK_NAME and not _is_our_temporary(p.name))
         if self.resuming:
             foreign = [n for n in names if not _is_run_file(n)]
         else:
@@ -171,3 +116,42 @@ class RunFolder:
             raise FileExistsError(f"{self.out} holds {whose} ({shown}); a run owns its folder: choose an "
                                   f"empty or new folder, or pass {ALLOW_FLAG} to write into it anyway "
                                   "(files named like a run's are then overwritten)")
+
+
+@contextlib.contextmanager
+def claim_folder(out: Path | None, ctx: D.DistContext, device: torch.device, config: dict, *, resume: bool,
+                 allow_foreign: bool):
+    """Hold ``out`` (rank 0) while the block runs; yields ``out/last.pt`` when the run resumes
+    from it, else ``None``. ``out=None`` claims nothing."""
+    last = out / "last.pt" if out else None
+    resuming = last is not None and last.exists()
+    if resuming and not resume:
+        raise FileExistsError(f"{last} already exists: pass resume=True (--resume) to continue that run, "
+                              "or choose another output folder")
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if out is not None and ctx.is_main:
+            try:
+                stack.enter_context(RunFolder(out, resuming=resuming, config=config,
+                                              allow_foreign=allow_foreign))
+            except (OSError, RuntimeError) as err:
+                refused = err
+        flag = torch.tensor([float(refused is not None)], device=device)
+        if D.all_reduce_sum(flag, ctx).item() > 0:
+            raise refused if refused is not None else RuntimeError(
+                f"the main process could not claim the run folder {out} (its error says why)")
+        yield last if resuming else None
+
+
+def run_config(model, data, record: dict, run, device: torch.device) -> dict:
+    """What ``config.json`` holds: the model's config, the run ``record``, the data's name, the
+    device, amp, compile, memory format and the caller's ``run_info`` (``run``: the RunOptions)."""
+    return {"model": model_config(model), "recipe": record, "data": getattr(data, "name", None),
+            "device": str(device), "amp": str(run.amp_dtype), "compile": run.compiled,
+            "channels_last": run.channels_last, "run": run.run_info}
+
+
+def write_config(out: Path | None, ctx: D.DistContext, config: dict) -> None:
+    """``out/config.json`` (rank 0, atomically)."""
+    if out is not None and ctx.is_main:
+        write_atomic(out / "config.json", json.dumps(config, indent=1, default=str) + "\n")

@@ -35,7 +35,7 @@ from .affinity import (
     query_maps,
     upsample_maps,
 )
-from .curves import learning_curves, metric_label, plot_mixing_history, plot_mixing_weights, row_mixing
+from .curves import learning_curves, metric_label, plot_mixing_history, plot_mixing_weights
 from .distance import (
     affinity_distance,
     layer_distances,
@@ -52,6 +52,6 @@ __all__ = [
     "model_distances",
     "learning_curves", "maps_scale", "metric_label", "plot_affinity_distance", "plot_affinity_matrix",
     "plot_mixing_history", "plot_mixing_weights", "plot_query_maps", "plot_static_kernels",
-    "query_maps", "row_mixing", "Scale", "scale_for", "static_kernels", "token_distances",
+    "query_maps", "Scale", "scale_for", "static_kernels", "token_distances",
     "upsample_maps",
 ]

@@ -20,9 +20,6 @@ from ..validation import check_finite
 from ._common import new_axes
 from .scales import MIN_FONTSIZE
 
-#: ``row_mixing(row)`` is the history's compatibility reader (kept under its old name).
-row_mixing = mixing_of
-
 #: How the history's columns read on an axis.
 METRIC_LABELS = {
     "train_loss": "training loss", "train_acc": "training accuracy",

@@ -195,7 +195,7 @@ def write_html(explorer, path, *, images=None, max_mb: float = MAX_MB, title: st
     See :func:`payload_of` for ``images``, ``max_mb`` and ``depth``; the page is one file with
     nothing fetched from anywhere (inline CSS, script and data; no ``<link>``, no ``src=``).
     """
-    from ..train.history import write_atomic
+    from ..files import write_atomic
 
     path = _check_path(path)
     max_mb = check_float("max_mb", max_mb, low=0.0, low_open=True)

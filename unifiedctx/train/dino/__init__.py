@@ -3,14 +3,13 @@
 * ``multicrop.py``: two global and several local random-resized crops, batched with ``grid_sample``;
 * ``head.py``: the projection head (MLP, L2-normalised bottleneck, weight-normalised last layer);
 * ``loss.py``: the cross-entropy between the centred, sharpened teacher and the student; schedules;
-* :mod:`unifiedctx.train.tasks.dino`: the ``"dino"`` Task (teacher EMA, metrics, state), loaded on
-  first use of ``Dino`` (``task.py`` re-exports it);
+* :mod:`unifiedctx.train.tasks.dino`: the ``"dino"`` Task (teacher EMA, metrics, state);
 * ``knn.py``, ``probe.py``: evaluation of frozen features (weighted k-NN, a linear probe).
 
 >>> from unifiedctx import data, train                                   # doctest: +SKIP
 >>> ds = data.load("mnist5k", channels=3)                                # doctest: +SKIP
 >>> task = train.tasks.create("dino")                                    # doctest: +SKIP
->>> model = task.build_model("container_light_nano", ds)                 # doctest: +SKIP
+>>> model = train.build_model("container_light_nano", ds, task=task)     # doctest: +SKIP
 >>> history = train.fit(model, ds, task=task, epochs=3)                  # doctest: +SKIP
 >>> history[-1]["knn_acc"]                                               # doctest: +SKIP
 """
@@ -23,17 +22,7 @@ from .loss import DinoLoss, teacher_momentum, teacher_temperature
 from .multicrop import MultiCrop, color_jitter, crop_boxes, is_grey, resized_crops
 from .probe import fit_linear_probe, linear_probe, probe_predict
 
-
-def __getattr__(name: str):
-    if name == "Dino":  # the task module imports this package's parts: loaded on first use
-        import importlib
-
-        return importlib.import_module("unifiedctx.train.tasks.dino").Dino
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "Dino",
     "DinoHead",
     "DinoLoss",
     "MultiCrop",

@@ -1,6 +1,7 @@
 """The contract between a task and the engine: :class:`Task`.
 
-A task is the unit that owns its training. The engine (:func:`unifiedctx.train.fit`) calls, per run::
+A task is the unit that owns its training. :func:`unifiedctx.train.build_model` asks it what model to
+build for a data set, and the engine (:func:`unifiedctx.train.fit`) calls, per run::
 
     task.check_data(data)                      before anything is written (ValueError/TypeError)
     task.setup(model, data, device)            check the model against the data, build extra modules
@@ -13,17 +14,24 @@ A task is the unit that owns its training. The engine (:func:`unifiedctx.train.f
 and checkpoints ``model``, ``task.modules()`` and ``task.state_dict()``. ``best.pt`` is picked by
 ``task.best_metric`` (larger is better). Nothing in the engine names a task.
 
+A task's options are one frozen dataclass, ``Options``, whose fields check themselves when it is
+made: ``Task(**options)`` holds ``task.options``, ``settings()`` is its JSON (stored with the run,
+compared on resume), and a :class:`~unifiedctx.train.Recipe` checks ``task_options`` against it
+without building a task (:func:`checked_options`).
+
 Required: ``name``, ``best_metric``, :meth:`Task.loss`, :meth:`Task.evaluate`. Optional (each has a
-default): ``check_data``, ``setup``, ``modules``, ``network``, ``batches``, ``build_model``,
-``after_step``, ``train_metrics``, ``state_dict``/``load_state_dict``, ``settings`` and
-:meth:`Task.example`, the tiny run (a :class:`TaskExample`) that ``tests/test_task_contract.py``
-puts every registered task through: fit, kill and resume, evaluate, two gloo ranks.
+default): ``Options``, ``check_data``, ``setup``, ``modules``, ``network``, ``batches``, the model
+(``presets``, ``model_options``, ``build``), ``after_step``, ``train_metrics``,
+``state_dict``/``load_state_dict`` and :meth:`Task.example`, the tiny run (a :class:`TaskExample`)
+that ``tests/test_task_contract.py`` puts every registered task through: fit, kill and resume,
+evaluate, two gloo ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
+import dataclasses
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -40,24 +48,6 @@ def autocast_context(device: torch.device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
 
-def model_for_data(preset: str, data, seed: int = 0, builder=None, **overrides) -> nn.Module:
-    """The one place a model is built for a data set: ``builder(preset, **sizing | overrides)``.
-
-    ``sizing = {num_classes: data.num_classes, img_size: data.image_size (an int when square),
-    in_chans: data.channels}``; the weights are drawn under ``torch.manual_seed(seed)`` (the global
-    RNG is left as it was), so the same seed gives the same starting weights. ``builder`` defaults
-    to :func:`unifiedctx.models.create_model`.
-    """
-    if builder is None:
-        from unifiedctx.models import create_model as builder
-    size = tuple(data.image_size)
-    img_size = size[0] if size[0] == size[1] else size
-    opts = {"num_classes": data.num_classes, "img_size": img_size, "in_chans": data.channels} | overrides
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return builder(preset, **opts)
-
-
 def _split_sizes(data) -> tuple[int | None, int | None]:
     """``(train, test)`` sizes of a tensor data set (``None`` for a split the data does not hold)."""
     sizes = []
@@ -68,8 +58,13 @@ def _split_sizes(data) -> tuple[int | None, int | None]:
 
 
 @dataclass(frozen=True)
+class NoOptions:
+    """The options of a task that has none."""
+
+
+@dataclass(frozen=True)
 class TaskExample:
-    """A tiny run of a task, for tests: ``fit(task.build_model(preset, data, seed, **model_options),
+    """A tiny run of a task, for tests: ``fit(build_model(preset, data, seed, task=task, **model_options),
     data, task=create(name, **options), epochs=2, device="cpu", **recipe)``.
 
     Attributes:
@@ -94,24 +89,34 @@ class TaskExample:
     state_metrics: tuple[str, ...] = ()
 
 
+def as_json(options) -> dict:
+    """An options dataclass as plain JSON (tuples become lists): what a run records."""
+    return json.loads(json.dumps(dataclasses.asdict(options)))
+
+
 class Task(ABC):
     """Base class of a training task (see the module docstring for the order of the calls).
 
-    Subclasses set ``name`` and ``best_metric``, implement :meth:`loss` and :meth:`evaluate`, and
-    override what differs. ``Task.__init__``'s keyword arguments are the task's options: they are
-    what ``settings()`` returns (JSON-able, stored with the run, compared on resume), and
-    :func:`option_names` lists them (``fit(..., label_smoothing=0.1)`` routes such a keyword to
-    the task).
+    Subclasses set ``name`` and ``best_metric``, implement :meth:`loss` and :meth:`evaluate`, declare
+    their options as ``Options`` (a frozen dataclass that checks its fields) and override what
+    differs. A subclass with state of its own calls ``super().__init__(**options)`` first.
     """
 
     name: ClassVar[str] = "task"
     best_metric: ClassVar[str] = "test_acc"
+    #: The task's options (a frozen dataclass; its fields are the keyword arguments of the task).
+    Options: ClassVar[type] = NoOptions
     #: Options that the command line offers as flags of their own: ``{option: help}`` (float values).
     flags: ClassVar[dict[str, str]] = {}
 
+    def __init__(self, **options):
+        self.options = self.Options(**options)
+
     def settings(self) -> dict:
-        """JSON-able settings of this task that decide the result (none by default)."""
-        return {}
+        """The options as plain JSON, stored with the run and compared on resume:
+        ``type(task)(**task.settings())`` is the same task."""
+        options = getattr(self, "options", None)
+        return as_json(options) if dataclasses.is_dataclass(options) else {}
 
     @classmethod
     def example(cls) -> TaskExample | None:
@@ -119,10 +124,27 @@ class Task(ABC):
         default, and then the contract test fails for this task until it declares one."""
         return None
 
-    def build_model(self, preset: str, data, seed: int = 0, **overrides) -> nn.Module:
-        """The model this task trains, from a preset sized for ``data`` (:func:`model_for_data`)."""
-        return model_for_data(preset, data, seed, **overrides)
+    # ------------------------------------------------------------------ the model it trains
+    def presets(self) -> list[str]:
+        """The model names :meth:`build` takes (the presets of :func:`unifiedctx.models.list_models`)."""
+        from unifiedctx.models import list_models
 
+        return list_models()
+
+    def model_options(self, data) -> dict:
+        """What sizes a model for ``data``: its classes, image size (an int when square) and channels."""
+        size = tuple(data.image_size)
+        return {"num_classes": data.num_classes, "img_size": size[0] if size[0] == size[1] else size,
+                "in_chans": data.channels}
+
+    def build(self, preset: str, **options) -> nn.Module:
+        """The model this task trains: :func:`unifiedctx.models.create_model` (segment: a Segmenter).
+        Called by :func:`unifiedctx.train.build_model`, which sizes it for the data and seeds it."""
+        from unifiedctx.models import create_model
+
+        return create_model(preset, **options)
+
+    # ------------------------------------------------------------------ the run
     def check_data(self, data) -> None:
         """Refuse data this task cannot train on, before any run folder is made: by default, a
         tensor data set with an empty training or test split."""
@@ -175,7 +197,16 @@ class Task(ABC):
 
 
 def option_names(cls: type[Task]) -> tuple[str, ...]:
-    """The keyword options of a task class: the named parameters of its ``__init__``."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return tuple(p.name for p in params if p.name != "self" and p.kind in kinds)
+    """The options of a task class: the fields of its ``Options``."""
+    return tuple(f.name for f in dataclasses.fields(cls.Options))
+
+
+def checked_options(cls: type[Task], options: dict) -> dict:
+    """``options`` of the task class ``cls`` checked by its ``Options`` (each field's own check, a
+    ``TypeError``/``ValueError`` naming it; an unknown name is a ``TypeError`` listing the options)
+    and returned in full, defaults filled in, as plain JSON. No task is built."""
+    unknown = sorted(set(options) - set(option_names(cls)))
+    if unknown:
+        raise TypeError(f"task {cls.name!r} has no option {unknown[0]!r}; its options are: "
+                        f"{', '.join(option_names(cls)) or 'none'}")
+    return as_json(cls.Options(**options))

@@ -12,7 +12,6 @@ cross-entropy, no smoothing). Label smoothing, mixup and cutmix are options of t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ from torch import nn
 from ...validation import check_float
 from .. import distributed as D
 from ..batches import make_batches
-from .base import Task, autocast_context
+from .base import Task, TaskExample, autocast_context
 
 
 @dataclass(frozen=True)
@@ -75,21 +74,21 @@ class Classify(Task):
 
     name = "classify"
     best_metric = "test_acc"
+    Options = ClassifyOptions
     #: Options the command line offers as flags of their own (``--label-smoothing 0.1``).
     flags = {"label_smoothing": "label smoothing eps of the classify task: q = (1 - eps) t + eps / K",
              "mixup": "mixup Beta(a, a) parameter of the classify task (0: off)",
              "cutmix": "cutmix Beta(a, a) parameter of the classify task (0: off)"}
 
-    def __init__(self, label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0):
-        self.options = ClassifyOptions(label_smoothing, mixup, cutmix)
+    @classmethod
+    def example(cls) -> TaskExample:
+        """32 training and 16 test texture images of 16 px; label smoothing, mixup and an EMA exercise
+        the task's options and the EMA's resume."""
+        from unifiedctx.data.texture import load_texture
 
-    @property
-    def label_smoothing(self) -> float:
-        """``eps`` of the loss."""
-        return self.options.label_smoothing
-
-    def settings(self) -> dict:
-        return dataclasses.asdict(self.options)
+        return TaskExample("deit_tiny_nano", load_texture(n_train=32, n_test=16, size=16, seed=0),
+                           {"label_smoothing": 0.1, "mixup": 0.4}, {"drop_path": 0.0},
+                           {"batch_size": 16, "lr": 3e-3, "seed": 1, "ema": 0.9})
 
     def check_data(self, data) -> None:
         check_image_data(data)

@@ -30,7 +30,7 @@ from ...validation import check_bool, check_int
 from .. import distributed as D
 from ..batches import DeviceBatches
 from . import register
-from .base import Task, TaskExample, autocast_context, model_for_data
+from .base import Task, TaskExample, autocast_context
 from .classify import output_classes
 
 
@@ -66,12 +66,7 @@ class Count(Task):
 
     name = "count"
     best_metric = "test_acc"
-
-    def __init__(self, max_count: int = 4, flip: bool = True):
-        self.options = CountOptions(max_count, flip)
-
-    def settings(self) -> dict:
-        return dataclasses.asdict(self.options)
+    Options = CountOptions
 
     @classmethod
     def example(cls) -> TaskExample:
@@ -79,9 +74,9 @@ class Count(Task):
         return TaskExample("deit_tiny_nano", small_canvases(32, 16, size=16, seed=3), {"max_count": 3},
                            {"drop_path": 0.0}, {"batch_size": 16, "lr": 3e-3, "seed": 1})
 
-    def build_model(self, preset: str, data, seed: int = 0, **overrides) -> nn.Module:
-        """``preset`` sized for ``data``'s images with ``max_count + 1`` outputs."""
-        return model_for_data(preset, data, seed, **{"num_classes": self.options.max_count + 1, **overrides})
+    def model_options(self, data) -> dict:
+        """The model sized for ``data``'s images, with ``max_count + 1`` outputs."""
+        return {**super().model_options(data), "num_classes": self.options.max_count + 1}
 
     def check_data(self, data) -> None:
         """Boxes in both splits (they give the counts), no image with more than ``max_count`` digits."""

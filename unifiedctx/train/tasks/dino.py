@@ -24,7 +24,9 @@ for grey ones (digits replicated to 3 channels: a mirrored 2 is not a 2, and the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,15 +39,7 @@ from ..dino.knn import knn_predict, split_features
 from ..dino.loss import DinoLoss, teacher_momentum, teacher_temperature
 from ..dino.multicrop import MultiCrop, is_grey
 from . import register
-from .base import Task, model_for_data
-
-
-def _positive_int(name: str, value, low: int = 1) -> int:
-    return check_int(name, value, low=low)
-
-
-def _in_range(name: str, value, low: float, high: float) -> float:
-    return check_float(name, value, low=low, high=high)
+from .base import Task, TaskExample
 
 
 def _core(module: nn.Module) -> nn.Module:
@@ -83,9 +77,9 @@ def _freeze_stochastic_layers(module: nn.Module) -> None:
             m.eval()
 
 
-@register
-class Dino(Task):
-    """DINO self-distillation (see the module docstring for the math).
+@dataclass(frozen=True)
+class DinoOptions:
+    """The options of :class:`Dino`, each checked when made (``TypeError``/``ValueError`` naming it).
 
     The defaults are for CPU scale (networks of ~30k parameters, 32 x 32 images, a few hundred
     steps); where they differ from the paper's ImageNet recipe, it is for a reason measured here:
@@ -96,7 +90,7 @@ class Dino(Task):
     (0.5, 1) and (0.2, 0.5) of the area (on a 32 x 32 digit a 5 % crop is 7 x 7 pixels of mostly
     background, which no teacher can be predicted from). The temperatures are the paper's defaults.
 
-    Args:
+    Attributes:
         out_dim, hidden_dim, bottleneck_dim, head_layers, head_bn: the projection head (:class:`DinoHead`).
         local_crops: local crops per image; local_size: their side (default half the image,
             which the network's stride must divide); global_scale, local_scale: area ranges.
@@ -105,66 +99,77 @@ class Dino(Task):
         student_temp: ``tau_s``; teacher_temp: ``tau_t`` after the warmup, which starts at
             ``warmup_teacher_temp`` and lasts ``teacher_temp_warmup`` (a fraction of all steps).
         momentum: ``m_0`` of the teacher's EMA (cosine schedule to 1).
+        center_momentum: ``m_c`` of the centre.
         freeze_last_layer: the prototypes (the head's last layer) get no gradient during this
             fraction of the steps (DINO freezes them for the first epoch: it steadies the start).
         head_seed: the head's initial weights come from ``torch.manual_seed(head_seed)`` (the
             model's come from its builder), so a run is reproducible.
-        center_momentum: ``m_c`` of the centre.
         knn_k, knn_temperature: the k-NN evaluation.
         eval_teacher: also report ``teacher_knn_acc`` every epoch.
     """
 
+    out_dim: int = 256
+    hidden_dim: int = 256
+    bottleneck_dim: int = 64
+    head_layers: int = 3
+    head_bn: bool = True
+    local_crops: int = 4
+    local_size: int | None = None
+    global_scale: tuple = (0.5, 1.0)
+    local_scale: tuple = (0.2, 0.5)
+    flip: bool | None = None
+    jitter: float | None = None
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup: float = 0.3
+    momentum: float = 0.99
+    center_momentum: float = 0.9
+    freeze_last_layer: float = 0.0
+    head_seed: int = 0
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    eval_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            **{k: lambda n, v: check_int(n, v, low=1) for k in ("out_dim", "hidden_dim", "bottleneck_dim",
+                                                                "head_layers", "knn_k")},
+            "local_crops": lambda n, v: check_int(n, v, low=0),
+            "head_seed": lambda n, v: check_int(n, v, low=0),
+            "local_size": lambda n, v: None if v is None else check_int(n, v, low=1),
+            "head_bn": check_bool, "eval_teacher": check_bool,
+            "flip": lambda n, v: None if v is None else check_bool(n, v),
+            "jitter": lambda n, v: None if v is None else check_float(n, v, low=0.0, high=0.99),
+            "global_scale": _area_range, "local_scale": _area_range,
+            **{k: lambda n, v: check_float(n, v, low=1e-6, high=10.0)
+               for k in ("student_temp", "teacher_temp", "warmup_teacher_temp", "knn_temperature")},
+            **{k: lambda n, v: check_float(n, v, low=0.0, high=1.0)
+               for k in ("teacher_temp_warmup", "momentum", "freeze_last_layer")},
+            "center_momentum": lambda n, v: check_float(n, v, low=0.0, high=0.999999),
+        }
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, checks[f.name](f.name, getattr(self, f.name)))
+
+
+def _area_range(name: str, value) -> tuple[float, float]:
+    """A ``(low, high)`` pair of area fractions (the crops' own checks come with :class:`MultiCrop`)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (low, high) of area fractions, got {value!r}")
+    return tuple(check_float(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+@register
+class Dino(Task):
+    """DINO self-distillation (see the module docstring for the math; :class:`DinoOptions` for the
+    options and their CPU-scale defaults)."""
+
     name = "dino"
     best_metric = "knn_acc"
+    Options = DinoOptions
 
-    def __init__(
-        self,
-        out_dim: int = 256,
-        hidden_dim: int = 256,
-        bottleneck_dim: int = 64,
-        head_layers: int = 3,
-        head_bn: bool = True,
-        local_crops: int = 4,
-        local_size: int | None = None,
-        global_scale=(0.5, 1.0),
-        local_scale=(0.2, 0.5),
-        flip: bool | None = None,
-        jitter: float | None = None,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp: float = 0.04,
-        teacher_temp_warmup: float = 0.3,
-        momentum: float = 0.99,
-        center_momentum: float = 0.9,
-        freeze_last_layer: float = 0.0,
-        head_seed: int = 0,
-        knn_k: int = 20,
-        knn_temperature: float = 0.07,
-        eval_teacher: bool = True,
-    ):
-        self.head_options = {
-            "out_dim": _positive_int("out_dim", out_dim),
-            "hidden_dim": _positive_int("hidden_dim", hidden_dim),
-            "bottleneck_dim": _positive_int("bottleneck_dim", bottleneck_dim),
-            "layers": _positive_int("head_layers", head_layers),
-            "batch_norm": check_bool("head_bn", head_bn),
-        }
-        self.local_crops = _positive_int("local_crops", local_crops, low=0)
-        self.local_size = None if local_size is None else _positive_int("local_size", local_size)
-        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
-        self.flip = None if flip is None else check_bool("flip", flip)
-        self.jitter = None if jitter is None else _in_range("jitter", jitter, 0.0, 0.99)
-        self.student_temp = _in_range("student_temp", student_temp, 1e-6, 10.0)
-        self.teacher_temp = _in_range("teacher_temp", teacher_temp, 1e-6, 10.0)
-        self.warmup_teacher_temp = _in_range("warmup_teacher_temp", warmup_teacher_temp, 1e-6, 10.0)
-        self.teacher_temp_warmup = _in_range("teacher_temp_warmup", teacher_temp_warmup, 0.0, 1.0)
-        self.momentum = _in_range("momentum", momentum, 0.0, 1.0)
-        self.center_momentum = _in_range("center_momentum", center_momentum, 0.0, 0.999999)
-        self.freeze_last_layer = _in_range("freeze_last_layer", freeze_last_layer, 0.0, 1.0)
-        self.head_seed = _positive_int("head_seed", head_seed, low=0)
-        self.knn_k = _positive_int("knn_k", knn_k)
-        self.knn_temperature = _in_range("knn_temperature", knn_temperature, 1e-6, 10.0)
-        self.eval_teacher = check_bool("eval_teacher", eval_teacher)
+    def __init__(self, **options):
+        super().__init__(**options)
         self.head: DinoHead | None = None
         self.teacher: nn.ModuleDict | None = None
         self.criterion: DinoLoss | None = None
@@ -172,41 +177,22 @@ class Dino(Task):
         self.student: nn.Module | None = None
         self.step, self.total_steps = 0, 0
 
-    # ------------------------------------------------------------------ settings and set-up
-    def settings(self) -> dict:
-        """The constructor's arguments as given (JSON-able): ``Dino(**task.settings())`` is the same
-        task. ``flip``/``jitter`` stay ``None`` when the data decides them (the data is part of the
-        run's record, so the resolved values follow from it); ``self.multicrop`` holds those."""
-        head = self.head_options
-        return {
-            "out_dim": head["out_dim"],
-            "hidden_dim": head["hidden_dim"],
-            "bottleneck_dim": head["bottleneck_dim"],
-            "head_layers": head["layers"],
-            "head_bn": head["batch_norm"],
-            "local_crops": self.local_crops,
-            "local_size": self.local_size,
-            "global_scale": list(self.global_scale),
-            "local_scale": list(self.local_scale),
-            "flip": self.flip,
-            "jitter": self.jitter,
-            "student_temp": self.student_temp,
-            "teacher_temp": self.teacher_temp,
-            "warmup_teacher_temp": self.warmup_teacher_temp,
-            "teacher_temp_warmup": self.teacher_temp_warmup,
-            "momentum": self.momentum,
-            "center_momentum": self.center_momentum,
-            "freeze_last_layer": self.freeze_last_layer,
-            "head_seed": self.head_seed,
-            "knn_k": self.knn_k,
-            "knn_temperature": self.knn_temperature,
-            "eval_teacher": self.eval_teacher,
-        }
+    @classmethod
+    def example(cls) -> TaskExample:
+        """32 training and 16 test texture images of 16 px, a small head; each rank draws its own
+        multi-crops and the head's BatchNorm sees its own shard (so two ranks are not one process)."""
+        from unifiedctx.data.texture import load_texture
 
-    def build_model(self, preset: str, data, seed: int = 0, **overrides) -> nn.Module:
+        return TaskExample("deit_tiny_nano", load_texture(n_train=32, n_test=16, size=16, seed=0),
+                           {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "local_crops": 2,
+                            "knn_k": 5},
+                           {}, {"batch_size": 16, "lr": 3e-3, "seed": 1}, ddp_matches_single=False,
+                           state_metrics=("teacher_knn_acc",))
+
+    def model_options(self, data) -> dict:
         """The preset sized for ``data``, without a classifier (``num_classes=0``): its output is
         the pooled feature that the head and the k-NN read."""
-        return model_for_data(preset, data, seed, **{"num_classes": 0, **overrides})
+        return {**super().model_options(data), "num_classes": 0}
 
     def setup(self, model: nn.Module, data, device: torch.device) -> None:
         """Check the data, drop the model's classifier, build the crops, head, teacher and loss."""
@@ -227,17 +213,17 @@ class Dino(Task):
         if getattr(model, "num_classes", 0) and hasattr(model, "reset_classifier"):
             model.reset_classifier(0)
         grey = is_grey(data.train_x[:512])
-        flip = (not grey) if self.flip is None else self.flip
-        jitter = (0.0 if grey else 0.4) if self.jitter is None else self.jitter
+        flip = (not grey) if self.options.flip is None else self.options.flip
+        jitter = (0.0 if grey else 0.4) if self.options.jitter is None else self.options.jitter
         if jitter > 0 and channels != 3:
             raise ValueError(f"colour jitter needs 3-channel data, got {channels} channels: pass jitter=0")
-        local_size = self.local_size or max(1, height // 2)
+        local_size = self.options.local_size or max(1, height // 2)
         self.multicrop = MultiCrop(
             height,
             local_size,
-            self.local_crops,
-            self.global_scale,
-            self.local_scale,
+            self.options.local_crops,
+            self.options.global_scale,
+            self.options.local_scale,
             flip=flip,
             jitter=jitter,
             mean=data.mean,
@@ -245,16 +231,16 @@ class Dino(Task):
         )
         in_dim = self._feature_dim(model, data, device, height, local_size)
         self.student = model
+        o = self.options
         with torch.random.fork_rng(devices=[]):  # the same head for the same settings, in any process
-            torch.manual_seed(self.head_seed)
-            self.head = DinoHead(in_dim, **self.head_options).to(device)
+            torch.manual_seed(o.head_seed)
+            self.head = DinoHead(in_dim, o.out_dim, o.hidden_dim, o.bottleneck_dim, o.head_layers,
+                                 o.head_bn).to(device)
         self.head.last_layer.parametrizations.weight.original1.register_hook(self._last_layer_gradient)
         self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(model), "head": copy.deepcopy(self.head)})
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.criterion = DinoLoss(self.head_options["out_dim"], self.student_temp, self.center_momentum).to(
-            device
-        )
+        self.criterion = DinoLoss(o.out_dim, o.student_temp, o.center_momentum).to(device)
         self.step, self.total_steps = 0, 0
 
     @torch.no_grad()
@@ -265,7 +251,7 @@ class Dino(Task):
         try:
             probe = data.test_x[:2].to(device).float()
             out = model(probe)
-            if self.local_crops:
+            if self.options.local_crops:
                 small = nn.functional.interpolate(probe, size=(local_size, local_size), mode="bilinear")
                 try:
                     model(small)
@@ -286,9 +272,9 @@ class Dino(Task):
     def last_layer_frozen(self) -> bool:
         """True during the first ``freeze_last_layer`` fraction of the steps (and before the
         engine has told the total), when the prototypes get no gradient."""
-        if self.freeze_last_layer == 0:
+        if self.options.freeze_last_layer == 0:
             return False
-        return self.total_steps == 0 or self.step < self.freeze_last_layer * self.total_steps
+        return self.total_steps == 0 or self.step < self.options.freeze_last_layer * self.total_steps
 
     def _last_layer_gradient(self, grad: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(grad) if self.last_layer_frozen() else grad
@@ -335,9 +321,9 @@ class Dino(Task):
     # ------------------------------------------------------------------ training
     def current_teacher_temp(self) -> float:
         """``tau_t`` at the current step."""
-        return teacher_temperature(
-            self.step, self.total_steps, self.warmup_teacher_temp, self.teacher_temp, self.teacher_temp_warmup
-        )
+        o = self.options
+        return teacher_temperature(self.step, self.total_steps, o.warmup_teacher_temp, o.teacher_temp,
+                                   o.teacher_temp_warmup)
 
     @torch.no_grad()
     def teacher_logits(self, global_crops: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -383,7 +369,7 @@ class Dino(Task):
     def after_step(self, model: nn.Module, global_step: int, total_steps: int) -> None:
         """Teacher EMA with ``m(global_step)``; ``global_step`` is the 0-based step just taken."""
         self._require_setup()
-        m = teacher_momentum(global_step, total_steps, self.momentum)
+        m = teacher_momentum(global_step, total_steps, self.options.momentum)
         ours = [*self.teacher["backbone"].parameters(), *self.teacher["head"].parameters()]
         theirs = [*self.student.parameters(), *self.head.parameters()]
         torch._foreach_lerp_(ours, [p.detach() for p in theirs], 1.0 - m)
@@ -406,9 +392,8 @@ class Dino(Task):
         device = bank.device
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         if len(labels):
-            preds = knn_predict(
-                bank, bank_labels, queries.to(device), batches.num_classes, self.knn_k, self.knn_temperature
-            )
+            k, temperature = self.options.knn_k, self.options.knn_temperature
+            preds = knn_predict(bank, bank_labels, queries.to(device), batches.num_classes, k, temperature)
             sums += torch.stack(
                 [
                     (preds == labels.to(device)).sum().double(),
@@ -423,7 +408,7 @@ class Dino(Task):
     def evaluate(self, model, batches, batch_size, amp_dtype, ctx, device) -> dict[str, float]:
         """``knn_acc`` of ``model`` (and ``teacher_knn_acc`` when ``model`` is the student)."""
         row = {"knn_acc": self.knn_accuracy(model, batches, batch_size, amp_dtype, ctx)}
-        if self.eval_teacher and self.teacher is not None and model is self.student:
+        if self.options.eval_teacher and self.teacher is not None and model is self.student:
             row["teacher_knn_acc"] = self.knn_accuracy(
                 self.teacher["backbone"], batches, batch_size, amp_dtype, ctx
             )

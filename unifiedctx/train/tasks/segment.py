@@ -24,17 +24,17 @@ one) counts nowhere.
 
 from __future__ import annotations
 
-from functools import partial
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...validation import check_bool, check_positive_int
+from ...validation import check_bool
 from .. import distributed as D
 from ..batches import DeviceSplit
 from . import register
-from .base import Task, autocast_context, model_for_data
+from .base import Task, TaskExample, autocast_context
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -113,16 +113,32 @@ def _valid(mask: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
     return None if ignore_index is None else mask != ignore_index
 
 
+@dataclass(frozen=True)
+class SegmentOptions:
+    """The options of :class:`Segment`, checked when made.
+
+    Attributes:
+        flip: left-right flip of image and mask together as augmentation (default off: a flipped
+            digit is not a digit).
+    """
+
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flip", check_bool("flip", self.flip))
+
+
 @register
 class Segment(Task):
     """Semantic segmentation with per-pixel cross-entropy; best.pt by ``test_miou``.
 
     Args:
-        flip: left-right flip of image and mask together as augmentation (default off).
-        width: the head's width when the task builds the model (:meth:`build_model`).
+        flip: see :class:`SegmentOptions`.
 
-    Pixels labelled ``data.ignore_index`` (when the data has one, e.g. 255 in a ``segfolder``)
-    count neither in the loss nor in the metrics.
+    The model is a :class:`~unifiedctx.models.segment.Segmenter` on a preset backbone (its head's
+    width is a model option, ``width=``), or the plain U-Net reference (``"unet"``, with ``base=``
+    and ``depth=``). Pixels labelled ``data.ignore_index`` (when the data has one, e.g. 255 in a
+    ``segfolder``) count neither in the loss nor in the metrics.
 
     History columns: ``train_pixel_acc``; ``test_loss`` (mean per-pixel CE), ``test_miou``,
     ``test_pixel_acc`` (fractions in [0, 1]).
@@ -130,26 +146,36 @@ class Segment(Task):
 
     name = "segment"
     best_metric = "test_miou"
+    Options = SegmentOptions
 
-    def __init__(self, flip: bool = False, width: int | None = None):
-        self.flip = check_bool("flip", flip)
-        self.width = None if width is None else check_positive_int("width", width)
+    def __init__(self, **options):
+        super().__init__(**options)
         self.ignore_index: int | None = None
 
-    def settings(self) -> dict:
-        return {"flip": self.flip}
+    @classmethod
+    def example(cls) -> TaskExample:
+        """32 training and 16 test canvases of 16 px with 1 to 3 digits (2 steps per epoch)."""
+        from .count import small_canvases
 
-    def build_model(self, preset: str, data, seed: int = 0, **overrides) -> nn.Module:
-        """A :class:`~unifiedctx.models.segment.Segmenter` on ``preset`` sized for ``data``
-        (classes, channels, image size), its weights drawn from ``torch.manual_seed(seed)``."""
-        from unifiedctx.models.segment import DEFAULT_WIDTH, create_segmenter
+        return TaskExample("deit_tiny_nano", small_canvases(32, 16, size=16, seed=1), {}, {},
+                           {"batch_size": 16, "lr": 3e-3, "seed": 1})
 
-        width = overrides.pop("width", self.width or DEFAULT_WIDTH)
-        return model_for_data(preset, data, seed, builder=partial(create_segmenter, width=width),
-                              **overrides)
+    def presets(self) -> list[str]:
+        """Every backbone preset, and ``"unet"``."""
+        from unifiedctx.models.segment import segmenter_presets
+
+        return segmenter_presets()
+
+    def build(self, preset: str, **options) -> nn.Module:
+        """A :class:`~unifiedctx.models.segment.Segmenter` on ``preset`` (or the U-Net), sized by
+        ``options`` (classes, channels, image size; ``width`` of the head)."""
+        from unifiedctx.models.segment import create_segmenter
+
+        return create_segmenter(preset, **options)
 
     def check_data(self, data) -> None:
-        """Masks in both splits, non-empty splits, mask values in ``[0, K)`` or the ignore label."""
+        """Masks in both splits, non-empty splits, mask values in ``[0, K)`` or the ignore label, and
+        in each split at least one labelled pixel (a split whose every pixel is ignored is refused)."""
         if getattr(data, "train_masks", None) is None or getattr(data, "test_masks", None) is None:
             raise ValueError(f"task 'segment' needs a dataset with masks (train_masks, test_masks), such as "
                              f"mnist_canvas or segfolder; got {getattr(data, 'name', type(data).__name__)!r}")
@@ -165,6 +191,11 @@ class Segment(Task):
                 also = "" if ignore is None else f" and not the ignore label {ignore}"
                 raise ValueError(f"data.{split}_masks has the value {int(masks[bad][0])}, outside the "
                                  f"{k} classes [0, {k - 1}]{also}")
+            if ignore is not None and len(masks) and not bool((masks != ignore).any()):
+                use = "trained on" if split == "train" else "measured on"
+                raise ValueError(f"data.{split}_masks labels no pixel: the {split} split has {len(masks)} "
+                                 f"images, but every pixel of their masks is the ignore label {ignore}, so "
+                                 f"nothing can be {use}; give that split masks with labelled pixels")
 
     def setup(self, model: nn.Module, data, device: torch.device) -> None:
         """Check the model fits the data (classes, channels, image size); each mismatch is a
@@ -203,7 +234,7 @@ class Segment(Task):
     def batches(self, data, batch_size: int, device, *, seed: int = 0, augment: bool = True, rank: int = 0,
                 world_size: int = 1, channels_last: bool = False, **_) -> SegmentBatches:
         """:class:`SegmentBatches`; ``flip`` only when both ``augment`` and the task's ``flip``."""
-        return SegmentBatches(data, batch_size, device, seed=seed, flip=bool(augment and self.flip),
+        return SegmentBatches(data, batch_size, device, seed=seed, flip=bool(augment and self.options.flip),
                               rank=rank, world_size=world_size, channels_last=channels_last)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
