@@ -257,7 +257,7 @@ def test_a_marker_listing_files_outside_the_folder_touches_nothing_there(tmp_pat
 
 
 def test_a_folder_in_use_is_refused(tmp_path):
-    from unifiedctx.train.rundir import FolderInUse
+    from unifiedctx.files import FolderInUse
 
     with site.SiteFolder(tmp_path / "out"), pytest.raises(FolderInUse, match="site folder"):
         site.SiteFolder(tmp_path / "out").claim()

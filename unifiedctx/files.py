@@ -103,6 +103,10 @@ def is_temporary_of(name: str, targets, suffix: str = ".tmp") -> bool:
     return match is not None and match["target"] in set(targets)
 
 
+#: The file name of a folder's lock (run folders, the site's folder, the data root).
+LOCK_NAME = ".lock"
+
+
 class FolderInUse(RuntimeError):
     """Another live process holds the lock (its pid, host and start time are named)."""
 

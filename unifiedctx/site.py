@@ -241,7 +241,7 @@ class SiteFolder:
     """
 
     def __init__(self, out: str | os.PathLike):
-        from .train.rundir import LOCK_NAME, FileLock
+        from .files import LOCK_NAME, FileLock  # (imports torch: only when a site is built)
 
         self.out = check_path("out", out, kind="folder", must_exist=False, what="site")
         self.lock = FileLock(self.out / LOCK_NAME, f"site folder {self.out}")

@@ -34,13 +34,12 @@ from pathlib import Path
 
 import torch
 
-from ..files import FileLock, is_temporary_of, model_config, write_atomic
+from ..files import LOCK_NAME, FileLock, is_temporary_of, model_config, write_atomic
 from . import distributed as D
 
 #: The files a run writes into its folder (plus ``rank<R>.pt`` with ``save_rank_weights``). A new
 #: file of the run is owned by adding its name here.
 RUN_FILES = ("last.pt", "best.pt", "history.json", "history.csv", "config.json")
-LOCK_NAME = ".lock"
 #: Flag (keyword of fit) and option (of ``unifiedctx train``) that accept a folder with other files.
 ALLOW_FLAG = "allow_foreign=True (--allow-foreign)"
 _RANK_FILE = re.compile(r"rank\d+\.pt")
