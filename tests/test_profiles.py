@@ -42,6 +42,31 @@ def test_an_unknown_profile_is_refused(monkeypatch):
     assert profiles.current().name == "quick"
 
 
+@pytest.mark.parametrize("name", profiles.PROFILES)
+def test_the_seed_reaches_every_recipe_and_the_cache(monkeypatch, name):
+    """UNIFIEDCTX_SEED seeds every recipe of the profile and gives the runs a folder of their own."""
+    monkeypatch.setenv(profiles.ENV_VAR, name)
+    monkeypatch.delenv(profiles.SEED_VAR, raising=False)
+    default = profiles.current()
+    monkeypatch.setenv(profiles.SEED_VAR, " 3 ")
+    seeded = profiles.current()
+    assert (default.seed, seeded.seed) == (0, 3)
+    recipes = [seeded.recipe, *seeded.synthetic_recipes.values(), *seeded.task_recipes.values()]
+    assert {r.seed for r in recipes} == {3}
+    assert {r.seed for r in [default.recipe, *default.task_recipes.values()]} == {0}
+    assert seeded.cache_dir.name == "seed3" and default.cache_dir.name == "seed0"
+    assert seeded.cache_dir.parent == default.cache_dir.parent and seeded.cache_dir.parent.name == name
+
+
+@pytest.mark.parametrize("bad", ["-1", "one", "1.5"])
+def test_a_bad_seed_is_refused_by_name(monkeypatch, bad):
+    monkeypatch.setenv(profiles.SEED_VAR, bad)
+    with pytest.raises(ValueError, match="UNIFIEDCTX_SEED must be an int >= 0"):
+        profiles.current()
+    with pytest.raises((TypeError, ValueError), match="seed"):
+        profiles.make("quick", seed=True)
+
+
 @pytest.mark.parametrize("notebook", ["03_inductive_bias", "04_training", "05_looking_inside"])
 def test_training_notebooks_take_their_numbers_from_the_profile(notebook):
     cells = json.loads((NOTEBOOKS / f"{notebook}.ipynb").read_text())["cells"]

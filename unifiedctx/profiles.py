@@ -2,7 +2,10 @@
 what CI runs) or the *full* profile (CUDA, CIFAR-10, ``_cifar`` presets).
 
 The switch is the environment variable ``UNIFIEDCTX_PROFILE`` (``quick`` or ``full``).
-Without it, :func:`current` picks ``full`` when CUDA is available and ``quick`` otherwise::
+Without it, :func:`current` picks ``full`` when CUDA is available and ``quick`` otherwise.
+``UNIFIEDCTX_SEED`` (an int >= 0, default 0) is the seed of every recipe of the profile and of the
+notebooks' own random draws (``profile.seed``); runs are cached per profile and per seed, in
+``runs/<profile>/seed<k>/``, so the course can be re-run on another seed without mixing runs::
 
     from unifiedctx.profiles import current
     profile = current()
@@ -25,8 +28,10 @@ from pathlib import Path
 import torch
 
 from .train.recipe import Recipe
+from .validation import check_int
 
 ENV_VAR = "UNIFIEDCTX_PROFILE"
+SEED_VAR = "UNIFIEDCTX_SEED"
 PROFILES = ("quick", "full")
 
 
@@ -36,6 +41,7 @@ class Profile:
 
     Attributes:
         name: ``"quick"`` or ``"full"``.
+        seed: the seed of every recipe (and of a notebook's own draws: ``torch.manual_seed(profile.seed)``).
         device: where to train (``"cpu"`` or ``"cuda"``).
         preset_suffix: appended to a model family name (``"_nano"`` or ``"_cifar"``).
         dataset: the real image dataset (``"mnist5k"`` offline, ``"cifar10"`` online).
@@ -61,6 +67,7 @@ class Profile:
     synthetic_recipes: dict = field(default_factory=dict)
     task_recipes: dict = field(default_factory=dict)
     cache_dir: Path = Path("runs")
+    seed: int = 0
 
     def model(self, family: str) -> str:
         """The preset name of ``family`` in this profile, e.g. ``container_light_nano``."""
@@ -107,49 +114,51 @@ def _repo_runs_dir() -> Path:
     return Path.home() / ".cache" / "unifiedctx" / "runs"
 
 
-def make(name: str) -> Profile:
-    """Build the profile called ``name`` (``"quick"`` or ``"full"``)."""
-    runs = _repo_runs_dir()
+def make(name: str, seed: int = 0) -> Profile:
+    """Build the profile called ``name`` (``"quick"`` or ``"full"``) for ``seed`` (an int >= 0): every
+    recipe trains with that seed and the runs are cached in ``runs/<name>/seed<seed>/``."""
+    seed = check_int("seed", seed, low=0)
+    runs = _repo_runs_dir() / name / f"seed{seed}"
     # notebook 03's probes: same seed, data order and optimizer for every probe; no augmentation
-    probe = Recipe(epochs=1, batch_size=32, lr=3e-3, weight_decay=0.05, augment=False, seed=0)
+    probe = Recipe(epochs=1, batch_size=32, lr=3e-3, weight_decay=0.05, augment=False, seed=seed)
     if name == "quick":
         recipe = Recipe(epochs=4, batch_size=128, lr=5e-3, warmup_epochs=0.5, augment=False,
-                        weight_decay=0.05, seed=0)
+                        weight_decay=0.05, seed=seed)
         probes = {"texture": probe.replace(epochs=3), "longrange": probe.replace(epochs=8)}
         tasks = {"context": recipe.replace(epochs=1, max_steps_per_epoch=30, warmup_epochs=0.2),
                  # notebook 09, 2048 canvases of 64 px: the point of docs/sweep_segment.md that fits 3 minutes
                  "segment": Recipe(epochs=8, batch_size=16, lr=2e-2, warmup_epochs=0.3, weight_decay=0.05,
-                                   seed=0, task="segment"),
+                                   seed=seed, task="segment"),
                  # bench/sweep_dino.py (docs/sweep_dino.md): batch 64 doubles the steps at the same cost;
                  # container_light gains +0.190 / +0.150 k-NN on seeds 0 / 1 in ~42 CPU seconds
                  "dino": recipe.replace(task="dino", epochs=3, batch_size=64, lr=5e-3, weight_decay=0.04,
                                         task_options={"out_dim": 256, "local_crops": 2, "momentum": 0.99})}
         return Profile(name="quick", device="cpu", preset_suffix="_nano", dataset="mnist5k",
                        dataset_options={"channels": 3}, recipe=recipe, synthetic_train=2000,
-                       synthetic_recipes=probes, task_recipes=tasks, cache_dir=runs / "quick")
+                       synthetic_recipes=probes, task_recipes=tasks, cache_dir=runs, seed=seed)
     if name == "full":
         device = "cuda" if torch.cuda.is_available() else "cpu"
         recipe = Recipe(epochs=30, batch_size=256, lr=2e-3, warmup_epochs=2, augment=True,
-                        task_options={"label_smoothing": 0.1}, weight_decay=0.05, seed=0)
+                        task_options={"label_smoothing": 0.1}, weight_decay=0.05, seed=seed)
         probes = {"texture": probe.replace(epochs=10), "longrange": probe.replace(epochs=20)}
         tasks = {"context": recipe,
                  # notebook 09, 4000 canvases of 128 px on a GPU (docs/sweep_segment.md: given, not yet run)
                  "segment": Recipe(epochs=40, batch_size=32, lr=1e-2, warmup_epochs=1, weight_decay=0.05,
-                                   seed=0, task="segment"),
+                                   seed=seed, task="segment"),
                  # DINO on CIFAR-10, sized for one GPU and NOT measured (no GPU was lent; see
                  # docs/sweep_dino.md): the paper's recipe at CIFAR scale: 10 warm-up epochs, teacher
                  # 0.04 -> 0.07 over 30 %, momentum 0.996 -> 1, 6 local crops, prototypes frozen for the
                  # first epoch; lr 1e-3 is twice the paper's 5e-4 per 256 images (a guess for a small
                  # network and a 100-epoch run)
                  "dino": Recipe(epochs=100, batch_size=256, lr=1e-3, warmup_epochs=10, weight_decay=0.04,
-                                augment=False, seed=0, task="dino",
+                                augment=False, seed=seed, task="dino",
                                 task_options={"out_dim": 4096, "hidden_dim": 1024, "bottleneck_dim": 256,
                                               "local_crops": 6, "momentum": 0.996, "teacher_temp": 0.07,
                                               "warmup_teacher_temp": 0.04, "teacher_temp_warmup": 0.3,
                                               "freeze_last_layer": 0.01})}
         return Profile(name="full", device=device, preset_suffix="_cifar", dataset="cifar10", recipe=recipe,
                        synthetic_train=20000, synthetic_recipes=probes, task_recipes=tasks,
-                       cache_dir=runs / "full")
+                       cache_dir=runs, seed=seed)
     raise ValueError(f"{ENV_VAR} must be one of {PROFILES}, got {name!r}")
 
 
@@ -158,4 +167,7 @@ def current() -> Profile:
     name = os.environ.get(ENV_VAR, "").strip().lower()
     if not name:
         name = "full" if torch.cuda.is_available() else "quick"
-    return make(name)
+    seed = os.environ.get(SEED_VAR, "").strip() or "0"
+    if not seed.isdigit():
+        raise ValueError(f"{SEED_VAR} must be an int >= 0, got {seed!r}")
+    return make(name, int(seed))
