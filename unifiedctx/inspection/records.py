@@ -107,16 +107,41 @@ class Residual:
 @dataclass
 class AffinityRecord:
     """A token mixer: ``affinity`` ``(B|1, M, n, n)`` on ``tokens`` (prefix tokens first, extra keys
-    such as a bias key dropped), computed on first access."""
+    such as a bias key dropped), computed on first access.
+
+    ``windows``: for a windowed attention, ``(Windows, (B * nW, M, n_w, n_w))``: the block-sparse form that
+    :meth:`rows` and the rollout use without the dense ``(N, N)`` (see ``trace.Windows``)."""
 
     name: str
     tokens: TokenGrid
     module_type: str
     read: Callable[[], torch.Tensor] = field(repr=False)
+    windows: tuple | None = field(default=None, repr=False)
 
     @cached_property
     def affinity(self) -> torch.Tensor:
         return self.read()
+
+    def rows(self, queries) -> torch.Tensor:
+        """Rows ``queries`` (token indices, prefix counted) of the affinity, ``(B|1, M, Q, n)``, without the
+        dense ``(n, n)`` of a windowed attention."""
+        q = torch.as_tensor(queries, dtype=torch.long).reshape(-1)
+        if self.windows is not None:
+            windows, local = self.windows
+            return windows.rows(local, q)
+        return self.affinity[..., q, :]
+
+
+@dataclass
+class JoinRecord:
+    """Token paths that meet in a sum: ``y = sum_i s_i x_i`` (a residual ``x + f(x)``, a shortcut beside its
+    branch). ``scales``: each path's factor in the signed rule (a layer scale's mean, -1 for a subtraction);
+    the non-negative rule weighs the paths equally (Abnar & Zuidema's ``0.5 A + 0.5 I``)."""
+
+    name: str
+    tokens: TokenGrid
+    module_type: str
+    scales: tuple = ()
 
 
 @dataclass
@@ -141,4 +166,4 @@ class ResidualRecord:
     shortcut: list = field(default_factory=list)
 
 
-__all__ = ["AffinityRecord", "ConvWindow", "Residual", "ResidualRecord", "TokenGrid", "WindowRecord"]
+__all__ = ["AffinityRecord", "ConvWindow", "JoinRecord", "Residual", "ResidualRecord", "TokenGrid", "WindowRecord"]
