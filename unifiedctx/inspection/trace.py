@@ -422,8 +422,10 @@ class Watcher(TorchFunctionMode):
             self.stack.pop()
         if self.covering is not None and self.covering[0] == name:
             _, _, call, first = self.covering
-            self.covering = None
-            self._adapted(name, module, call, first, output)
+            try:  # still covering: what the adapter computes is not the model's token mixing
+                self._adapted(name, module, call, first, output)
+            finally:
+                self.covering = None
 
     def _adapter(self, name, module):
         if isinstance(module, AffinityMixer) or _is_patch_merging(module) or _is_convit_gpsa(module):
@@ -546,6 +548,9 @@ class Watcher(TorchFunctionMode):
             raise _NoRead(f"{MOVES[fname]} ({fname}): tokens moved in a way the reader does not follow")
         if fname == "linear":
             self._linear_over_tokens(args, labelled)
+            weight = _bind(("input", "weight", "bias"), args, kwargs)["weight"]
+            if args[0] in self.labels:
+                return self._channel_map(weight, self.labels[args[0]], out)
         if fname in ("__setitem__", "copy_", "index_put_", "index_copy_") and args and \
                 isinstance(args[0], torch.Tensor) and args[0] not in self.labels:
             self.labels[args[0]] = labelled[0][1]  # a buffer filled with tokens carries them
@@ -784,11 +789,8 @@ class Watcher(TorchFunctionMode):
             return
         kernel = tuple(weight.shape[-2:])
         stride = pair(call.get("stride", 1))
-        if kernel == (1, 1) and stride == (1, 1):  # a per-token channel map: a factor of the signed rule
-            factor = float(weight.detach().double().sum(1).mean())
-            for t in _tensors(out):
-                self.labels[t] = Label(label.node, label.scale * factor)
-            return
+        if kernel == (1, 1) and stride == (1, 1):  # a per-token channel map
+            return self._channel_map(weight, label, out)
         padding = call.get("padding", 0)
         dilation = pair(call.get("dilation", 1))
         if padding == "same":
@@ -797,6 +799,14 @@ class Watcher(TorchFunctionMode):
             padding = (0, 0)
         window = ConvWindow(weight.detach(), stride, pair(padding), dilation)
         self._window_node(x, window, out, label, "Conv2d")
+
+    def _channel_map(self, weight, label, out) -> None:
+        """A per-token channel map (a linear layer, a 1x1 conv): channel mixing is not seen by the rules, so
+        it keeps the path; one channel to one channel is a plain factor, which the signed rule carries (it is
+        then exact on single-channel networks)."""
+        factor = float(weight.detach().double().reshape(-1)[0]) if weight.numel() == 1 else 1.0
+        for t in _tensors(out):
+            self.labels[t] = Label(label.node, label.scale * factor)
 
     def _pool(self, call: dict, out, labelled, fname) -> None:
         x = call["input"]
