@@ -54,6 +54,7 @@ DIVS = {"div", "div_", "__truediv__", "__itruediv__", "true_divide", "divide"}
 #: Calls that pass a softmax result on unchanged (eager attention's dtype cast and dropout).
 PASS_PROBS = {"to", "type_as", "float", "double", "half", "contiguous", "dropout", "clone", "detach"}
 MATMULS = {"matmul", "__matmul__", "bmm", "einsum"}
+REDUCTIONS = {"mean", "sum", "amax", "max", "nanmean", "logsumexp"}
 #: Calls that move tokens on the grid; read only inside a windowed block (Swin's shift and padding).
 MOVES = {"roll": "a roll of the tokens", "pad": "padding of the grid",
          "interpolate": "an interpolation between tokens", "upsample": "an interpolation between tokens",
@@ -539,13 +540,15 @@ class Watcher(TorchFunctionMode):
             return self._pool(_bind(names, args, kwargs), out, labelled, fname)
         if fname in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
             size = pair(_bind(("input", "output_size"), args, kwargs)["output_size"])
-            if size == (1, 1) or size == (None, None):
-                return self._same(labelled, outputs, fname, args)  # a global pool: the grid ends here
+            if size == (1, 1):
+                return  # a global pool: the grid ends here (what follows is no token path)
             raise _NoRead(f"an adaptive pooling to {size} (its windows are not read)")
         if fname in MOVES:
             if self._in_windowed_block():
                 return self._same(labelled, outputs, fname, args)
             raise _NoRead(f"{MOVES[fname]} ({fname}): tokens moved in a way the reader does not follow")
+        if fname in REDUCTIONS and self._over_all_tokens(args, kwargs):
+            return  # a mean (or sum, max) over every token: the grid ends here
         if fname == "linear":
             self._linear_over_tokens(args, labelled)
             weight = _bind(("input", "weight", "bias"), args, kwargs)["weight"]
@@ -619,6 +622,16 @@ class Watcher(TorchFunctionMode):
         hits = {i for i in range(1, t.dim()) if is_token_count(shape[i], tokens)}
         return hits if len(hits) == 1 else set()
 
+    def _over_all_tokens(self, args, kwargs) -> bool:
+        x = args[0]
+        call = _bind(("input", "dim"), args, kwargs)
+        dims = call.get("dim")
+        axes = self.token_axes(x) if isinstance(x, torch.Tensor) else set()
+        if dims is None or not axes:
+            return False
+        dims = {d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
+        return axes <= dims
+
     def _linear_over_tokens(self, args, labelled) -> None:
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if x is not None and x.dim() - 1 in self.token_axes(x):
@@ -655,10 +668,10 @@ class Watcher(TorchFunctionMode):
             p = pair(_plain(block.p))
             if grid[0] % p[0] or grid[1] % p[1]:
                 raise _NoRead(f"the {grid} grid is not a whole number of {p} partitions")
-            if block.partition_type == "window":
+            if block.partition_type == "window":  # p x p windows
                 places = window_places(grid, p, (0, 0))
-            else:
-                places = grid_places(grid, p)
+            else:  # a p x p grid of windows, each of g x g tokens spread over the whole grid
+                places = grid_places(grid, pair(_plain(block.g)))
         else:
             raise _NoRead(f"an attention over {bq} windows of {n} tokens for {self.batch} images, and no "
                           f"block above it declares window_size / shift_size (its layout on the grid is not "
@@ -732,11 +745,9 @@ class Watcher(TorchFunctionMode):
             where, _ = self.probs[a]
             if where in self.pending:
                 self.pending.remove(where)
-            p = a if a.dim() == 4 else a[:, None]
-            v = b if b.dim() == 4 else b[:, None]
-            if b in self.labels:
-                self.labels[v] = self.labels[b]
-            return self._attention_node(p, v, out, "softmax @ values")
+            # (Bq, M, n, n): heads on the third axis from the end; leading axes (MaxViT's windows) folded
+            p = a.reshape(-1, *a.shape[-3:]) if a.dim() >= 4 else a[:, None]
+            return self._attention_node(p, b, out, "softmax @ values")
         self._token_matmul(a, b, labelled)
         return self._same(labelled, [out], fname, args) if len({lb.node for _, lb in labelled}) == 1 else \
             self._join_or_miss(fname, labelled, [out])
