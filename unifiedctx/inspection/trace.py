@@ -781,8 +781,9 @@ class Watcher(TorchFunctionMode):
         learned matrix over a grid axis)."""
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() < 2 or b.dim() < 2:
             return
-        if int(a.shape[-2]) == int(b.shape[-1]) and a in self.labels and b in self.labels:
-            return  # square: q k^T, scores that a softmax turns into an attention
+        tokens = self.layout(a) or self.layout(b)
+        if int(a.shape[-2]) == int(b.shape[-1]) and tokens is not None and is_token_count(int(a.shape[-2]), tokens):
+            return  # (n, n) over the tokens: q k^T, scores that a softmax turns into an attention
         over = (a in self.labels and a.dim() - 1 in self.token_axes(a)) or \
             (b in self.labels and b.dim() - 2 in self.token_axes(b))
         if over:
