@@ -25,7 +25,7 @@ from torch import nn
 
 from .families import FAMILIES, Family, NoView, family_of
 from .reader import check_door, forward_pass, select_layers
-from .view import check_prefix, pair
+from .view import AffinityView, check_prefix, pair
 
 #: Prefix-token counts tried, in order, when a token layer's sequence is not a whole grid.
 MAX_PREFIX_TOKENS = 8
@@ -53,6 +53,7 @@ class NetworkInspection(OrderedDict):
             for name, view in self.items():
                 expected = self.outputs[name]
                 got = view.output()
+                got = got[0] if isinstance(got, tuple) else got
                 scale = expected.norm().item()
                 diff = (got - expected).norm().item()
                 errors[name] = diff / scale if scale > 0 else diff
@@ -212,7 +213,49 @@ def inspect_model(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: in
             result.outputs[name] = family.output(output)
         elif not list(module.children()) and select(name, module):
             result.skipped[name] = _skip_reason(module)
+    _read_at_the_call(model, x, result, viewed, select, max_tokens, prefix_tokens, lookup)
     return result
+
+
+def _read_at_the_call(model, x, result, viewed, select, max_tokens, prefix_tokens, lookup) -> None:
+    """Attention no family reads, read where it happens (the one reader's trace: SDPA or softmax @ values,
+    with its scale, mask and position bias), and every token mixing the trace could not read named in
+    ``skipped``: ``inspect_model`` is never silent about a network's attention."""
+    from .trace import trace
+
+    found = trace(model, x, prefix_tokens, keep_values=True)
+    for name, why in found.unread.items():
+        if select(name, lookup.get(name, model)):
+            result.skipped[name] = f"token mixing not read: {why}"
+    made = {}
+    for entry in found.attention:
+        name = entry.module
+        if entry.call is None or entry.values is None or name in result or \
+                any(v == "" or name.startswith(v + ".") for v in viewed) or not select(name, lookup.get(name, model)):
+            continue
+        made[name] = made.get(name, 0) + 1
+        if made[name] > 1:
+            result.pop(name, None)
+            result.skipped[name] = "more than one attention call in one module call: no single view"
+            continue
+        n = entry.affinity.shape[-1]
+        if max_tokens is not None and n > max_tokens:
+            result.skipped[name] = f"{n} tokens > max_tokens={max_tokens} (its N x N affinity would be too big)"
+            continue
+        tokens = entry.tokens
+        windowed = entry.windows is not None
+        view = AffinityView(entry.values, entry.affinity, entry.substituted, None if windowed else tokens.grid,
+                            "dynamic", int(entry.affinity.shape[1]), type(lookup.get(name, model)).__name__,
+                            0 if windowed else tokens.prefix)
+        view.pixel_stride = (x.shape[-2] / tokens.grid[0], x.shape[-1] / tokens.grid[1])
+        view.notes["read at"] = entry.function
+        if windowed:
+            view.notes["windows"] = "the batch axis holds B * nW windows; laid out on the grid by the block"
+            view.notes["layout"] = entry.windows
+        result[name] = view
+        output = entry.output
+        result.outputs[name] = output[0] if isinstance(output, tuple) else output
+        result.skipped.pop(name, None)
 
 
 __all__ = ["FAMILIES", "NetworkInspection", "inspect_model", "tiling_grid"]

@@ -133,6 +133,19 @@ class AttentionCall:
     values: torch.Tensor | None
     node: int | None
     function: str
+    call: tuple | None = None  # (module, args, kwargs) of the module call that ran it (keep_values)
+    index: int = 0  # which call of ``function`` in that module call
+    out_shape: tuple | None = None
+    output: object = None  # the module call's output
+    windows: object = None
+
+    def substituted(self, z: torch.Tensor):
+        """The module call rerun with this attention's result replaced by ``z = A @ V`` ``(Bq, M, n, d)``:
+        everything the module does after its attention (merging heads, the output projection, ...) applied
+        to ``z``. Equals the module's own output when ``z`` is the attention's own."""
+        module, args, kwargs = self.call
+        with _Substitute(self.function, self.index, z, self.out_shape):
+            return module(*args, **kwargs)
 
 
 @dataclass
@@ -372,6 +385,7 @@ class Watcher(TorchFunctionMode):
         self.node_calls: list[tuple[str, int]] = [("", 0)]
         self.pending: list[tuple[str, str]] = []  # softmaxes over tokens not (yet) used by a matmul
         self._block_inputs: dict[str, torch.Tensor] = {}
+        self.frames: list[dict] = []  # per running module call, with keep_values: its arguments (a view's rerun)
 
     # ---- where we are ----------------------------------------------------------------------------
     def here(self) -> tuple[str, int]:
@@ -412,6 +426,7 @@ class Watcher(TorchFunctionMode):
         call = self.calls.get(name, 0)
         self.calls[name] = call + 1
         self.stack.append((name, module, call))
+        self.frames.append({"args": args, "kwargs": kwargs, "counts": {}, "entries": []} if self.keep_values else {})
         if type(module).__name__ == "MixerBlock" and args and isinstance(args[0], torch.Tensor):
             self._block_inputs[name] = args[0]
         if self.covering is None and self._adapter(name, module) is not None:
@@ -421,6 +436,9 @@ class Watcher(TorchFunctionMode):
     def leave(self, name: str, module: nn.Module, args, kwargs, output) -> None:
         if self.stack and self.stack[-1][0] == name:
             self.stack.pop()
+            frame = self.frames.pop()
+            for entry in frame.get("entries", ()):
+                entry.output = output
         if self.covering is not None and self.covering[0] == name:
             _, _, call, first = self.covering
             try:  # still covering: what the adapter computes is not the model's token mixing
@@ -686,8 +704,17 @@ class Watcher(TorchFunctionMode):
         if v_label is None:  # values from no token path (a constant): no context moves
             return
         entry = AttentionCall(name, a.detach(), v.detach() if self.keep_values else None, None, function)
+        if self.keep_values and self.frames and self.covering is None:
+            frame = self.frames[-1]
+            entry.call = (self.lookup.get(name, self.model), frame["args"], frame["kwargs"])
+            entry.index = frame["counts"].get(function, 0)
+            entry.out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+            frame["counts"][function] = entry.index + 1
+            frame["entries"].append(entry)
         self.attention.append(entry)
         tokens, windows = self._attention_layout(a, v_label)
+        entry.windows = windows
+        entry.tokens = tokens
         detached = a.detach()
         read = (lambda: windows.on_grid(detached)) if windows is not None else (lambda: detached)
         record = AffinityRecord(self.call_name(name), tokens, type(self.lookup.get(name, self.model)).__name__,
@@ -893,6 +920,37 @@ class Watcher(TorchFunctionMode):
         node = self.add_node(record, parents, scales, [tokens.prefix] * len(parents), tokens)
         for t in outputs:
             self.labels[t] = Label(node)
+
+
+class _Substitute(TorchFunctionMode):
+    """Replaces the ``index``-th attention call of kind ``function`` by ``z`` (see ``AttentionCall.substituted``):
+    an SDPA call, or a matmul whose first operand is a softmax's result (followed as the trace follows it)."""
+
+    def __init__(self, function: str, index: int, z: torch.Tensor, shape):
+        super().__init__()
+        self.sdpa = function == "scaled_dot_product_attention"
+        self.index, self.z, self.shape, self.seen = index, z, shape, 0
+        self.probs = WeakIdKeyDictionary()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        hit = name == "scaled_dot_product_attention" if self.sdpa else (name in MATMULS and self._probs_first(name, args))
+        if hit:
+            self.seen += 1
+            if self.seen - 1 == self.index:
+                return self.z.reshape(self.shape) if self.shape is not None else self.z
+        out = func(*args, **(kwargs or {}))
+        if name in ("softmax", "_softmax") or (name in PASS_PROBS and args and isinstance(args[0], torch.Tensor)
+                                               and args[0] in self.probs):
+            if isinstance(out, torch.Tensor):
+                self.probs[out] = True
+        return out
+
+    def _probs_first(self, name, args) -> bool:
+        operands = args[1:] if name == "einsum" else args
+        if name == "einsum" and len(operands) == 1:
+            operands = operands[0]
+        return bool(operands) and isinstance(operands[0], torch.Tensor) and operands[0] in self.probs
 
 
 class _NoRead(Exception):

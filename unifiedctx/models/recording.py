@@ -185,6 +185,9 @@ def _windows_on_grid(model, name: str, view, image_grid) -> tuple | None:
     block's whole token grid and the map that lays ``(B * nW, M, n, n)`` window affinities on it
     as ``(B, M, N, N)`` (0 between tokens of different windows, the cyclic shift undone); ``None``
     for any other view, or when the parent block does not say its window and shift."""
+    if "layout" in view.notes:  # read at the call: the trace knows where each window's tokens sit
+        grid = tuple(int(round(g / s)) for g, s in zip(image_grid, view.pixel_stride))
+        return grid, view.notes["layout"].on_grid
     block = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
     if "windows" not in view.notes or not all(hasattr(block, a) for a in ("window_size", "shift_size")):
         return None
@@ -204,6 +207,7 @@ def _inspected_record(model, name: str, view, image_grid, max_tokens) -> LayerAf
         components = lambda: {k: to_grid(a) for k, a in _view_components(view).items()}  # noqa: E731
         notes["windows"] = ("the windows laid out on the block's whole grid (0 between tokens of different "
                             "windows)")
+        notes.pop("layout", None)
     return LayerAffinity(name, view.kind, grid, view.module_type, "inspect", None, notes, view.pixel_stride,
                          *describe_view(view), affinity, components)
 
