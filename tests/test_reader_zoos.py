@@ -17,7 +17,7 @@ import pytest
 import torch
 from einops import rearrange
 
-from unifiedctx import context
+from unifiedctx import context, inspect_model
 
 if os.environ.get("UNIFIEDCTX_REQUIRE_TIMM") == "1":
     import torchvision  # the timm environment: no skipping
@@ -297,6 +297,8 @@ def test_erf_is_autograds_input_gradient_and_the_whole_network_rolls_out(key):
     want = want / want.sum((1, 2), keepdim=True)
     got = context.effective_receptive_field(model, x, layer, query=query)
     assert (got - want).abs().max().item() < TOL
+    views = inspect_model(model, x)  # every view rebuilds its module's own output (attention: read at the call)
+    assert views and max(views.rebuild_errors().values()) < 1e-12
     r = context.rollout(model, x)  # the whole network, read without a gap
     assert not r.skipped and bool((r.maps >= 0).all())
     data = context.rollout_maps(model, x, layer, query=query)

@@ -774,7 +774,9 @@ class Watcher(TorchFunctionMode):
                 self.pending.remove(where)
             # (Bq, M, n, n): heads on the third axis from the end; leading axes (MaxViT's windows) folded
             p = a.reshape(-1, *a.shape[-3:]) if a.dim() >= 4 else a[:, None]
-            return self._attention_node(p, b, out, "softmax @ values")
+            v = b.reshape(-1, *b.shape[-3:]) if b.dim() >= 4 else b[:, None]
+            self.labels[v] = self.labels[b]
+            return self._attention_node(p, v, out, "softmax @ values")
         self._token_matmul(a, b, labelled)
         return self._same(labelled, [out], fname, args) if len({lb.node for _, lb in labelled}) == 1 else \
             self._join_or_miss(fname, labelled, [out])
