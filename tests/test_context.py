@@ -11,9 +11,9 @@ from torch import nn
 import unifiedctx
 from unifiedctx import context
 from unifiedctx.inspection import inspect
+from unifiedctx.inspection.layers import mixer_layers
 from unifiedctx.mixers import AvgPool, DepthwiseConv
 from unifiedctx.models import ContextNet
-from unifiedctx.models.recording import mixer_layers
 
 NANOS = ["convnet_nano", "poolformer_s12_nano", "mixer_s16_nano", "deit_tiny_nano", "container_nano",
          "container_light_nano"]

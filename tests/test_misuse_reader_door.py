@@ -16,7 +16,7 @@ from torch import nn
 
 import unifiedctx
 from unifiedctx import context, inspect, inspect_model
-from unifiedctx.models.recording import record_affinities
+from unifiedctx.inspection.layers import record_affinities
 from unifiedctx.viz.distance import model_distances
 
 PACKAGE = Path(unifiedctx.__file__).parent

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..inspection.reader import check_model, forward_pass, untouched
+from ..inspection.reader import check_model
 from ..inspection.records import AffinityRecord, JoinRecord, TokenGrid, WindowRecord
 from ..inspection.trace import trace
 from ..validation import check_finite, check_float_image, check_int
@@ -43,20 +43,6 @@ def check_image(x, model: nn.Module) -> tuple[int, int]:
     if callable(getattr(model, "check_input", None)):
         model.check_input(x)
     return tuple(x.shape[-2:])
-
-
-def module_inputs(model: nn.Module, x: torch.Tensor,
-                  modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """The input each of ``modules`` received in one ``model(x)``; the model is left as it was."""
-    wanted = {id(m) for m in modules.values()}
-    with torch.no_grad():
-        seen = forward_pass(model, x, lambda name, module: id(module) in wanted)
-    names = {id(m): n for n, m in modules.items()}
-    lookup = dict(model.named_modules())
-    out = {}
-    for name, call in seen.inputs.items():
-        out[names[id(lookup[name])]] = next(iter(call.values()))
-    return out
 
 
 @dataclass
@@ -185,5 +171,5 @@ def unread_message(model: nn.Module, unread: dict, what: str, most: int = 6) -> 
             f"{'; '.join(items)}. Pass partial=True for the map of what was read.")
 
 
-__all__ = ["ContextGraph", "GraphNode", "check_image", "context_graph", "layer_names", "module_inputs",
-           "step_of", "unread_message", "untouched"]
+__all__ = ["ContextGraph", "GraphNode", "check_image", "context_graph", "layer_names", "step_of",
+           "unread_message"]

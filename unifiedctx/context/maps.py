@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..validation import check_int
+from ..validation import check_bool, check_int
 from .erf import erf_on_grid
-from ..validation import check_bool
 from .extract import check_image, context_graph
 from .rollout import check_partial, query_index, rollout_graph, token_centres
 from .steps import check_heads

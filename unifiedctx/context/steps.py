@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..inspection.records import ConvWindow
-from ..inspection.structure import window_of
 from ..validation import check_choice
 
 HEADS = ("mean", "max")
@@ -206,15 +205,19 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def conv_window(conv: nn.Conv2d, grid: tuple[int, int]) -> ConvWindow:
-    """The :class:`ConvWindow` of a torch ``nn.Conv2d`` (zero padding only) on input ``grid``."""
+def conv_window(conv: nn.Conv2d, grid: tuple[int, int] | None = None) -> ConvWindow:
+    """The :class:`ConvWindow` of a torch ``nn.Conv2d`` (zero padding only; ``grid`` is not needed)."""
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
     if conv.padding_mode != "zeros":
         raise ValueError(f"rollout handles zero-padded convolutions only, got padding_mode="
                          f"{conv.padding_mode!r}")
-    window = window_of(conv, tuple(grid))
-    return window if window is not None else ConvWindow(conv.weight.detach())
+    kernel, dilation = _pair(conv.kernel_size), _pair(conv.dilation)
+    if conv.padding == "same":
+        padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+    else:
+        padding = (0, 0) if conv.padding == "valid" else _pair(conv.padding)
+    return ConvWindow(conv.weight.detach(), _pair(conv.stride), padding, dilation)
 
 
 def window_step(name: str, conv: nn.Conv2d, grid: tuple[int, int], residual: bool = False) -> ContextStep:

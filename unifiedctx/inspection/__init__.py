@@ -34,9 +34,21 @@ Dropout and drop-path must be off (``module.eval()``) for the rebuild to be exac
 """
 
 from .families import FAMILIES, SUPPORTED, inspect
+from .layers import (
+    LayerAffinity,
+    layer_affinities,
+    mixer_components,
+    mixer_inputs,
+    mixer_layers,
+    mixing_weights,
+    record_affinities,
+    record_components,
+)
 from .network import NetworkInspection, inspect_model
 from .timm_mixer import activation_gate
+from .trace import Trace, trace
 from .view import AffinityView
 
-__all__ = ["FAMILIES", "SUPPORTED", "AffinityView", "NetworkInspection", "activation_gate", "inspect",
-           "inspect_model"]
+__all__ = ["FAMILIES", "SUPPORTED", "AffinityView", "LayerAffinity", "NetworkInspection", "Trace",
+           "activation_gate", "inspect", "inspect_model", "layer_affinities", "mixer_components", "mixer_inputs",
+           "mixer_layers", "mixing_weights", "record_affinities", "record_components", "trace"]

@@ -474,7 +474,7 @@ class Watcher(TorchFunctionMode):
 
     def _adapter_record(self, name, module, x, parent):
         from .families import _gpsa_view
-        from .structure import mixer_affinity, static_window
+        from .layers import mixer_affinity, static_window
         from .timm_mixer import inspect_timm_mixer_block
 
         here = self.call_name(name)

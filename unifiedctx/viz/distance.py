@@ -63,7 +63,7 @@ def model_distances(model, x: torch.Tensor, max_tokens: int | None = None, layer
     measures every k-th head only (``k = M // most_heads``), for the per-channel affinities of
     convolutions and token MLPs (hundreds of "heads"). The model is left as it was.
     """
-    from ..models.recording import layer_affinities
+    from ..inspection.layers import layer_affinities
 
     check_optional_positive_int("most_heads", most_heads)
     out = OrderedDict()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..context import erf_maps, rollout, rollout_maps
-from ..models.recording import LayerAffinity, layer_affinities, mixer_layers, untouched
+from ..inspection.layers import LayerAffinity, layer_affinities, mixer_layers, untouched
 from ..viz.scales import Scale, scale_for
 
 #: Layers of a network read through ``inspect_model`` with more tokens are left out of the explorer
