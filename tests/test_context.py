@@ -181,7 +181,8 @@ def test_container_light_is_local_in_its_static_stages_and_global_in_its_mixed_s
         else:
             start, size, jump = windows[node.parents[0]]
             window = node.step.window
-            k, pad, stride = ((window.weight.shape[-1], window.padding[0], window.stride[0]) if window is not None
+            k, pad, stride = ((window.weight.shape[-1], window.padding[0], window.stride[0])
+                              if window is not None
                               else (1, 0, 1))
             windows[index] = (start - pad * jump, size + (k - 1) * jump, jump * stride)
         h, w = node.tokens.grid

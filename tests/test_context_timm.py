@@ -76,7 +76,8 @@ def test_vit_rollout_is_abnar_zuidema_from_timms_own_attention_maps(class_token,
         layer = 0.5 * a.mean(1) + 0.5 * eye
         tokens = layer if tokens is None else layer @ tokens
     pixels = tokens[:, :, prefix:] @ patch_embedding(model, (8, 8), 32)  # prefix tokens come from no pixel
-    assert ours.grid == (8, 8) and ours.layers == ["patch_embed.proj", "blocks.0.attn", "blocks.0", "blocks.1.attn",
+    assert ours.grid == (8, 8) and ours.layers == ["patch_embed.proj", "blocks.0.attn", "blocks.0",
+                                                   "blocks.1.attn",
                                                    "blocks.1", "blocks.2.attn", "blocks.2"]
     err = (ours.maps - pixels[:, prefix:]).abs().max().item()
     assert err < TOL, err
@@ -101,7 +102,7 @@ def test_swin_shifted_windows_on_the_grid_rebuild_the_attention_branch():
     for h in hooks:
         h.remove()
     for i, block in enumerate(model.layers[0].blocks):
-        step = nodes[f"layers.0.blocks.{i}.attn"].step  # read at timm's fused SDPA call, laid out by the block
+        step = nodes[f"layers.0.blocks.{i}.attn"].step  # read at timm's fused SDPA, laid out by its block
         windows, local = step.windows
         a = windows.on_grid(local)  # (B, M, N, N) on the whole 14 x 14 grid
         assert a.shape == (1, 2, 196, 196)

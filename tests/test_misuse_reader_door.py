@@ -89,7 +89,8 @@ CASES = [
      ["signed", "str"]),
     ("rollout prefix negative", lambda: context.rollout(net(), image(), prefix_tokens=-2), ValueError,
      ["prefix_tokens", ">= 0"]),
-    ("rollout partial int", lambda: context.rollout(net(), image(), partial=1), TypeError, ["partial", "int"]),
+    ("rollout partial int", lambda: context.rollout(net(), image(), partial=1), TypeError,
+     ["partial", "int"]),
     ("rollout_maps partial str", lambda: context.rollout_maps(net(), image(), partial="yes"), TypeError,
      ["partial", "str"]),
     ("distance partial None", lambda: context.context_distance(net(), image(), partial=None), TypeError,
@@ -98,8 +99,10 @@ CASES = [
      ["every", "'layer'", "'block'"]),
     # context_graph(model, x, prefix_tokens=)
     ("context_graph model str", lambda: context.context_graph("net", image()), TypeError, ["model", "str"]),
-    ("context_graph x NaN", lambda: context.context_graph(net(), nan_image()), ValueError, ["x", "non-finite"]),
-    ("context_graph prefix bool", lambda: context.context_graph(net(), image(), prefix_tokens=True), TypeError,
+    ("context_graph x NaN", lambda: context.context_graph(net(), nan_image()), ValueError,
+     ["x", "non-finite"]),
+    ("context_graph prefix bool", lambda: context.context_graph(net(), image(), prefix_tokens=True),
+     TypeError,
      ["prefix_tokens", "bool"]),
     # effective_receptive_field(model, x, layer, query=, prefix_tokens=)
     ("erf call of a module called once", lambda: erf(net(), image(), "2#1"), ValueError,

@@ -78,7 +78,7 @@ def test_a_hand_written_softmax_attention_is_read_through_its_call():
     assert not graph.unread
     assert [n.kind for n in graph.nodes[1:]] == ["map", "map", "join", "map", "join"]
     own = [model[1].probs, model[2].probs]  # set by the graph's own forward pass
-    nodes = [n for n in graph.nodes if n.name in ("1", "2") and n.kind == "map"]  # "1": its attention, its sum
+    nodes = [n for n in graph.nodes if n.name in ("1", "2") and n.kind == "map"]  # not "1"'s sum
     for node, a in zip(nodes, own):
         assert (node.step.affinity - a).abs().max().item() < 1e-15
     eye = torch.eye(16, dtype=torch.float64)

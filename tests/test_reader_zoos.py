@@ -12,6 +12,7 @@ ERF. ``make timm-test`` runs it in ``.venv-timm`` with ``UNIFIEDCTX_REQUIRE_TIMM
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -66,7 +67,8 @@ VITS = {
 
 
 def image(side=32, batch=2, seed=0):
-    return torch.randn(batch, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, side, side, dtype=torch.float64, generator=gen)
 
 
 def attention_nodes(graph):
@@ -160,7 +162,8 @@ def tv_swin(v2=False):
     torch.manual_seed(0)
     sw = torchvision.models.swin_transformer
     extra = {"block": sw.SwinTransformerBlockV2, "downsample_layer": sw.PatchMergingV2} if v2 else {}
-    return perturbed(torchvision.models.SwinTransformer([2, 2], 16, [2, 2], [2, 2], [4, 4], num_classes=3, **extra))
+    model = torchvision.models.SwinTransformer([2, 2], 16, [2, 2], [2, 2], [4, 4], num_classes=3, **extra)
+    return perturbed(model)
 
 
 def test_hf_swin_windows_are_its_own_attentions():
@@ -176,12 +179,21 @@ def test_hf_swin_windows_are_its_own_attentions():
         assert windows.count == a.shape[0] // 2
     # the shifted block's layout: its (2, 2) shift, as torchvision's (whose rebuild is proved below)
     windows, _ = nodes["encoder.layers.0.blocks.1.attention"].step.windows
-    assert int(windows.window[0]) == 15 and int(windows.place[0]) == 10  # (0, 0) -> (14, 14): window 3x3, place 2x2
+    # (0, 0) rolled to (14, 14): window (3, 3) of the 4 x 4 windows, place (2, 2) in it
+    assert int(windows.window[0]) == 15 and int(windows.place[0]) == 10
 
 
 def store(into: dict, key: str, value) -> None:
     """Keep the first value seen under ``key`` (a hook that returns None: it changes nothing)."""
     into.setdefault(key, value)
+
+
+def keep_input(into: dict, key: str, module, args) -> None:
+    store(into, key, args[0])
+
+
+def keep_output(into: dict, key: str, module, args, output) -> None:
+    store(into, key, output)
 
 
 @pytest.mark.parametrize("v2", [False, True])
@@ -194,8 +206,8 @@ def test_torchvision_swin_windows_rebuild_the_attention_branch(v2):
         for i in range(2):
             block = model.features[stage][i]
             seen = {}
-            h1 = block.attn.register_forward_pre_hook(lambda m, a: store(seen, "u", a[0]))
-            h2 = block.attn.register_forward_hook(lambda m, a, y: store(seen, "y", y))
+            h1 = block.attn.register_forward_pre_hook(partial(keep_input, seen, "u"))
+            h2 = block.attn.register_forward_hook(partial(keep_output, seen, "y"))
             with torch.no_grad():
                 model(x)
             h1.remove()
@@ -227,8 +239,8 @@ def test_torchvision_maxvit_window_and_grid_partitions_rebuild_the_attention():
             continue
         seen = {}
         attn = module.attn_layer[1]
-        h1 = module.register_forward_pre_hook(lambda m, a: store(seen, "x", a[0]))
-        h2 = attn.register_forward_hook(lambda m, a, y: store(seen, "y", y))
+        h1 = module.register_forward_pre_hook(partial(keep_input, seen, "x"))
+        h2 = attn.register_forward_hook(partial(keep_output, seen, "y"))
         with torch.no_grad():
             model(x)
         h1.remove()
@@ -255,7 +267,8 @@ ERFS = {
     "tv_vit": (tv_vit, 32, "encoder.layers.encoder_layer_1", "tokens"),
     "tv_swin_v2": (lambda: tv_swin(True), 32, "features.3", "nhwc"),
     "tv_convnext": (lambda: perturbed(torchvision.models.ConvNeXt(
-        [torchvision.models.convnext.CNBlockConfig(8, 16, 1), torchvision.models.convnext.CNBlockConfig(16, None, 1)],
+        [torchvision.models.convnext.CNBlockConfig(8, 16, 1),
+         torchvision.models.convnext.CNBlockConfig(16, None, 1)],
         num_classes=3)), 32, "features.3", "nchw"),
     "tv_resnet": (lambda: perturbed(torchvision.models.resnet18(num_classes=3)), 32, "layer2", "nchw"),
     "tv_maxvit": (tv_maxvit, 64, "blocks.1", "nchw"),
@@ -297,7 +310,7 @@ def test_erf_is_autograds_input_gradient_and_the_whole_network_rolls_out(key):
     want = want / want.sum((1, 2), keepdim=True)
     got = context.effective_receptive_field(model, x, layer, query=query)
     assert (got - want).abs().max().item() < TOL
-    views = inspect_model(model, x)  # every view rebuilds its module's own output (attention: read at the call)
+    views = inspect_model(model, x)  # every view rebuilds its module's output (attention: read at its call)
     assert views and max(views.rebuild_errors().values()) < 1e-12
     r = context.rollout(model, x)  # the whole network, read without a gap
     assert not r.skipped and bool((r.maps >= 0).all())

@@ -32,7 +32,8 @@ from .rollout import (
 from .steps import ContextStep, ConvWindow, steps_from_affinities
 
 __all__ = [
-    "ContextGraph", "ContextStep", "ConvWindow", "GraphNode", "Rollout", "agreement", "compose", "compose_graph",
+    "ContextGraph", "ContextStep", "ConvWindow", "GraphNode", "Rollout", "agreement", "compose",
+    "compose_graph",
     "context_distance", "context_graph", "rollout_graph",
     "effective_receptive_field", "erf_maps", "map_distance", "mean_distance", "plot_context_map", "rollout",
     "rollout_maps", "rollout_steps",

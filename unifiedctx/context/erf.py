@@ -26,7 +26,8 @@ def find_module(model: nn.Module, layer, argument: str = "layer") -> nn.Module:
 
 
 def split_call(model: nn.Module, layer, argument: str = "layer") -> tuple[str, int | None]:
-    """``"name#k"`` -> ``("name", k)`` (call k of a module called several times), ``"name"`` -> ``("name", None)``;
+    """``"name#k"`` -> ``("name", k)`` (call k of a module called several times), ``"name"`` ->
+    ``("name", None)``;
     the module must exist."""
     if isinstance(layer, str) and "#" in layer:
         name, _, call = layer.rpartition("#")
@@ -108,7 +109,8 @@ def erf_on_grid(model: nn.Module, x: torch.Tensor, layer: str, query=None, prefi
                             stop_at=name if call is not None else None)
         runs = seen.calls.get(name, 0)
         if call is None and runs > 1 and not seen.stopped:
-            raise ValueError(f"layer={layer!r} runs {runs} times in model(x) (weight sharing, a loop): name the "
+            raise ValueError(f"layer={layer!r} runs {runs} times in model(x) (weight sharing, a loop): name "
+                             f"the "
                              f"call, {', '.join(repr(f'{name}#{k}') for k in range(runs))}")
         if name not in seen.outputs:
             raise ValueError(f"layer={layer!r} did not run in model(x)" if not runs else

@@ -104,7 +104,8 @@ class ContextGraph:
             names = layer_names(self.names())
             close = difflib.get_close_matches(upto, names, n=4, cutoff=0.5)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"upto={upto!r} is not a layer of this model.{hint} Layers: {', '.join(self.names())}")
+            raise ValueError(f"upto={upto!r} is not a layer of this model.{hint} Layers: "
+                             f"{', '.join(self.names())}")
         return inside[-1]
 
 
@@ -157,7 +158,8 @@ def context_graph(model: nn.Module, x: torch.Tensor, prefix_tokens: int | None =
             nodes.append(GraphNode(record.name, "join", None, node.parents, node.scales, node.prefixes,
                                    record.tokens, record.module_type))
         else:
-            nodes.append(GraphNode(record.name, "map", step_of(record), node.parents, node.scales, node.prefixes,
+            nodes.append(GraphNode(record.name, "map", step_of(record), node.parents, node.scales,
+                                   node.prefixes,
                                    node.tokens_out, record.module_type))
     return ContextGraph(nodes, tuple(x.shape[-2:]), found.unread)
 

@@ -192,7 +192,8 @@ def rollout_steps(steps: Sequence[ContextStep], input_grid, upto: str | None = N
 
 def rollout_graph(graph: ContextGraph, upto: str | None = None, heads: str = "mean", signed: bool = False,
                   rows=None) -> Rollout:
-    """The rollout of a :class:`~unifiedctx.context.extract.ContextGraph` to node ``upto`` (see :func:`rollout`).
+    """The rollout of a :class:`~unifiedctx.context.extract.ContextGraph` to node ``upto`` (see
+    :func:`rollout`).
 
     Computed backwards from ``upto``, as autograd would: the rows ``T`` of the target (the identity, or only
     ``rows``: token indices, prefix tokens counted) are carried to every node they reach, ``T @ S`` through a
@@ -206,7 +207,8 @@ def rollout_graph(graph: ContextGraph, upto: str | None = None, heads: str = "me
     target = nodes[last].tokens
     n_out = target.tokens
     eye = torch.eye(n_out, dtype=graph.dtype)
-    carried = {last: (eye if rows is None else eye[torch.as_tensor(rows, dtype=torch.long).reshape(-1)])[None]}
+    start = eye if rows is None else eye[torch.as_tensor(rows, dtype=torch.long).reshape(-1)]
+    carried = {last: start[None]}
     for index in range(last, 0, -1):
         t = carried.pop(index, None)
         if t is None:
@@ -230,7 +232,8 @@ def rollout_graph(graph: ContextGraph, upto: str | None = None, heads: str = "me
                         graph.input_grid[0] * graph.input_grid[1], dtype=graph.dtype)
     p = target.prefix if rows is None else 0
     names = [n.name for n in nodes[1:last + 1]]
-    return Rollout(r[:, p:], tuple(target.grid), tuple(graph.input_grid), names, heads, bool(signed), r[:, :p])
+    return Rollout(r[:, p:], tuple(target.grid), tuple(graph.input_grid), names, heads, bool(signed),
+                   r[:, :p])
 
 
 def check_partial(graph: ContextGraph, model: nn.Module, partial, what: str) -> None:
@@ -264,7 +267,8 @@ def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: s
             ``Rollout.skipped``). Without it such a network is refused by name.
 
     Returns:
-        :class:`Rollout` with ``maps`` ``(B, N_upto, H_in * W_in)``, ``prefix_maps``, ``grid``, ``input_grid``,
+        :class:`Rollout` with ``maps`` ``(B, N_upto, H_in * W_in)``, ``prefix_maps``, ``grid``,
+        ``input_grid``,
         ``layers`` (every node composed, joins included) and ``skipped`` (the token mixing not read).
 
     Raises:
@@ -280,7 +284,8 @@ def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: s
     graph = context_graph(model, x, prefix_tokens)
     check_partial(graph, model, partial, "the rollout")
     if len(graph.nodes) < 2:
-        raise ValueError(f"{type(model).__name__} has no layer that moves context between tokens (no attention, "
+        raise ValueError(f"{type(model).__name__} has no layer that moves context between tokens (no "
+                         f"attention, "
                          f"mixer, convolution or pooling over the grid)")
     graph.resolve(upto)  # a bad name fails before any matrix is built
     out = rollout_graph(graph, upto, heads, signed)

@@ -50,5 +50,6 @@ from .trace import Trace, trace
 from .view import AffinityView
 
 __all__ = ["FAMILIES", "SUPPORTED", "AffinityView", "LayerAffinity", "NetworkInspection", "Trace",
-           "activation_gate", "inspect", "inspect_model", "layer_affinities", "mixer_components", "mixer_inputs",
+           "activation_gate", "inspect", "inspect_model", "layer_affinities", "mixer_components",
+           "mixer_inputs",
            "mixer_layers", "mixing_weights", "record_affinities", "record_components", "trace"]

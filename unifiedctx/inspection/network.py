@@ -231,7 +231,8 @@ def _read_at_the_call(model, x, result, viewed, select, max_tokens, prefix_token
     for entry in found.attention:
         name = entry.module
         if entry.call is None or entry.values is None or name in result or \
-                any(v == "" or name.startswith(v + ".") for v in viewed) or not select(name, lookup.get(name, model)):
+                any(v == "" or name.startswith(v + ".") for v in viewed) or \
+                not select(name, lookup.get(name, model)):
             continue
         made[name] = made.get(name, 0) + 1
         if made[name] > 1:
@@ -240,11 +241,12 @@ def _read_at_the_call(model, x, result, viewed, select, max_tokens, prefix_token
             continue
         n = entry.affinity.shape[-1]
         if max_tokens is not None and n > max_tokens:
-            result.skipped[name] = f"{n} tokens > max_tokens={max_tokens} (its N x N affinity would be too big)"
+            result.skipped[name] = f"{n} tokens > max_tokens={max_tokens} (its N x N affinity: too big)"
             continue
         tokens = entry.tokens
         windowed = entry.windows is not None
-        view = AffinityView(entry.values, entry.affinity, entry.substituted, None if windowed else tokens.grid,
+        view = AffinityView(entry.values, entry.affinity, entry.substituted,
+                            None if windowed else tokens.grid,
                             "dynamic", int(entry.affinity.shape[1]), type(lookup.get(name, model)).__name__,
                             0 if windowed else tokens.prefix)
         view.pixel_stride = (x.shape[-2] / tokens.grid[0], x.shape[-1] / tokens.grid[1])

@@ -71,7 +71,8 @@ def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
 
 def kernel_rows(kernels: torch.Tensor, grid, dilation, queries: torch.Tensor) -> torch.Tensor:
     """Rows ``queries`` of ``local_affinity(kernels, grid, dilation)`` without it: ``(1, M, Q, N)``, each the
-    kernel ``(M, kh, kw)`` placed centred at its query (entries off the grid dropped, as zero padding does)."""
+    kernel ``(M, kh, kw)`` placed centred at its query (entries off the grid dropped, as zero padding
+    does)."""
     heads, kh, kw = kernels.shape
     dy, dx = pair(dilation)
     h, w = grid

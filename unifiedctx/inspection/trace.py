@@ -1,6 +1,7 @@
 """The forward pass as a graph of token maps, read while it happens: nothing that mixes tokens goes unseen.
 
-:func:`trace` runs ``model(x)`` once through the one reader (:func:`~unifiedctx.inspection.reader.forward_pass`)
+:func:`trace` runs ``model(x)`` once through the one reader
+(:func:`~unifiedctx.inspection.reader.forward_pass`)
 with a :class:`torch.overrides.TorchFunctionMode` that sees every torch call. Each call is attributed to the
 module running it (the innermost one, with its call number: a module called twice gives two steps), and
 every tensor on the token path carries a label: the node of the graph it comes from, and (for the signed
@@ -34,15 +35,34 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..mixers.base import AffinityMixer
+from .attention_call import (
+    _MHA_ARGS,
+    _SDPA_ARGS,
+    MATMULS,
+    PASS_PROBS,
+    AttentionCall,
+    mha_affinity,
+    softmax_of,
+)
 from .records import AffinityRecord, ConvWindow, JoinRecord, TokenGrid, WindowRecord
 from .view import pair
+from .windows import (
+    Windows,
+    find_ancestor,
+    grid_places,
+    is_maxvit_partition,
+    is_patch_merging,
+    is_windowed,
+    merging_window,
+    plain_int,
+    window_layout,
+    window_places,
+)
 
 #: Prefix-token counts tried, in order, when a token sequence is not a whole grid.
 MAX_PREFIX_TOKENS = 8
@@ -51,9 +71,6 @@ ADDS = {"add", "add_", "__add__", "__radd__", "__iadd__"}
 SUBS = {"sub", "sub_", "__sub__", "__rsub__", "__isub__", "subtract", "rsub"}
 MULS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply"}
 DIVS = {"div", "div_", "__truediv__", "__itruediv__", "true_divide", "divide"}
-#: Calls that pass a softmax result on unchanged (eager attention's dtype cast and dropout).
-PASS_PROBS = {"to", "type_as", "float", "double", "half", "contiguous", "dropout", "clone", "detach"}
-MATMULS = {"matmul", "__matmul__", "bmm", "einsum"}
 REDUCTIONS = {"mean", "sum", "amax", "max", "nanmean", "logsumexp"}
 #: Calls that move tokens on the grid; read only inside a windowed block (Swin's shift and padding).
 MOVES = {"roll": "a roll of the tokens", "pad": "padding of the grid",
@@ -96,7 +113,8 @@ def prefix_candidates(model: nn.Module, prefix_tokens: int | None) -> list[int]:
 
 
 def is_token_count(n: int, tokens: TokenGrid) -> bool:
-    """``n`` is the number of tokens on ``tokens``' grid, with up to :data:`MAX_PREFIX_TOKENS` prefix tokens."""
+    """``n`` is the number of tokens on ``tokens``' grid, with up to :data:`MAX_PREFIX_TOKENS` prefix
+    tokens."""
     grid = tokens.grid[0] * tokens.grid[1]
     return grid > 1 and 0 <= n - grid <= max(MAX_PREFIX_TOKENS, tokens.prefix)
 
@@ -121,31 +139,6 @@ class TraceNode:
     scales: tuple[float, ...] = ()
     prefixes: tuple[int, ...] = ()
     tokens_out: TokenGrid | None = None
-
-
-@dataclass
-class AttentionCall:
-    """What an attention call gave: its module call, ``A`` ``(Bq, M, n, n)`` and ``V`` ``(Bq, M, n, d)``, and
-    the node it became (None when it was not read: then ``Trace.unread`` says why)."""
-
-    module: str
-    affinity: torch.Tensor
-    values: torch.Tensor | None
-    node: int | None
-    function: str
-    call: tuple | None = None  # (module, args, kwargs) of the module call that ran it (keep_values)
-    index: int = 0  # which call of ``function`` in that module call
-    out_shape: tuple | None = None
-    output: object = None  # the module call's output
-    windows: object = None
-
-    def substituted(self, z: torch.Tensor):
-        """The module call rerun with this attention's result replaced by ``z = A @ V`` ``(Bq, M, n, d)``:
-        everything the module does after its attention (merging heads, the output projection, ...) applied
-        to ``z``. Equals the module's own output when ``z`` is the attention's own."""
-        module, args, kwargs = self.call
-        with _Substitute(self.function, self.index, z, self.out_shape):
-            return module(*args, **kwargs)
 
 
 @dataclass
@@ -187,95 +180,6 @@ def _tensors(value):
             yield from _tensors(v)
 
 
-def window_layout(module: nn.Module, grid) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``(window, shift)`` of a windowed block on ``grid`` as Swin's three implementations run it: a window
-    as large as the grid side becomes that side and its shift 0 (timm at build time, torchvision and Hugging
-    Face at run time)."""
-    window, shift = pair(_plain(module.window_size)), pair(_plain(module.shift_size))
-    window = tuple(min(w, g) for w, g in zip(window, grid))
-    shift = tuple(0 if w >= g else s for w, s, g in zip(window, shift, grid))
-    return window, shift
-
-
-def _plain(v):
-    if isinstance(v, torch.Tensor):
-        return tuple(int(t) for t in v.reshape(-1)) if v.numel() > 1 else int(v)
-    if isinstance(v, (list, tuple)):
-        return tuple(int(t) for t in v)
-    return int(v)
-
-
-def window_places(grid, window, shift) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(window index, place in window)`` of every grid token ``(N,)`` after the cyclic shift: token
-    ``(y, x)`` sits at ``((y - sy) mod H, (x - sx) mod W)``, in window ``(y' // wh, x' // ww)``."""
-    (h, w), (wh, ww), (sy, sx) = tuple(grid), tuple(window), tuple(shift)
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    ys, xs = ((ys - sy) % h).reshape(-1), ((xs - sx) % w).reshape(-1)
-    return (ys // wh) * (w // ww) + xs // ww, (ys % wh) * ww + xs % ww
-
-
-def grid_places(grid, partition) -> tuple[torch.Tensor, torch.Tensor]:
-    """MaxViT's grid partition: token ``(y, x)`` of an ``(H, W)`` grid cut into ``p x p`` "grid windows" is
-    in window ``(y mod (H/p), x mod (W/p))`` at place ``(y // (H/p), x // (W/p))``."""
-    (h, w), (ph, pw) = tuple(grid), tuple(partition)
-    gh, gw = h // ph, w // pw
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)
-    return (ys % gh) * gw + xs % gw, (ys // gh) * pw + xs // gw
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Where each grid token sits in a windowed attention's ``(B * nW, M, n, n)`` affinity."""
-
-    window: torch.Tensor  # (N,) window index of each grid token
-    place: torch.Tensor  # (N,) place inside its window
-    count: int  # windows per image
-
-    def on_grid(self, affinity: torch.Tensor) -> torch.Tensor:
-        """The window affinities laid out on the whole grid, ``(B, M, N, N)`` (0 between windows)."""
-        per_image = rearrange(affinity, "(b nw) m i j -> b nw m i j", nw=self.count)
-        full = per_image[:, self.window[:, None], :, self.place[:, None], self.place[None, :]]  # (N, N, B, M)
-        same = (self.window[:, None] == self.window[None, :]).to(affinity.dtype)
-        return rearrange(full * same[:, :, None, None], "i j b m -> b m i j")
-
-    def rows(self, affinity: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Rows ``queries`` of :meth:`on_grid` without building it: ``(B, M, len(queries), N)``."""
-        per_image = rearrange(affinity, "(b nw) m i j -> b nw m i j", nw=self.count)
-        w_q, p_q = self.window[queries], self.place[queries]
-        picked = per_image[:, w_q[:, None], :, p_q[:, None], self.place[None, :]]  # (Q, N, B, M)
-        same = (w_q[:, None] == self.window[None, :]).to(affinity.dtype)
-        return rearrange(picked * same[:, :, None, None], "q n b m -> b m q n")
-
-
-def _find_ancestor(stack, test):
-    for name, module, _ in reversed(stack):
-        if test(module):
-            return name, module
-    return None
-
-
-def _is_maxvit_partition(module) -> bool:
-    return hasattr(module, "partition_type") and hasattr(module, "p") and hasattr(module, "grid_size")
-
-
-def _is_windowed(module) -> bool:
-    return hasattr(module, "window_size") and hasattr(module, "shift_size")
-
-
-def _is_patch_merging(module) -> bool:
-    return type(module).__name__ in ("PatchMerging", "PatchMergingV2", "SwinPatchMerging") and \
-        isinstance(getattr(module, "reduction", None), nn.Linear)
-
-
-def _merging_window(module) -> ConvWindow:
-    """A patch merging: a 2x2 stride-2 window whose kernel is the reduction's weight per place. timm
-    reshapes to ``(dx, dy, c)``; torchvision and Hugging Face concatenate ``x[0::2, 0::2]``,
-    ``x[1::2, 0::2]``, ``x[0::2, 1::2]``, ``x[1::2, 1::2]``: the same order."""
-    weight = module.reduction.weight.detach()  # (out, 4 C)
-    return ConvWindow(rearrange(weight, "o (dx dy c) -> o c dy dx", dx=2, dy=2), (2, 2), (0, 0), (1, 1))
-
-
 def _is_convit_gpsa(module) -> bool:
     cls = type(module)
     return cls.__module__.startswith("timm.") and cls.__name__ == "GPSA"
@@ -287,67 +191,9 @@ def _is_timm_mixer_tokens(name: str, module, parent) -> bool:
         name.endswith(".mlp_tokens")
 
 
-def softmax_of(q, k, scale=None, mask=None, is_causal=False, gqa=False) -> torch.Tensor:
-    """``softmax(q k^T s + mask)`` as ``F.scaled_dot_product_attention`` computes it (``s`` default
-    ``1/sqrt(d)``; a boolean mask keeps True; causal keeps the lower triangle; GQA repeats k's heads)."""
-    if gqa and k.shape[-3] != q.shape[-3]:
-        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale
-    if is_causal:
-        keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~keep, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return scores.softmax(-1)
-
-
-def mha_affinity(call: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(A (B, M, L, S), V (B, M, S, d), extra keys)`` of one ``F.multi_head_attention_forward`` call (its
-    arguments by name): the in-projection, ``bias_k`` / ``bias_v``, ``add_zero_attn``, the masks."""
-    query, key, value = call["query"], call["key"], call["value"]
-    e, m = call["embed_dim_to_check"], call["num_heads"]
-    batched = query.dim() == 3
-    q_in, k_in, v_in = (t if batched else t[:, None] for t in (query, key, value))  # (L, B, E)
-    if call.get("use_separate_proj_weight"):
-        wq, wk, wv = call["q_proj_weight"], call["k_proj_weight"], call["v_proj_weight"]
-    else:
-        wq, wk, wv = call["in_proj_weight"].chunk(3)
-    bias = call.get("in_proj_bias")
-    bq, bk, bv = (None,) * 3 if bias is None else bias.chunk(3)
-    heads = lambda t: rearrange(t, "n b (m d) -> b m n d", m=m)  # noqa: E731
-    q, k, v = heads(F.linear(q_in, wq, bq)), heads(F.linear(k_in, wk, bk)), heads(F.linear(v_in, wv, bv))
-    extra = 0
-    if call.get("bias_k") is not None:
-        bsz = q.shape[0]
-        k = torch.cat([k, heads(call["bias_k"].view(1, 1, e).expand(1, bsz, e))], dim=2)
-        v = torch.cat([v, heads(call["bias_v"].view(1, 1, e).expand(1, bsz, e))], dim=2)
-        extra += 1
-    if call.get("add_zero_attn"):
-        k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))
-        extra += 1
-    mask = call.get("attn_mask")
-    pad = call.get("key_padding_mask")
-    if pad is not None:
-        pad = pad.bool() if pad.dtype != torch.bool else pad
-        pad = F.pad(pad, (0, extra)) if extra else pad
-        keep = ~pad[:, None, None, :]
-        mask = keep if mask is None else (mask & keep if mask.dtype == torch.bool else
-                                          mask.masked_fill(~keep, float("-inf")))
-    elif mask is not None and mask.dtype == torch.bool:
-        mask = ~mask  # nn.MultiheadAttention's boolean mask marks what is *not* attended
-    if mask is not None and mask.dtype != torch.bool and extra:
-        mask = F.pad(mask, (0, extra))
-    return softmax_of(q, k, e // m and (e // m) ** -0.5, mask, bool(call.get("is_causal"))), v, extra
-
-
-_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
-             "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
-             "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
-             "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal")
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+              "divisor_override")
 _MAXPOOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
 
@@ -368,7 +214,8 @@ class Watcher(TorchFunctionMode):
         self.candidates = prefix_candidates(model, prefix_tokens)
         self.keep_values = keep_values
         self.lookup = dict(model.named_modules())
-        self.parents = {name: self.lookup[name.rsplit(".", 1)[0]] if "." in name else (model if name else None)
+        self.parents = {name: self.lookup[name.rsplit(".", 1)[0]] if "." in name else
+                        (model if name else None)
                         for name in self.lookup}
         self.constants = WeakIdKeyDictionary()
         for t in (*model.parameters(), *model.buffers()):
@@ -385,7 +232,7 @@ class Watcher(TorchFunctionMode):
         self.node_calls: list[tuple[str, int]] = [("", 0)]
         self.pending: list[tuple[str, str]] = []  # softmaxes over tokens not (yet) used by a matmul
         self._block_inputs: dict[str, torch.Tensor] = {}
-        self.frames: list[dict] = []  # per running module call, with keep_values: its arguments (a view's rerun)
+        self.frames: list[dict] = []  # per running module call with keep_values: its arguments (a rerun)
 
     # ---- where we are ----------------------------------------------------------------------------
     def here(self) -> tuple[str, int]:
@@ -407,7 +254,8 @@ class Watcher(TorchFunctionMode):
 
     def add_node(self, record, parents, scales, prefixes, tokens_out) -> int:
         index = len(self.nodes)
-        self.nodes.append(TraceNode(index, record, tuple(parents), tuple(scales), tuple(prefixes), tokens_out))
+        self.nodes.append(TraceNode(index, record, tuple(parents), tuple(scales), tuple(prefixes),
+                                    tokens_out))
         self.node_calls.append(self.here())
         return index
 
@@ -426,7 +274,8 @@ class Watcher(TorchFunctionMode):
         call = self.calls.get(name, 0)
         self.calls[name] = call + 1
         self.stack.append((name, module, call))
-        self.frames.append({"args": args, "kwargs": kwargs, "counts": {}, "entries": []} if self.keep_values else {})
+        frame = {"args": args, "kwargs": kwargs, "counts": {}, "entries": []} if self.keep_values else {}
+        self.frames.append(frame)
         if type(module).__name__ == "MixerBlock" and args and isinstance(args[0], torch.Tensor):
             self._block_inputs[name] = args[0]
         if self.covering is None and self._adapter(name, module) is not None:
@@ -447,7 +296,7 @@ class Watcher(TorchFunctionMode):
                 self.covering = None
 
     def _adapter(self, name, module):
-        if isinstance(module, AffinityMixer) or _is_patch_merging(module) or _is_convit_gpsa(module):
+        if isinstance(module, AffinityMixer) or is_patch_merging(module) or _is_convit_gpsa(module):
             return module
         if _is_timm_mixer_tokens(name, module, self.parents.get(name)):
             return module
@@ -478,9 +327,9 @@ class Watcher(TorchFunctionMode):
         from .timm_mixer import inspect_timm_mixer_block
 
         here = self.call_name(name)
-        if _is_patch_merging(module):
+        if is_patch_merging(module):
             grid = (int(x.shape[1]), int(x.shape[2])) if x.dim() == 4 else parent.grid
-            window = _merging_window(module)
+            window = merging_window(module)
             return (WindowRecord(here, TokenGrid(grid), TokenGrid(window.out_grid(grid)), window,
                                  type(module).__name__), TokenGrid(grid), TokenGrid(window.out_grid(grid)))
         if isinstance(module, AffinityMixer):
@@ -495,7 +344,8 @@ class Watcher(TorchFunctionMode):
         if _is_convit_gpsa(module):
             xi = x.detach()
             view = _gpsa_view(module, xi)
-            return AffinityRecord(here, TokenGrid(view.grid), "ConViT GPSA", lambda: view.affinity.detach()), \
+            read = view.affinity.detach
+            return AffinityRecord(here, TokenGrid(view.grid), "ConViT GPSA", read), \
                 TokenGrid(view.grid), TokenGrid(view.grid)
         # timm MixerBlock's token MLP: the block's view, read from the block's input
         block = self.parents[name]
@@ -623,7 +473,7 @@ class Watcher(TorchFunctionMode):
                 self.probs[t] = self.probs[src]
 
     def _in_windowed_block(self) -> bool:
-        return _find_ancestor(self.stack, lambda m: _is_windowed(m) or _is_maxvit_partition(m)) is not None
+        return find_ancestor(self.stack, lambda m: is_windowed(m) or is_maxvit_partition(m)) is not None
 
     def token_axes(self, t: torch.Tensor) -> set[int]:
         """The axes of ``t`` that run over its tokens (empty when it cannot be told): the grid's two axes of
@@ -673,23 +523,24 @@ class Watcher(TorchFunctionMode):
             raise _NoRead(f"an attention over {bq} sequences of {n} tokens for {self.batch} images: not one "
                           f"grid, and no windowed block declares its layout")
         count = bq // self.batch
-        found = _find_ancestor(self.stack, _is_windowed)
-        maxvit = _find_ancestor(self.stack, _is_maxvit_partition)
+        found = find_ancestor(self.stack, is_windowed)
+        maxvit = find_ancestor(self.stack, is_maxvit_partition)
         if found is not None:
             window, shift = window_layout(found[1], grid)
             if grid[0] % window[0] or grid[1] % window[1]:
-                raise _NoRead(f"the {grid[0]}x{grid[1]} grid is not a whole number of {window[0]}x{window[1]} "
+                raise _NoRead(f"the {grid[0]}x{grid[1]} grid is not a whole number of "
+                              f"{window[0]}x{window[1]} "
                               f"windows (padded windows are not read)")
             places = window_places(grid, window, shift)
         elif maxvit is not None:
             block = maxvit[1]
-            p = pair(_plain(block.p))
+            p = pair(plain_int(block.p))
             if grid[0] % p[0] or grid[1] % p[1]:
                 raise _NoRead(f"the {grid} grid is not a whole number of {p} partitions")
             if block.partition_type == "window":  # p x p windows
                 places = window_places(grid, p, (0, 0))
             else:  # a p x p grid of windows, each of g x g tokens spread over the whole grid
-                places = grid_places(grid, pair(_plain(block.g)))
+                places = grid_places(grid, pair(plain_int(block.g)))
         else:
             raise _NoRead(f"an attention over {bq} windows of {n} tokens for {self.batch} images, and no "
                           f"block above it declares window_size / shift_size (its layout on the grid is not "
@@ -717,7 +568,8 @@ class Watcher(TorchFunctionMode):
         entry.tokens = tokens
         detached = a.detach()
         read = (lambda: windows.on_grid(detached)) if windows is not None else (lambda: detached)
-        record = AffinityRecord(self.call_name(name), tokens, type(self.lookup.get(name, self.model)).__name__,
+        record = AffinityRecord(self.call_name(name), tokens,
+                                type(self.lookup.get(name, self.model)).__name__,
                                 read, None if windows is None else (windows, detached))
         entry.node = self.add_node(record, [v_label.node], [v_label.scale], [tokens.prefix], tokens)
         for t in _tensors(out):
@@ -801,7 +653,8 @@ class Watcher(TorchFunctionMode):
             hits = [sizes[ch] for ch in summed if ch in sizes and layout is not None and
                     is_token_count(sizes[ch], layout)]
             if hits and not out_square and not any(t in self.constants for t in operands):
-                raise _NoRead(f"an einsum '{equation}' that sums over the {hits[0]} tokens with no softmax (not "
+                raise _NoRead(f"an einsum '{equation}' that sums over the {hits[0]} tokens with no softmax "
+                              f"(not "
                               f"an attention the reader reads: a linear attention?)")
         return self._same(labelled, [out], "einsum", args)
 
@@ -811,12 +664,14 @@ class Watcher(TorchFunctionMode):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() < 2 or b.dim() < 2:
             return
         tokens = self.layout(a) or self.layout(b)
-        if int(a.shape[-2]) == int(b.shape[-1]) and tokens is not None and is_token_count(int(a.shape[-2]), tokens):
+        square = int(a.shape[-2]) == int(b.shape[-1])
+        if square and tokens is not None and is_token_count(int(a.shape[-2]), tokens):
             return  # (n, n) over the tokens: q k^T, scores that a softmax turns into an attention
         over = (a in self.labels and a.dim() - 1 in self.token_axes(a)) or \
             (b in self.labels and b.dim() - 2 in self.token_axes(b))
         if over:
-            raise _NoRead(f"a matmul that sums over the {int(a.shape[-1])} tokens with no softmax before it (not "
+            raise _NoRead(f"a matmul that sums over the {int(a.shape[-1])} tokens with no softmax before it "
+                          f"(not "
                           f"an attention the reader reads: a linear attention, a learned token matrix?)")
 
     def _join_or_miss(self, fname, labelled, outputs):
@@ -882,7 +737,8 @@ class Watcher(TorchFunctionMode):
         parent = self.nodes[label.node].tokens_out
         grid = (int(x.shape[-2]), int(x.shape[-1]))
         if parent is not None and grid != tuple(parent.grid):
-            raise _NoRead(f"a {kind} on a {grid} grid but its tokens came on {tuple(parent.grid)} (a padding or "
+            raise _NoRead(f"a {kind} on a {grid} grid but its tokens came on {tuple(parent.grid)} (a "
+                          f"padding or "
                           f"crop between them is not read)")
         name, _ = self.here()
         module = self.lookup.get(name, self.model)
@@ -912,7 +768,7 @@ class Watcher(TorchFunctionMode):
         if len(prefixes) > 1:
             raise _NoRead(f"{fname} of token paths with different prefix tokens {sorted(prefixes)}")
         parents, scales = [], []
-        for t, label, i in firsts.values():
+        for _, label, i in firsts.values():
             parents.append(label.node)
             scales.append(label.scale * (sign if (fname in SUBS and i > 0) else 1.0))
         name, _ = self.here()
@@ -922,37 +778,6 @@ class Watcher(TorchFunctionMode):
         node = self.add_node(record, parents, scales, [tokens.prefix] * len(parents), tokens)
         for t in outputs:
             self.labels[t] = Label(node)
-
-
-class _Substitute(TorchFunctionMode):
-    """Replaces the ``index``-th attention call of kind ``function`` by ``z`` (see ``AttentionCall.substituted``):
-    an SDPA call, or a matmul whose first operand is a softmax's result (followed as the trace follows it)."""
-
-    def __init__(self, function: str, index: int, z: torch.Tensor, shape):
-        super().__init__()
-        self.sdpa = function == "scaled_dot_product_attention"
-        self.index, self.z, self.shape, self.seen = index, z, shape, 0
-        self.probs = WeakIdKeyDictionary()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        hit = name == "scaled_dot_product_attention" if self.sdpa else (name in MATMULS and self._probs_first(name, args))
-        if hit:
-            self.seen += 1
-            if self.seen - 1 == self.index:
-                return self.z.reshape(self.shape) if self.shape is not None else self.z
-        out = func(*args, **(kwargs or {}))
-        if name in ("softmax", "_softmax") or (name in PASS_PROBS and args and isinstance(args[0], torch.Tensor)
-                                               and args[0] in self.probs):
-            if isinstance(out, torch.Tensor):
-                self.probs[out] = True
-        return out
-
-    def _probs_first(self, name, args) -> bool:
-        operands = args[1:] if name == "einsum" else args
-        if name == "einsum" and len(operands) == 1:
-            operands = operands[0]
-        return bool(operands) and isinstance(operands[0], torch.Tensor) and operands[0] in self.probs
 
 
 class _NoRead(Exception):
