@@ -17,7 +17,6 @@ and the global RNG state is restored.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -25,10 +24,9 @@ from torch import nn
 
 from .families import FAMILIES, Family, NoView, family_of
 from .reader import check_door, forward_pass, select_layers
-from .view import AffinityView, check_prefix, pair
-
-#: Prefix-token counts tried, in order, when a token layer's sequence is not a whole grid.
-MAX_PREFIX_TOKENS = 8
+from .trace import MAX_PREFIX_TOKENS, prefix_candidates, tiling_grid
+from .trace import prefix_and_grid as _prefix_and_grid
+from .view import AffinityView, pair
 
 
 class NetworkInspection(OrderedDict):
@@ -72,16 +70,6 @@ class NetworkInspection(OrderedDict):
                            for name, v in self.items() if v.grid is not None)
 
 
-def tiling_grid(n: int, image_size) -> tuple[int, int] | None:
-    """The ``(h, w)`` grid of ``n`` tokens that tiles ``image_size`` with one square stride, or None."""
-    big_h, big_w = image_size
-    if n <= 0:
-        return None
-    stride = math.sqrt(big_h * big_w / n)
-    h, w = max(1, round(big_h / stride)), max(1, round(big_w / stride))
-    return (h, w) if h * w == n else None
-
-
 def _skip_reason(module: nn.Module) -> str:
     """Why a module that ran has no view (for the modules no family reads)."""
     if isinstance(module, nn.Linear):
@@ -93,24 +81,6 @@ def _skip_reason(module: nn.Module) -> str:
     if not any(True for _ in module.parameters(recurse=False)) and not list(module.children()):
         return f"{type(module).__name__}: a per-element or reshaping layer (no token mixing)"
     return f"{type(module).__name__}: no affinity view (not a type inspect supports)"
-
-
-def _prefix_and_grid(n: int, image_size, candidates) -> tuple[int, tuple[int, int]] | None:
-    for p in candidates:
-        grid = tiling_grid(n - p, image_size)
-        if grid is not None:
-            return p, grid
-    return None
-
-
-def prefix_candidates(model: nn.Module, prefix_tokens: int | None) -> list[int]:
-    """The prefix-token counts to try for a token layer: ``[prefix_tokens]`` when given, else
-    ``model.num_prefix_tokens`` (timm) first, then 0 .. :data:`MAX_PREFIX_TOKENS`."""
-    if prefix_tokens is not None:
-        return [check_prefix(prefix_tokens)]
-    own = getattr(model, "num_prefix_tokens", None)
-    own = [own] if isinstance(own, int) and not isinstance(own, bool) and own >= 0 else []
-    return own + list(range(MAX_PREFIX_TOKENS + 1))
 
 
 def _token_context(family: Family, module, x, image_size, prefix_candidates):

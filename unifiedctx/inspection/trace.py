@@ -50,7 +50,7 @@ from .attention_call import (
     softmax_of,
 )
 from .records import AffinityRecord, ConvWindow, JoinRecord, TokenGrid, WindowRecord
-from .view import pair
+from .view import check_prefix, pair
 from .windows import (
     Windows,
     find_ancestor,
@@ -106,7 +106,7 @@ def prefix_candidates(model: nn.Module, prefix_tokens: int | None) -> list[int]:
     """The prefix-token counts to try for a token layer: ``[prefix_tokens]`` when given, else
     ``model.num_prefix_tokens`` (timm) first, then 0 .. :data:`MAX_PREFIX_TOKENS`."""
     if prefix_tokens is not None:
-        return [prefix_tokens]
+        return [check_prefix(prefix_tokens)]
     own = getattr(model, "num_prefix_tokens", None)
     own = [own] if isinstance(own, int) and not isinstance(own, bool) and own >= 0 else []
     return own + list(range(MAX_PREFIX_TOKENS + 1))
