@@ -312,8 +312,29 @@ def test_erf_is_autograds_input_gradient_and_the_whole_network_rolls_out(key):
     assert (got - want).abs().max().item() < TOL
     views = inspect_model(model, x)  # every view rebuilds its module's output (attention: read at its call)
     assert views and max(views.rebuild_errors().values()) < 1e-12
+    for name, view in views.items():  # a view read at the call rebuilds from its A: another A, another output
+        if "read at" in view.notes:
+            other = view.project(view.affinity.flip(-1) @ view.values)
+            other = other[0] if isinstance(other, tuple) else other
+            assert (other - views.outputs[name]).abs().max().item() > 1e-6, name
     r = context.rollout(model, x)  # the whole network, read without a gap
     assert not r.skipped and bool((r.maps >= 0).all())
     data = context.rollout_maps(model, x, layer, query=query)
     whole = context.rollout(model, x, layer).map(query).numpy()
     assert data["grid"] == grid and abs(data["map"] - whole).max() < 1e-12
+
+
+def test_rows_of_a_windowed_attention_are_its_dense_rows_without_the_dense_matrix():
+    from unifiedctx.inspection import trace
+
+    model, x = tv_swin(), image()
+    found = trace(model, x)
+    records = [n.record for n in found.nodes[1:] if getattr(n.record, "windows", None) is not None]
+    assert len(records) == 4
+    for record in records:
+        n = record.tokens.grid[0] * record.tokens.grid[1]
+        queries = [0, 5, n // 2, n - 1]
+        rows = record.rows(queries)  # block-sparse: from the windows' own (n_w, n_w) affinities
+        assert "affinity" not in record.__dict__  # the dense (N, N) was not built for them
+        assert rows.shape == (2, 2, 4, n)
+        assert (rows - record.affinity[..., queries, :]).abs().max().item() == 0
