@@ -130,3 +130,29 @@ def test_every_call_of_a_module_is_a_step_and_the_signed_rollout_is_the_jacobian
     assert int((second > 0).sum()) > int((erf > 0).sum())  # the second call sees through the first
     with pytest.raises(ValueError, match="runs only 3"):
         context.effective_receptive_field(model, x, "a#5")
+
+
+def test_the_explorer_names_what_it_could_not_read():
+    from unifiedctx.widgets.explorer_data import ExplorerData
+
+    torch.manual_seed(3)
+    image = torch.randn(3, 16, 16)
+    only_linear = nn.Sequential(Embed(), LinearAttention()).eval()
+    data = ExplorerData({"linear": only_linear}, [image])
+    with pytest.raises(ValueError, match=r"'linear' has no layer to explore.*1: token mixing not read: "
+                                         r"LinearAttention: a matmul that sums over the 16 tokens"):
+        data.catalogue("linear")
+
+    class ConvThenLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1, groups=1)
+            self.embed, self.mix = Embed(), LinearAttention()
+
+        def forward(self, x):
+            return self.mix(self.embed(x + 0.0 * self.conv(x).mean(1, keepdim=True)))
+
+    data = ExplorerData({"mixed": ConvThenLinear().eval()}, [image])
+    assert list(data.catalogue("mixed")) == ["conv"]  # what has a view is shown...
+    with pytest.raises(ValueError, match="mix: LinearAttention"):  # ...but no depth map that leaves mixing out
+        data.depth("mixed", 0, "conv", (1, 1), "rollout")
