@@ -130,6 +130,10 @@ def test_every_call_of_a_module_is_a_step_and_the_signed_rollout_is_the_jacobian
     assert int((second > 0).sum()) > int((erf > 0).sum())  # the second call sees through the first
     with pytest.raises(ValueError, match="runs only 3"):
         context.effective_receptive_field(model, x, "a#5")
+    with pytest.raises(ValueError, match=r"upto='a' runs 3 times.*'a#0', 'a#1', 'a#2'"):  # the rollout too
+        context.rollout(model, x, upto="a")
+    with pytest.raises(ValueError, match=r"upto='b' is not a layer.*a#0"):  # b = a: one module, named 'a'
+        context.rollout(model, x, upto="b")
 
 
 def test_the_explorer_names_what_it_could_not_read():

@@ -99,6 +99,10 @@ class ContextGraph:
             return len(self.nodes) - 1
         if not isinstance(upto, str):
             raise TypeError(f"upto must be a layer name (str) or None, got {type(upto).__name__}")
+        calls = sorted({n.name for n in self.nodes[1:] if n.name.startswith(upto + "#")}, key=_call_number)
+        if calls:  # a module called several times: which call is meant must be said (as the ERF asks)
+            raise ValueError(f"upto={upto!r} runs {len(calls)} times in model(x) (weight sharing, a loop): "
+                             f"name the call, {', '.join(repr(c) for c in calls)}")
         inside = [i for i, n in enumerate(self.nodes) if i and _inside(n.name, upto)]
         if not inside:
             names = layer_names(self.names())
@@ -107,6 +111,11 @@ class ContextGraph:
             raise ValueError(f"upto={upto!r} is not a layer of this model.{hint} Layers: "
                              f"{', '.join(self.names())}")
         return inside[-1]
+
+
+def _call_number(name: str) -> int:
+    number = name.rpartition("#")[2]
+    return int(number) if number.isdigit() else 0
 
 
 def _inside(name: str, upto: str) -> bool:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -158,10 +158,6 @@ class Trace:
     calls: dict
     attention: list
     image: tuple
-    step_names: dict = field(default_factory=dict)
-
-    def node_names(self) -> list[str]:
-        return [n.record.name for n in self.nodes[1:]]
 
 
 def _module_call_name(name: str, call: int, total: int) -> str:
