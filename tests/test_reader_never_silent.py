@@ -158,5 +158,5 @@ def test_the_explorer_names_what_it_could_not_read():
 
     data = ExplorerData({"mixed": ConvThenLinear().eval()}, [image])
     assert list(data.catalogue("mixed")) == ["conv"]  # what has a view is shown...
-    with pytest.raises(ValueError, match="mix: LinearAttention"):  # ...but no depth map that leaves mixing out
+    with pytest.raises(ValueError, match="mix: LinearAttention"):  # ...no depth map that leaves mixing out
         data.depth("mixed", 0, "conv", (1, 1), "rollout")
