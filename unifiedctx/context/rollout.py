@@ -1,25 +1,31 @@
 """Rollout: the affinity composed through depth, from the input pixels to the tokens of a layer.
 
-With one matrix S_l per token map (see :mod:`unifiedctx.context.steps`), the rollout to layer L is
+A network is read as a graph (:mod:`unifiedctx.context.extract`): token maps ``S`` (an attention, a mixer,
+a conv or pooling window) and joins, where token paths meet in a sum (a residual ``x + f(x)``, a shortcut
+beside its branch). The rollout to node L composes them along every path,
 
-    R_L = S_L @ S_{L-1} @ ... @ S_1          (B, N_L, H_in * W_in)
+    R_node = S_node R_parent          R_join = sum_i w_i R_parent_i          R_input = I
 
-Row t of R_L says how much token t of layer L takes, through every path, from each input pixel.
-Two rules build S_l (``signed``):
+so that row t of ``R_L`` ``(B, N_L, H_in * W_in)`` says how much token t of L takes, through every path,
+from each input pixel (on a chain of residual blocks: ``R_L = (0.5 A_L + 0.5 I) ... (0.5 A_1 + 0.5 I)``).
+Two rules (``signed``):
 
-* **non-negative** (default; Abnar & Zuidema 2020, "attention rollout"): the heads' ``|A_m|``
-  are combined by their mean or their max (``heads``), the residual adds I, and each row is
-  divided by its sum: ``S = rownorm(|A| + I)``. For softmax attention with the mean over heads
-  this is the paper's ``0.5 A + 0.5 I``. Rows of R sum to 1: a distribution of where the
-  context comes from, with residual and branch weighted equally whatever their real scales
-  (layer scale, a conv kernel's norm and the values' magnitudes are not seen).
-* **signed** (``signed=True``): ``S = I + gamma * mean_m A_m`` with no renormalisation (gamma:
-  the block's layer scale, 1 without one). For a stack of linear, static, channel-free mixers
-  (single-channel convs, pooling, MLP-Mixer's dense matrix) this is the network's exact linear
-  map, the Jacobian d y / d x; for everything else it is the linear part of the token path.
+* **non-negative** (default; Abnar & Zuidema 2020, "attention rollout"): a token map is the heads'
+  ``|A_m|`` combined by their mean or their max (``heads``), each row divided by its sum; a join weighs its
+  paths equally, ``w_i = 1 / k``. A residual is therefore ``0.5 rownorm(|A|) + 0.5 I``: the paper's
+  ``0.5 A + 0.5 I``
+  for softmax attention, and the same weighting for every family (a conv, a pooling, a downsampling shortcut
+  beside its branch). Rows of R sum to 1: a distribution of where the context comes from, with residual and
+  branch weighted equally whatever their real scales (layer scale, a conv kernel's norm and the values'
+  magnitudes are not seen).
+* **signed** (``signed=True``): a token map is ``mean_m A_m``, a join the sum of its paths, each times the
+  constant factors met on it (a layer scale's mean gamma, a constant, -1 for a subtraction, a 1 x 1
+  single-channel conv), with no renormalisation: ``x + gamma f(x)`` gives ``I + gamma A``. For a network of
+  linear, static, channel-free mixers (single-channel convs, pooling, MLP-Mixer's dense matrix) this is its
+  exact linear map, the Jacobian d y / d x; for everything else it is the linear part of the token path.
 
-Both ignore channel mixing: the channel MLP (a residual that mixes channels per token) gives I,
-and so do the norms; a mixer's value and output projections are not seen either.
+Both ignore channel mixing: the channel MLP (a residual that mixes channels per token) adds nothing to the
+token path, and so do the norms; a mixer's value and output projections are not seen either.
 Patch embeddings and downsampling convs enter as their strided window: signed, the kernel
 summed over input channels and averaged over output channels (the exact conv for one channel);
 non-negative, ``|kernel|`` summed over input channels, combined over output channels like heads,

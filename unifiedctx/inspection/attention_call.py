@@ -103,7 +103,8 @@ class AttentionCall:
     index: int = 0  # which call of ``function`` in that module call
     out_shape: tuple | None = None
     output: object = None  # the module call's output
-    windows: object = None
+    windows: object = None  # a windowed attention's layout on the grid (``windows.Windows``)
+    tokens: object = None  # the grid and prefix tokens of its tokens (``records.TokenGrid``)
 
     def substituted(self, z: torch.Tensor):
         """The module call rerun with this attention's result replaced by ``z = A @ V`` ``(Bq, M, n, d)``:
