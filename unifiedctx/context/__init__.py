@@ -1,8 +1,8 @@
 """Context through depth: how far each token of a layer reaches back into the input image.
 
-* :func:`rollout` composes every layer's affinity (residuals as ``A + I``, patch embeddings as
-  their strided window) into one map from the input pixels to a layer's tokens (Abnar &
-  Zuidema 2020, for every family, not attention only).
+* :func:`rollout` composes every layer's affinity (each residual sum found in the forward as
+  ``0.5 A + 0.5 I``, patch embeddings as their strided window) into one map from the input pixels to a
+  layer's tokens (Abnar & Zuidema 2020, for every family, not attention only).
 * :func:`effective_receptive_field` is the exact counterpart: ``|d y / d x|`` by autograd
   (Luo et al. 2016), for any model.
 * :func:`rollout_maps` / :func:`erf_maps` give one query's map as plain numpy data for widgets;

@@ -8,7 +8,7 @@ kept (LRU, at most ``cache_mb``), so a big unifiedctx model never holds every la
 once; an inspected network's views are built in that one forward (layers with more than
 ``max_tokens`` tokens are left out). Everything this module hands out is plain data: numpy arrays,
 :class:`LayerInfo` records and :class:`~unifiedctx.viz.scales.Scale` objects. Reading leaves
-every model as it was (``models.recording.untouched``: modes, statistics, RNG).
+every model as it was (``inspection.reader.untouched``: modes, statistics, RNG).
 
 Through depth (:meth:`ExplorerData.depth`): one query's rollout up to a layer, or its effective
 receptive field, as the plain dict of :func:`unifiedctx.context.rollout_maps` /
