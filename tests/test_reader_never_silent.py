@@ -160,3 +160,32 @@ def test_the_explorer_names_what_it_could_not_read():
     assert list(data.catalogue("mixed")) == ["conv"]  # what has a view is shown...
     with pytest.raises(ValueError, match="mix: LinearAttention"):  # ...no depth map that leaves mixing out
         data.depth("mixed", 0, "conv", (1, 1), "rollout")
+
+
+def test_the_watch_always_ends_and_leaves_the_model_as_it_was():
+    from torch.overrides import _get_current_function_mode_stack
+
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            if y.shape[-1] == 5:
+                raise RuntimeError("the user's own error")
+            return y + torch.rand_like(y)  # draws from the global RNG
+
+    model = Fails().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="the user's own error"):
+        context.context_graph(model, torch.randn(1, 3, 5, 5))
+    assert _get_current_function_mode_stack() == []  # the TorchFunctionMode exited
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    x = torch.randn(1, 3, 6, 6)
+    state = torch.random.get_rng_state()
+    graph = context.context_graph(model, x)  # in train mode: BatchNorm updates...
+    assert [n.name for n in graph.nodes[1:]] == ["conv"]
+    assert torch.equal(torch.random.get_rng_state(), state)  # ...and rand_like draws, on copies only
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert _get_current_function_mode_stack() == []
