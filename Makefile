@@ -6,13 +6,14 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
-# the second environment: timm (which needs torchvision) for the tests and notebook 07 that read timm's models
+# the second environment: timm (which needs torchvision) and Hugging Face transformers, for the tests and
+# notebook 07 that read their models (built from configs: nothing is downloaded)
 TIMM_VENV  := .venv-timm
 TIMM_BIN   := $(TIMM_VENV)/bin
 TIMM_STAMP := $(TIMM_VENV)/.installed
-TIMM_PKGS  ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31
+TIMM_PKGS  ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31 transformers==5.23.0
 TIMM_TESTS := tests/test_inspect_timm.py tests/test_inspect_model_timm.py tests/test_context_timm.py \
-              tests/test_widgets_depth_timm.py
+              tests/test_widgets_depth_timm.py tests/test_reader_zoos.py
 # jupyter refuses to run as root without --allow-root; kept apart from LAB_ARGS so that
 # `make lab LAB_ARGS="--port 8890"` still works as root
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -30,7 +31,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(TIMM_STAMP): pyproject.toml
+$(TIMM_STAMP): pyproject.toml Makefile
 	test -d $(TIMM_VENV) || $(PY) -m venv $(TIMM_VENV)
 	$(TIMM_BIN)/pip install --quiet --upgrade pip
 	$(TIMM_BIN)/pip install --quiet $(TIMM_PKGS)
@@ -40,7 +41,8 @@ $(TIMM_STAMP): pyproject.toml
 
 timm-env: $(TIMM_STAMP)
 
-# UNIFIEDCTX_REQUIRE_TIMM=1 turns "timm is missing" from a skip into a failure, here and in notebook 07
+# UNIFIEDCTX_REQUIRE_TIMM=1 turns "timm (or transformers, torchvision) is missing" from a skip into a failure,
+# here and in notebook 07
 timm-test: $(TIMM_STAMP)
 	UNIFIEDCTX_REQUIRE_TIMM=1 $(TIMM_BIN)/pytest -q $(TIMM_TESTS)
 	UNIFIEDCTX_REQUIRE_TIMM=1 $(TIMM_BIN)/pytest -q -m timm tests/test_context.py tests/test_recording_any_model.py

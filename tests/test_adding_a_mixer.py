@@ -21,12 +21,12 @@ from einops import rearrange, repeat
 from test_mixers_registered import check_contract, examples
 from torch import nn
 
+from unifiedctx.inspection.layers import mixer_inputs
 from unifiedctx.mixers import REGISTRY, available, create
 from unifiedctx.mixers.attention import qkv_heads
 from unifiedctx.mixers.base import AffinityMixer, check_heads, image, merge_heads
 from unifiedctx.mixers.local import local_affinity
 from unifiedctx.models import create_model, record_affinities, record_components
-from unifiedctx.models.recording import mixer_inputs
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding_a_mixer.md"
 

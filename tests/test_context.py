@@ -11,9 +11,9 @@ from torch import nn
 import unifiedctx
 from unifiedctx import context
 from unifiedctx.inspection import inspect
+from unifiedctx.inspection.layers import mixer_layers
 from unifiedctx.mixers import AvgPool, DepthwiseConv
 from unifiedctx.models import ContextNet
-from unifiedctx.models.recording import mixer_layers
 
 NANOS = ["convnet_nano", "poolformer_s12_nano", "mixer_s16_nano", "deit_tiny_nano", "container_nano",
          "container_light_nano"]
@@ -62,7 +62,7 @@ def test_signed_rollout_is_the_jacobian_of_a_linear_static_network():
     assert torch.allclose(r.maps[0], exact, atol=1e-10, rtol=0)
     # ... and at an intermediate layer: the Jacobian of the first stage
     first = context.rollout(model, x, upto="stages.0", signed=True)
-    assert first.layers[-1] == "stages.0.blocks.1.mixer"
+    assert first.layers[-1] == "stages.0.blocks.1"  # the block's residual sum, its last node
     assert torch.allclose(first.maps[0], jacobian(model.stages[0], x), atol=1e-10, rtol=0)
 
 
@@ -88,17 +88,12 @@ def test_signed_rollout_of_a_sequential_of_mixers_and_convs_is_its_jacobian():
 
 
 class ScaledResidual(nn.Module):
-    """A user's own block that describes itself to the reader: ``x + gamma * conv(x)``."""
+    """A user's own block, ``x + gamma * conv(x)``: its residual is found in the forward itself."""
 
     def __init__(self, k):
         super().__init__()
         self.conv = nn.Conv2d(1, 1, k, padding=k // 2)
         self.gamma = nn.Parameter(torch.tensor([0.6]))
-
-    def residuals(self):
-        from unifiedctx.inspection.records import Residual
-
-        return [Residual("conv", self.gamma)]
 
     def forward(self, x):
         return x + self.gamma * self.conv(x)
@@ -113,11 +108,6 @@ class Downsample(nn.Module):
         self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
         self.down = nn.Conv2d(1, 1, 1, stride=2)
 
-    def residuals(self):
-        from unifiedctx.inspection.records import Residual
-
-        return [Residual("", None, "down")]
-
     def forward(self, x):
         return self.down(x) + self.conv2(self.conv1(x))
 
@@ -129,11 +119,15 @@ def test_signed_rollout_of_a_plain_pytorch_stack_with_residual_blocks_is_its_jac
                           ScaledResidual(5)).double()
     x = torch.randn(1, 1, 12, 12, dtype=torch.float64)
     r = context.rollout(model, x, signed=True)
-    assert r.layers == ["0", "1", "2.conv", "3", "4", "5", "6.conv"] and r.grid == (3, 3)
+    # "5" is a 1x1 conv: a per-token factor, no node; "2" and "3" are the sums found in the forward
+    assert r.layers == ["0", "1", "2.conv", "2", "3.down", "3.conv1", "3.conv2", "3", "4", "6.conv", "6"]
+    assert r.grid == (3, 3)
     err = (r.maps[0] - jacobian(model, x)).abs().max().item()
     assert err < 1e-12, err
-    steps = context.context_steps(model, x)
-    assert steps[3].branch and steps[3].shortcut and steps[3].covers == ("3.conv1", "3.conv2", "3.down")
+    graph = context.context_graph(model, x)
+    names = graph.names()
+    join = graph.nodes[1 + names.index("3")]  # the shortcut beside its branch, composed in parallel
+    assert join.kind == "join" and sorted(graph.nodes[p].name for p in join.parents) == ["3.conv2", "3.down"]
     nonneg = context.rollout(model, x)
     torch.testing.assert_close(nonneg.maps.sum(-1), torch.ones(1, 9, dtype=torch.float64))
 
@@ -147,8 +141,11 @@ def test_layers_the_reader_cannot_read_are_named_not_passed_over():
         def forward(self, x):
             return x @ self.weight  # mixes the tokens of a row: nothing the reader knows
 
-    r = context.rollout(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), Mystery()), torch.zeros(1, 1, 4, 4))
-    assert list(r.skipped) == ["1"] and "does not read" in r.skipped["1"]
+    model, x = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), Mystery()), torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"1: Mystery: a matmul that sums over the 4 tokens.*partial=True"):
+        context.rollout(model, x)
+    r = context.rollout(model, x, partial=True)  # asked for: the map of what was read, the rest named
+    assert list(r.skipped) == ["1"] and "Mystery" in r.skipped["1"] and r.layers == ["0"]
 
 
 # ---------------------------------------------------------------------------- support
@@ -170,44 +167,37 @@ def test_support_of_stacked_depthwise_layers_is_the_grown_window(depth, k):
         assert torch.equal(support, window)
 
 
-def receptive_windows(steps, kernels):
-    """(start, size, jump) in input pixels after every step, by receptive-field arithmetic (start:
-    the first pixel of token 0's window); ``kernels`` gives the odd kernel of static mixer steps."""
-    start, size, jump, out = 0, 1, 1, {}
-    for step in steps:
-        if step.window is not None:
-            k, pad, stride = step.window.weight.shape[-1], step.window.padding[0], step.window.stride[0]
-        elif step.name in kernels:
-            k, pad, stride = kernels[step.name], kernels[step.name] // 2, 1
-        else:
-            k, pad, stride = 1, 0, 1
-        start, size, jump = start - pad * jump, size + (k - 1) * jump, jump * stride
-        out[step.name] = (start, size, jump)
-    return out
-
-
 def test_container_light_is_local_in_its_static_stages_and_global_in_its_mixed_stage():
     side = 80  # so that the static stages' windows (up to 92 pixels, centred) do not cover the image
     model = unifiedctx.create_model("container_light_nano").eval()
     x = torch.randn(2, 3, side, side)
-    steps = context.context_steps(model, x)
-    static = {n: m.kernel_size for n, m in mixer_layers(model).items() if m.kind == "static"}
-    assert len(static) == 3
-    windows = receptive_windows(steps, static)
-    for step, r in context.compose(steps, (side, side)):
-        h, w = step.grid_out
+    graph = context.context_graph(model, x)
+    assert not graph.unread
+    windows = {0: (0, 1, 1)}  # node -> (start, size, jump) in input pixels, by receptive-field arithmetic
+    for node, r in context.compose_graph(graph):
+        index = graph.nodes.index(node)
+        if node.kind == "join":  # centred windows nest: a sum covers its largest path
+            windows[index] = max((windows[p] for p in node.parents), key=lambda w: w[1])
+        else:
+            start, size, jump = windows[node.parents[0]]
+            window = node.step.window
+            k, pad, stride = ((window.weight.shape[-1], window.padding[0], window.stride[0])
+                              if window is not None
+                              else (1, 0, 1))
+            windows[index] = (start - pad * jump, size + (k - 1) * jump, jump * stride)
+        h, w = node.tokens.grid
         support = (r.expand(2, -1, -1) > 0).reshape(2, h, w, side, side)
-        if step.name.startswith("stages.3.blocks"):
-            if step.name.endswith("mixer"):  # the mixed stage: every token sees every pixel
-                assert step.name not in static and bool(support.all())
+        if node.name.startswith("stages.3.blocks"):
+            if node.name.endswith("mixer"):  # the mixed stage: every token sees every pixel
+                assert node.step.window is None and bool(support.all())
             continue
-        start, size, jump = windows[step.name]
+        start, size, jump = windows[index]
         lo = start + torch.arange(h) * jump  # token row r covers pixel rows [lo_r, lo_r + size)
         pix = torch.arange(side)
         rows = (pix >= lo[:, None]) & (pix < lo[:, None] + size)  # (h, side); square grids: cols alike
         expected = rows[:, None, :, None] & rows[None, :, None, :]
-        assert torch.equal(support, expected.expand_as(support)), step.name
-        if step.name == "stages.2.blocks.0.mixer":  # still local before the mixed stage
+        assert torch.equal(support, expected.expand_as(support)), node.name
+        if node.name == "stages.2.blocks.0.mixer":  # still local before the mixed stage
             assert not bool(support[:, 0, 0, -1, -1].any())  # a corner token misses the far corner
 
 
@@ -218,7 +208,8 @@ def test_rows_of_the_non_negative_rollout_sum_to_one_for_every_family():
         r = context.rollout(model, x)
         assert r.maps.shape[0] == 2 and r.maps.shape[1] == r.grid[0] * r.grid[1]
         assert bool((r.maps >= 0).all())
-        assert torch.allclose(r.maps.sum(-1), torch.ones(()), atol=1e-5)
+        assert r.maps.dtype == torch.float64  # the rollout accumulates in float64 for every model
+        assert torch.allclose(r.maps.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- the rules
@@ -231,9 +222,12 @@ def test_heads_mean_and_max_follow_their_documented_formulas():
     def rownorm(m):
         return m / m.sum(-1, keepdim=True)
 
+    def layer(m):  # the residual: 0.5 rownorm(|A|) + 0.5 I (Abnar & Zuidema's weighting for every family)
+        return 0.5 * rownorm(m) + 0.5 * eye
+
     expected = {
-        "mean": rownorm(a.flip(-1).abs().mean(1) + eye) @ rownorm(a.abs().mean(1) + eye),
-        "max": rownorm(a.flip(-1).abs().amax(1) + eye) @ rownorm(a.abs().amax(1) + eye),
+        "mean": layer(a.flip(-1).abs().mean(1)) @ layer(a.abs().mean(1)),
+        "max": layer(a.flip(-1).abs().amax(1)) @ layer(a.abs().amax(1)),
     }
     for heads, want in expected.items():
         got = context.rollout_steps(steps, (4, 4), heads=heads).maps
@@ -324,7 +318,7 @@ def test_rollout_maps_and_erf_maps_are_plain_data_of_the_same_numbers():
     assert data["grid"] == (8, 8) and data["query"] == (2, 5) and data["query_pixel"] == (9.5, 21.5)
     assert data["vmin"] == 0 and data["vmax"] == pytest.approx(data["map"].max())
     assert data["uniform"] == 1 / 1024 and data["total"] == pytest.approx(1, abs=1e-5)
-    assert data["layer"] == "stages.1.blocks.0.mixer"
+    assert data["layer"] == "stages.1.blocks.0"  # the block's residual sum: the last node of stages.1
     erf = context.erf_maps(model, x, "stages.1.blocks.0", query=(2, 5))
     field = context.effective_receptive_field(model, x, "stages.1.blocks.0", (2, 5))
     assert np.allclose(erf["map"], field[0])
@@ -397,6 +391,8 @@ def test_bad_inputs_and_models_are_refused_clearly():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         context.rollout("convnet_nano", torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="Sequential has no layer that moves context between tokens"):
+        context.rollout(nn.Sequential(nn.Conv2d(3, 4, 1), nn.GELU()), torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="0: Linear: a linear map over the token axis"):  # over the grid's W
         context.rollout(nn.Sequential(nn.Linear(4, 4), nn.GELU()), torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match="affinity over 16 tokens, but grid"):
         context.steps_from_affinities({"a": torch.zeros(1, 1, 16, 16)}, (3, 3))
@@ -405,8 +401,8 @@ def test_bad_inputs_and_models_are_refused_clearly():
 def test_every_mixer_layer_of_a_preset_is_a_rollout_step():
     for name in NANOS:
         model = unifiedctx.create_model(name).eval()
-        steps = {s.name for s in context.context_steps(model, torch.randn(1, 3, 32, 32))}
-        assert set(mixer_layers(model)) <= steps
+        graph = context.context_graph(model, torch.randn(1, 3, 32, 32))
+        assert set(mixer_layers(model)) <= set(graph.names()) and not graph.unread
 
 
 # ---------------------------------------------------------------------------- timm's ViT
@@ -440,7 +436,6 @@ def test_rollout_on_timm_vit_equals_the_papers_formula():
         q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
         a = torch.softmax(q @ k.transpose(-1, -2) * blk.attn.scale, dim=-1).mean(1)
         layer = 0.5 * a + 0.5 * eye
-        layer = layer / layer.sum(-1, keepdim=True)
         tokens = layer if tokens is None else layer @ tokens
     token_part = context.rollout_steps(steps[1:], grid)
     assert torch.allclose(token_part.maps, tokens, atol=1e-10, rtol=0)

@@ -17,8 +17,6 @@ from einops import rearrange
 from test_inspect_model_timm import build
 
 from unifiedctx import context
-from unifiedctx.inspection.records import ResidualRecord
-from unifiedctx.inspection.structure import read_records
 
 if os.environ.get("UNIFIEDCTX_REQUIRE_TIMM") == "1":
     import timm  # the timm environment: no skipping
@@ -78,8 +76,9 @@ def test_vit_rollout_is_abnar_zuidema_from_timms_own_attention_maps(class_token,
         layer = 0.5 * a.mean(1) + 0.5 * eye
         tokens = layer if tokens is None else layer @ tokens
     pixels = tokens[:, :, prefix:] @ patch_embedding(model, (8, 8), 32)  # prefix tokens come from no pixel
-    assert ours.grid == (8, 8) and ours.layers == ["patch_embed.proj", "blocks.0.attn", "blocks.1.attn",
-                                                   "blocks.2.attn"]
+    assert ours.grid == (8, 8) and ours.layers == ["patch_embed.proj", "blocks.0.attn", "blocks.0",
+                                                   "blocks.1.attn",
+                                                   "blocks.1", "blocks.2.attn", "blocks.2"]
     err = (ours.maps - pixels[:, prefix:]).abs().max().item()
     assert err < TOL, err
     assert ours.prefix_maps.shape == (2, prefix, 1024)
@@ -92,7 +91,9 @@ def test_vit_rollout_is_abnar_zuidema_from_timms_own_attention_maps(class_token,
 
 def test_swin_shifted_windows_on_the_grid_rebuild_the_attention_branch():
     model, x = build("swin")
-    records = {r.name: r for r in read_records(model, x)[0]}
+    graph = context.context_graph(model, x)
+    assert not graph.unread
+    nodes = {n.name: n for n in graph.nodes}
     inputs = {}
     hooks = [b.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
              for i, b in enumerate(model.layers[0].blocks)]
@@ -101,9 +102,9 @@ def test_swin_shifted_windows_on_the_grid_rebuild_the_attention_branch():
     for h in hooks:
         h.remove()
     for i, block in enumerate(model.layers[0].blocks):
-        record = records[f"layers.0.blocks.{i}.attn"]
-        assert isinstance(record, ResidualRecord) and len(record.inner) == 1
-        a = record.inner[0].affinity  # (B, M, N, N) on the whole 14 x 14 grid
+        step = nodes[f"layers.0.blocks.{i}.attn"].step  # read at timm's fused SDPA, laid out by its block
+        windows, local = step.windows
+        a = windows.on_grid(local)  # (B, M, N, N) on the whole 14 x 14 grid
         assert a.shape == (1, 2, 196, 196)
         with torch.no_grad():
             u = block.norm1(inputs[i])  # (B, H, W, C)
@@ -113,6 +114,10 @@ def test_swin_shifted_windows_on_the_grid_rebuild_the_attention_branch():
             got = block.attn.proj(rearrange(a @ v, "b m n d -> b n (m d)")).reshape(want.shape)
         assert (got - want).abs().max().item() < TOL
         torch.testing.assert_close(a.sum(-1), torch.ones_like(a[..., 0]))
+        # the block-sparse product is the dense one
+        t = torch.rand(1, 3, 196, dtype=torch.float64)
+        for signed in (False, True):
+            assert (step.right(t, "mean", signed) - t @ step.matrix("mean", signed)).abs().max() < 1e-14
     assert tuple(model.layers[0].blocks[1].shift_size) == (3, 3)  # the second block is the shifted one
 
 
@@ -173,17 +178,20 @@ def test_rollout_covers_every_family(key):
     assert full.layers[-1] != full.layers[0]
 
 
-def test_blocks_are_read_with_their_residual_structure():
+def test_blocks_are_read_with_their_residual_structure_from_the_forward():
     model, x = build("resnet")
-    steps = {s.name: s for s in context.context_steps(model, x)}
-    assert list(steps)[:3] == ["conv1", "maxpool", "layer1.0"]
-    down = steps["layer2.0"]  # conv1 (stride 2) -> conv2, shortcut: the strided 1x1 downsample
-    assert len(down.branch) == 2 and len(down.shortcut) == 1
-    assert down.grid_in == (16, 16) and down.grid_out == (8, 8)
-    assert "layer2.0.conv2" in down.covers
-    upto_conv = context.rollout(model, x, upto="layer2.0.conv2")  # a layer inside a block: its block
-    assert upto_conv.layers[-1] == "layer2.0"
+    graph = context.context_graph(model, x)
+    names = graph.names()
+    assert names[:3] == ["conv1", "maxpool", "layer1.0.conv1"]
+    join = graph.nodes[1 + names.index("layer2.0")]  # conv1 (stride 2) -> conv2 beside the strided downsample
+    assert join.kind == "join"
+    assert sorted(graph.nodes[p].name for p in join.parents) == ["layer2.0.conv2", "layer2.0.downsample.0"]
+    assert join.tokens.grid == (8, 8)
+    upto_conv = context.rollout(model, x, upto="layer2.0.conv2")  # that call itself, before the sum
+    assert upto_conv.layers[-1] == "layer2.0.conv2"
     model, x = build("convnext")
-    step = next(s for s in context.context_steps(model, x) if s.name == "stages.0.blocks.0")
-    assert step.residual and step.window is not None and step.covers == ("stages.0.blocks.0.conv_dw",)
-    assert step.scale == pytest.approx(float(model.stages[0].blocks[0].gamma.detach().double().mean()))
+    graph = context.context_graph(model, x)
+    join = next(n for n in graph.nodes if n.name == "stages.0.blocks.0")
+    gamma = float(model.stages[0].blocks[0].gamma.detach().double().mean())
+    assert join.kind == "join" and len(join.scales) == 2 and 1.0 in join.scales  # the shortcut: factor 1
+    assert [s for s in join.scales if s != 1.0] == [pytest.approx(gamma)]  # the branch: its layer scale

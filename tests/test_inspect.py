@@ -153,3 +153,17 @@ def test_bad_inputs():
         inspect(nn.Conv2d(2, 2, 3, padding=1), torch.randn(2, 4, 4))
     with pytest.raises(ValueError, match="embed_dim"):
         inspect(nn.MultiheadAttention(4, 2), torch.randn(3, 1, 5))
+
+
+@pytest.mark.parametrize("groups,dilation", [(6, 1), (6, 2), (1, 1)])
+def test_a_conv_views_rows_are_its_kernel_at_the_query_without_the_dense_affinity(groups, dilation):
+    torch.manual_seed(groups + dilation)
+    conv = nn.Conv2d(6, 6, 5, padding=2 * dilation, dilation=dilation, groups=groups).double()
+    x = torch.randn(1, 6, 7, 9, dtype=torch.float64)
+    view = inspect(conv, x)
+    queries = [0, 8, 31, 62]  # corners and the middle of the 7 x 9 grid
+    rows = view.rows(queries)
+    assert callable(view.__dict__["_affinity"])  # the dense (M, N, N) was not built for the rows
+    dense = view.affinity  # asked for: built now
+    assert (rows - dense[..., queries, :]).abs().max().item() == 0
+    assert (view.project(view.affinity @ view.values) - conv(x)).abs().max().item() < 1e-12

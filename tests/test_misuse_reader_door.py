@@ -16,7 +16,7 @@ from torch import nn
 
 import unifiedctx
 from unifiedctx import context, inspect, inspect_model
-from unifiedctx.models.recording import record_affinities
+from unifiedctx.inspection.layers import record_affinities
 from unifiedctx.viz.distance import model_distances
 
 PACKAGE = Path(unifiedctx.__file__).parent
@@ -89,7 +89,25 @@ CASES = [
      ["signed", "str"]),
     ("rollout prefix negative", lambda: context.rollout(net(), image(), prefix_tokens=-2), ValueError,
      ["prefix_tokens", ">= 0"]),
+    ("rollout partial int", lambda: context.rollout(net(), image(), partial=1), TypeError,
+     ["partial", "int"]),
+    ("rollout_maps partial str", lambda: context.rollout_maps(net(), image(), partial="yes"), TypeError,
+     ["partial", "str"]),
+    ("distance partial None", lambda: context.context_distance(net(), image(), partial=None), TypeError,
+     ["partial", "NoneType"]),
+    ("distance every unknown", lambda: context.context_distance(net(), image(), every="layer"), ValueError,
+     ["every", "'layer'", "'block'"]),
+    # context_graph(model, x, prefix_tokens=)
+    ("context_graph model str", lambda: context.context_graph("net", image()), TypeError, ["model", "str"]),
+    ("context_graph x NaN", lambda: context.context_graph(net(), nan_image()), ValueError,
+     ["x", "non-finite"]),
+    ("context_graph prefix bool", lambda: context.context_graph(net(), image(), prefix_tokens=True),
+     TypeError,
+     ["prefix_tokens", "bool"]),
     # effective_receptive_field(model, x, layer, query=, prefix_tokens=)
+    ("erf call of a module called once", lambda: erf(net(), image(), "2#1"), ValueError,
+     ["layer", "'2#1'", "only 1"]),
+    ("erf call not a number", lambda: erf(net(), image(), "2#x"), ValueError, ["layer", "'2#x'"]),
     ("erf model int", lambda: erf(3, image(), "0"), TypeError, ["model", "int"]),
     ("erf layer int", lambda: erf(net(), image(), 0), TypeError, ["layer", "int"]),
     ("erf layer unknown", lambda: erf(net(), image(), "9"), ValueError,

@@ -19,7 +19,7 @@ import torch
 from unifiedctx import mixers
 
 ROOT = Path(__file__).resolve().parents[1] / "unifiedctx"
-FILES = sorted([*ROOT.glob("viz/*.py"), *ROOT.glob("widgets/*.py"), ROOT / "models" / "recording.py",
+FILES = sorted([*ROOT.glob("viz/*.py"), *ROOT.glob("widgets/*.py"), ROOT / "inspection" / "layers.py",
                 ROOT / "train" / "history.py"])
 CONTRACT = ("components", "mixing_weights", "static_kernels", "reset_parameters")
 

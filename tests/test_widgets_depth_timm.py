@@ -94,7 +94,7 @@ def test_the_exported_page_holds_each_querys_rollout_of_the_foreign_network(fami
 def test_swin_layers_are_read_on_the_blocks_whole_grid():
     """A Swin layer is read as its block's tokens (as rollout reads it), not as one window: each row
     is a softmax over its own 7 x 7 window and 0 elsewhere; the shifted block's windows differ."""
-    from unifiedctx.models.recording import layer_affinities
+    from unifiedctx.inspection.layers import layer_affinities
 
     model, x = build("swin")
     records = {r.name: r for r in layer_affinities(model, x)}

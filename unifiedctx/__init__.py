@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 _LAZY_ATTRS = {
     "create_model": "unifiedctx.models",
     "list_models": "unifiedctx.models",
-    "record_affinities": "unifiedctx.models",
-    "mixing_weights": "unifiedctx.models",
+    "record_affinities": "unifiedctx.inspection",
+    "mixing_weights": "unifiedctx.inspection",
     "inspect": "unifiedctx.inspection",
     "inspect_model": "unifiedctx.inspection",
 }

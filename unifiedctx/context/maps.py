@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..validation import check_int
+from ..validation import check_bool, check_int
 from .erf import erf_on_grid
-from .rollout import query_index, rollout, token_centres
+from .extract import check_image, context_graph
+from .rollout import check_partial, query_index, rollout_graph, token_centres
+from .steps import check_heads
 
 
 def _check_index(index, x: torch.Tensor) -> int:
@@ -44,7 +46,7 @@ def _plain(kind: str, layer: str, image: torch.Tensor, grid, input_grid, token: 
 
 
 def rollout_maps(model: nn.Module, x: torch.Tensor, upto: str | None = None, query=None,
-                 heads: str = "mean", signed: bool = False, index: int = 0) -> dict:
+                 heads: str = "mean", signed: bool = False, index: int = 0, partial: bool = False) -> dict:
     """Token ``query`` of layer ``upto``: its rolled-out context on the input grid, as plain data.
 
     Returns a dict: ``map`` a float64 ndarray ``(H_in, W_in)`` (a row of
@@ -53,14 +55,23 @@ def rollout_maps(model: nn.Module, x: torch.Tensor, upto: str | None = None, que
     level of a map that is the same everywhere), ``total`` its sum, ``scale`` a sentence saying what
     the numbers are, ``grid`` the layer's token grid, ``input_grid``, ``query`` ``(row, col)`` on
     ``grid``, ``query_pixel`` the token's centre in input pixels, ``layer`` and ``layers`` composed.
-    ``index`` picks the image of the batch.
+    ``index`` picks the image of the batch. Only the query's row is carried back through the network
+    (memory follows what is shown). ``partial`` as in :func:`~unifiedctx.context.rollout`.
     """
     _check_index(index, x)
-    r = rollout(model, x, upto, heads=heads, signed=signed)
-    token = query_index(query, r.grid)
+    check_heads(heads)
+    check_bool("signed", signed)
+    check_bool("partial", partial)
+    check_image(x, model)
+    graph = context_graph(model, x)
+    check_partial(graph, model, partial, "the rollout")
+    last = graph.nodes[graph.resolve(upto)]
+    token = query_index(query, last.tokens.grid)
+    r = rollout_graph(graph, upto, heads, signed, rows=[last.tokens.prefix + token])
+    r.maps = r.maps.expand(x.shape[0], -1, -1)
     scale = ("signed exact linear map: d y / d x of the token path" if signed else
              "share of the token's context from each pixel (sums to 1)")
-    return _plain("rollout", r.layer, r.maps[index, token].reshape(r.input_grid), r.grid,
+    return _plain("rollout", r.layer, r.maps[index, 0].reshape(r.input_grid), r.grid,
                   r.input_grid, token, signed, scale, r.layers)
 
 

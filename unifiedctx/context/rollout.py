@@ -1,25 +1,31 @@
 """Rollout: the affinity composed through depth, from the input pixels to the tokens of a layer.
 
-With one matrix S_l per token map (see :mod:`unifiedctx.context.steps`), the rollout to layer L is
+A network is read as a graph (:mod:`unifiedctx.context.extract`): token maps ``S`` (an attention, a mixer,
+a conv or pooling window) and joins, where token paths meet in a sum (a residual ``x + f(x)``, a shortcut
+beside its branch). The rollout to node L composes them along every path,
 
-    R_L = S_L @ S_{L-1} @ ... @ S_1          (B, N_L, H_in * W_in)
+    R_node = S_node R_parent          R_join = sum_i w_i R_parent_i          R_input = I
 
-Row t of R_L says how much token t of layer L takes, through every path, from each input pixel.
-Two rules build S_l (``signed``):
+so that row t of ``R_L`` ``(B, N_L, H_in * W_in)`` says how much token t of L takes, through every path,
+from each input pixel (on a chain of residual blocks: ``R_L = (0.5 A_L + 0.5 I) ... (0.5 A_1 + 0.5 I)``).
+Two rules (``signed``):
 
-* **non-negative** (default; Abnar & Zuidema 2020, "attention rollout"): the heads' ``|A_m|``
-  are combined by their mean or their max (``heads``), the residual adds I, and each row is
-  divided by its sum: ``S = rownorm(|A| + I)``. For softmax attention with the mean over heads
-  this is the paper's ``0.5 A + 0.5 I``. Rows of R sum to 1: a distribution of where the
-  context comes from, with residual and branch weighted equally whatever their real scales
-  (layer scale, a conv kernel's norm and the values' magnitudes are not seen).
-* **signed** (``signed=True``): ``S = I + gamma * mean_m A_m`` with no renormalisation (gamma:
-  the block's layer scale, 1 without one). For a stack of linear, static, channel-free mixers
-  (single-channel convs, pooling, MLP-Mixer's dense matrix) this is the network's exact linear
-  map, the Jacobian d y / d x; for everything else it is the linear part of the token path.
+* **non-negative** (default; Abnar & Zuidema 2020, "attention rollout"): a token map is the heads'
+  ``|A_m|`` combined by their mean or their max (``heads``), each row divided by its sum; a join weighs its
+  paths equally, ``w_i = 1 / k``. A residual is therefore ``0.5 rownorm(|A|) + 0.5 I``: the paper's
+  ``0.5 A + 0.5 I``
+  for softmax attention, and the same weighting for every family (a conv, a pooling, a downsampling shortcut
+  beside its branch). Rows of R sum to 1: a distribution of where the context comes from, with residual and
+  branch weighted equally whatever their real scales (layer scale, a conv kernel's norm and the values'
+  magnitudes are not seen).
+* **signed** (``signed=True``): a token map is ``mean_m A_m``, a join the sum of its paths, each times the
+  constant factors met on it (a layer scale's mean gamma, a constant, -1 for a subtraction, a 1 x 1
+  single-channel conv), with no renormalisation: ``x + gamma f(x)`` gives ``I + gamma A``. For a network of
+  linear, static, channel-free mixers (single-channel convs, pooling, MLP-Mixer's dense matrix) this is its
+  exact linear map, the Jacobian d y / d x; for everything else it is the linear part of the token path.
 
-Both ignore channel mixing: the channel MLP (a residual that mixes channels per token) gives I,
-and so do the norms; a mixer's value and output projections are not seen either.
+Both ignore channel mixing: the channel MLP (a residual that mixes channels per token) adds nothing to the
+token path, and so do the norms; a mixer's value and output projections are not seen either.
 Patch embeddings and downsampling convs enter as their strided window: signed, the kernel
 summed over input channels and averaged over output channels (the exact conv for one channel);
 non-negative, ``|kernel|`` summed over input channels, combined over output channels like heads,
@@ -35,8 +41,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..validation import check_bool, check_int, check_query
-from .extract import check_image, read_steps
+from ..validation import check_bool, check_choice, check_int, check_query
+from .extract import ContextGraph, check_image, context_graph, unread_message
 from .steps import ContextStep, check_heads, join_matrix
 
 
@@ -190,53 +196,108 @@ def rollout_steps(steps: Sequence[ContextStep], input_grid, upto: str | None = N
     return Rollout(r[:, p:], tuple(step.grid_out), tuple(input_grid), names, heads, bool(signed), r[:, :p])
 
 
+def rollout_graph(graph: ContextGraph, upto: str | None = None, heads: str = "mean", signed: bool = False,
+                  rows=None) -> Rollout:
+    """The rollout of a :class:`~unifiedctx.context.extract.ContextGraph` to node ``upto`` (see
+    :func:`rollout`).
+
+    Computed backwards from ``upto``, as autograd would: the rows ``T`` of the target (the identity, or only
+    ``rows``: token indices, prefix tokens counted) are carried to every node they reach, ``T @ S`` through a
+    token map (a window as its transposed convolution, a windowed attention window by window) and split over
+    the paths of a join (equal shares, or the signed factors), until they reach the input image. The cost is
+    ``sum_l R N_l N_(l-1)`` with R the rows asked for.
+    """
+    check_heads(heads)
+    last = graph.resolve(upto)
+    nodes = graph.nodes
+    target = nodes[last].tokens
+    n_out = target.tokens
+    eye = torch.eye(n_out, dtype=graph.dtype)
+    start = eye if rows is None else eye[torch.as_tensor(rows, dtype=torch.long).reshape(-1)]
+    carried = {last: start[None]}
+    for index in range(last, 0, -1):
+        t = carried.pop(index, None)
+        if t is None:
+            continue
+        node = nodes[index]
+        if node.kind == "map":
+            t = node.step.right(t, heads, bool(signed))
+            shares = [(node.parents[0], (node.scales[0] if signed else 1.0) * t, node.prefixes[0])]
+        else:
+            weight = 1.0 / len(node.parents)
+            shares = [(p, (s if signed else weight) * t, prefix)
+                      for p, s, prefix in zip(node.parents, node.scales, node.prefixes)]
+        for parent, share, prefix in shares:
+            have = nodes[parent].tokens
+            if have.prefix != prefix:  # prefix tokens joined (or left) between the parent and this node
+                share = share @ join_matrix(have.grid, have.prefix, prefix, share.dtype, share.device)
+            carried[parent] = share if parent not in carried else carried[parent] + share
+    r = carried.get(0)
+    if r is None:  # the target is reached from no pixel
+        r = torch.zeros(1, (n_out if rows is None else len(eye[rows].reshape(-1, n_out))),
+                        graph.input_grid[0] * graph.input_grid[1], dtype=graph.dtype)
+    p = target.prefix if rows is None else 0
+    names = [n.name for n in nodes[1:last + 1]]
+    return Rollout(r[:, p:], tuple(target.grid), tuple(graph.input_grid), names, heads, bool(signed),
+                   r[:, :p])
+
+
+def check_partial(graph: ContextGraph, model: nn.Module, partial, what: str) -> None:
+    """Refuse (a ``ValueError`` naming each module, its class and why) a graph with token mixing the reader
+    did not read, unless ``partial`` is True."""
+    check_bool("partial", partial)
+    if graph.unread and not partial:
+        raise ValueError(unread_message(model, graph.unread, what))
+
+
 def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: str = "mean",
-            signed: bool = False, prefix_tokens: int | None = None) -> Rollout:
+            signed: bool = False, prefix_tokens: int | None = None, partial: bool = False) -> Rollout:
     """The composed affinity from the input pixels to the tokens of layer ``upto``.
 
-    ``R = S_upto @ ... @ S_1`` of shape ``(B, N_upto, H_in * W_in)``, with one ``S_l`` per token
-    map (residual mixers ``A + I``, Container-Light's positional conv ``A_pos + I``, patch
-    embeddings their strided window; the channel MLP and the norms give I). See the module
-    docstring for the two rules.
+    ``R = S_upto ... S_1`` of shape ``(B, N_upto, H_in * W_in)``, composed over the context graph of one
+    forward pass (:func:`~unifiedctx.context.extract.context_graph`): every token map (attention read at its
+    call, a mixer's affinity, a conv or pooling window) and every join where token paths meet in a sum
+    (a residual, a shortcut beside its branch). See the module docstring for the two rules.
 
     Args:
-        model: any network the one reader covers (:mod:`unifiedctx.context.extract`): a unifiedctx
-            ``ContextNet`` (any preset), a plain PyTorch stack (``nn.Sequential`` of mixers, convs,
-            pooling, ``nn.MultiheadAttention``...: no residuals, each layer is ``A x``), timm's ViT /
-            DeiT (class and distillation tokens), Mixer, PoolFormer, ConvNeXt, ResNet, Swin (shifted
-            windows) and ConViT. ``eval()`` it for exact affinities (its mode is not changed here).
+        model: any network: unifiedctx's, a plain PyTorch stack, timm's, Hugging Face's, torchvision's, a
+            user's own. ``eval()`` it for exact affinities (its mode is not changed here).
         x: ``(B, C, H, W)`` float images of the model's dtype.
-        upto: a layer name: a step (``"stages.3.blocks.0.mixer"``, ``"blocks.3.attn"``), a layer inside
-            a step (``"layer1.0.conv2"``: its block), or a module holding steps (``"stages.2"``: up to
-            its last step). Default: the last layer.
+        upto: a node's name (a module call: ``"blocks.3.attn"``, ``"shared#1"`` for the second call of a
+            module called twice), or a module holding nodes (``"blocks.3"``, ``"stages.2"``: up to its last
+            node, the block's residual sum included). Default: the last node.
         heads: ``"mean"`` or ``"max"``: how the heads' ``|A_m|`` are combined (signed: always the mean).
-            The heads are each mixer's M: attention heads, the channels of a depthwise conv or of
-            Container's per-channel affinity, the output channels of a patch embedding.
         signed: the signed rule (exact for linear static mixers) instead of the non-negative one.
-        prefix_tokens: class / distillation tokens of token layers (default: as ``inspect_model``).
+        prefix_tokens: class / distillation tokens of token layers (default: found as ``inspect_model``).
+        partial: compose what was read even when some token mixing was not (the unread modules are in
+            ``Rollout.skipped``). Without it such a network is refused by name.
 
     Returns:
-        :class:`Rollout` with ``maps`` ``(B, N_upto, H_in * W_in)`` (an expanded view when no layer
-        depends on x), ``prefix_maps`` (the class / distillation tokens), ``grid``, ``input_grid``,
-        ``layers`` and ``skipped``.
+        :class:`Rollout` with ``maps`` ``(B, N_upto, H_in * W_in)``, ``prefix_maps``, ``grid``,
+        ``input_grid``,
+        ``layers`` (every node composed, joins included) and ``skipped`` (the token mixing not read).
 
-    Every mixer's dense ``(B|1, M, N, N)`` affinity is built, and R holds ``N_upto x H_in W_in``
-    numbers per image (DeiT-S at 224: 197 x 50176).
+    Raises:
+        ValueError: a module mixes tokens in a way the reader does not read (a linear attention, a token
+            MLP of an unknown class, ...), naming it and its class, unless ``partial=True``.
     """
     check_heads(heads)
     check_bool("signed", signed)
-    input_grid = check_image(x, model)
+    check_bool("partial", partial)
+    check_image(x, model)
     if upto is not None and not isinstance(upto, str):
         raise TypeError(f"upto must be a layer name (str) or None, got {type(upto).__name__} {upto!r}")
-    steps, skipped = read_steps(model, x, prefix_tokens)
-    if not steps:
-        raise ValueError(f"{type(model).__name__} has no layer that moves context between tokens (no mixer, "
-                         f"convolution or pooling the reader covers); skipped: {dict(skipped) or 'nothing'}")
-    resolve_upto(steps, upto)  # a bad name fails before any matrix is built
-    out = rollout_steps(steps, input_grid, upto, heads, signed)
+    graph = context_graph(model, x, prefix_tokens)
+    check_partial(graph, model, partial, "the rollout")
+    if len(graph.nodes) < 2:
+        raise ValueError(f"{type(model).__name__} has no layer that moves context between tokens (no "
+                         f"attention, "
+                         f"mixer, convolution or pooling over the grid)")
+    graph.resolve(upto)  # a bad name fails before any matrix is built
+    out = rollout_graph(graph, upto, heads, signed)
     out.maps = out.maps.expand(x.shape[0], -1, -1)  # static models give one map for the batch
     out.prefix_maps = out.prefix_maps.expand(x.shape[0], -1, -1)
-    out.skipped = dict(skipped)
+    out.skipped = dict(graph.unread)
     return out
 
 
@@ -260,19 +321,52 @@ def mean_distance(maps: torch.Tensor, grid, input_grid) -> float:
 
 
 def context_distance(model: nn.Module, x: torch.Tensor, heads: str = "mean", signed: bool = False,
-                     every: str = "block") -> dict[str, float]:
+                     every: str = "block", partial: bool = False) -> dict[str, float]:
     """Layer -> the mean distance (input pixels) of its rolled-out context (:func:`mean_distance`).
 
-    ``every="block"`` reports each block (``stages.s.blocks.b``, after its last residual step) and
-    each non-residual layer (a patch embedding, a layer of an ``nn.Sequential``); ``every="step"``
-    reports every step.
+    ``every="block"`` reports each block (the module where a residual sum happens, after it) and each token
+    map outside a residual; ``every="step"`` reports every node. The graph is composed forwards once
+    (``R_node = S R_parent``, a join the mean of its parents, or their signed sum). ``partial`` as in
+    :func:`rollout`.
     """
-    if every not in ("block", "step"):
-        raise ValueError(f"every must be 'block' or 'step', got {every!r}")
+    check_choice("every", every, ("block", "step"))
     input_grid = check_image(x, model)
-    steps = read_steps(model, x)[0]
+    graph = context_graph(model, x)
+    check_partial(graph, model, partial, "context_distance")
     out = {}
-    for step, r in compose(steps, input_grid, heads, signed):
-        name = step.name.rsplit(".", 1)[0] if every == "block" and step.residual else step.name
-        out[name] = mean_distance(r, step.grid_out, input_grid)
+    for node, r in compose_graph(graph, heads, signed):
+        if every == "block" and node.kind == "map" and any(
+                later.kind == "join" and node.name.startswith(later.name + ".") for later in graph.nodes):
+            continue
+        out[node.name] = mean_distance(r[:, node.tokens.prefix:], node.tokens.grid, input_grid)
     return out
+
+
+def compose_graph(graph: ContextGraph, heads: str = "mean", signed: bool = False):
+    """Yield ``(node, R)`` for every node, forwards: R ``(B|1, N_node, H_in * W_in)`` (prefix tokens first).
+    Each R is kept only while a later node still reads it."""
+    check_heads(heads)
+    nodes = graph.nodes
+    last_use = {}
+    for node in nodes[1:]:
+        for p in node.parents:
+            last_use[p] = nodes.index(node)
+    size = graph.input_grid[0] * graph.input_grid[1]
+    kept = {0: torch.eye(size, dtype=graph.dtype)[None]}
+    for index, node in enumerate(nodes[1:], start=1):
+        parts = []
+        for parent, scale, prefix in zip(node.parents, node.scales, node.prefixes):
+            r = kept[parent]
+            have = nodes[parent].tokens
+            if have.prefix != prefix:
+                r = join_matrix(have.grid, have.prefix, prefix, r.dtype, r.device) @ r
+            parts.append((scale if signed else 1.0) * r)
+        if node.kind == "map":
+            r = node.step.matrix(heads, bool(signed)).to(parts[0].dtype) @ parts[0]
+        else:
+            r = sum(parts) if signed else sum(parts) / len(parts)
+        kept[index] = r
+        for parent in node.parents:
+            if last_use.get(parent) == index:
+                kept.pop(parent, None)
+        yield node, r

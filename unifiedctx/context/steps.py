@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..inspection.records import ConvWindow
-from ..inspection.structure import window_of
 from ..validation import check_choice
 
 HEADS = ("mean", "max")
@@ -52,6 +51,8 @@ class ContextStep:
             steps in order; then the step is ``shortcut(x) + scale * branch(x)``.
         shortcut: the steps of a downsampling shortcut (empty: the identity).
         covers: the module names inside this step (a ``branch``'s layers), that ``upto`` may name.
+        windows: a windowed attention's ``(Windows, A_local (B * nW, M, n, n))`` (``trace.Windows``): applied
+            window by window, never as the dense ``(N, N)``.
     """
 
     name: str
@@ -66,6 +67,7 @@ class ContextStep:
     branch: tuple = ()
     shortcut: tuple = ()
     covers: tuple = ()
+    windows: tuple | None = None
 
     def combined(self, heads: str, signed: bool) -> torch.Tensor:
         """The heads combined, before the residual: ``(B|1, N_out, N_in)``.
@@ -77,7 +79,7 @@ class ContextStep:
             return product([s.matrix(heads, signed) for s in self.branch])
         if self.window is not None:
             return self.window.matrix(self.window.kernel(heads, signed), self.grid_in).unsqueeze(0)
-        a = self.affinity
+        a = self.affinity if self.windows is None else self.windows[0].on_grid(self.windows[1])
         if signed:
             return a.mean(1)
         return a.abs().mean(1) if heads == "mean" else a.abs().amax(1)
@@ -86,8 +88,9 @@ class ContextStep:
         """This step's contribution to the rollout, ``(B|1, N_out, N_in)``.
 
         signed:        ``I + scale * A`` (residual) or ``A``: the exact linear map of a linear layer.
-        non-negative:  ``rownorm(A + I)`` (residual) or ``rownorm(A)``, with ``A`` from
-                       :meth:`combined` and ``rownorm`` dividing each row by its sum.
+        non-negative:  ``0.5 rownorm(A) + 0.5 I`` (residual: Abnar & Zuidema's weighting, for every family)
+                       or ``rownorm(A)``, with ``A`` from :meth:`combined` and ``rownorm`` dividing each
+                       row by its sum.
         A ``branch`` (several maps, or a downsampling shortcut S): signed ``S + scale * F``,
         non-negative ``(S' + F) / 2`` with ``F`` the product of the branch's row-normalised maps and
         ``S'`` the row-normalised shortcut (``I`` without one): branch and shortcut weigh the same.
@@ -100,12 +103,11 @@ class ContextStep:
             if signed:
                 return cut + self.scale * a
             return 0.5 * (_rownorm(cut) + _rownorm(a))
-        if self.residual:
-            eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-            a = eye + self.scale * a if signed else a + eye
-        if not signed:
-            a = _rownorm(a)
-        return a
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device) if self.residual else None
+        if signed:
+            return eye + self.scale * a if self.residual else a
+        a = _rownorm(a)
+        return 0.5 * a + 0.5 * eye if self.residual else a
 
     def right(self, t: torch.Tensor, heads: str, signed: bool) -> torch.Tensor:
         """``t @ matrix(heads, signed)`` for ``t`` ``(B|1, R, N_out)``, without building a window's
@@ -115,16 +117,37 @@ class ContextStep:
             f = fold(self.branch, t, heads, signed)
             c = fold(self.shortcut, t, heads, signed) if self.shortcut else t
             return c + self.scale * f if signed else 0.5 * (c + f)
-        if self.window is None or self.shortcut:
-            return t @ self.matrix(heads, signed)
-        kernel = self.window.kernel(heads, signed).to(t.dtype)
-        if signed:
-            out = self._adjoint(t, kernel)
-            return t + self.scale * out if self.residual else out
-        sums = self._row_sums(kernel) + (1 if self.residual else 0)
-        u = t / sums.clamp_min(torch.finfo(t.dtype).tiny)
-        out = self._adjoint(u, kernel)
-        return out + u if self.residual else out
+        if self.windows is not None:
+            out = self._windowed(t, heads, signed)
+        elif self.window is None or self.shortcut:
+            return t @ self.matrix(heads, signed).to(t.dtype)
+        else:
+            kernel = self.window.kernel(heads, signed).to(t.dtype)
+            if signed:
+                out = self._adjoint(t, kernel)
+            else:
+                out = self._adjoint(t / self._row_sums(kernel).clamp_min(torch.finfo(t.dtype).tiny), kernel)
+        if not self.residual:
+            return out
+        return t + self.scale * out if signed else 0.5 * t + 0.5 * out
+
+    def _windowed(self, t: torch.Tensor, heads: str, signed: bool) -> torch.Tensor:
+        """``t @ S`` for a windowed attention, window by window: ``S`` restricted to one window is that
+        window's combined ``(n, n)``; tokens of different windows never meet."""
+        windows, local = self.windows
+        a = local.mean(1) if signed else (local.abs().mean(1) if heads == "mean" else local.abs().amax(1))
+        if not signed:
+            a = _rownorm(a)
+        a = a.reshape(-1, windows.count, *a.shape[-2:])  # (B, nW, n, n)
+        n_local = a.shape[-1]
+        where = torch.empty(windows.count, n_local, dtype=torch.long)
+        where[windows.window, windows.place] = torch.arange(windows.window.numel())
+        gathered = t[..., where.reshape(-1)].reshape(*t.shape[:-1], windows.count, n_local)
+        gathered = gathered.expand(max(gathered.shape[0], a.shape[0]), *gathered.shape[1:])
+        out = torch.einsum("brwi,bwij->brwj", gathered, a.to(t.dtype))
+        result = torch.empty(out.shape[0], t.shape[1], t.shape[-1], dtype=out.dtype, device=out.device)
+        result[..., where.reshape(-1)] = out.reshape(out.shape[0], t.shape[1], -1)
+        return result
 
     def _adjoint(self, t: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         w, (hi, wi), (ho, wo) = self.window, self.grid_in, self.grid_out
@@ -182,15 +205,19 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def conv_window(conv: nn.Conv2d, grid: tuple[int, int]) -> ConvWindow:
-    """The :class:`ConvWindow` of a torch ``nn.Conv2d`` (zero padding only) on input ``grid``."""
+def conv_window(conv: nn.Conv2d, grid: tuple[int, int] | None = None) -> ConvWindow:
+    """The :class:`ConvWindow` of a torch ``nn.Conv2d`` (zero padding only; ``grid`` is not needed)."""
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
     if conv.padding_mode != "zeros":
         raise ValueError(f"rollout handles zero-padded convolutions only, got padding_mode="
                          f"{conv.padding_mode!r}")
-    window = window_of(conv, tuple(grid))
-    return window if window is not None else ConvWindow(conv.weight.detach())
+    kernel, dilation = _pair(conv.kernel_size), _pair(conv.dilation)
+    if conv.padding == "same":
+        padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+    else:
+        padding = (0, 0) if conv.padding == "valid" else _pair(conv.padding)
+    return ConvWindow(conv.weight.detach(), _pair(conv.stride), padding, dilation)
 
 
 def window_step(name: str, conv: nn.Conv2d, grid: tuple[int, int], residual: bool = False) -> ContextStep:

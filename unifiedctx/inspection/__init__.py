@@ -27,16 +27,37 @@ timm ``MixerBlock``                         the token MLP as an input-gated affi
 timm ``Pooling`` (PoolFormer)               A = window / count - I
 timm Swin ``WindowAttention``               per window: softmax(q k^T s + B[rel. offset] + mask)
 timm ConViT ``GPSA`` / ``MHSA``             (1-g) softmax(q k^T s) + g softmax(r W_pos^T); plain
+any other attention (``inspect_model`` only:  read at its call (``attention_call.py``): SDPA's or the
+Hugging Face, torchvision's Swin and         eager softmax's A, scale, mask and position bias
+MaxViT, a user's own)                        included; ``project`` reruns the module with A @ V
 ==========================================  =====================================================
 
 (ConvNeXt's depthwise 7x7 and ResNet's stride-1 3x3 convs are ``nn.Conv2d`` and read as such.)
 Dropout and drop-path must be off (``module.eval()``) for the rebuild to be exact.
+
+The package is the one reader: ``reader.py`` (the hook-and-guard path), ``trace.py`` (the forward watched
+by a ``TorchFunctionMode``: every token-mixing call attributed to its module call, residuals and parallel
+branches found where the forward adds them, and whatever is not read named), ``layers.py`` (each layer's
+affinity for the explorer, the plots and ``record_affinities``), ``records.py`` (the typed records).
 """
 
 from .families import FAMILIES, SUPPORTED, inspect
+from .layers import (
+    LayerAffinity,
+    layer_affinities,
+    mixer_components,
+    mixer_inputs,
+    mixer_layers,
+    mixing_weights,
+    record_affinities,
+    record_components,
+)
 from .network import NetworkInspection, inspect_model
 from .timm_mixer import activation_gate
+from .trace import Trace, trace
 from .view import AffinityView
 
-__all__ = ["FAMILIES", "SUPPORTED", "AffinityView", "NetworkInspection", "activation_gate", "inspect",
-           "inspect_model"]
+__all__ = ["FAMILIES", "SUPPORTED", "AffinityView", "LayerAffinity", "NetworkInspection", "Trace",
+           "activation_gate", "inspect", "inspect_model", "layer_affinities", "mixer_components",
+           "mixer_inputs",
+           "mixer_layers", "mixing_weights", "record_affinities", "record_components", "trace"]

@@ -53,7 +53,7 @@ def _mixer_view(module: AffinityMixer, x, grid=None, prefix_tokens=0) -> Affinit
     components = None
     if module.kind == "mixed" and hasattr(module, "components"):
         components = dict(module.components(x))
-    return AffinityView(module.values(x), module.affinity(x), partial(module.project, grid=g), g,
+    return AffinityView(module.values(x), partial(module.affinity, x), partial(module.project, grid=g), g,
                         module.kind, module.heads, type(module).__name__, components=components)
 
 

@@ -17,7 +17,6 @@ and the global RNG state is restored.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -25,10 +24,9 @@ from torch import nn
 
 from .families import FAMILIES, Family, NoView, family_of
 from .reader import check_door, forward_pass, select_layers
-from .view import check_prefix, pair
-
-#: Prefix-token counts tried, in order, when a token layer's sequence is not a whole grid.
-MAX_PREFIX_TOKENS = 8
+from .trace import MAX_PREFIX_TOKENS, prefix_candidates, tiling_grid
+from .trace import prefix_and_grid as _prefix_and_grid
+from .view import AffinityView, pair
 
 
 class NetworkInspection(OrderedDict):
@@ -53,6 +51,7 @@ class NetworkInspection(OrderedDict):
             for name, view in self.items():
                 expected = self.outputs[name]
                 got = view.output()
+                got = got[0] if isinstance(got, tuple) else got
                 scale = expected.norm().item()
                 diff = (got - expected).norm().item()
                 errors[name] = diff / scale if scale > 0 else diff
@@ -71,16 +70,6 @@ class NetworkInspection(OrderedDict):
                            for name, v in self.items() if v.grid is not None)
 
 
-def tiling_grid(n: int, image_size) -> tuple[int, int] | None:
-    """The ``(h, w)`` grid of ``n`` tokens that tiles ``image_size`` with one square stride, or None."""
-    big_h, big_w = image_size
-    if n <= 0:
-        return None
-    stride = math.sqrt(big_h * big_w / n)
-    h, w = max(1, round(big_h / stride)), max(1, round(big_w / stride))
-    return (h, w) if h * w == n else None
-
-
 def _skip_reason(module: nn.Module) -> str:
     """Why a module that ran has no view (for the modules no family reads)."""
     if isinstance(module, nn.Linear):
@@ -92,24 +81,6 @@ def _skip_reason(module: nn.Module) -> str:
     if not any(True for _ in module.parameters(recurse=False)) and not list(module.children()):
         return f"{type(module).__name__}: a per-element or reshaping layer (no token mixing)"
     return f"{type(module).__name__}: no affinity view (not a type inspect supports)"
-
-
-def _prefix_and_grid(n: int, image_size, candidates) -> tuple[int, tuple[int, int]] | None:
-    for p in candidates:
-        grid = tiling_grid(n - p, image_size)
-        if grid is not None:
-            return p, grid
-    return None
-
-
-def prefix_candidates(model: nn.Module, prefix_tokens: int | None) -> list[int]:
-    """The prefix-token counts to try for a token layer: ``[prefix_tokens]`` when given, else
-    ``model.num_prefix_tokens`` (timm) first, then 0 .. :data:`MAX_PREFIX_TOKENS`."""
-    if prefix_tokens is not None:
-        return [check_prefix(prefix_tokens)]
-    own = getattr(model, "num_prefix_tokens", None)
-    own = [own] if isinstance(own, int) and not isinstance(own, bool) and own >= 0 else []
-    return own + list(range(MAX_PREFIX_TOKENS + 1))
 
 
 def _token_context(family: Family, module, x, image_size, prefix_candidates):
@@ -212,7 +183,51 @@ def inspect_model(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: in
             result.outputs[name] = family.output(output)
         elif not list(module.children()) and select(name, module):
             result.skipped[name] = _skip_reason(module)
+    _read_at_the_call(model, x, result, viewed, select, max_tokens, prefix_tokens, lookup)
     return result
+
+
+def _read_at_the_call(model, x, result, viewed, select, max_tokens, prefix_tokens, lookup) -> None:
+    """Attention no family reads, read where it happens (the one reader's trace: SDPA or softmax @ values,
+    with its scale, mask and position bias), and every token mixing the trace could not read named in
+    ``skipped``: ``inspect_model`` is never silent about a network's attention."""
+    from .trace import trace
+
+    found = trace(model, x, prefix_tokens, keep_values=True)
+    for name, why in found.unread.items():
+        if select(name, lookup.get(name, model)):
+            result.skipped[name] = f"token mixing not read: {why}"
+    made = {}
+    for entry in found.attention:
+        name = entry.module
+        if entry.call is None or entry.values is None or name in result or \
+                any(v == "" or name.startswith(v + ".") for v in viewed) or \
+                not select(name, lookup.get(name, model)):
+            continue
+        made[name] = made.get(name, 0) + 1
+        if made[name] > 1:
+            result.pop(name, None)
+            result.skipped[name] = "more than one attention call in one module call: no single view"
+            continue
+        n = entry.affinity.shape[-1]
+        if max_tokens is not None and n > max_tokens:
+            result.skipped[name] = f"{n} tokens > max_tokens={max_tokens} (its N x N affinity: too big)"
+            continue
+        tokens = entry.tokens
+        windowed = entry.windows is not None
+        view = AffinityView(entry.values, entry.affinity, entry.substituted,
+                            None if windowed else tokens.grid,
+                            "dynamic", int(entry.affinity.shape[1]), type(lookup.get(name, model)).__name__,
+                            0 if windowed else tokens.prefix)
+        view.pixel_stride = (x.shape[-2] / tokens.grid[0], x.shape[-1] / tokens.grid[1])
+        view.notes["read at"] = entry.function
+        if windowed:
+            view.notes["windows"] = "the batch axis holds B * nW windows; laid out on the grid by the block"
+            view.notes["layout"] = entry.windows
+        result[name] = view
+        output = entry.output
+        result.outputs[name] = output[0] if isinstance(output, tuple) else output
+        result.skipped.pop(name, None)
 
 
 __all__ = ["FAMILIES", "NetworkInspection", "inspect_model", "tiling_grid"]

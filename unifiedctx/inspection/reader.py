@@ -150,7 +150,8 @@ class ForwardPass:
 
 
 def forward_pass(model: nn.Module, x: torch.Tensor, keep: Callable[[str, nn.Module], bool] | None = None,
-                 *, copy: bool = True, stop_at: str | None = None, guard: bool = True) -> ForwardPass:
+                 *, copy: bool = True, stop_at: str | None = None, guard: bool = True, call: int = 0,
+                 watcher=None) -> ForwardPass:
     """Run ``model(x)`` once with temporary hooks on every module (see the module docstring).
 
     Args:
@@ -162,6 +163,10 @@ def forward_pass(model: nn.Module, x: torch.Tensor, keep: Callable[[str, nn.Modu
         stop_at: a kept module's name: the pass stops as soon as it has given its output.
         guard: run inside :func:`untouched`; ``False`` when the caller holds the guard itself (to
             differentiate through the pass before the buffers are put back, as the ERF does).
+        call: which call of each kept module is kept (0: the first; a module called several times in one
+            forward, by weight sharing or a loop, has one output per call).
+        watcher: a :class:`~unifiedctx.inspection.trace.Watcher` (a ``TorchFunctionMode``) that sees every
+            torch call of the pass and is told when each module call starts and ends; it always exits.
 
     Returns:
         a :class:`ForwardPass`. The hooks are removed and the model is as it was, even on error.
@@ -177,19 +182,23 @@ def forward_pass(model: nn.Module, x: torch.Tensor, keep: Callable[[str, nn.Modu
                 seen.order.append(name)
                 if args and isinstance(args[0], torch.Tensor):
                     seen.shapes[name] = tuple(args[0].shape)
-                if kept:
-                    memo = {}
-                    take = (lambda v: copied(v, memo)) if copy else (lambda v: v)
-                    seen.inputs[name] = bound_call(module, take(args), take(kwargs))
+            if kept and seen.calls.get(name, 0) == call:
+                memo = {}
+                take = (lambda v: copied(v, memo)) if copy else (lambda v: v)
+                seen.inputs[name] = bound_call(module, take(args), take(kwargs))
             seen.calls[name] = seen.calls.get(name, 0) + 1
+            if watcher is not None:
+                watcher.enter(name, module, args, kwargs)
         return hook
 
-    def after(name):
+    def after(name, kept):
         def hook(module, args, kwargs, output):
-            if name not in seen.outputs:
+            if watcher is not None:
+                watcher.leave(name, module, args, kwargs, output)
+            if kept and name not in seen.outputs and seen.calls.get(name, 0) == call + 1:
                 seen.outputs[name] = copied(output) if copy else output
-            if name == stop_at:
-                raise _Reached
+                if name == stop_at:
+                    raise _Reached
         return hook
 
     with untouched(model) if guard else nullcontext(), torch.random.fork_rng(devices=_cuda_devices(model, x)):
@@ -197,10 +206,12 @@ def forward_pass(model: nn.Module, x: torch.Tensor, keep: Callable[[str, nn.Modu
             for name, module in modules:
                 kept = bool(keep(name, module))
                 handles.append(module.register_forward_pre_hook(before(name, kept), with_kwargs=True))
-                if kept:
-                    handles.append(module.register_forward_hook(after(name), with_kwargs=True))
+                if kept or watcher is not None:
+                    handles.append(module.register_forward_hook(after(name, kept), with_kwargs=True,
+                                                                always_call=watcher is not None))
             try:
-                model(x)
+                with watcher if watcher is not None else nullcontext():
+                    model(x)
             except _Reached:
                 seen.stopped = True
         finally:

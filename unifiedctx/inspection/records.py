@@ -4,14 +4,12 @@ A network moves context between tokens in three kinds of places, and the reader 
 type for each::
 
     AffinityRecord  a token mixer:            y = A x             A: (B|1, M, n, n) on its tokens
-    WindowRecord    an embedding/downsample:  y = W * x           a strided window, grid -> coarser grid
-    ResidualRecord  a residual branch:        y = s(x) + g f(x)   f: the records inside the branch,
-                                              s: the shortcut (I or a window), g: the layer scale
+    WindowRecord    a window over the grid:   y = W * x           a conv, a pooling, a patch merging
+    JoinRecord      where token paths meet:   y = sum_i s_i x_i   a residual x + f(x), a shortcut beside
+                                                                  its branch (found in the forward itself)
 
-Each token set is a :class:`TokenGrid`: the ``(H, W)`` grid and the prefix (class / distillation)
-tokens in front of it (``n = prefix + H * W``). Blocks describe their residual branches with
-:class:`Residual` (unifiedctx's ``Block.residuals()``; timm's blocks through
-:mod:`unifiedctx.inspection.structure`).
+Each token set is a :class:`TokenGrid`: the ``(H, W)`` grid and the prefix (class / distillation /
+register) tokens in front of it (``n = prefix + H * W``). :mod:`unifiedctx.inspection.trace` makes them.
 """
 
 from __future__ import annotations
@@ -80,43 +78,44 @@ class ConvWindow:
         return a.reshape(ho * wo, hi * wi)
 
 
-@dataclass(frozen=True)
-class Residual:
-    """One residual branch of a block: ``y = shortcut(x) + scale * branch(x)``.
-
-    Attributes:
-        branch: the branch's module name inside the block (``"mixer"``, ``"attn"``); ``""``: the
-            whole block but its shortcut (ResNet, ConvNeXt).
-        scale: the branch's layer scale (a tensor of per-channel gammas, or None for 1).
-        shortcut: the shortcut's module name inside the block (a downsampling), None: identity.
-        on_grid: ``(affinity, block input grid) -> (B|1, M, N, N)`` for a branch whose mixer works on
-            pieces of the grid (Swin's shifted windows), else None.
-    """
-
-    branch: str
-    scale: torch.Tensor | None = None
-    shortcut: str | None = None
-    on_grid: Callable | None = None
-
-    @property
-    def gamma(self) -> float:
-        """The mean layer scale (1 without one): the branch's weight in the signed rule."""
-        return 1.0 if self.scale is None else float(self.scale.detach().double().mean())
-
-
 @dataclass
 class AffinityRecord:
     """A token mixer: ``affinity`` ``(B|1, M, n, n)`` on ``tokens`` (prefix tokens first, extra keys
-    such as a bias key dropped), computed on first access."""
+    such as a bias key dropped), computed on first access.
+
+    ``windows``: for a windowed attention, ``(Windows, (B * nW, M, n_w, n_w))``: the block-sparse form that
+    :meth:`rows` and the rollout use without the dense ``(N, N)`` (see ``trace.Windows``)."""
 
     name: str
     tokens: TokenGrid
     module_type: str
     read: Callable[[], torch.Tensor] = field(repr=False)
+    windows: tuple | None = field(default=None, repr=False)
 
     @cached_property
     def affinity(self) -> torch.Tensor:
         return self.read()
+
+    def rows(self, queries) -> torch.Tensor:
+        """Rows ``queries`` (token indices, prefix counted) of the affinity, ``(B|1, M, Q, n)``, without the
+        dense ``(n, n)`` of a windowed attention."""
+        q = torch.as_tensor(queries, dtype=torch.long).reshape(-1)
+        if self.windows is not None:
+            windows, local = self.windows
+            return windows.rows(local, q)
+        return self.affinity[..., q, :]
+
+
+@dataclass
+class JoinRecord:
+    """Token paths that meet in a sum: ``y = sum_i s_i x_i`` (a residual ``x + f(x)``, a shortcut beside its
+    branch). ``scales``: each path's factor in the signed rule (a layer scale's mean, -1 for a subtraction);
+    the non-negative rule weighs the paths equally (Abnar & Zuidema's ``0.5 A + 0.5 I``)."""
+
+    name: str
+    tokens: TokenGrid
+    module_type: str
+    scales: tuple = ()
 
 
 @dataclass
@@ -130,15 +129,4 @@ class WindowRecord:
     module_type: str = ""
 
 
-@dataclass
-class ResidualRecord:
-    """``y = shortcut(x) + gamma * branch(x)``: ``inner`` the records of the branch, in order;
-    ``shortcut`` the window records of a downsampling shortcut (empty: the identity)."""
-
-    name: str
-    residual: Residual
-    inner: list = field(default_factory=list)
-    shortcut: list = field(default_factory=list)
-
-
-__all__ = ["AffinityRecord", "ConvWindow", "Residual", "ResidualRecord", "TokenGrid", "WindowRecord"]
+__all__ = ["AffinityRecord", "ConvWindow", "JoinRecord", "TokenGrid", "WindowRecord"]

@@ -14,6 +14,8 @@ Conv and pooling affinities are built by the mixers' own builder
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -38,20 +40,22 @@ def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
     w, b = module.weight, module.bias
     n = grid[0] * grid[1]
     if groups == cin == cout and groups > 1 or (groups == 1 and cin == cout == 1):
-        a = local_affinity(w[:, 0], grid, dilation).unsqueeze(0)
+        kernels = w.detach()[:, 0]
+        a = lambda: local_affinity(kernels, grid, dilation).unsqueeze(0)  # noqa: E731  (on first use)
         values = rearrange(x, "b c h w -> b c (h w) 1")
 
         def project(z):
             y = rearrange(z, "b c (h w) 1 -> b c h w", h=grid[0])
             return y if b is None else y + b.view(1, -1, 1, 1)
 
-        return AffinityView(values, a, project, grid, "static", cin, "Conv2d (depthwise)")
+        return AffinityView(values, a, project, grid, "static", cin, "Conv2d (depthwise)",
+                            read_rows=partial(kernel_rows, kernels, grid, dilation))
     if groups != 1:
         raise ValueError(f"Conv2d.groups must be 1 (full conv) or in_channels == out_channels "
                          f"(depthwise), got groups={groups}, in_channels={cin}, out_channels={cout}")
     heads = kernel[0] * kernel[1]
     eye = torch.eye(heads, dtype=w.dtype, device=w.device).view(heads, *kernel)
-    a = local_affinity(eye, grid, dilation).unsqueeze(0)
+    a = lambda: local_affinity(eye, grid, dilation).unsqueeze(0)  # noqa: E731  (on first use)
     values = rearrange(x, "b c h w -> b 1 (h w) c").expand(-1, heads, n, cin)
     kernel_mat = rearrange(w, "o c kh kw -> (kh kw) c o")
 
@@ -61,7 +65,27 @@ def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
             y = y + b
         return rearrange(y, "b (h w) o -> b o h w", h=grid[0])
 
-    return AffinityView(values, a, project, grid, "static", heads, "Conv2d (full, im2col)")
+    return AffinityView(values, a, project, grid, "static", heads, "Conv2d (full, im2col)",
+                        read_rows=partial(kernel_rows, eye, grid, dilation))
+
+
+def kernel_rows(kernels: torch.Tensor, grid, dilation, queries: torch.Tensor) -> torch.Tensor:
+    """Rows ``queries`` of ``local_affinity(kernels, grid, dilation)`` without it: ``(1, M, Q, N)``, each the
+    kernel ``(M, kh, kw)`` placed centred at its query (entries off the grid dropped, as zero padding
+    does)."""
+    heads, kh, kw = kernels.shape
+    dy, dx = pair(dilation)
+    h, w = grid
+    qy, qx = queries // w, queries % w
+    out = kernels.new_zeros(heads, len(queries), h * w)
+    picks = torch.arange(len(queries), device=kernels.device)
+    for ky in range(kh):
+        ty = qy + (ky - kh // 2) * dy
+        for kx in range(kw):
+            tx = qx + (kx - kw // 2) * dx
+            on = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+            out[:, picks[on], (ty * w + tx)[on]] = kernels[:, ky, kx].unsqueeze(1)
+    return out.unsqueeze(0)
 
 
 def pool_affinity(module: nn.AvgPool2d, grid, dtype, device) -> torch.Tensor:

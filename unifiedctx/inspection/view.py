@@ -13,6 +13,25 @@ from ..mixers.base import check_grid
 from ..validation import check_float_image, check_int
 
 
+class _OnFirstUse:
+    """A dataclass field given either as a tensor or as a function computing it, called on first access (a
+    depthwise conv's dense ``(C, N, N)`` is only built when somebody asks for it)."""
+
+    def __set_name__(self, owner, name):
+        self.slot = f"_{name}"
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            raise AttributeError(self.slot)  # no default: the field is required
+        value = obj.__dict__[self.slot]
+        if callable(value) and not isinstance(value, torch.Tensor):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+
+
 @dataclass
 class AffinityView:
     """The affinity view of one module on one input: ``project(affinity @ values) == module(x)``.
@@ -30,10 +49,15 @@ class AffinityView:
         components: for mixed views, the affinities by part (``{"dynamic", "static", "mixed"}``).
         pixel_stride: input pixels per grid step ``(sy, sx)`` when known (set by ``inspect_model``).
         notes: anything else worth knowing about the view (what ``project`` includes, ...).
+        read_rows: ``queries -> (B|1, M, Q, K)``, rows of the affinity without the dense one (a static
+            kernel placed at each query), or None: :meth:`rows` slices the affinity.
+
+    ``affinity`` may be given as a function: it is then computed on first access (memory follows what is
+    asked for; ``inspect_model`` of ConvNeXt-T at 224 builds no dense depthwise affinity).
     """
 
     values: torch.Tensor
-    affinity: torch.Tensor
+    affinity: torch.Tensor = _OnFirstUse()
     project: Callable[[torch.Tensor], torch.Tensor]
     grid: tuple[int, int] | None
     kind: str
@@ -44,6 +68,15 @@ class AffinityView:
     components: dict | None = None
     pixel_stride: tuple[float, float] | None = None
     notes: dict = field(default_factory=dict)
+    read_rows: Callable | None = field(default=None, repr=False)
+
+    def rows(self, queries) -> torch.Tensor:
+        """Rows ``queries`` (token indices, prefix tokens counted) of the affinity: ``(B|1, M, Q, K)``; for a
+        static kernel, the kernel placed at each query, without building the dense ``(N, N)``."""
+        q = torch.as_tensor(queries, dtype=torch.long).reshape(-1)
+        if self.read_rows is not None:
+            return self.read_rows(q)
+        return self.affinity[..., q, :]
 
     def output(self) -> torch.Tensor:
         """The reference computation ``project(affinity @ values)`` (equals ``module(x)``)."""

@@ -10,12 +10,7 @@ count their cost and read their affinities.
 
 from __future__ import annotations
 
-from .blocks import Block
-from .factory import create_model, from_config, list_models, normalize_config
-from .flops import SDPA_FLOPS, count_flops, count_macs, count_params
-from .network import ContextNet, Stage
-from .presets import PRESETS
-from .recording import (
+from ..inspection.layers import (  # the reader's public names, also here beside the builder
     LayerAffinity,
     layer_affinities,
     mixer_components,
@@ -25,6 +20,11 @@ from .recording import (
     record_affinities,
     record_components,
 )
+from .blocks import Block
+from .factory import create_model, from_config, list_models, normalize_config
+from .flops import SDPA_FLOPS, count_flops, count_macs, count_params
+from .network import ContextNet, Stage
+from .presets import PRESETS
 from .spec import STAGE_DEFAULTS, STAGE_REQUIRED, StageSpec, merge_mixer
 
 __all__ = [

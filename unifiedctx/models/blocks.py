@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..inspection.records import Residual
 from ..mixers import create
 from .layers import DropPath, LayerScale, Mlp, make_norm
 from .spec import StageSpec
@@ -49,19 +48,6 @@ class Block(nn.Module):
         scale = (lambda: LayerScale(dim, spec.layer_scale)) if spec.layer_scale is not None else nn.Identity
         self.scale1, self.scale2 = scale(), scale()
         self.drop_path = DropPath(drop_path)
-
-    def residuals(self) -> list[Residual]:
-        """The block's residual branches, for the one reader (rollout, the depth view)::
-
-            x + pos(x)                 Residual("pos")              (when the block has one)
-            x + gamma_1 * mixer(...)   Residual("mixer", gamma_1)   (norm_1 is token-wise)
-            x + gamma_2 * mlp(...)     Residual("mlp", gamma_2)     (channels only: no token map)
-
-        ``gamma`` is the layer scale's ``(C,)`` vector, None without one.
-        """
-        gamma = lambda s: s.gamma if isinstance(s, LayerScale) else None
-        found = [Residual("pos")] if self.pos is not None else []
-        return [*found, Residual("mixer", gamma(self.scale1)), Residual("mlp", gamma(self.scale2))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos is not None:

@@ -57,13 +57,13 @@ def model_distances(model, x: torch.Tensor, max_tokens: int | None = None, layer
                     most_heads: int | None = None) -> OrderedDict:
     """Mean affinity distance of every head of every viewable layer of any model: ``{name: (M,)}`` px.
 
-    The layers are read by :func:`unifiedctx.models.recording.layer_affinities` (unifiedctx mixers,
+    The layers are read by :func:`unifiedctx.inspection.layers.layer_affinities` (unifiedctx mixers,
     or ``inspect_model`` for any other network: timm's, a user's own), each on its own token grid
     with its own stride in input pixels, ``D[m]`` as in :func:`affinity_distance`. ``most_heads``
     measures every k-th head only (``k = M // most_heads``), for the per-channel affinities of
     convolutions and token MLPs (hundreds of "heads"). The model is left as it was.
     """
-    from ..models.recording import layer_affinities
+    from ..inspection.layers import layer_affinities
 
     check_optional_positive_int("most_heads", most_heads)
     out = OrderedDict()

@@ -36,7 +36,7 @@ def static_kernels(model: nn.Module, all_depthwise: bool = False) -> OrderedDict
     (timm's ConvNeXt, a user's own) is read the same way: its depthwise ``nn.Conv2d`` kernels are
     its static kernels. A bare ``nn.Conv2d`` or mixer is accepted as a model of one layer.
     """
-    from ..models.recording import mixer_layers
+    from ..inspection.layers import mixer_layers
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -1,14 +1,14 @@
 """The explorer's data: its images, and its models' layer catalogues and affinities, cached.
 
 Any network: one forward per (model, image) reads its layers through
-:func:`~unifiedctx.models.recording.layer_affinities` (unifiedctx mixers through their contract;
+:func:`~unifiedctx.inspection.layers.layer_affinities` (unifiedctx mixers through their contract;
 any other network, timm's or a user's own, through ``inspect_model``). A mixer's affinities
 (``components(x)``) are computed from its recorded input the first time they are asked for and
 kept (LRU, at most ``cache_mb``), so a big unifiedctx model never holds every layer's N x N at
 once; an inspected network's views are built in that one forward (layers with more than
 ``max_tokens`` tokens are left out). Everything this module hands out is plain data: numpy arrays,
 :class:`LayerInfo` records and :class:`~unifiedctx.viz.scales.Scale` objects. Reading leaves
-every model as it was (``models.recording.untouched``: modes, statistics, RNG).
+every model as it was (``inspection.reader.untouched``: modes, statistics, RNG).
 
 Through depth (:meth:`ExplorerData.depth`): one query's rollout up to a layer, or its effective
 receptive field, as the plain dict of :func:`unifiedctx.context.rollout_maps` /
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..context import erf_maps, rollout, rollout_maps
-from ..models.recording import LayerAffinity, layer_affinities, mixer_layers, untouched
+from ..inspection.layers import LayerAffinity, layer_affinities, mixer_layers, untouched
 from ..viz.scales import Scale, scale_for
 
 #: Layers of a network read through ``inspect_model`` with more tokens are left out of the explorer
@@ -119,7 +119,7 @@ class ExplorerData:
 
     def records(self, model_name: str, index: int) -> OrderedDict[str, LayerAffinity]:
         """``{layer: LayerAffinity}`` of one model for one image, in forward order (cached): the
-        layers that have a token grid (:func:`~unifiedctx.models.recording.layer_affinities`)."""
+        layers that have a token grid (:func:`~unifiedctx.inspection.layers.layer_affinities`)."""
         key = (model_name, index)
         if key not in self._records:
             model = self.models[model_name]
@@ -187,7 +187,8 @@ class ExplorerData:
         """Token ``query`` of ``layer`` through depth, as plain data (cached, LRU).
 
         ``mode="rollout"``: :func:`~unifiedctx.context.rollout_maps` up to ``layer`` (every
-        affinity before it composed, residuals as ``A + I``); ``mode="ERF"``:
+        affinity before it composed, each residual sum as ``0.5 A + 0.5 I``; a network with token mixing
+        the reader could not read is refused, naming the module); ``mode="ERF"``:
         :func:`~unifiedctx.context.erf_maps` of the layer's output (``|d y_query / d x|``, one
         backward). Either way ``map`` is ``(H_in, W_in)`` float64 on the input pixels, summing to 1.
         """

@@ -1,4 +1,5 @@
-"""Reading a model's affinities without touching it: every read leaves the model as it was.
+"""Every layer's affinity on one input, whichever network it comes from: the records that the explorer, the
+plots and ``record_affinities`` read. Every read leaves the model as it was.
 
 Nothing here is active unless called: ``mixer_inputs`` registers temporary forward pre-hooks
 (the public ``nn.Module`` API) for the length of one forward pass and always removes them, and
@@ -21,11 +22,33 @@ from functools import cached_property, partial
 import torch
 from torch import nn
 
-from ..inspection.reader import check_door, check_model, forward_pass, select_layers, untouched
-from ..inspection.structure import mixer_affinity, swin_on_grid
 from ..mixers import AffinityMixer
 from ..mixers.base import DESCRIPTIONS
 from ..validation import check_choice
+from .reader import check_door, check_model, forward_pass, select_layers, untouched
+from .records import ConvWindow
+from .trace import Windows, window_layout, window_places
+
+
+@torch.no_grad()
+def mixer_affinity(mixer: AffinityMixer, x: torch.Tensor) -> torch.Tensor:
+    """``mixer.affinity(x)``, asked through the contract inside the guard: ``(B|1, M, N, N)``."""
+    with untouched(mixer):
+        return mixer.affinity(x).detach()
+
+
+def static_window(mixer: AffinityMixer) -> ConvWindow | None:
+    """A static mixer's affinity as the window it is, through the contract: a ``kind == "static"``
+    mixer whose ``static_kernels()`` ``(M, kh, kw)`` gives one kernel per head has
+    ``affinity = local_affinity(static_kernels(), grid)``, the centred stride-1 window of those kernels
+    (a depthwise convolution). None for every other mixer (their dense affinity is asked for)."""
+    if mixer.kind != "static":
+        return None
+    kernels = mixer.static_kernels()
+    if kernels is None or kernels.dim() != 3 or kernels.shape[0] != mixer.heads:
+        return None
+    kh, kw = kernels.shape[-2:]
+    return ConvWindow(kernels.detach()[:, None], (1, 1), (kh // 2, kw // 2), (1, 1))
 
 
 def _check_model(model) -> None:
@@ -185,11 +208,18 @@ def _windows_on_grid(model, name: str, view, image_grid) -> tuple | None:
     block's whole token grid and the map that lays ``(B * nW, M, n, n)`` window affinities on it
     as ``(B, M, N, N)`` (0 between tokens of different windows, the cyclic shift undone); ``None``
     for any other view, or when the parent block does not say its window and shift."""
+    if "layout" in view.notes:  # read at the call: the trace knows where each window's tokens sit
+        grid = tuple(int(round(g / s)) for g, s in zip(image_grid, view.pixel_stride))
+        return grid, view.notes["layout"].on_grid
     block = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
     if "windows" not in view.notes or not all(hasattr(block, a) for a in ("window_size", "shift_size")):
         return None
     grid = tuple(int(round(g / s)) for g, s in zip(image_grid, view.pixel_stride))
-    return grid, partial(swin_on_grid, block, grid=grid)
+    window, shift = window_layout(block, grid)
+    if grid[0] % window[0] or grid[1] % window[1]:
+        return None
+    count = (grid[0] // window[0]) * (grid[1] // window[1])
+    return grid, Windows(*window_places(grid, window, shift), count).on_grid
 
 
 def _inspected_record(model, name: str, view, image_grid, max_tokens) -> LayerAffinity | None:
@@ -204,12 +234,13 @@ def _inspected_record(model, name: str, view, image_grid, max_tokens) -> LayerAf
         components = lambda: {k: to_grid(a) for k, a in _view_components(view).items()}  # noqa: E731
         notes["windows"] = ("the windows laid out on the block's whole grid (0 between tokens of different "
                             "windows)")
+        notes.pop("layout", None)
     return LayerAffinity(name, view.kind, grid, view.module_type, "inspect", None, notes, view.pixel_stride,
                          *describe_view(view), affinity, components)
 
 
 def _inspected_records(model, x, layers, max_tokens, prefix_tokens) -> tuple[list[LayerAffinity], dict]:
-    from ..inspection import inspect_model
+    from .network import inspect_model
 
     with untouched(model):
         result = inspect_model(model, x, layers=layers, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
@@ -322,3 +353,8 @@ def mixing_weights(model: nn.Module) -> OrderedDict[str, dict]:
         if weights is not None:
             out[name] = {key: _plain(value) for key, value in weights.items()}
     return out
+
+
+__all__ = ["LayerAffinity", "SOURCES", "VIEW_WORDS", "describe_view", "layer_affinities", "mixer_affinity",
+           "mixer_components", "mixer_inputs", "mixer_layers", "mixing_weights", "record_affinities",
+           "record_components", "static_window"]
