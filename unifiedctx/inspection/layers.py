@@ -25,30 +25,8 @@ from torch import nn
 from ..mixers import AffinityMixer
 from ..mixers.base import DESCRIPTIONS
 from ..validation import check_choice
-from .reader import check_door, check_model, forward_pass, select_layers, untouched
-from .records import ConvWindow
-from .trace import Windows, window_layout, window_places
-
-
-@torch.no_grad()
-def mixer_affinity(mixer: AffinityMixer, x: torch.Tensor) -> torch.Tensor:
-    """``mixer.affinity(x)``, asked through the contract inside the guard: ``(B|1, M, N, N)``."""
-    with untouched(mixer):
-        return mixer.affinity(x).detach()
-
-
-def static_window(mixer: AffinityMixer) -> ConvWindow | None:
-    """A static mixer's affinity as the window it is, through the contract: a ``kind == "static"``
-    mixer whose ``static_kernels()`` ``(M, kh, kw)`` gives one kernel per head has
-    ``affinity = local_affinity(static_kernels(), grid)``, the centred stride-1 window of those kernels
-    (a depthwise convolution). None for every other mixer (their dense affinity is asked for)."""
-    if mixer.kind != "static":
-        return None
-    kernels = mixer.static_kernels()
-    if kernels is None or kernels.dim() != 3 or kernels.shape[0] != mixer.heads:
-        return None
-    kh, kw = kernels.shape[-2:]
-    return ConvWindow(kernels.detach()[:, None], (1, 1), (kh // 2, kw // 2), (1, 1))
+from .reader import check_door, check_model, forward_pass, mixer_affinity, select_layers, untouched
+from .windows import Windows, window_layout, window_places
 
 
 def _check_model(model) -> None:
@@ -355,6 +333,6 @@ def mixing_weights(model: nn.Module) -> OrderedDict[str, dict]:
     return out
 
 
-__all__ = ["LayerAffinity", "SOURCES", "VIEW_WORDS", "describe_view", "layer_affinities", "mixer_affinity",
+__all__ = ["LayerAffinity", "SOURCES", "VIEW_WORDS", "describe_view", "layer_affinities",
            "mixer_components", "mixer_inputs", "mixer_layers", "mixing_weights", "record_affinities",
-           "record_components", "static_window"]
+           "record_components"]

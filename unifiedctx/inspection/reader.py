@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..mixers.base import AffinityMixer
 from ..validation import check_finite, check_float_image, check_int, check_optional_positive_int
 
 
@@ -220,5 +221,12 @@ def forward_pass(model: nn.Module, x: torch.Tensor, keep: Callable[[str, nn.Modu
     return seen
 
 
-__all__ = ["ForwardPass", "bound_call", "check_door", "check_model", "copied", "forward_pass",
-           "select_layers", "untouched"]
+@torch.no_grad()
+def mixer_affinity(mixer: AffinityMixer, x: torch.Tensor) -> torch.Tensor:
+    """``mixer.affinity(x)``, asked through the contract inside the guard: ``(B|1, M, N, N)``."""
+    with untouched(mixer):
+        return mixer.affinity(x).detach()
+
+
+__all__ = ["bound_call", "check_door", "check_model", "copied", "forward_pass", "ForwardPass",
+           "mixer_affinity", "select_layers", "untouched"]

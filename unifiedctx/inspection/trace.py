@@ -49,6 +49,7 @@ from .attention_call import (
     mha_affinity,
     softmax_of,
 )
+from .reader import mixer_affinity
 from .records import AffinityRecord, ConvWindow, JoinRecord, TokenGrid, WindowRecord
 from .view import check_prefix, pair
 from .windows import (
@@ -60,6 +61,7 @@ from .windows import (
     is_windowed,
     merging_window,
     plain_int,
+    static_window,
     window_layout,
     window_places,
 )
@@ -319,7 +321,6 @@ class Watcher(TorchFunctionMode):
 
     def _adapter_record(self, name, module, x, parent):
         from .families import _gpsa_view
-        from .layers import mixer_affinity, static_window
         from .timm_mixer import inspect_timm_mixer_block
 
         here = self.call_name(name)

@@ -23,6 +23,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..mixers.base import AffinityMixer
 from .records import ConvWindow
 from .view import pair
 
@@ -115,6 +116,19 @@ def merging_window(module) -> ConvWindow:
     weight = module.reduction.weight.detach()  # (out, 4 C)
     return ConvWindow(rearrange(weight, "o (dx dy c) -> o c dy dx", dx=2, dy=2), (2, 2), (0, 0), (1, 1))
 
-__all__ = ["Windows", "find_ancestor", "grid_places", "is_maxvit_partition", "is_patch_merging",
-           "is_windowed",
-           "merging_window", "plain_int", "window_layout", "window_places"]
+def static_window(mixer: AffinityMixer) -> ConvWindow | None:
+    """A static mixer's affinity as the window it is, through the contract: a ``kind == "static"``
+    mixer whose ``static_kernels()`` ``(M, kh, kw)`` gives one kernel per head has
+    ``affinity = local_affinity(static_kernels(), grid)``, the centred stride-1 window of those kernels
+    (a depthwise convolution). None for every other mixer (their dense affinity is asked for)."""
+    if mixer.kind != "static":
+        return None
+    kernels = mixer.static_kernels()
+    if kernels is None or kernels.dim() != 3 or kernels.shape[0] != mixer.heads:
+        return None
+    kh, kw = kernels.shape[-2:]
+    return ConvWindow(kernels.detach()[:, None], (1, 1), (kh // 2, kw // 2), (1, 1))
+
+
+__all__ = ["find_ancestor", "grid_places", "is_maxvit_partition", "is_patch_merging", "is_windowed",
+           "merging_window", "plain_int", "static_window", "window_layout", "window_places", "Windows"]
