@@ -33,7 +33,8 @@ def lut(name: str) -> np.ndarray:
 def want_state(explorer) -> dict:
     return {"query": f"{explorer.query[0]},{explorer.query[1]}", "layer": explorer.layer,
             "component": explorer.component, "head": str(explorer.head), "model": explorer.model_name,
-            "image": str(explorer.image_index), "depth": explorer.depth}
+            "image": str(explorer.image_index), "depth": explorer.depth, "scaleMode": explorer.scale_mode,
+            "epoch": "null" if explorer.epoch is None else str(explorer.epoch)}
 
 
 def expected_colours(explorer, index, size, grid, alpha, lut_name, skip=None):
@@ -76,18 +77,19 @@ class Driver:
         tiles = root.evaluate(CANVASES.replace("SELECTOR", '"canvas.ucx-map"'))
         heads = list(range(ex.heads)) if ex.head == -1 else [ex.head]
         assert [int(t["head"]) for t in tiles] == heads
-        a = ex.data.affinity(ex.model_name, ex._maps_image(), ex.layer, ex.component)
-        scale, (h, w) = ex.scale, ex.grid
+        a = ex.data.affinity(ex.model_name, ex._maps_image(), ex.layer, ex.component, ex.epoch)
+        (h, w), scales = ex.grid, ex.map_scales()  # every map's scale: shared, or its own (scale_mode "map")
         q = ex.query[0] * w + ex.query[1]
         alpha = ex.setup["alpha"]
-        for tile, m in zip(tiles, heads):
+        for tile, m, scale in zip(tiles, heads, scales):
             index = np.rint(scale.normalise(a[m, q]) * 255).astype(int).reshape(h, w)
             px = np.asarray(tile["data"], np.float64).reshape(tile["h"], tile["w"], 4)
             (ys, xs), want = expected_colours(ex, index, (tile["h"], tile["w"]), (h, w), alpha,
                                               ex.cmap or scale.cmap if not scale.signed else scale.cmap,
                                               skip=ex.query)
             assert np.abs(px[ys, xs, :3] - want).max() <= 1.0, f"head {m}: the drawn map is not the data"
-        assert int(data["mapSum"]) == sum(int(np.rint(scale.normalise(a[m, q]) * 255).sum()) for m in heads)
+        assert int(data["mapSum"]) == sum(int(np.rint(scale.normalise(a[m, q]) * 255).sum())
+                                          for m, scale in zip(heads, scales))
         assert self.node(".ucx-depth-panel").is_visible() == (ex.depth != "off")
         if ex.depth != "off":
             self.check_depth(root)
@@ -178,6 +180,10 @@ def exercise(driver: Driver, other_model: str | None = None) -> None:
     driver.select("layer", ex.layers[-1], layer=ex.layers[-1])
     if len(ex.data.images) > 1 and driver.node("select.ucx-image_index").is_visible():
         driver.select("image_index", 1, image_index=1)
+    if driver.node("select.ucx-scale_mode").is_visible():
+        driver.select("scale_mode", "map", scale_mode="map")   # each map on its own scale
+        driver.click(0.55, 0.25)
+        driver.select("scale_mode", ex.setup["scale_modes"][0], scale_mode=ex.setup["scale_modes"][0])
     if driver.node("select.ucx-depth").is_visible():
         driver.select("depth", "rollout", depth="rollout")
         driver.click(0.10, 0.90)                            # the depth map follows the query

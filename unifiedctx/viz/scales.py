@@ -28,6 +28,10 @@ SEQUENTIAL = "magma"
 DIVERGING = "RdBu_r"
 #: Smallest tick-label size in points used by the library's figures.
 MIN_FONTSIZE = 8
+#: The colour of the query marker in every picture of the library: the figures' squares, the
+#: explorer's outline (live and exported) and the texts that explain them. Neither colormap holds it
+#: (magma runs black, purple, orange, pale yellow; RdBu_r blue, white, red), so it stands out on both.
+QUERY_MARKER = "cyan"
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,27 @@ def scale_for(values, *, rows=None, signed: bool | None = None) -> Scale:
     if uniform is not None:
         vmax = max(vmax, uniform)
     return Scale(SEQUENTIAL, 0.0, vmax, False, uniform, keys)
+
+
+def row_limits(values, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``values`` (its last axis: one map) on its own colour range, by the rule of
+    :func:`scale_for` with the kind of the shared ``scale``: signed, ``-max|row|`` to ``+max|row|``;
+    non-negative, ``0`` to the row's peak (at least the uniform level ``1/N`` when ``scale`` carries
+    one, so a flat softmax row is not stretched into contrast). A row of zeros gets the range
+    ``[0, 1]`` (``[-1, 1]`` signed). Returns ``(vmin, vmax)``, each ``values.shape[:-1]``, float64.
+
+    This is what a per-map colour scale shows: every map fills the colormap, so a head that looks
+    at a few tokens is seen even when another head of the layer peaks ten times higher.
+    """
+    values = _finite_array("values", values)
+    if scale.signed:
+        vmax = np.abs(values).max(axis=-1)
+        vmax = np.where(vmax > 0, vmax, 1.0)
+        return -vmax, vmax
+    vmax = values.max(axis=-1)
+    if scale.uniform is not None:
+        vmax = np.maximum(vmax, scale.uniform)
+    return np.zeros_like(vmax), np.where(vmax > 0, vmax, 1.0)
 
 
 def _finite_array(name: str, values) -> np.ndarray:

@@ -4,19 +4,23 @@
 // the image with the query marker, each shown head's map (row `query` of its affinity, sent as
 // colour indices u: the colormap entry, so no scale rule lives here) laid over the grey image,
 // the colorbar with its marks, the through-depth map and the controls. Traits read: `setup`
-// (sizes, alpha, colormap names), `pictures` and `luts` (bytes), `catalog` (layers, default
-// layers, carry tables), `shown` (the state, written back on every change). What it has not got
-// (one layer component for one image, one query's depth map) it asks for with model.send; the
-// answer comes as a custom message with one binary buffer, and is kept. The same module runs in
-// JupyterLab and in the exported page (there a stand-in model answers from the page's data).
+// (sizes, alpha, colormap names, the query marker's colour, a run's epochs, the colour scales
+// offered), `pictures` and `luts` (bytes), `catalog` (layers, default layers, carry tables),
+// `shown` (the state, written back on every change). What it has not got (one layer component
+// for one image, epoch and colour scale; one query's depth map) it asks for with model.send; the
+// answer comes as a custom message with one binary buffer, and is kept. A request the kernel
+// refuses is answered with {kind: "error"}: the page shows it and stops waiting for that key.
+// The same module runs in JupyterLab and in the exported page (there a stand-in model answers
+// from the page's data), and draws the live view of a training run (renderLive, setup.live).
 //
 // Security: every text comes from models and users, so the DOM is built with createElement and
 // textContent only.
 
-const MARKER = [255, 40, 40];
-const RING = [255, 255, 255];
+const RING = [0, 0, 0];  // a thin dark ring inside the query marker: it stands out on pale maps too
 const BAR_WIDTH = 14;
 const LABEL_GAP = 12; // px: a plain colorbar number this close to the 1/N mark is left out
+const PLAY_MS = 700;  // the play button shows one epoch this long
+const SCALE_WORDS = { layer: "one per layer", map: "one per map", fixed: "one per layer, fixed over epochs" };
 
 function make(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -106,6 +110,10 @@ function drawBar(canvas, labels, lut, marks, height) {
     span.style.top = `${at(pos)}px`;
     labels.append(span);
   }
+  // the labels are placed absolutely, so their column is as wide as its widest label (whole words,
+  // never cut by the widget's edge); before layout (a hidden view) it is estimated from the text
+  const widest = Math.max(...[...labels.children].map((s) => s.offsetWidth || 7 * s.textContent.length), 0);
+  labels.style.width = `${Math.ceil(widest) + 2}px`;
 }
 
 function fillSelect(select, options, value) {
@@ -119,7 +127,8 @@ function fillSelect(select, options, value) {
 
 function render({ model, el }) {
   const setup = model.get("setup");
-  const H = setup.h, W = setup.w, alpha = setup.alpha;
+  if (setup.live) return renderLive({ model, el });
+  const H = setup.h, W = setup.w, alpha = setup.alpha, MARKER = setup.marker, EPOCHS = setup.epochs || [];
   const ratio = setup.panel / Math.max(H, W);
   const PH = Math.max(1, Math.round(H * ratio)), PW = Math.max(1, Math.round(W * ratio));
   const pictures = bytesOf(model.get("pictures"));
@@ -135,13 +144,29 @@ function render({ model, el }) {
     if (!cache.has(key)) {
       cache.set(key, new Promise((resolve) => waiting.set(key, resolve)));
       model.send({ ...request, key });
+      showBusy();
     }
     return cache.get(key);
   }
+  // what the kernel refused (a bad request, a state it kept): shown until the next user action
+  function showError(text) {
+    error.textContent = text;
+    error.hidden = false;
+    root.dataset.error = text;
+  }
   const onMessage = (msg, buffers) => {
+    if (msg.kind === "refused" || (msg.kind === "error" && !waiting.has(msg.key))) {
+      showError(msg.error);
+      return;
+    }
     const resolve = waiting.get(msg.key);
     if (!resolve) return;
     waiting.delete(msg.key);
+    showBusy();
+    if (msg.kind === "error") {
+      cache.delete(msg.key);  // not kept: asking again asks the kernel again
+      showError(msg.error);
+    }
     resolve({ meta: msg, data: buffers && buffers.length ? bytesOf(buffers[0]) : new Uint8Array(0) });
   };
 
@@ -187,6 +212,8 @@ function render({ model, el }) {
   }
   function change(name, value) {
     started = performance.now();
+    error.hidden = true;
+    delete root.dataset.error;
     S = next(name, value);
     model.set("shown", { ...S });
     model.save_changes();
@@ -214,8 +241,35 @@ function render({ model, el }) {
   const controls = {
     model_name: select("model", "model_name"), image_index: select("image", "image_index"),
     layer: select("layer", "layer"), head: select("head", "head"), component: select("component", "component"),
-    depth: select("through depth", "depth"), row: range("query row", "row"), col: range("query col", "col"),
+    depth: select("through depth", "depth"), scale_mode: select("colour scale", "scale_mode"),
+    row: range("query row", "row"), col: range("query col", "col"),
   };
+  // a training run's epochs: a slider over the stored epochs and a play button
+  const epochSlider = make("input", { type: "range", min: "0", max: String(Math.max(EPOCHS.length - 1, 0)),
+    step: "1", class: "ucx-range ucx-epoch", "aria-label": "epoch" });
+  const epochReadout = make("output", { class: "ucx-readout" });
+  const play = make("button", { type: "button", class: "ucx-play", text: "\u25B6", "aria-label": "play the epochs" });
+  let playing = null;
+  function stop() {
+    if (playing !== null) clearInterval(playing);
+    playing = null;
+    play.textContent = "\u25B6";
+    play.setAttribute("aria-label", "play the epochs");
+  }
+  epochSlider.addEventListener("input", () => change("epoch", EPOCHS[Number(epochSlider.value)]));
+  play.addEventListener("click", () => {
+    if (playing !== null) { stop(); return; }
+    if (EPOCHS.indexOf(S.epoch) === EPOCHS.length - 1) change("epoch", EPOCHS[0]);
+    play.textContent = "\u23F8";
+    play.setAttribute("aria-label", "pause");
+    playing = setInterval(() => {
+      const i = EPOCHS.indexOf(S.epoch) + 1;
+      if (i >= EPOCHS.length) { stop(); return; }
+      change("epoch", EPOCHS[i]);
+    }, PLAY_MS);
+  });
+  controls.epoch = { node: epochSlider, box: make("span", { class: "ucx-control ucx-epochs" }, [
+    make("label", { class: "ucx-control" }, [make("span", { text: "epoch" }), epochSlider, epochReadout]), play]) };
   // JupyterLab's own shortcuts (arrows move between cells) are suppressed on the focused image
   const picture = make("canvas", { class: "ucx-image", tabindex: "0", role: "img",
     "data-lm-suppress-shortcuts": "true" });
@@ -226,18 +280,26 @@ function render({ model, el }) {
   const depthBar = make("canvas", { class: "ucx-bar-canvas" }), depthLabels = make("div", { class: "ucx-bar-labels" });
   const depthPanel = make("div", { class: "ucx-depth-panel" }, [depthTitle, depthMap]);
   const depthBarBox = make("div", { class: "ucx-bar" }, [depthBar, depthLabels]);
+  const depthGroup = make("div", { class: "ucx-group ucx-depth-group" }, [depthPanel, depthBarBox]);
   const status = make("dl", { class: "ucx-status", "aria-label": "what the maps show", "aria-live": "polite" });
   const warning = make("p", { class: "ucx-warning", role: "alert" });
+  const error = make("p", { class: "ucx-error", role: "alert", hidden: true });
+  const busy = make("p", { class: "ucx-busy", text: "asking the kernel\u2026", hidden: true });
+  const showBusy = () => { busy.hidden = waiting.size === 0; root.dataset.waiting = String(waiting.size); };
+  // the pictures wrap onto a new line where the page is narrow: each group keeps its colorbar
   const root = make("div", { class: "ucx-explorer", role: "group", "aria-label": "affinity explorer" }, [
     make("div", { class: "ucx-controls" }, Object.values(controls).map((c) => c.box)),
-    status, warning,
-    make("div", { class: "ucx-pictures" }, [picture, tiles,
-      make("div", { class: "ucx-bar" }, [bar, barLabels]), depthPanel, depthBarBox]),
+    status, warning, error, busy,
+    make("div", { class: "ucx-pictures" }, [picture,
+      make("div", { class: "ucx-group" }, [tiles, make("div", { class: "ucx-bar" }, [bar, barLabels])]),
+      depthGroup]),
   ]);
   el.append(root);
   controls.model_name.box.hidden = setup.models.length < 2;
   controls.image_index.box.hidden = setup.n_images < 2;
   controls.depth.box.hidden = setup.depth_modes.length < 2;
+  controls.scale_mode.box.hidden = setup.scale_modes.length < 2;
+  controls.epoch.box.hidden = EPOCHS.length < 1;
 
   const pointToCell = (event) => {
     const rect = picture.getBoundingClientRect(), g = layerOf(S.model_name, S.layer).grid;
@@ -270,9 +332,19 @@ function render({ model, el }) {
     ctx.putImageData(image, 0, 0);
   }
 
+  // a map's own range (scale_mode "map"): "0 to 0.031" for row k of the affinity
+  const rowRange = (rows, k) => `${rows.vmin[k]} to ${rows.vmax[k]}`;
+  function rowMarks(rows, k) {
+    const marks = [[1, rows.vmax[k], ""], [0, rows.vmin[k], ""]];
+    if (rows.zero_at !== null) marks.push([rows.zero_at, "0", ""]);
+    if (rows.uniform_at) marks.push([rows.uniform_at[k], rows.uniform, "ucx-uniform"]);
+    return marks;
+  }
+
   function drawTiles(layer, maps) {
     const grid = layer.grid, n = grid[0] * grid[1], q = S.query[0] * grid[1] + S.query[1];
     const heads = S.head === -1 ? [...Array(maps.meta.heads).keys()] : [S.head];
+    const rows = maps.meta.rows;
     const [th, tw] = tileSize(heads.length, grid, setup.panel, PH, PW);
     const background = grey(S.image_index, th, tw), lut = luts[maps.meta.scale.cmap];
     tiles.style.gridTemplateColumns = `repeat(${Math.ceil(Math.sqrt(heads.length))}, ${tw}px)`;
@@ -283,7 +355,8 @@ function render({ model, el }) {
     let sum = 0;
     heads.forEach((h, i) => {
       const tile = tiles.children[i], canvas = tile.lastChild, offset = (h * n + q) * n;
-      tile.firstChild.textContent = heads.length > 1 ? `${layer.unit} ${h}` : "";
+      tile.firstChild.textContent = heads.length > 1
+        ? `${layer.unit} ${h}${rows ? `: ${rowRange(rows, h * n + q)}` : ""}` : "";
       canvas.dataset.head = String(h);
       canvas.setAttribute("aria-label", `${layer.unit} ${h}: row (${S.query[0]}, ${S.query[1]}) of the affinity`);
       for (let k = 0; k < n; k++) sum += maps.data[offset + k];
@@ -318,6 +391,13 @@ function render({ model, el }) {
   }
 
   function drawControls(layer, heads) {
+    fillSelect(controls.scale_mode.node, setup.scale_modes.map((m) => [
+      m === "layer" && EPOCHS.length ? "one per layer, this epoch" : SCALE_WORDS[m], m]), S.scale_mode);
+    if (EPOCHS.length) {
+      const i = EPOCHS.indexOf(S.epoch);
+      epochSlider.value = String(i);
+      epochReadout.textContent = `${S.epoch} (${i + 1} of ${EPOCHS.length})`;
+    }
     const models = setup.models;
     fillSelect(controls.model_name.node, models.map((m) => [m, m]), S.model_name);
     fillSelect(controls.image_index.node, [...Array(setup.n_images).keys()].map((i) => [String(i), i]), S.image_index);
@@ -341,10 +421,14 @@ function render({ model, el }) {
     const ticket = ++drawn, s = S;
     const layer = layerOf(s.model_name, s.layer), comp = compOf(layer, s.component);
     const maps = await ask({ need: "maps", model: s.model_name, image: comp.shared ? 0 : s.image_index,
-      layer: s.layer, component: s.component });
+      layer: s.layer, component: s.component, scale: s.scale_mode, epoch: s.epoch });
     const depth = s.depth === "off" ? null : await ask({ need: "depth", model: s.model_name,
       image: s.image_index, layer: s.layer, mode: s.depth, query: s.query });
     if (ticket !== drawn) return;  // a newer state is being drawn
+    if (maps.meta.kind === "error" || (depth && depth.meta.kind === "error")) {
+      root.dataset.ready = "1";  // drawn as far as it goes: the error says why
+      return;
+    }
     drawControls(layer, maps.meta.heads);
     drawImage(layer.grid);
     const problem = maps.meta.warning || (depth && depth.meta.warning) || "";
@@ -352,15 +436,18 @@ function render({ model, el }) {
     warning.hidden = !problem;
     tiles.hidden = Boolean(maps.meta.warning);
     const sum = maps.meta.warning ? 0 : drawTiles(layer, maps);
-    if (!maps.meta.warning) drawBar(bar, barLabels, luts[maps.meta.scale.cmap], maps.meta.scale.marks, Math.max(96, tiles.offsetHeight - 16));
+    const q = s.query[0] * layer.grid[1] + s.query[1], n = layer.grid[0] * layer.grid[1];
+    const marks = maps.meta.rows && s.head !== -1 ? rowMarks(maps.meta.rows, s.head * n + q) : maps.meta.scale.marks;
+    if (!maps.meta.warning) drawBar(bar, barLabels, luts[maps.meta.scale.cmap], marks, Math.max(96, tiles.offsetHeight - 16));
     const showDepth = Boolean(depth && !depth.meta.warning);
     const depthSum = showDepth ? drawDepth(depth, layer.grid) : "";
-    depthPanel.hidden = depthBarBox.hidden = !showDepth;
+    depthPanel.hidden = depthBarBox.hidden = depthGroup.hidden = !showDepth;
     const values = { row: s.query[0], col: s.query[1], head: s.head, image: s.image_index,
-      vmax: showDepth ? depth.meta.vmax[0] : "" };
+      vmax: showDepth ? depth.meta.vmax[0] : "", epoch: s.epoch };
     drawStatus([...maps.meta.fields, ...(depth ? depth.meta.fields : [])], values);
     Object.assign(root.dataset, { query: s.query.join(","), layer: s.layer, component: s.component,
       head: String(s.head), model: s.model_name, image: String(s.image_index), depth: s.depth,
+      scaleMode: s.scale_mode, epoch: String(s.epoch),
       mapSum: String(sum), depthSum: String(depthSum), redrawMs: (performance.now() - started).toFixed(2),
       asked: String(cache.size), ready: "1" });
   }
@@ -371,6 +458,7 @@ function render({ model, el }) {
   model.on("change:catalog", onShown);
   draw();
   return () => {
+    stop();
     model.off("msg:custom", onMessage);
     model.off("change:shown", onShown);
     model.off("change:catalog", onShown);
