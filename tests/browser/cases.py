@@ -32,3 +32,36 @@ def live_explorer() -> AffinityExplorer:
     """Two nano models (a Container and a DeiT) on two images: every control has a choice."""
     models = {"container": seeded("container_nano", 0), "deit": seeded("deit_tiny_nano", 1)}
     return AffinityExplorer(models, smooth_images(), layer=START_LAYER, head=0, query=(0, 0))
+
+
+def probe_images(n: int = 3) -> torch.Tensor:
+    """The probe images of the watched runs: smooth, seeded."""
+    return smooth_images(n)
+
+
+def watched_run(folder, name: str = "container_light_nano", epochs: int = 3, seed: int = 0, steps: int = 4,
+                weights: bool = False):
+    """A tiny watched training run in ``folder``: a nano model trained ``steps`` steps per epoch on
+    seeded random images, its snapshots stored at epoch 0 and after every epoch (with ``weights``, its
+    weights too, ``weights<epoch>.pt``); returns the model as trained (its last epoch's weights)."""
+    from unifiedctx.inspection.snapshots import SnapshotStore, plan, take_snapshot
+
+    torch.manual_seed(seed)
+    model = create_model(name)
+    probe = probe_images()
+    store = SnapshotStore.create(folder, probe, plan(model, probe, epochs=epochs, budget_mb=64).first)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    if weights:
+        torch.save(model.state_dict(), f"{folder}/weights0.pt")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for _ in range(steps):
+            x, y = torch.rand(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        store.append(epoch, take_snapshot(model, probe))
+        if weights:
+            torch.save(model.state_dict(), f"{folder}/weights{epoch}.pt")
+    return model.eval()

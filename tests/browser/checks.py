@@ -57,6 +57,7 @@ class Driver:
     def __init__(self, page, explorer, root: str = ROOT):
         self.page, self.explorer, self.root = page, explorer, root
         self.redraw_ms: list[float] = []
+        self.epoch_ms: list[float] = []
         self.checked = 0
 
     def node(self, selector: str):
@@ -139,6 +140,15 @@ class Driver:
         self.explorer.query = (value, c) if axis == "row" else (r, value)
         self.check()
 
+    def epoch(self, value: int) -> float:
+        """Move the epoch slider to ``value`` (the query, layer and head stay); returns the redraw's ms."""
+        index = self.explorer.epochs.index(value)
+        self.node("input.ucx-epoch").fill(str(index))
+        self.explorer.epoch = value
+        data = self.check()
+        self.epoch_ms.append(float(data["redrawMs"]))
+        return self.epoch_ms[-1]
+
     def tab_order(self, count: int = 12) -> list[str]:
         """The classes of the elements that Tab reaches, from the first control on."""
         self.node("select").first.focus()
@@ -157,6 +167,21 @@ def _cell_pixels(query, grid, size) -> np.ndarray:
     mask = np.zeros(size, bool)
     mask[r * h // gh:(r + 1) * h // gh, c * w // gw:(c + 1) * w // gw] = True
     return mask
+
+
+def scrub_epochs(driver: Driver) -> None:
+    """A run's epochs: the slider to every epoch (and back to the first), then the play button to the
+    end, each drawn map checked against the snapshots; the query, layer and head never move."""
+    ex = driver.explorer
+    before = (ex.query, ex.layer, ex.head)
+    for value in [*ex.epochs[::-1], ex.epochs[-1], ex.epochs[0]]:
+        driver.epoch(value)
+        assert (ex.query, ex.layer, ex.head) == before
+    driver.node("button.ucx-play").click()
+    ex.epoch = ex.epochs[-1]
+    driver.wait()  # played to the last epoch
+    assert driver.node("button.ucx-play").get_attribute("aria-label") == "play the epochs"  # stopped there
+    driver.check()
 
 
 def exercise(driver: Driver, other_model: str | None = None) -> None:

@@ -106,13 +106,15 @@ def rows_are_distributions(rows, atol: float = 1e-5) -> bool:
     return bool(np.allclose(rows.sum(axis=-1), 1.0, atol=atol, rtol=0))
 
 
-def scale_for(values, *, rows=None, signed: bool | None = None) -> Scale:
+def scale_for(values, *, rows=None, signed: bool | None = None, atol: float = 1e-5) -> Scale:
     """The colour scale of ``values`` (any shape: one map, all heads' maps, a whole affinity).
 
     ``signed`` (default: read from the data, any value < 0) picks the diverging colormap with
     symmetric limits, else the sequential one with ``vmin = 0``. ``rows`` (default: ``values``
     itself) are the affinity rows the values come from, ``(..., N)``: when they are all
-    distributions (:func:`rows_are_distributions`) the scale carries ``uniform = 1/N``.
+    distributions (:func:`rows_are_distributions`, row sums within ``atol`` of 1: looser for
+    numbers stored at a lower precision, like a training run's float16 snapshots) the scale carries
+    ``uniform = 1/N``.
 
     Values with a NaN or an infinity are refused (``ValueError`` saying how many): a colour
     scale over them would draw garbage as if it were data.
@@ -124,7 +126,7 @@ def scale_for(values, *, rows=None, signed: bool | None = None) -> Scale:
     if signed is None:
         signed = bool((values < 0).any())
     keys = rows.shape[-1] if rows.ndim else None
-    uniform = 1.0 / keys if keys and rows_are_distributions(rows) else None
+    uniform = 1.0 / keys if keys and rows_are_distributions(rows, atol=atol) else None
     if signed:
         vmin, vmax = symmetric_limits(values)
         return Scale(DIVERGING, vmin, vmax, True, uniform, keys)

@@ -263,9 +263,9 @@ function render({ model, el }) {
     play.textContent = "\u23F8";
     play.setAttribute("aria-label", "pause");
     playing = setInterval(() => {
-      const i = EPOCHS.indexOf(S.epoch) + 1;
-      if (i >= EPOCHS.length) { stop(); return; }
+      const i = Math.min(EPOCHS.indexOf(S.epoch) + 1, EPOCHS.length - 1);
       change("epoch", EPOCHS[i]);
+      if (i === EPOCHS.length - 1) stop();  // the last epoch: stay on it
     }, PLAY_MS);
   });
   controls.epoch = { node: epochSlider, box: make("span", { class: "ucx-control ucx-epochs" }, [

@@ -131,12 +131,8 @@ class AffinityExplorer(anywidget.AnyWidget):
         else:
             raise TypeError("model must be an nn.Module or a non-empty dict {name: nn.Module}, "
                             f"got {type(model).__name__}")
-        panel = check_positive_int("panel", panel)
-        if not 16 <= panel <= 2048:
-            raise ValueError(f"panel must be a size in pixels in 16..2048, got {panel}")
-        alpha = check_float("alpha", alpha, low=0.0, high=1.0)
+        panel, alpha = self._options(panel, alpha, cmap)
         cache_mb = check_float("cache_mb", cache_mb, low=0.0, low_open=True)
-        self._colormap = check_cmap(cmap)
         for name, m in models.items():
             check_finite_model(name, m)
         images = as_images(images)
@@ -148,6 +144,40 @@ class AffinityExplorer(anywidget.AnyWidget):
         self._start(ExplorerData(models, images, cache_mb), panel=panel, alpha=alpha, model_name=model_name,
                     image_index=image_index, layer=layer,
                     head=head, component=component, query=query, depth=depth, scale_mode=scale_mode)
+
+    @classmethod
+    def from_run(cls, path, *, layer: str | None = None, head: int = -1, component: str | None = None,
+                 query=None, image_index: int = 0, model_name: str | None = None, epoch: int | None = None,
+                 scale_mode: str = "fixed", panel: int = 256, cmap: str | None = None,
+                 alpha: float = 0.75) -> AffinityExplorer:
+        """The explorer of a training run's snapshots (:mod:`unifiedctx.inspection.snapshots`): the
+        probe images' affinities of every watched layer at every stored epoch.
+
+        ``path`` is the run folder (or ``{name: run folder}``: runs watched on the same probe images
+        and epochs, compared like models). The same explorer, with one more field, ``epoch`` (default
+        the last; ``explorer.epochs`` lists them), an epoch slider and a play button in the front end
+        (the query, layer and head stay where they are while the epoch moves), and the colour scale
+        ``scale_mode="fixed"`` by default: one scale for a layer over every epoch, so that what
+        changes is seen (``"layer"``: each epoch its own; ``"map"``: each map its own). The snapshots
+        hold affinities, not models: no through-depth view. ``to_html`` embeds every epoch.
+        """
+        from .explorer_run import RunData
+
+        explorer = cls.__new__(cls)
+        panel, alpha = explorer._options(panel, alpha, cmap)
+        explorer._start(RunData.open(path), panel=panel, alpha=alpha, model_name=model_name,
+                        image_index=image_index, layer=layer, head=head, component=component, query=query,
+                        depth="off", scale_mode=scale_mode, epoch=epoch)
+        return explorer
+
+    def _options(self, panel, alpha, cmap) -> tuple[int, float]:
+        """The display options, checked (the colormap is kept as ``self._colormap``)."""
+        panel = check_positive_int("panel", panel)
+        if not 16 <= panel <= 2048:
+            raise ValueError(f"panel must be a size in pixels in 16..2048, got {panel}")
+        alpha = check_float("alpha", alpha, low=0.0, high=1.0)
+        self._colormap = check_cmap(cmap)
+        return panel, alpha
 
     def _start(self, data, *, panel: int, alpha: float, **state) -> None:
         """Build the state on ``data`` (models' :class:`ExplorerData` or a run's ``RunData``) and the
