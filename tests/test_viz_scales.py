@@ -198,3 +198,20 @@ def test_a_looser_row_sum_tolerance_keeps_the_uniform_level_of_stored_float16_ro
     assert np.abs(rows.sum(-1) - 1).max() > 1e-5  # float16 moved the sums ...
     assert scale_for(rows).uniform is None
     assert scale_for(rows, atol=2.0 ** -10).uniform == 1 / 64  # ... by less than 2**-12
+
+
+@pytest.mark.parametrize("kind", ["softmax", "mixed", "signed", "zeros-and-softmax"])
+def test_merged_scales_are_the_scale_of_everything(kind):
+    import numpy as np
+
+    from unifiedctx.viz.scales import merge_scales, scale_for
+
+    gen = np.random.default_rng(5)
+    parts = [gen.dirichlet(np.ones(9), size=(2, 9)) * (1 + k) ** 2 for k in range(3)]
+    if kind == "softmax":
+        parts = [p / p.sum(-1, keepdims=True) for p in parts]
+    elif kind == "signed":
+        parts[1] = parts[1] - 0.5
+    elif kind == "zeros-and-softmax":
+        parts = [p / p.sum(-1, keepdims=True) for p in parts] + [np.zeros((2, 9, 9))]
+    assert merge_scales([scale_for(p) for p in parts]) == scale_for(np.stack(parts))

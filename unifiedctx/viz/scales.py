@@ -44,6 +44,7 @@ class Scale:
     signed: bool
     uniform: float | None = None
     keys: int | None = None  # N, the number of tokens a row spreads over (for the "1/N" label)
+    peak: float | None = None  # the largest |value| it was made for (vmax is 1 when that is 0)
 
     def describe(self) -> str:
         """One line that states the scale, e.g. ``"0 to 0.031 (magma); uniform 1/64 = 0.0156"``."""
@@ -127,14 +128,34 @@ def scale_for(values, *, rows=None, signed: bool | None = None, atol: float = 1e
         signed = bool((values < 0).any())
     keys = rows.shape[-1] if rows.ndim else None
     uniform = 1.0 / keys if keys and rows_are_distributions(rows, atol=atol) else None
+    largest = float(np.abs(values).max()) if values.size else 0.0
     if signed:
         vmin, vmax = symmetric_limits(values)
-        return Scale(DIVERGING, vmin, vmax, True, uniform, keys)
+        return Scale(DIVERGING, vmin, vmax, True, uniform, keys, largest)
     peak = float(np.nanmax(values)) if values.size else 0.0
     vmax = peak if peak > 0 else 1.0
     if uniform is not None:
         vmax = max(vmax, uniform)
-    return Scale(SEQUENTIAL, 0.0, vmax, False, uniform, keys)
+    return Scale(SEQUENTIAL, 0.0, vmax, False, uniform, keys, largest)
+
+
+def merge_scales(scales) -> Scale:
+    """The scale of several scales' values taken together, exactly :func:`scale_for` of them all
+    (without holding them all): signed when any is; the largest limit; the uniform level ``1/N``
+    only when every one carries it (every row of every part a distribution over the same N).
+    What a colour scale fixed over a training run's epochs is."""
+    scales = list(scales)
+    if not scales or not all(isinstance(s, Scale) for s in scales):
+        raise TypeError("scales must be a non-empty sequence of Scale")
+    signed = any(s.signed for s in scales)
+    largest = max(s.peak if s.peak is not None else max(abs(s.vmin), abs(s.vmax)) for s in scales)
+    keys = {s.keys for s in scales}
+    key = scales[0].keys if len(keys) == 1 else None
+    uniform = scales[0].uniform if len({s.uniform for s in scales}) == 1 and key is not None else None
+    vmax = largest if largest > 0 else 1.0
+    if signed:
+        return Scale(DIVERGING, -vmax, vmax, True, uniform, key, largest)
+    return Scale(SEQUENTIAL, 0.0, max(vmax, uniform or 0.0), False, uniform, key, largest)
 
 
 def row_limits(values, scale: Scale) -> tuple[np.ndarray, np.ndarray]:

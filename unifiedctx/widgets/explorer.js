@@ -116,6 +116,42 @@ function drawBar(canvas, labels, lut, marks, height) {
   labels.style.width = `${Math.ceil(widest) + 2}px`;
 }
 
+// The grey version of image `index` at size (h, w): the colours' background (cached per image and size).
+function greyImages(pictures, H, W) {
+  const greys = new Map();
+  return (index, h, w) => {
+    const key = `${index}|${h}|${w}`;
+    if (!greys.has(key)) {
+      const out = new Float32Array(h * w), rows = nearest(h, H), cols = nearest(w, W), off = index * H * W * 3;
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) {
+          const s = off + (rows[y] * W + cols[x]) * 3;
+          out[y * w + x] = (pictures[s] + pictures[s + 1] + pictures[s + 2]) / 3;
+        }
+      }
+      greys.set(key, out);
+    }
+    return greys.get(key);
+  };
+}
+
+// Image `index` (uint8 RGB, H x W) on `canvas` at size (h, w), the query's cell outlined.
+function drawPicture(canvas, pictures, index, [H, W], [h, w], query, grid, marker) {
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d"), image = ctx.createImageData(w, h), px = image.data;
+  const rows = nearest(h, H), cols = nearest(w, W), off = index * H * W * 3;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const s = off + (rows[y] * W + cols[x]) * 3, o = (y * w + x) * 4;
+      px[o] = pictures[s]; px[o + 1] = pictures[s + 1]; px[o + 2] = pictures[s + 2]; px[o + 3] = 255;
+    }
+  }
+  const [top, left, bottom, right] = cellBox(query, grid, h, w);
+  if (bottom - top >= 8 && right - left >= 8) outline(px, w, [top + 2, left + 2, bottom - 2, right - 2], RING, 1);
+  outline(px, w, [top, left, bottom, right], marker, 2);
+  ctx.putImageData(image, 0, 0);
+}
+
 function fillSelect(select, options, value) {
   const signature = JSON.stringify(options);
   if (select.dataset.options !== signature) {
@@ -134,7 +170,6 @@ function render({ model, el }) {
   const pictures = bytesOf(model.get("pictures"));
   const lutBytes = bytesOf(model.get("luts"));
   const luts = Object.fromEntries(setup.luts.map((name, i) => [name, lutBytes.subarray(i * 768, (i + 1) * 768)]));
-  const greys = new Map();
   const cache = new Map(), waiting = new Map();
   let S = model.get("shown");
 
@@ -170,21 +205,7 @@ function render({ model, el }) {
     resolve({ meta: msg, data: buffers && buffers.length ? bytesOf(buffers[0]) : new Uint8Array(0) });
   };
 
-  // the grey image at size (h, w), the colours' background (cached per image and size)
-  function grey(index, h, w) {
-    const key = `${index}|${h}|${w}`;
-    if (!greys.has(key)) {
-      const out = new Float32Array(h * w), rows = nearest(h, H), cols = nearest(w, W), off = index * H * W * 3;
-      for (let y = 0; y < h; y++) {
-        for (let x = 0; x < w; x++) {
-          const s = off + (rows[y] * W + cols[x]) * 3;
-          out[y * w + x] = (pictures[s] + pictures[s + 1] + pictures[s + 2]) / 3;
-        }
-      }
-      greys.set(key, out);
-    }
-    return greys.get(key);
-  }
+  const grey = greyImages(pictures, H, W);
 
   // ------------------------------------------------------------------ the state and its rules
   const catalog = () => model.get("catalog");
@@ -316,21 +337,7 @@ function render({ model, el }) {
   });
 
   // ------------------------------------------------------------------ drawing
-  function drawImage(grid) {
-    picture.width = PW; picture.height = PH;
-    const ctx = picture.getContext("2d"), image = ctx.createImageData(PW, PH), px = image.data;
-    const rows = nearest(PH, H), cols = nearest(PW, W), off = S.image_index * H * W * 3;
-    for (let y = 0; y < PH; y++) {
-      for (let x = 0; x < PW; x++) {
-        const s = off + (rows[y] * W + cols[x]) * 3, o = (y * PW + x) * 4;
-        px[o] = pictures[s]; px[o + 1] = pictures[s + 1]; px[o + 2] = pictures[s + 2]; px[o + 3] = 255;
-      }
-    }
-    const [top, left, bottom, right] = cellBox(S.query, grid, PH, PW);
-    if (bottom - top >= 8 && right - left >= 8) outline(px, PW, [top + 2, left + 2, bottom - 2, right - 2], RING, 1);
-    outline(px, PW, [top, left, bottom, right], MARKER, 2);
-    ctx.putImageData(image, 0, 0);
-  }
+  const drawImage = (grid) => drawPicture(picture, pictures, S.image_index, [H, W], [PH, PW], S.query, grid, MARKER);
 
   // a map's own range (scale_mode "map"): "0 to 0.031" for row k of the affinity
   const rowRange = (rows, k) => `${rows.vmin[k]} to ${rows.vmax[k]}`;
@@ -462,6 +469,196 @@ function render({ model, el }) {
     model.off("msg:custom", onMessage);
     model.off("change:shown", onShown);
     model.off("change:catalog", onShown);
+  };
+}
+
+// ------------------------------------------------------------------ the live view (widgets/live.py)
+const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+const CHART = { w: 250, h: 150, left: 44, right: 8, top: 18, bottom: 20 };
+const fmt = (v) => (Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(1) : String(+v.toPrecision(3)));
+
+// One chart of the live view: every series of `panel` ({title, series: [{name, x, y}]}) as a line
+// with its points, the axes' ends written; the legend is text beside it. Returns the points drawn.
+function drawChart(canvas, legend, panel) {
+  const { w, h, left, right, top, bottom } = CHART;
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, w, h);
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#222";
+  ctx.fillText(panel.title, left, 12);
+  const xs = panel.series.flatMap((s) => s.x), ys = panel.series.flatMap((s) => s.y);
+  legend.replaceChildren();
+  if (!xs.length) {
+    ctx.fillStyle = "#777";
+    ctx.fillText("nothing yet", left + 8, top + 30);
+    return 0;
+  }
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (y1 - y0 < 1e-12) { y0 -= Math.abs(y0) * 0.1 || 0.5; y1 += Math.abs(y1) * 0.1 || 0.5; }
+  const x1 = Math.max(...xs, 1);
+  const X = (x) => left + (x / x1) * (w - left - right), Y = (y) => top + (1 - (y - y0) / (y1 - y0)) * (h - top - bottom);
+  ctx.strokeStyle = "#999";
+  ctx.strokeRect(left, top, w - left - right, h - top - bottom);
+  ctx.fillStyle = "#444";
+  ctx.fillText(fmt(y1), 2, top + 8);
+  ctx.fillText(fmt(y0), 2, h - bottom);
+  ctx.fillText("0", left, h - 6);
+  ctx.fillText(`epoch ${fmt(x1)}`, w - right - 56, h - 6);
+  let drawn = 0;
+  panel.series.forEach((series, i) => {
+    const colour = PALETTE[i % PALETTE.length];
+    ctx.strokeStyle = ctx.fillStyle = colour;
+    ctx.beginPath();
+    series.x.forEach((x, k) => (k ? ctx.lineTo(X(x), Y(series.y[k])) : ctx.moveTo(X(x), Y(series.y[k]))));
+    ctx.stroke();
+    series.x.forEach((x, k) => ctx.fillRect(X(x) - 1.5, Y(series.y[k]) - 1.5, 3, 3));
+    drawn += series.x.length;
+    const last = series.y[series.y.length - 1];
+    const item = make("span", { class: "ucx-legend-item", text: `\u25A0 ${series.name}: ${fmt(last)}` });
+    item.style.color = colour;
+    legend.append(item);
+  });
+  return drawn;
+}
+
+function renderLive({ model, el }) {
+  const setup = model.get("setup");
+  const H = setup.h, W = setup.w, MARKER = setup.marker, B = setup.n_images;
+  const ratio = setup.panel / Math.max(H, W);
+  const TH = Math.max(1, Math.round(H * ratio)), TW = Math.max(1, Math.round(W * ratio));
+  const pictures = bytesOf(model.get("pictures"));
+  const lutBytes = bytesOf(model.get("luts"));
+  const luts = Object.fromEntries(setup.luts.map((name, i) => [name, lutBytes.subarray(i * 768, (i + 1) * 768)]));
+  const grey = greyImages(pictures, H, W);
+  let S = { ...model.get("shown") };
+
+  const select = (label, name) => {
+    const node = make("select", { class: `ucx-select ucx-${name}`, "aria-label": label });
+    node.addEventListener("change", () => choose(name, name === "head" ? Number(node.value) : node.value));
+    return { node, box: make("label", { class: "ucx-control" }, [make("span", { text: label }), node]) };
+  };
+  const controls = { layer: select("layer", "layer"), component: select("component", "component"),
+    head: select("head", "head"), scale_mode: select("colour scale", "scale_mode") };
+  const status = make("p", { class: "ucx-live-status", "aria-live": "polite" });
+  const waitNote = make("p", { class: "ucx-busy", hidden: true,
+    text: "waiting for the kernel: it takes this choice when it is free (is a training cell running?)" });
+  const error = make("p", { class: "ucx-error", role: "alert", hidden: true });
+  const charts = [0, 1, 2].map(() => {
+    const canvas = make("canvas", { class: "ucx-chart", role: "img" }), legend = make("div", { class: "ucx-legend" });
+    return { canvas, legend, box: make("figure", { class: "ucx-chart-box" }, [canvas, legend]) };
+  });
+  const scaleNote = make("p", { class: "ucx-scale-note" });
+  const strip = make("div", { class: "ucx-strip" });
+  const bar = make("canvas", { class: "ucx-bar-canvas" }), barLabels = make("div", { class: "ucx-bar-labels" });
+  const barBox = make("div", { class: "ucx-bar" }, [bar, barLabels]);
+  const root = make("div", { class: "ucx-explorer ucx-live", role: "group", "aria-label": "live view of training" }, [
+    make("div", { class: "ucx-controls" }, Object.values(controls).map((c) => c.box)),
+    status, waitNote, error, make("div", { class: "ucx-charts" }, charts.map((c) => c.box)), scaleNote,
+    make("div", { class: "ucx-group" }, [strip, barBox]),
+  ]);
+  el.append(root);
+
+  const layerOf = (name) => model.get("catalog").layers.find((l) => l.name === name);
+  // what the kernel computed the frames for, against what is chosen: layer, component and query
+  const sameMaps = (f) => f && f.layer === S.layer && f.component === S.component && f.query[0] === S.query[0]
+    && f.query[1] === S.query[1];
+  function choose(name, value) {
+    error.hidden = true;
+    const s = { ...S, [name]: value };
+    if (name === "layer") {
+      const l = layerOf(value);
+      s.component = l.components[0].name;
+      s.query = [Math.floor(l.grid[0] / 2), Math.floor(l.grid[1] / 2)];
+      s.head = 0;
+    }
+    S = s;
+    model.set("shown", { ...S });
+    model.save_changes();
+    draw();
+  }
+  model.on("msg:custom", (msg) => { if (msg.kind === "refused") { error.textContent = msg.error; error.hidden = false; } });
+
+  // the maps are drawn for the state the kernel computed them for (frames.for); the head and the
+  // colour scale are the browser's own (every head and scale was sent)
+  function drawStrip(frames, data) {
+    const grid = frames.grid, n = grid[0] * grid[1], M = frames.heads, E = frames.epochs.length;
+    const query = frames.for.query;
+    const mode = frames.modes.indexOf(S.scale_mode), head = Math.min(S.head, M - 1);
+    const shown = E <= setup.columns ? [...Array(E).keys()]
+      : [0, ...Array.from({ length: setup.columns - 1 }, (_, k) => E - setup.columns + 1 + k)];
+    strip.style.gridTemplateColumns = `repeat(${shown.length + 1}, ${TW}px)`;
+    strip.replaceChildren();
+    let sum = 0;
+    for (let b = 0; b < B; b++) {
+      const picture = make("canvas", { class: "ucx-image ucx-probe", tabindex: "0", role: "img", "data-image": String(b),
+        "aria-label": `probe image ${b}: the query is row ${query[0]}, col ${query[1]}; click to move it` });
+      drawPicture(picture, pictures, b, [H, W], [TH, TW], query, grid, MARKER);
+      picture.addEventListener("click", (event) => {
+        const rect = picture.getBoundingClientRect();
+        choose("query", [Math.min(grid[0] - 1, Math.floor((event.clientY - rect.top) * grid[0] / rect.height)),
+          Math.min(grid[1] - 1, Math.floor((event.clientX - rect.left) * grid[1] / rect.width))]);
+      });
+      strip.append(make("figure", { class: "ucx-tile" }, [make("figcaption", { text: `image ${b}` }), picture]));
+      for (const e of shown) {
+        const offset = (((mode * E + e) * B + b) * M + head) * n;
+        const cmap = S.scale_mode === "fixed" ? frames.fixed.cmap : frames.layer.cmap[e];
+        const canvas = make("canvas", { class: "ucx-map", role: "img", "data-epoch": String(frames.epochs[e]),
+          "data-image": String(b), "aria-label": `image ${b}, epoch ${frames.epochs[e]}` });
+        const { ctx, image } = overlayMap(canvas, grey(b, TH, TW), [TH, TW], data, offset, grid, luts[cmap], setup.alpha);
+        outline(image.data, TW, cellBox(query, grid, TH, TW), MARKER, 1);
+        ctx.putImageData(image, 0, 0);
+        for (let k = 0; k < n; k++) sum += data[offset + k];
+        const range = S.scale_mode === "layer" ? frames.layer.range[e]
+          : S.scale_mode === "map" ? frames.map.range[e][b * M + head] : "";
+        strip.append(make("figure", { class: "ucx-tile" }, [
+          make("figcaption", { text: `epoch ${frames.epochs[e]}${range ? `: ${range}` : ""}` }), canvas]));
+      }
+    }
+    return { sum, shown: shown.map((e) => frames.epochs[e]) };
+  }
+
+  function draw() {
+    const frames = model.get("frames"), catalog = model.get("catalog"), curves = model.get("curves");
+    const points = charts.map((c, i) => (curves.panels ? drawChart(c.canvas, c.legend, curves.panels[i]) : 0));
+    const rows = curves.panels ? curves.panels.map((p) => p.series.length) : [];
+    root.dataset.points = points.join(",");
+    root.dataset.series = rows.join(",");
+    if (!catalog.layers || !frames.epochs) {
+      status.textContent = "waiting for the first snapshot";
+      root.dataset.ready = "1";
+      return;
+    }
+    const layer = layerOf(S.layer) || layerOf(frames.for.layer);
+    fillSelect(controls.layer.node, catalog.layers.map((l) => [l.label, l.name]), S.layer);
+    fillSelect(controls.component.node, layer.components.map((c) => [c.name, c.name]), S.component);
+    fillSelect(controls.head.node, [...Array(frames.heads).keys()].map((h) => [`${frames.unit} ${h}`, h]), S.head);
+    fillSelect(controls.scale_mode.node, frames.modes.map((m) => [
+      m === "fixed" ? "one for the run so far" : m === "layer" ? "one per epoch" : "one per map", m]), S.scale_mode);
+    const fresh = sameMaps(frames.for);
+    waitNote.hidden = fresh;
+    const epochs = frames.epochs;
+    status.textContent = `${frames.for.layer} (${frames.kind}: ${frames.description}), ${frames.for.component}, ` +
+      `query (${frames.for.query[0]}, ${frames.for.query[1]}) outlined, ${frames.unit} ${S.head}; ` +
+      `epochs drawn: ${epochs.length} (last ${epochs[epochs.length - 1]})`;
+    scaleNote.textContent = frames[S.scale_mode].text;
+    const { sum, shown } = drawStrip(frames, bytesOf(model.get("frame_data")));
+    barBox.hidden = S.scale_mode !== "fixed";
+    if (S.scale_mode === "fixed") drawBar(bar, barLabels, luts[frames.fixed.cmap], frames.fixed.marks, Math.max(96, TH * B));
+    Object.assign(root.dataset, { layer: frames.for.layer, component: frames.for.component,
+      query: frames.for.query.join(","), head: String(S.head), scaleMode: S.scale_mode, fresh: fresh ? "1" : "0",
+      epochs: epochs.join(","), shownEpochs: shown.join(","), mapSum: String(sum), ready: "1" });
+  }
+
+  const onChange = () => draw();
+  // the kernel's state (its first snapshot, a change made in Python, a choice it refused) wins
+  const onShown = () => { S = { ...S, ...model.get("shown") }; draw(); };
+  for (const name of ["frames", "frame_data", "curves", "catalog"]) model.on(`change:${name}`, onChange);
+  model.on("change:shown", onShown);
+  draw();
+  return () => {
+    for (const name of ["frames", "frame_data", "curves", "catalog"]) model.off(`change:${name}`, onChange);
+    model.off("change:shown", onShown);
   };
 }
 

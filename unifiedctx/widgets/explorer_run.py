@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..inspection.snapshots import SnapshotRun, read_snapshots
-from ..viz.scales import Scale, scale_for
+from ..viz.scales import Scale, merge_scales, scale_for
 from .explorer_data import COMPONENT_ORDER, LayerInfo
 from .explorer_state import compact_epochs
 
@@ -102,16 +102,17 @@ class RunData:
 
     def fixed_scale(self, model_name: str, index: int, layer: str, component: str) -> Scale:
         """The colour scale of one component over every stored epoch (those whose maps are finite):
-        :func:`~unifiedctx.viz.scales.scale_for` of them all, so the same colour is the same weight at
-        every epoch (cached)."""
+        the scale of them all (:func:`~unifiedctx.viz.scales.merge_scales` of each epoch's), so the
+        same colour is the same weight at every epoch (cached)."""
         key = (model_name, index, layer, component, "fixed")
         if key not in self._scales:
-            maps = [self.affinity(model_name, index, layer, component, e) for e in self.epochs]
-            finite = [a for a in maps if np.isfinite(a).all()]
+            finite = [e for e in self.epochs
+                      if np.isfinite(self.affinity(model_name, index, layer, component, e)).all()]
             if not finite:
                 raise ValueError(f"layer {layer!r} ({component}) of run {model_name!r} holds non-finite "
                                  "values at every epoch: there is no scale to fix")
-            self._scales[key] = scale_for(np.stack(finite), atol=ROW_SUM_ATOL)
+            self._scales[key] = merge_scales(self.scale(model_name, index, layer, component, e)
+                                             for e in finite)
         return self._scales[key]
 
     def depth(self, *args, **kwargs):
