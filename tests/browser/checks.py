@@ -37,11 +37,12 @@ def want_state(explorer) -> dict:
             "epoch": "null" if explorer.epoch is None else str(explorer.epoch)}
 
 
-def expected_colours(explorer, index, size, grid, alpha, lut_name, skip=None):
+def expected_colours(picture, index, size, grid, alpha, lut_name, skip=None):
     """``(points, rgb)``: the centre pixel of each grid cell of a ``size`` canvas and the colour
-    the map ``index`` (uint8 colormap positions on ``grid``) must have there over the grey image."""
+    the map ``index`` (uint8 colormap positions on ``grid``) must have there over the grey version
+    of ``picture`` (the uint8 RGB image the front end was sent)."""
     (th, tw), (h, w) = size, grid
-    picture = explorer._display[explorer.image_index].astype(np.float64)
+    picture = picture.astype(np.float64)
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     keep = np.ones((h, w), bool) if skip is None else ~((rows == skip[0]) & (cols == skip[1]))
     ys, xs = ((rows + 0.5) * th / h).astype(int), ((cols + 0.5) * tw / w).astype(int)
@@ -85,7 +86,8 @@ class Driver:
         for tile, m, scale in zip(tiles, heads, scales):
             index = np.rint(scale.normalise(a[m, q]) * 255).astype(int).reshape(h, w)
             px = np.asarray(tile["data"], np.float64).reshape(tile["h"], tile["w"], 4)
-            (ys, xs), want = expected_colours(ex, index, (tile["h"], tile["w"]), (h, w), alpha,
+            (ys, xs), want = expected_colours(ex._display[ex.image_index], index, (tile["h"], tile["w"]),
+                                              (h, w), alpha,
                                               ex.cmap or scale.cmap if not scale.signed else scale.cmap,
                                               skip=ex.query)
             assert np.abs(px[ys, xs, :3] - want).max() <= 1.0, f"head {m}: the drawn map is not the data"
@@ -105,8 +107,8 @@ class Driver:
         index = np.rint(np.clip(m / vmax, 0, 1) * 255).astype(int)
         (canvas,) = root.evaluate(CANVASES.replace("SELECTOR", '"canvas.ucx-depth-map"'))
         px = np.asarray(canvas["data"], np.float64).reshape(canvas["h"], canvas["w"], 4)
-        (ys, xs), want = expected_colours(ex, index, (canvas["h"], canvas["w"]), m.shape, ex.setup["alpha"],
-                                          "magma")
+        (ys, xs), want = expected_colours(ex._display[ex.image_index], index, (canvas["h"], canvas["w"]),
+                                          m.shape, ex.setup["alpha"], "magma")
         # the query cell's outline covers a few input pixels: compare the others
         box = _cell_pixels(ex.query, ex.grid, (canvas["h"], canvas["w"]))
         keep = ~box[ys, xs]
@@ -114,6 +116,7 @@ class Driver:
 
     # ------------------------------------------------------------------ steps
     def click(self, fx: float, fy: float) -> None:
+        self.node("canvas.ucx-image").scroll_into_view_if_needed()
         box = self.node("canvas.ucx-image").bounding_box()
         self.page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
         h, w = self.explorer.grid
@@ -207,7 +210,7 @@ def exercise(driver: Driver, other_model: str | None = None) -> None:
         driver.select("image_index", 1, image_index=1)
     if driver.node("select.ucx-scale_mode").is_visible():
         driver.select("scale_mode", "map", scale_mode="map")   # each map on its own scale
-        driver.click(0.55, 0.25)
+        driver.click(0.55, 0.3)
         driver.select("scale_mode", ex.setup["scale_modes"][0], scale_mode=ex.setup["scale_modes"][0])
     if driver.node("select.ucx-depth").is_visible():
         driver.select("depth", "rollout", depth="rollout")
@@ -216,3 +219,45 @@ def exercise(driver: Driver, other_model: str | None = None) -> None:
     if other_model is not None:
         driver.select("model_name", other_model, model_name=other_model)
         driver.click(0.30, 0.60)
+
+
+# ------------------------------------------------------------------ the live view (widgets/live.py)
+LIVE = ".ucx-explorer.ucx-live"
+
+
+def check_live(page, live, root: str = LIVE) -> dict:
+    """The live view in the browser against ``live``, a twin fed the same pushes in the test process:
+    its state, the epochs drawn, the points of every chart, and every drawn map's colours."""
+    from unifiedctx.widgets.front import display_image
+
+    s = live.shown
+    want = {"layer": s["layer"], "component": s["component"], "query": f"{s['query'][0]},{s['query'][1]}",
+            "head": str(s["head"]), "scaleMode": s["scale_mode"], "fresh": "1",
+            "epochs": ",".join(f"{e:g}" for e in live.epochs)}
+    page.wait_for_function(MATCHES, arg={"root": root, "want": want}, timeout=60_000)
+    node = page.locator(root)
+    data = node.evaluate("(r) => Object.assign({}, r.dataset)")
+    panels = live.curves["panels"]
+    assert data["series"] == ",".join(str(len(p["series"])) for p in panels)
+    assert data["points"] == ",".join(str(sum(len(x["x"]) for x in p["series"])) for p in panels)
+    frame = live.frame()  # (E, B, M, h, w) colour indices
+    h, w = live.frames["grid"]
+    shown = [float(e) for e in data["shownEpochs"].split(",")]
+    canvases = node.evaluate(CANVASES.replace("SELECTOR", '"canvas.ucx-map"').replace(
+        "head: c.dataset.head", "epoch: c.dataset.epoch, image: c.dataset.image"))
+    assert len(canvases) == len(shown) * len(live._images)
+    alpha = live.setup["alpha"]
+    total = 0
+    for canvas in canvases:
+        e, b = live.epochs.index(float(canvas["epoch"])), int(canvas["image"])
+        index = frame[e, b, s["head"]].astype(int)
+        total += int(index.sum())
+        fixed = s["scale_mode"] == "fixed"
+        lut_name = live.frames["fixed"]["cmap"] if fixed else live.frames["layer"]["cmap"][e]
+        px = np.asarray(canvas["data"], np.float64).reshape(canvas["h"], canvas["w"], 4)
+        (ys, xs), colours = expected_colours(display_image(live._images[b]), index,
+                                             (canvas["h"], canvas["w"]), (h, w), alpha, lut_name,
+                                             skip=tuple(s["query"]))
+        assert np.abs(px[ys, xs, :3] - colours).max() <= 1.0, f"epoch {canvas['epoch']}, image {b}"
+    assert int(data["mapSum"]) == total
+    return data

@@ -638,7 +638,7 @@ function renderLive({ model, el }) {
     const fresh = sameMaps(frames.for);
     waitNote.hidden = fresh;
     const epochs = frames.epochs;
-    status.textContent = `${frames.for.layer} (${frames.kind}: ${frames.description}), ${frames.for.component}, ` +
+    status.textContent = `${frames.for.layer} (${frames.description}), ${frames.for.component}, ` +
       `query (${frames.for.query[0]}, ${frames.for.query[1]}) outlined, ${frames.unit} ${S.head}; ` +
       `epochs drawn: ${epochs.length} (last ${epochs[epochs.length - 1]})`;
     scaleNote.textContent = frames[S.scale_mode].text;
