@@ -52,6 +52,23 @@ def expected_colours(picture, index, size, grid, alpha, lut_name, skip=None):
     return (ys[keep], xs[keep]), colour[keep]
 
 
+LABELS = """(root) => { const box = root.getBoundingClientRect();
+  let clip = root.parentElement;  // the nearest ancestor that clips what overflows it
+  while (clip && getComputedStyle(clip).overflowX === "visible") clip = clip.parentElement;
+  const edge = clip ? Math.min(box.right, clip.getBoundingClientRect().right) : box.right;
+  return Array.from(root.querySelectorAll(".ucx-bar-labels span")).filter((s) => s.offsetParent).map((s) => {
+    const r = s.getBoundingClientRect();
+    return { text: s.textContent, left: r.left, right: r.right, edge,
+             inside: r.left >= box.left && r.right <= edge, whole: s.scrollWidth <= Math.ceil(r.width) + 1 };
+  }); }"""
+
+
+def labels_fit(page, root: str) -> list[dict]:
+    """Every colorbar label of the explorer at ``root``: its text, and whether it is whole and inside
+    both the widget's box and whatever clips the widget (JupyterLab's output area)."""
+    return page.locator(root).first.evaluate(LABELS)
+
+
 class Driver:
     """One explorer in a browser ``page`` (under ``root``) and its twin in the test process."""
 

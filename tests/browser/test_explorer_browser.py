@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from .cases import live_explorer, live_training, probe_images
-from .checks import LIVE, ROOT, Driver, check_live, exercise, scrub_epochs
+from .checks import LIVE, ROOT, Driver, check_live, exercise, labels_fit, scrub_epochs
 
 pytestmark = pytest.mark.browser
 
@@ -82,21 +82,6 @@ def kernel_state(page, server) -> dict:
     return ast.literal_eval(printed)
 
 
-LABELS = """(root) => { const box = root.getBoundingClientRect();
-  let clip = root.parentElement;  // the nearest ancestor that clips what overflows it
-  while (clip && getComputedStyle(clip).overflowX === "visible") clip = clip.parentElement;
-  const edge = clip ? Math.min(box.right, clip.getBoundingClientRect().right) : box.right;
-  return Array.from(root.querySelectorAll(".ucx-bar-labels span")).filter((s) => s.offsetParent).map((s) => {
-    const r = s.getBoundingClientRect();
-    return { text: s.textContent, left: r.left, right: r.right, edge,
-             inside: r.left >= box.left && r.right <= edge, whole: s.scrollWidth <= Math.ceil(r.width) + 1 };
-  }); }"""
-
-
-def labels_fit(page, root: str) -> list[dict]:
-    """Every colorbar label of the explorer at ``root``: its text, and whether it is whole and inside
-    both the widget's box and whatever clips the widget (JupyterLab's output area)."""
-    return page.locator(root).first.evaluate(LABELS)
 
 
 def test_every_control_live_in_jupyterlab(chromium_page, jupyter_lab):
