@@ -40,18 +40,21 @@ attention distance over epochs, the colour scale fixed across epochs. float16 ke
 relative ``2**-11`` (5e-4) of its value, small weights included (its step shrinks with the value,
 down to 6e-8), where a uint8 colour index keeps only ``1/255`` of a scale's range: a softmax row
 over 256 tokens (weights near 1/256 = 0.004) on a scale to 0.5 would keep 2 bits. It costs twice the
-bytes of uint8 before compression; the files are zip-deflated (``numpy.savez_compressed``), which
-takes most of the zeros of local affinities (a convolution's banded matrix). The budget
-(:func:`plan`, :func:`check_budget`) counts the uncompressed bytes, a bound known before training.
+bytes of uint8 before compression; the arrays that compress are deflated in the files (local
+affinities, a convolution's banded matrix, shrink 10 to 50 times; dense ones are stored as they
+are). The budget (:func:`plan`, :func:`check_budget`) counts the uncompressed bytes, a bound known
+before training.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,12 +290,30 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _deflates(data: bytes) -> bool:
+    """Whether deflating an array pays: two samples of its bytes (its start and its middle, 64 kB
+    each) shrink by more than a fifth. A local affinity (a convolution's banded matrix) is mostly
+    zeros and shrinks 10 to 50 times; a dense one (a token MLP's, attention's) hardly shrinks, and
+    deflating it would only cost time (three times the live view's push, for MLP-Mixer)."""
+    sample = data[:1 << 16] + data[len(data) // 2:len(data) // 2 + (1 << 16)]
+    return len(zlib.compress(sample, 1)) < 0.8 * len(sample)
+
+
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
-    """``arrays`` into ``path`` atomically (zip-deflated ``.npz``); returns the file's SHA-256."""
+    """``arrays`` into ``path`` atomically, as an ``.npz`` (a zip of ``.npy`` files, what
+    ``numpy.load`` reads) with each array deflated (level 1) where that pays (:func:`_deflates`),
+    stored as it is otherwise, every entry dated 1980 so the same arrays make the same bytes.
+    Returns the file's SHA-256."""
     from ..train.history import atomic_open
 
-    with atomic_open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", allowZip64=True) as archive:
+        for name, array in arrays.items():
+            entry = io.BytesIO()
+            np.lib.format.write_array(entry, np.ascontiguousarray(array), allow_pickle=False)
+            data = entry.getvalue()
+            how = zipfile.ZIP_DEFLATED if _deflates(data) else zipfile.ZIP_STORED
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), data,
+                             compress_type=how, compresslevel=1)
     return _sha256(path)
 
 
