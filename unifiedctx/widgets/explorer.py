@@ -163,11 +163,11 @@ class AffinityExplorer(anywidget.AnyWidget):
         """
         from .explorer_run import RunData
 
-        explorer = cls.__new__(cls)
-        panel, alpha = explorer._options(panel, alpha, cmap)
-        explorer._start(RunData.open(path), panel=panel, alpha=alpha, model_name=model_name,
-                        image_index=image_index, layer=layer, head=head, component=component, query=query,
-                        depth="off", scale_mode=scale_mode, epoch=epoch)
+        explorer = cls.__new__(cls)  # built on a run's data instead of models: the same _start
+        panel, alpha = cls._options(explorer, panel, alpha, cmap)
+        cls._start(explorer, RunData.open(path), panel=panel, alpha=alpha, model_name=model_name,
+                   image_index=image_index, layer=layer, head=head, component=component, query=query,
+                   depth="off", scale_mode=scale_mode, epoch=epoch)
         return explorer
 
     def _options(self, panel, alpha, cmap) -> tuple[int, float]:
