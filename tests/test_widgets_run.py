@@ -1,6 +1,6 @@
 """``AffinityExplorer.from_run``: the explorer of a training run's snapshots, one more field, ``epoch``.
 
-A tiny run is trained by hand (:func:`tests.browser.cases.watched_run`: a nano model a few steps per
+A tiny run is trained by hand (``tests/browser/cases.py``, :func:`watched_run`: a nano model a few steps per
 epoch, its snapshots and its weights kept every epoch). The principle: at every epoch the run's
 explorer shows what the explorer of that epoch's weights shows (to float16's rounding), the query,
 layer and head stay while the epoch moves, the fixed colour scale is one over every epoch, and the
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from browser.cases import probe_images, watched_run
 
-from tests.browser.cases import probe_images, watched_run
 from unifiedctx.models import create_model
 from unifiedctx.viz.scales import scale_for
 from unifiedctx.widgets import AffinityExplorer, ExplorerValueError
