@@ -5,13 +5,16 @@ maps are checked against the run's snapshots (:mod:`.checks`), on the fixed colo
 each epoch's own, and the query, layer and head stay where they were. The time an epoch change
 takes to redraw is measured in the browser (the median is printed). A bad request (here: a page
 whose catalogue names a layer it holds no maps for) shows the error in the page and stops waiting.
-Run with ``pytest -m browser``.
+Screenshot: ``artifacts/explorer_run.png`` (``docs/figures/`` with ``UNIFIEDCTX_SCREENSHOTS``). Run with
+``pytest -m browser``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,6 +82,8 @@ def test_the_epoch_slider_draws_every_epoch_of_the_run(fresh_page, run_folder, t
     assert ms[len(ms) // 2] < REDRAW_MS
     ARTIFACTS.mkdir(exist_ok=True)
     fresh_page.locator(".ucx-explorer").screenshot(path=str(ARTIFACTS / "explorer_run.png"))
+    if os.environ.get("UNIFIEDCTX_SCREENSHOTS"):
+        shutil.copy(ARTIFACTS / "explorer_run.png", REPO / "docs" / "figures" / "explorer_run.png")
 
 
 def test_a_bad_request_shows_its_error_in_the_page(fresh_page, tmp_path):
