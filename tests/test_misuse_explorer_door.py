@@ -88,6 +88,9 @@ CONSTRUCTION = [
     ({"model_name": 0}, TypeError, ["model_name", "string"]),
     ({"depth": "rolout"}, ValueError, ["depth", "rolout", "rollout"]),
     ({"depth": None}, TypeError, ["depth", "string"]),
+    ({"scale_mode": "fixed"}, ValueError, ["scale_mode", "'fixed'", "from_run"]),
+    ({"scale_mode": "maps"}, ValueError, ["scale_mode", "Did you mean", "'map'"]),
+    ({"scale_mode": 1}, TypeError, ["scale_mode", "string"]),
 ]
 
 
@@ -102,7 +105,9 @@ FIELDS = [
     ("query", (True, False), TypeError), ("query", (0, 9), ValueError), ("query", None, TypeError),
     ("query", ("0", "1"), TypeError), ("layer", None, TypeError), ("layer", "stages.9", ValueError),
     ("component", "mixd", ValueError), ("depth", "nope", ValueError), ("depth", 0, TypeError),
-    ("model_name", b"x", TypeError),
+    ("model_name", b"x", TypeError), ("scale_mode", "fixed", ValueError), ("scale_mode", None, TypeError),
+    ("epoch", 3, ValueError), ("epoch", "3", TypeError), ("epoch", 1.0, TypeError),
+    ("epoch", True, TypeError),
 ]
 
 
@@ -204,3 +209,123 @@ def test_to_html_paths(explorer, tmp_path):
     with pytest.raises(ValueError):
         explorer.to_html(keep, max_mb=1e-6)
     assert keep.read_text() == "mine"  # a refused page overwrites nothing
+
+
+# ------------------------------------------------------------------ the front end's requests (issue 27)
+def maps_request(explorer, **change) -> dict:
+    good = {"need": "maps", "model": explorer.model_name, "image": 1, "layer": MIXED, "component": "dynamic",
+            "scale": "layer", "key": "k1"}
+    return {k: v for k, v in {**good, **change}.items() if v is not DROP}
+
+
+def depth_request(explorer, **change) -> dict:
+    good = {"need": "depth", "model": explorer.model_name, "image": 0, "layer": MIXED, "mode": "rollout",
+            "query": [1, 2], "key": "k2"}
+    return {k: v for k, v in {**good, **change}.items() if v is not DROP}
+
+
+DROP = object()  # a key left out of the request
+
+#: (how the request is made, the error, words the message must hold): every entry of a request
+#: the front end sends, wrong in each way a message from a page can be wrong.
+REQUESTS = [
+    (lambda e: 5, TypeError, ["must be a dict", "int"]),
+    (lambda e: None, TypeError, ["must be a dict", "NoneType"]),
+    (lambda e: [maps_request(e)], TypeError, ["must be a dict", "list"]),
+    (lambda e: "maps", TypeError, ["must be a dict", "str"]),
+    (lambda e: {}, TypeError, ["request['need']", "'maps' or 'depth'"]),
+    (lambda e: maps_request(e, need="map"), ValueError, ["request['need']", "'map'", "Did you mean"]),
+    (lambda e: maps_request(e, need=1), TypeError, ["request['need']", "int"]),
+    (lambda e: maps_request(e, model=DROP), ValueError, ["missing: model"]),
+    (lambda e: maps_request(e, layer=DROP, image=DROP), ValueError, ["missing: image, layer"]),
+    (lambda e: maps_request(e, colour="red"), ValueError, ["unknown: colour"]),
+    (lambda e: depth_request(e, query=DROP), ValueError, ["'depth' request", "missing: query"]),
+    (lambda e: maps_request(e, model="resnet"), ValueError, ["request['model']", "'resnet'"]),
+    (lambda e: maps_request(e, model=None), TypeError, ["request['model']", "NoneType"]),
+    (lambda e: maps_request(e, layer="stages.9.mixer"), ValueError, ["request['layer']", "'stages.9.mixer'"]),
+    (lambda e: maps_request(e, layer=["a"]), TypeError, ["request['layer']", "list"]),
+    (lambda e: maps_request(e, component="mixd"), ValueError, ["request['component']", "Did you mean"]),
+    (lambda e: maps_request(e, image=2), ValueError, ["request['image']", "<= 1", "2"]),
+    (lambda e: maps_request(e, image=-1), ValueError, ["request['image']", ">= 0"]),
+    (lambda e: maps_request(e, image=math.nan), TypeError, ["request['image']", "float"]),
+    (lambda e: maps_request(e, image=1.0), TypeError, ["request['image']", "float"]),
+    (lambda e: maps_request(e, image=True), TypeError, ["request['image']", "bool"]),
+    (lambda e: maps_request(e, image="0"), TypeError, ["request['image']", "str"]),
+    (lambda e: maps_request(e, scale="fixed"), ValueError, ["request['scale']", "'fixed'"]),
+    (lambda e: maps_request(e, scale=None), TypeError, ["request['scale']"]),
+    (lambda e: maps_request(e, epoch=3), ValueError, ["request['epoch']", "no run"]),
+    (lambda e: maps_request(e, epoch="3"), TypeError, ["request['epoch']", "str"]),
+    (lambda e: maps_request(e, key=7), TypeError, ["request['key']", "string"]),
+    (lambda e: depth_request(e, mode="erf"), ValueError, ["request['mode']", "'erf'"]),
+    (lambda e: depth_request(e, query=[1]), TypeError, ["request['query']", "pair"]),
+    (lambda e: depth_request(e, query=7), TypeError, ["request['query']", "pair"]),
+    (lambda e: depth_request(e, query="ab"), TypeError, ["request['query']", "pair"]),
+    (lambda e: depth_request(e, query=[math.nan, 0]), TypeError, ["request['query']", "ints"]),
+    (lambda e: depth_request(e, query=[1.0, 0]), TypeError, ["request['query']", "ints"]),
+    (lambda e: depth_request(e, query=[True, 0]), TypeError, ["request['query']", "ints"]),
+    (lambda e: depth_request(e, query=[4, 0]), ValueError, ["request['query']", "outside the grid (4, 4)"]),
+    (lambda e: depth_request(e, query=[0, -1]), ValueError, ["request['query']", "outside"]),
+]
+
+
+REQUEST_IDS = [f"request{i}" for i in range(len(REQUESTS))]
+
+
+@pytest.mark.parametrize(("make", "error", "words"), REQUESTS, ids=REQUEST_IDS)
+def test_a_bad_request_is_refused_at_the_door(explorer, make, error, words):
+    check(lambda: explorer.answer(make(explorer)), error, words)
+
+
+@pytest.mark.parametrize(("make", "error", "words"), REQUESTS, ids=REQUEST_IDS)
+def test_a_bad_request_gets_an_error_reply_not_silence(explorer, make, error, words):
+    """What ipywidgets calls (``_on_request``) never raises: the page hears of every bad request,
+    under the request's own key when it gave one, so it stops waiting for it."""
+    sent = []
+    request = make(explorer)
+    explorer.send = lambda content, buffers=None: sent.append((content, buffers))
+    try:
+        explorer._on_request(explorer, request, [])
+    finally:
+        del explorer.send
+    ((reply, buffers),) = sent
+    assert reply["kind"] == "error" and not buffers
+    key = request.get("key") if isinstance(request, dict) else None
+    assert reply["key"] == (key if isinstance(key, str) else None)
+    for word in words:
+        assert word in reply["error"], (word, reply["error"])
+
+
+def test_good_requests_are_answered_under_their_key(explorer):
+    sent = []
+    explorer.send = lambda content, buffers=None: sent.append((content, buffers))
+    try:
+        explorer._on_request(explorer, maps_request(explorer), [])
+        explorer._on_request(explorer, depth_request(explorer), [])
+    finally:
+        del explorer.send
+    (maps, maps_buffers), (depth, depth_buffers) = sent
+    assert (maps["kind"], maps["key"], depth["kind"], depth["key"]) == ("maps", "k1", "depth", "k2")
+    assert len(maps_buffers[0]) == maps["heads"] * 16 * 16 and len(depth_buffers[0]) == 32 * 32
+
+
+def test_a_failure_computing_an_answer_is_reported_too(explorer, monkeypatch):
+    """Not a bad request: the kernel fails (out of memory, say). The page is told, the log keeps it."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr("unifiedctx.widgets.explorer_payload.maps_entry", broken)
+    sent = []
+    monkeypatch.setattr(explorer, "send", lambda content, buffers=None: sent.append(content), raising=False)
+    explorer._on_request(explorer, maps_request(explorer), [])
+    assert sent == [{"kind": "error", "key": "k1",
+                     "error": "the kernel failed to compute this view: RuntimeError: CUDA out of memory"}]
+
+
+def test_a_state_the_kernel_refuses_is_sent_back_with_the_reason(explorer, monkeypatch):
+    sent = []
+    monkeypatch.setattr(explorer, "send", lambda content, buffers=None: sent.append(content), raising=False)
+    good = dict(explorer.shown)
+    explorer.shown = {**good, "layer": "ghost"}
+    assert explorer.shown == good
+    ((reply,),) = [sent]
+    assert reply["kind"] == "refused" and "layer 'ghost' does not exist" in reply["error"]

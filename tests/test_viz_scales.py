@@ -169,3 +169,49 @@ def test_distance_plot_labels_are_readable():
     distances = {"stages.0.mixer": torch.tensor([1.0, 2.0]), "stages.1.mixer": torch.tensor([3.0])}
     fig = viz.plot_affinity_distance(distances)
     assert small_text(fig) == []
+
+
+def test_row_limits_give_each_map_its_own_range_by_the_shared_rule():
+    """Each row on its own range: 0 to its peak (never below 1/N for softmax rows), or symmetric."""
+    import numpy as np
+
+    from unifiedctx.viz.scales import row_limits, scale_for
+
+    gen = np.random.default_rng(3)
+    soft = np.exp(gen.normal(size=(2, 5, 16)) * np.array([[[0.1]], [[4.0]]]))
+    soft /= soft.sum(-1, keepdims=True)
+    lo, hi = row_limits(soft, scale_for(soft))
+    assert (lo == 0).all() and np.allclose(hi, np.maximum(soft.max(-1), 1 / 16))
+    assert (hi[0] < hi[1].min()).all()  # the flat head keeps a small range of its own
+    signed = gen.normal(size=(3, 7))
+    signed[1] = 0.0
+    lo, hi = row_limits(signed, scale_for(signed))
+    assert np.allclose(hi, [np.abs(signed[0]).max(), 1.0, np.abs(signed[2]).max()]) and np.allclose(lo, -hi)
+
+
+def test_a_looser_row_sum_tolerance_keeps_the_uniform_level_of_stored_float16_rows():
+    import numpy as np
+
+    from unifiedctx.viz.scales import scale_for
+
+    rows = np.random.default_rng(0).dirichlet(np.ones(64), size=(4, 64)).astype(np.float16).astype(np.float64)
+    assert np.abs(rows.sum(-1) - 1).max() > 1e-5  # float16 moved the sums ...
+    assert scale_for(rows).uniform is None
+    assert scale_for(rows, atol=2.0 ** -10).uniform == 1 / 64  # ... by less than 2**-12
+
+
+@pytest.mark.parametrize("kind", ["softmax", "mixed", "signed", "zeros-and-softmax"])
+def test_merged_scales_are_the_scale_of_everything(kind):
+    import numpy as np
+
+    from unifiedctx.viz.scales import merge_scales, scale_for
+
+    gen = np.random.default_rng(5)
+    parts = [gen.dirichlet(np.ones(9), size=(2, 9)) * (1 + k) ** 2 for k in range(3)]
+    if kind == "softmax":
+        parts = [p / p.sum(-1, keepdims=True) for p in parts]
+    elif kind == "signed":
+        parts[1] = parts[1] - 0.5
+    elif kind == "zeros-and-softmax":
+        parts = [p / p.sum(-1, keepdims=True) for p in parts] + [np.zeros((2, 9, 9))]
+    assert merge_scales([scale_for(p) for p in parts]) == scale_for(np.stack(parts))

@@ -10,6 +10,7 @@ independently with ``record_components``. The drawing itself is checked in Chrom
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +88,9 @@ def test_initial_state_is_sent(explorer, model, images):
     want = expected_rows(model, images[0], MIXED_LAYER, "mixed", (1, 1), (4, 4))
     np.testing.assert_allclose(shown["maps"], want, rtol=1e-5, atol=1e-7)
     assert explorer.shown == {"model_name": explorer.model_name, "image_index": 0, "layer": MIXED_LAYER,
-                              "head": -1, "component": "mixed", "query": [1, 1], "depth": "off"}
+                              "head": -1, "component": "mixed", "query": [1, 1], "depth": "off",
+                              "scale_mode": "layer", "epoch": None}
+    assert explorer.setup["marker"] == [0, 255, 255] and explorer.epochs == []  # viz.scales.QUERY_MARKER
     assert explorer.setup["h"] == 32 and explorer.setup["panel"] == 256
     assert len(explorer.pictures) == 3 * 32 * 32 * 3  # uint8 RGB of every image, no PNG
     assert len(explorer.luts) == 2 * 256 * 3 and explorer.setup["luts"] == ["magma", "RdBu_r"]
@@ -224,13 +227,59 @@ def test_heads_share_one_stated_scale(images):
     assert explorer.scale == scale  # moving the query keeps the scale
 
 
+def test_a_scale_per_map_lets_every_head_fill_the_colormap(explorer, model, images):
+    """Issue 30: with one scale for every head and query some maps are nearly black; the per-map
+    scale shows each head's row on its own range, and the status says the maps are then not
+    comparable by colour. Each row is checked against its own range, computed here."""
+    explorer.show(component="dynamic", head=-1, query=(2, 1))
+    shared = explorer.rendered()["indices"].reshape(2, -1)
+    explorer.scale_mode = "map"
+    rows = expected_rows(model, images[0], MIXED_LAYER, "dynamic", (2, 1), (4, 4)).reshape(2, -1)
+    top = np.maximum(rows.max(1, keepdims=True), 1 / 16)  # softmax rows: never below the uniform level
+    own = explorer.rendered()["indices"].reshape(2, -1)
+    np.testing.assert_allclose(own, np.rint(rows / top * 255), atol=1)
+    assert shared.max(1).min() < 255 and (own.max(1) >= 254).all()  # the dimmer head now fills the colormap
+    words = explorer.status["scale"]
+    assert "each map on its own scale" in words and "NOT comparable" in words
+    assert [s.vmax for s in explorer.map_scales()] == pytest.approx(top.ravel().tolist(), rel=1e-6)
+    meta = explorer.shown_entries()[0][0]
+    k = 1 * 16 + 2 * 4 + 1  # head 1's row of query (2, 1)
+    assert meta["rows"]["vmax"][k] == f"{top[1, 0]:.3g}" and meta["rows"]["uniform_at"][k] == pytest.approx(
+        1 / 16 / top[1, 0], abs=1e-5)
+    assert explorer.shown["scale_mode"] == "map"
+    explorer.scale_mode = "layer"
+    assert "shared by every head and query of this layer" in explorer.status["scale"]
+
+
+def test_the_query_marker_has_one_colour_everywhere(explorer, tmp_path):
+    """Issue 30: the figures, the explorer's outline and its page's words share viz.QUERY_MARKER."""
+    import matplotlib
+
+    from unifiedctx import viz
+
+    matplotlib.use("Agg")
+    rgb = [round(255 * c) for c in matplotlib.colors.to_rgb(viz.QUERY_MARKER)]
+    assert explorer.setup["marker"] == rgb and viz.QUERY_MARKER in explorer.status["query"]
+    a = torch.softmax(torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(1)), -1)
+    fig = viz.plot_query_maps(a, (4, 4), (1, 2))
+    boxes = [p for ax in fig.axes for p in ax.patches if p.get_label() == "query token"]
+    cyan = matplotlib.colors.to_rgb(viz.QUERY_MARKER)
+    assert boxes and all(matplotlib.colors.to_rgb(p.get_edgecolor()) == cyan for p in boxes)
+    assert any(t.get_text().startswith(f"{viz.QUERY_MARKER} square") for t in fig.texts)
+    page = explorer.to_html(tmp_path / "page.html", depth=()).read_text()
+    words = page.split('id="ucx-data"')[0]
+    assert f"outlined in {viz.QUERY_MARKER}" in words and not re.search(r"\bred\b", words)
+    js = (Path(viz.__file__).parents[1] / "widgets" / "explorer.js").read_text()
+    assert "setup.marker" in js and not re.search(r"MARKER = \[", js)  # no colour of its own
+
+
 def test_status_is_laid_out_as_fields(explorer):
     fields = explorer.status
     assert list(fields) == ["image", "layer", "head", "component", "query", "kind", "affinity", "scale"]
     assert fields["kind"] == "mixed" and fields["component"] == "mixed"
     assert fields["affinity"] == "mixed: alpha*attention + beta*conv"  # the mixer's describe()
     templates = dict(explorer.shown_entries()[0][0]["fields"])
-    assert templates["query"] == ["(", "row", ", ", "col", ") on a 4x4 grid"]
+    assert templates["query"] == ["(", "row", ", ", "col", ") on a 4x4 grid, outlined in cyan"]
     assert fill(templates["query"], {"row": 1, "col": 1}) == fields["query"]
 
 
@@ -272,7 +321,7 @@ def test_one_owner_of_the_state(explorer):
     explorer.show(head=1, query=(2, 3))
     assert explorer.state.as_dict() == {"model_name": explorer.model_name, "image_index": 0, "head": 1,
                                         "layer": MIXED_LAYER, "component": "mixed", "query": (2, 3),
-                                        "depth": "off"}
+                                        "depth": "off", "scale_mode": "layer", "epoch": None}
     assert explorer.state.view_mode == "one head"
     assert explorer.shown == {**explorer.state.as_dict(), "query": [2, 3]}
 

@@ -46,6 +46,19 @@ def test_colour_indices_are_the_scales_positions():
         np.testing.assert_allclose(u / 255, scale.normalise(a), atol=0.5 / 255 + 1e-12)  # within half a step
 
 
+def own_rows(a: np.ndarray, scale) -> np.ndarray:
+    """Each row of ``a`` on its own range, written out here: signed ``[-max|row|, max|row|]``, else
+    ``[0, max(peak, 1/N if the layer's rows are distributions)]``."""
+    a = a.astype(np.float64)
+    if scale.signed:
+        top = np.abs(a).max(-1, keepdims=True)
+        lo, hi = -top, top
+    else:
+        hi = np.maximum(a.max(-1, keepdims=True), 1 / a.shape[-1] if scale.uniform else 0)
+        lo = np.zeros_like(hi)
+    return np.rint(np.clip((a - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
 def test_the_page_holds_every_map_of_every_layer(explorer, page):
     data = read_payload(page)
     traits = data["traits"]
@@ -57,14 +70,17 @@ def test_the_page_holds_every_map_of_every_layer(explorer, page):
     for layer in layers:
         n = layer["grid"][0] * layer["grid"][1]
         for comp in layer["components"]:
-            entries = data["maps"][name][layer["name"]][comp["name"]]
-            assert len(entries) == (1 if comp["shared"] else 2)  # static: stored once
-            for i, entry in enumerate(entries):
+            by_scale = data["maps"][name][layer["name"]][comp["name"]]
+            assert set(by_scale) == {"layer", "map"} and all(set(e) == {"null"} for e in by_scale.values())
+            entries, own = by_scale["layer"]["null"], by_scale["map"]["null"]  # no epochs: key null
+            assert len(entries) == len(own) == (1 if comp["shared"] else 2)  # static: stored once
+            for i, (entry, mine) in enumerate(zip(entries, own)):
                 a = explorer.data.affinity(name, i, layer["name"], comp["name"])
                 scale = explorer.data.scale(name, i, layer["name"], comp["name"])
                 assert entry["meta"]["scale"]["text"] == scale.describe()
                 got = unpack(entry).reshape(comp["heads"], n, n)
                 np.testing.assert_array_equal(got, colour_index(a, scale))
+                np.testing.assert_array_equal(unpack(mine).reshape(comp["heads"], n, n), own_rows(a, scale))
     assert {c["name"] for c in layers[-1]["components"]} == {"mixed", "dynamic", "static"}
     assert base64.b64decode(data["pictures"]) == explorer.pictures
 
@@ -130,3 +146,22 @@ def test_too_big_is_refused_with_advice(explorer, tmp_path):
     assert one["traits"]["setup"]["n_images"] == 1 and len(base64.b64decode(one["pictures"])) == 32 * 32 * 3
     with pytest.raises(ValueError, match="images must be indices"):
         explorer.to_html(tmp_path / "bad.html", images=[5])
+
+
+def test_the_page_describes_what_it_offers_and_nothing_else(explorer, tmp_path):
+    """Issue 30: notebook 05's page described the ERF but offered only the rollout. The note names
+    the through-depth views the page holds, and the selector offers exactly those."""
+    def note_and_modes(**options):
+        page = explorer.to_html(tmp_path / "n.html", **options)
+        note = re.search(r'<p class="ucx-note">(.*?)</p>', page.read_text(), re.S)[1]
+        return note, read_payload(page)["traits"]["setup"]["depth_modes"]
+
+    note, modes = note_and_modes()
+    assert modes == ["off", "rollout"] and "rollout" in note and "receptive" not in note and "ERF" not in note
+    note, modes = note_and_modes(depth=())
+    assert modes == ["off"] and "rollout" not in note and "receptive" not in note
+    assert "Through depth" not in note
+    note, modes = note_and_modes(depth=("rollout", "ERF"), images=[0])
+    assert modes == ["off", "rollout", "ERF"] and "rollout" in note and "effective receptive field" in note
+    note, _ = note_and_modes(depth=(), scales=["layer"])
+    assert "one per layer" in note and "one per map" not in note

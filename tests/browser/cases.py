@@ -32,3 +32,84 @@ def live_explorer() -> AffinityExplorer:
     """Two nano models (a Container and a DeiT) on two images: every control has a choice."""
     models = {"container": seeded("container_nano", 0), "deit": seeded("deit_tiny_nano", 1)}
     return AffinityExplorer(models, smooth_images(), layer=START_LAYER, head=0, query=(0, 0))
+
+
+def probe_images(n: int = 3) -> torch.Tensor:
+    """The probe images of the watched runs: smooth, seeded."""
+    return smooth_images(n)
+
+
+def watched_run(folder, name: str = "container_light_nano", epochs: int = 3, seed: int = 0, steps: int = 4,
+                weights: bool = False):
+    """A tiny watched training run in ``folder``: a nano model trained ``steps`` steps per epoch on
+    seeded random images, its snapshots stored at epoch 0 and after every epoch (with ``weights``, its
+    weights too, ``weights<epoch>.pt``); returns the model as trained (its last epoch's weights)."""
+    from unifiedctx.inspection.snapshots import SnapshotStore, plan, take_snapshot
+
+    torch.manual_seed(seed)
+    model = create_model(name)
+    probe = probe_images()
+    store = SnapshotStore.create(folder, probe, plan(model, probe, epochs=epochs, budget_mb=64).first)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    if weights:
+        torch.save(model.state_dict(), f"{folder}/weights0.pt")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for _ in range(steps):
+            x, y = torch.rand(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        store.append(epoch, take_snapshot(model, probe))
+        if weights:
+            torch.save(model.state_dict(), f"{folder}/weights{epoch}.pt")
+    return model.eval()
+
+
+def live_training(live, epochs: int = 4, seed: int = 5, steps: int = 3, pause: float = 0.0) -> dict:
+    """A training loop written by hand that updates ``live`` (a :class:`~unifiedctx.widgets.LiveView`
+    of :func:`probe_images`) as it goes: a nano Container-Light on seeded random images, a history row
+    pushed after every step but an epoch's last, a snapshot and a row after every epoch (then
+    ``pause`` seconds, so a watcher sees it grow). One thread, so the test process computes the same
+    numbers as a kernel. Returns the medians in ms of an epoch's training steps, of a snapshot, of a
+    push with a snapshot and of a push of a row alone."""
+    import statistics
+    import time
+
+    from unifiedctx.inspection.snapshots import take_snapshot
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = create_model("container_light_nano")
+        probe = probe_images()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(seed)
+        times = {"train": [], "snapshot": [], "push": [], "row push": []}
+        live.push(0, take_snapshot(model, probe))
+        for epoch in range(1, epochs + 1):
+            model.train()
+            started = time.perf_counter()
+            for step in range(steps):
+                x, y = torch.rand(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                if step < steps - 1:
+                    t = time.perf_counter()
+                    live.push(epoch - 1 + (step + 1) / steps, row={"train_loss": round(loss.item(), 6)})
+                    times["row push"].append(time.perf_counter() - t)
+            times["train"].append(time.perf_counter() - started - sum(times["row push"][-(steps - 1):]))
+            t = time.perf_counter()
+            snapshot = take_snapshot(model, probe)
+            times["snapshot"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            live.push(epoch, snapshot, {"train_loss": round(loss.item(), 6), "test_acc": 0.1 * epoch})
+            times["push"].append(time.perf_counter() - t)
+            time.sleep(pause)
+        return {name: round(1e3 * statistics.median(values), 2) for name, values in times.items()}
+    finally:
+        torch.set_num_threads(threads)

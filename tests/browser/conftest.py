@@ -106,7 +106,8 @@ def jupyter_lab(tmp_path_factory):
     for path in (home, root, *dirs.values()):
         path.mkdir(parents=True, exist_ok=True)
     _user_settings(dirs["config"])
-    shutil.copy(HERE / "explorer_test.ipynb", root / "explorer_test.ipynb")
+    for notebook in HERE.glob("*.ipynb"):  # explorer_test, training_test
+        shutil.copy(notebook, root / notebook.name)
     env = {
         **os.environ,
         "HOME": str(home),

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from .cases import seeded, smooth_images
-from .checks import Driver, exercise
+from .checks import Driver, exercise, labels_fit
 
 pytestmark = pytest.mark.browser
 
@@ -175,3 +175,24 @@ def test_hostile_names_are_shown_as_text_and_run_nothing(fresh_page, tmp_path):
     fresh_page.wait_for_timeout(200)
     assert dialogs == [], dialogs
     assert fresh_page.locator("img, iframe, object, embed").count() == 0
+
+
+def test_the_colorbar_labels_fit_a_narrow_page(fresh_page, tmp_path):
+    """Issue 30: with the through-depth map beside the tiles, a page narrower than the pictures cut the
+    bars' labels off (``0.00`` for ``0.00162``, ``unif`` for ``uniform 1/1024``). The pictures now wrap and
+    every label is whole and inside the widget, at any width."""
+    from unifiedctx.widgets import AffinityExplorer
+
+    explorer = AffinityExplorer(seeded("deit_tiny_nano", 2), smooth_images(1), depth="rollout", head=-1)
+    path = explorer.to_html(tmp_path / "narrow.html")
+    try:
+        for width in (1400, 900, 620):
+            fresh_page.set_viewport_size({"width": width, "height": 1200})
+            open_page(fresh_page, path)
+            labels = labels_fit(fresh_page, ".ucx-explorer")
+            texts = [label["text"] for label in labels]
+            assert "uniform 1/1024" in texts and "uniform 1/64" in texts, texts
+            assert all(label["inside"] and label["whole"] for label in labels), (width, labels)
+            fresh_page.unroute("**/*")
+    finally:
+        fresh_page.set_viewport_size({"width": 1400, "height": 1200})

@@ -2,7 +2,8 @@
 
 Colours follow one rule, in :mod:`unifiedctx.viz.scales`: non-negative quantities on one
 sequential colormap from 0, signed ones on one diverging colormap centred at 0, a colorbar (or a
-stated shared scale) on every affinity map, and the uniform level 1/N marked on softmax maps.
+stated shared scale) on every affinity map, the uniform level 1/N marked on softmax maps, and one
+colour for the query marker everywhere (``QUERY_MARKER``).
 
 Every plotting function returns the matplotlib ``Figure`` and draws into a given ``ax=`` /
 ``axes=`` when passed one. The numbers behind the figures come from plain functions that the
@@ -44,10 +45,10 @@ from .distance import (
     token_distances,
 )
 from .kernels import kernel_limits, plot_static_kernels, static_kernels
-from .scales import DIVERGING, SEQUENTIAL, Scale, add_colorbar, maps_scale, scale_for
+from .scales import DIVERGING, QUERY_MARKER, SEQUENTIAL, Scale, add_colorbar, maps_scale, scale_for
 
 __all__ = [
-    "DIVERGING", "SEQUENTIAL", "add_colorbar", "affinity_distance", "comparison_affinities",
+    "DIVERGING", "QUERY_MARKER", "SEQUENTIAL", "add_colorbar", "affinity_distance", "comparison_affinities",
     "comparison_figure", "comparison_mixers", "grid_features", "kernel_limits", "layer_distances",
     "model_distances",
     "learning_curves", "maps_scale", "metric_label", "plot_affinity_distance", "plot_affinity_matrix",

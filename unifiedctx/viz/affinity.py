@@ -40,6 +40,7 @@ from ._common import (
 from .scales import (
     DIVERGING,
     MIN_FONTSIZE,
+    QUERY_MARKER,
     SEQUENTIAL,
     Scale,
     add_colorbar,
@@ -166,7 +167,8 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
     :func:`query_maps`), upsampled to the image size when the layer is coarser (``mode``
     ``"nearest"`` keeps the tokens' blocks, ``"bilinear"`` smooths them), drawn over the image
     with an opacity of ``alpha * sqrt(|A| / max |A|)`` (tokens that get no weight leave the
-    image visible), with the query's cell marked by a cyan square (the figure says so).
+    image visible), with the query's cell marked by a square of the library's query-marker colour
+    (``scales.QUERY_MARKER``, cyan; the figure says so).
 
     All heads share one colour scale (:func:`unifiedctx.viz.scales.maps_scale`: no per-head
     rescaling), stated by one colorbar; when the maps are softmax (or pooling) rows, the
@@ -231,11 +233,11 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
 
 
 #: The caption that explains the query marker, once per figure (found by its gid).
-MARKER_CAPTION = "cyan square: the query token q; colour: A[q, j], the weight q gives token j"
+MARKER_CAPTION = f"{QUERY_MARKER} square: the query token q; colour: A[q, j], the weight q gives token j"
 
 
 def explain_query_marker(fig) -> None:
-    """Say on ``fig`` (once) what the cyan square of the query maps is."""
+    """Say on ``fig`` (once) what the square of the query maps (:data:`QUERY_MARKER`) is."""
     if not any(t.get_gid() == "query-marker-caption" for t in fig.texts):
         fig.text(0.5, 0.0, MARKER_CAPTION, ha="center", va="bottom", fontsize=MIN_FONTSIZE,
                  gid="query-marker-caption")
@@ -244,7 +246,7 @@ def explain_query_marker(fig) -> None:
 def _query_box(qy, qx, sy, sx):
     from matplotlib.patches import Rectangle
 
-    return Rectangle((qx * sx - 0.5, qy * sy - 0.5), sx, sy, fill=False, ec="cyan", lw=1.8,
+    return Rectangle((qx * sx - 0.5, qy * sy - 0.5), sx, sy, fill=False, ec=QUERY_MARKER, lw=1.8,
                      label="query token")
 
 

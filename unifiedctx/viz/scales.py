@@ -28,6 +28,10 @@ SEQUENTIAL = "magma"
 DIVERGING = "RdBu_r"
 #: Smallest tick-label size in points used by the library's figures.
 MIN_FONTSIZE = 8
+#: The colour of the query marker in every picture of the library: the figures' squares, the
+#: explorer's outline (live and exported) and the texts that explain them. Neither colormap holds it
+#: (magma runs black, purple, orange, pale yellow; RdBu_r blue, white, red), so it stands out on both.
+QUERY_MARKER = "cyan"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Scale:
     signed: bool
     uniform: float | None = None
     keys: int | None = None  # N, the number of tokens a row spreads over (for the "1/N" label)
+    peak: float | None = None  # the largest |value| it was made for (vmax is 1 when that is 0)
 
     def describe(self) -> str:
         """One line that states the scale, e.g. ``"0 to 0.031 (magma); uniform 1/64 = 0.0156"``."""
@@ -102,13 +107,15 @@ def rows_are_distributions(rows, atol: float = 1e-5) -> bool:
     return bool(np.allclose(rows.sum(axis=-1), 1.0, atol=atol, rtol=0))
 
 
-def scale_for(values, *, rows=None, signed: bool | None = None) -> Scale:
+def scale_for(values, *, rows=None, signed: bool | None = None, atol: float = 1e-5) -> Scale:
     """The colour scale of ``values`` (any shape: one map, all heads' maps, a whole affinity).
 
     ``signed`` (default: read from the data, any value < 0) picks the diverging colormap with
     symmetric limits, else the sequential one with ``vmin = 0``. ``rows`` (default: ``values``
     itself) are the affinity rows the values come from, ``(..., N)``: when they are all
-    distributions (:func:`rows_are_distributions`) the scale carries ``uniform = 1/N``.
+    distributions (:func:`rows_are_distributions`, row sums within ``atol`` of 1: looser for
+    numbers stored at a lower precision, like a training run's float16 snapshots) the scale carries
+    ``uniform = 1/N``.
 
     Values with a NaN or an infinity are refused (``ValueError`` saying how many): a colour
     scale over them would draw garbage as if it were data.
@@ -120,15 +127,56 @@ def scale_for(values, *, rows=None, signed: bool | None = None) -> Scale:
     if signed is None:
         signed = bool((values < 0).any())
     keys = rows.shape[-1] if rows.ndim else None
-    uniform = 1.0 / keys if keys and rows_are_distributions(rows) else None
+    uniform = 1.0 / keys if keys and rows_are_distributions(rows, atol=atol) else None
+    largest = float(np.abs(values).max()) if values.size else 0.0
     if signed:
         vmin, vmax = symmetric_limits(values)
-        return Scale(DIVERGING, vmin, vmax, True, uniform, keys)
+        return Scale(DIVERGING, vmin, vmax, True, uniform, keys, largest)
     peak = float(np.nanmax(values)) if values.size else 0.0
     vmax = peak if peak > 0 else 1.0
     if uniform is not None:
         vmax = max(vmax, uniform)
-    return Scale(SEQUENTIAL, 0.0, vmax, False, uniform, keys)
+    return Scale(SEQUENTIAL, 0.0, vmax, False, uniform, keys, largest)
+
+
+def merge_scales(scales) -> Scale:
+    """The scale of several scales' values taken together, exactly :func:`scale_for` of them all
+    (without holding them all): signed when any is; the largest limit; the uniform level ``1/N``
+    only when every one carries it (every row of every part a distribution over the same N).
+    What a colour scale fixed over a training run's epochs is."""
+    scales = list(scales)
+    if not scales or not all(isinstance(s, Scale) for s in scales):
+        raise TypeError("scales must be a non-empty sequence of Scale")
+    signed = any(s.signed for s in scales)
+    largest = max(s.peak if s.peak is not None else max(abs(s.vmin), abs(s.vmax)) for s in scales)
+    keys = {s.keys for s in scales}
+    key = scales[0].keys if len(keys) == 1 else None
+    uniform = scales[0].uniform if len({s.uniform for s in scales}) == 1 and key is not None else None
+    vmax = largest if largest > 0 else 1.0
+    if signed:
+        return Scale(DIVERGING, -vmax, vmax, True, uniform, key, largest)
+    return Scale(SEQUENTIAL, 0.0, max(vmax, uniform or 0.0), False, uniform, key, largest)
+
+
+def row_limits(values, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``values`` (its last axis: one map) on its own colour range, by the rule of
+    :func:`scale_for` with the kind of the shared ``scale``: signed, ``-max|row|`` to ``+max|row|``;
+    non-negative, ``0`` to the row's peak (at least the uniform level ``1/N`` when ``scale`` carries
+    one, so a flat softmax row is not stretched into contrast). A row of zeros gets the range
+    ``[0, 1]`` (``[-1, 1]`` signed). Returns ``(vmin, vmax)``, each ``values.shape[:-1]``, float64.
+
+    This is what a per-map colour scale shows: every map fills the colormap, so a head that looks
+    at a few tokens is seen even when another head of the layer peaks ten times higher.
+    """
+    values = _finite_array("values", values)
+    if scale.signed:
+        vmax = np.abs(values).max(axis=-1)
+        vmax = np.where(vmax > 0, vmax, 1.0)
+        return -vmax, vmax
+    vmax = values.max(axis=-1)
+    if scale.uniform is not None:
+        vmax = np.maximum(vmax, scale.uniform)
+    return np.zeros_like(vmax), np.where(vmax > 0, vmax, 1.0)
 
 
 def _finite_array(name: str, values) -> np.ndarray:

@@ -4,19 +4,23 @@
 // the image with the query marker, each shown head's map (row `query` of its affinity, sent as
 // colour indices u: the colormap entry, so no scale rule lives here) laid over the grey image,
 // the colorbar with its marks, the through-depth map and the controls. Traits read: `setup`
-// (sizes, alpha, colormap names), `pictures` and `luts` (bytes), `catalog` (layers, default
-// layers, carry tables), `shown` (the state, written back on every change). What it has not got
-// (one layer component for one image, one query's depth map) it asks for with model.send; the
-// answer comes as a custom message with one binary buffer, and is kept. The same module runs in
-// JupyterLab and in the exported page (there a stand-in model answers from the page's data).
+// (sizes, alpha, colormap names, the query marker's colour, a run's epochs, the colour scales
+// offered), `pictures` and `luts` (bytes), `catalog` (layers, default layers, carry tables),
+// `shown` (the state, written back on every change). What it has not got (one layer component
+// for one image, epoch and colour scale; one query's depth map) it asks for with model.send; the
+// answer comes as a custom message with one binary buffer, and is kept. A request the kernel
+// refuses is answered with {kind: "error"}: the page shows it and stops waiting for that key.
+// The same module runs in JupyterLab and in the exported page (there a stand-in model answers
+// from the page's data), and draws the live view of a training run (renderLive, setup.live).
 //
 // Security: every text comes from models and users, so the DOM is built with createElement and
 // textContent only.
 
-const MARKER = [255, 40, 40];
-const RING = [255, 255, 255];
+const RING = [0, 0, 0];  // a thin dark ring inside the query marker: it stands out on pale maps too
 const BAR_WIDTH = 14;
 const LABEL_GAP = 12; // px: a plain colorbar number this close to the 1/N mark is left out
+const PLAY_MS = 700;  // the play button shows one epoch this long
+const SCALE_WORDS = { layer: "one per layer", map: "one per map", fixed: "one per layer, fixed over epochs" };
 
 function make(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -106,6 +110,46 @@ function drawBar(canvas, labels, lut, marks, height) {
     span.style.top = `${at(pos)}px`;
     labels.append(span);
   }
+  // the labels are placed absolutely, so their column is as wide as its widest label (whole words,
+  // never cut by the widget's edge); before layout (a hidden view) it is estimated from the text
+  const widest = Math.max(...[...labels.children].map((s) => s.offsetWidth || 7 * s.textContent.length), 0);
+  labels.style.width = `${Math.ceil(widest) + 2}px`;
+}
+
+// The grey version of image `index` at size (h, w): the colours' background (cached per image and size).
+function greyImages(pictures, H, W) {
+  const greys = new Map();
+  return (index, h, w) => {
+    const key = `${index}|${h}|${w}`;
+    if (!greys.has(key)) {
+      const out = new Float32Array(h * w), rows = nearest(h, H), cols = nearest(w, W), off = index * H * W * 3;
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) {
+          const s = off + (rows[y] * W + cols[x]) * 3;
+          out[y * w + x] = (pictures[s] + pictures[s + 1] + pictures[s + 2]) / 3;
+        }
+      }
+      greys.set(key, out);
+    }
+    return greys.get(key);
+  };
+}
+
+// Image `index` (uint8 RGB, H x W) on `canvas` at size (h, w), the query's cell outlined.
+function drawPicture(canvas, pictures, index, [H, W], [h, w], query, grid, marker) {
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d"), image = ctx.createImageData(w, h), px = image.data;
+  const rows = nearest(h, H), cols = nearest(w, W), off = index * H * W * 3;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const s = off + (rows[y] * W + cols[x]) * 3, o = (y * w + x) * 4;
+      px[o] = pictures[s]; px[o + 1] = pictures[s + 1]; px[o + 2] = pictures[s + 2]; px[o + 3] = 255;
+    }
+  }
+  const [top, left, bottom, right] = cellBox(query, grid, h, w);
+  if (bottom - top >= 8 && right - left >= 8) outline(px, w, [top + 2, left + 2, bottom - 2, right - 2], RING, 1);
+  outline(px, w, [top, left, bottom, right], marker, 2);
+  ctx.putImageData(image, 0, 0);
 }
 
 function fillSelect(select, options, value) {
@@ -119,13 +163,13 @@ function fillSelect(select, options, value) {
 
 function render({ model, el }) {
   const setup = model.get("setup");
-  const H = setup.h, W = setup.w, alpha = setup.alpha;
+  if (setup.live) return renderLive({ model, el });
+  const H = setup.h, W = setup.w, alpha = setup.alpha, MARKER = setup.marker, EPOCHS = setup.epochs || [];
   const ratio = setup.panel / Math.max(H, W);
   const PH = Math.max(1, Math.round(H * ratio)), PW = Math.max(1, Math.round(W * ratio));
   const pictures = bytesOf(model.get("pictures"));
   const lutBytes = bytesOf(model.get("luts"));
   const luts = Object.fromEntries(setup.luts.map((name, i) => [name, lutBytes.subarray(i * 768, (i + 1) * 768)]));
-  const greys = new Map();
   const cache = new Map(), waiting = new Map();
   let S = model.get("shown");
 
@@ -135,31 +179,33 @@ function render({ model, el }) {
     if (!cache.has(key)) {
       cache.set(key, new Promise((resolve) => waiting.set(key, resolve)));
       model.send({ ...request, key });
+      showBusy();
     }
     return cache.get(key);
   }
+  // what the kernel refused (a bad request, a state it kept): shown until the next user action
+  function showError(text) {
+    error.textContent = text;
+    error.hidden = false;
+    root.dataset.error = text;
+  }
   const onMessage = (msg, buffers) => {
+    if (msg.kind === "refused" || (msg.kind === "error" && !waiting.has(msg.key))) {
+      showError(msg.error);
+      return;
+    }
     const resolve = waiting.get(msg.key);
     if (!resolve) return;
     waiting.delete(msg.key);
+    showBusy();
+    if (msg.kind === "error") {
+      cache.delete(msg.key);  // not kept: asking again asks the kernel again
+      showError(msg.error);
+    }
     resolve({ meta: msg, data: buffers && buffers.length ? bytesOf(buffers[0]) : new Uint8Array(0) });
   };
 
-  // the grey image at size (h, w), the colours' background (cached per image and size)
-  function grey(index, h, w) {
-    const key = `${index}|${h}|${w}`;
-    if (!greys.has(key)) {
-      const out = new Float32Array(h * w), rows = nearest(h, H), cols = nearest(w, W), off = index * H * W * 3;
-      for (let y = 0; y < h; y++) {
-        for (let x = 0; x < w; x++) {
-          const s = off + (rows[y] * W + cols[x]) * 3;
-          out[y * w + x] = (pictures[s] + pictures[s + 1] + pictures[s + 2]) / 3;
-        }
-      }
-      greys.set(key, out);
-    }
-    return greys.get(key);
-  }
+  const grey = greyImages(pictures, H, W);
 
   // ------------------------------------------------------------------ the state and its rules
   const catalog = () => model.get("catalog");
@@ -187,6 +233,8 @@ function render({ model, el }) {
   }
   function change(name, value) {
     started = performance.now();
+    error.hidden = true;
+    delete root.dataset.error;
     S = next(name, value);
     model.set("shown", { ...S });
     model.save_changes();
@@ -214,8 +262,35 @@ function render({ model, el }) {
   const controls = {
     model_name: select("model", "model_name"), image_index: select("image", "image_index"),
     layer: select("layer", "layer"), head: select("head", "head"), component: select("component", "component"),
-    depth: select("through depth", "depth"), row: range("query row", "row"), col: range("query col", "col"),
+    depth: select("through depth", "depth"), scale_mode: select("colour scale", "scale_mode"),
+    row: range("query row", "row"), col: range("query col", "col"),
   };
+  // a training run's epochs: a slider over the stored epochs and a play button
+  const epochSlider = make("input", { type: "range", min: "0", max: String(Math.max(EPOCHS.length - 1, 0)),
+    step: "1", class: "ucx-range ucx-epoch", "aria-label": "epoch" });
+  const epochReadout = make("output", { class: "ucx-readout" });
+  const play = make("button", { type: "button", class: "ucx-play", text: "\u25B6", "aria-label": "play the epochs" });
+  let playing = null;
+  function stop() {
+    if (playing !== null) clearInterval(playing);
+    playing = null;
+    play.textContent = "\u25B6";
+    play.setAttribute("aria-label", "play the epochs");
+  }
+  epochSlider.addEventListener("input", () => change("epoch", EPOCHS[Number(epochSlider.value)]));
+  play.addEventListener("click", () => {
+    if (playing !== null) { stop(); return; }
+    if (EPOCHS.indexOf(S.epoch) === EPOCHS.length - 1) change("epoch", EPOCHS[0]);
+    play.textContent = "\u23F8";
+    play.setAttribute("aria-label", "pause");
+    playing = setInterval(() => {
+      const i = Math.min(EPOCHS.indexOf(S.epoch) + 1, EPOCHS.length - 1);
+      change("epoch", EPOCHS[i]);
+      if (i === EPOCHS.length - 1) stop();  // the last epoch: stay on it
+    }, PLAY_MS);
+  });
+  controls.epoch = { node: epochSlider, box: make("span", { class: "ucx-control ucx-epochs" }, [
+    make("label", { class: "ucx-control" }, [make("span", { text: "epoch" }), epochSlider, epochReadout]), play]) };
   // JupyterLab's own shortcuts (arrows move between cells) are suppressed on the focused image
   const picture = make("canvas", { class: "ucx-image", tabindex: "0", role: "img",
     "data-lm-suppress-shortcuts": "true" });
@@ -226,18 +301,26 @@ function render({ model, el }) {
   const depthBar = make("canvas", { class: "ucx-bar-canvas" }), depthLabels = make("div", { class: "ucx-bar-labels" });
   const depthPanel = make("div", { class: "ucx-depth-panel" }, [depthTitle, depthMap]);
   const depthBarBox = make("div", { class: "ucx-bar" }, [depthBar, depthLabels]);
+  const depthGroup = make("div", { class: "ucx-group ucx-depth-group" }, [depthPanel, depthBarBox]);
   const status = make("dl", { class: "ucx-status", "aria-label": "what the maps show", "aria-live": "polite" });
   const warning = make("p", { class: "ucx-warning", role: "alert" });
+  const error = make("p", { class: "ucx-error", role: "alert", hidden: true });
+  const busy = make("p", { class: "ucx-busy", text: "asking the kernel\u2026", hidden: true });
+  const showBusy = () => { busy.hidden = waiting.size === 0; root.dataset.waiting = String(waiting.size); };
+  // the pictures wrap onto a new line where the page is narrow: each group keeps its colorbar
   const root = make("div", { class: "ucx-explorer", role: "group", "aria-label": "affinity explorer" }, [
     make("div", { class: "ucx-controls" }, Object.values(controls).map((c) => c.box)),
-    status, warning,
-    make("div", { class: "ucx-pictures" }, [picture, tiles,
-      make("div", { class: "ucx-bar" }, [bar, barLabels]), depthPanel, depthBarBox]),
+    status, warning, error, busy,
+    make("div", { class: "ucx-pictures" }, [picture,
+      make("div", { class: "ucx-group" }, [tiles, make("div", { class: "ucx-bar" }, [bar, barLabels])]),
+      depthGroup]),
   ]);
   el.append(root);
   controls.model_name.box.hidden = setup.models.length < 2;
   controls.image_index.box.hidden = setup.n_images < 2;
   controls.depth.box.hidden = setup.depth_modes.length < 2;
+  controls.scale_mode.box.hidden = setup.scale_modes.length < 2;
+  controls.epoch.box.hidden = EPOCHS.length < 1;
 
   const pointToCell = (event) => {
     const rect = picture.getBoundingClientRect(), g = layerOf(S.model_name, S.layer).grid;
@@ -254,25 +337,21 @@ function render({ model, el }) {
   });
 
   // ------------------------------------------------------------------ drawing
-  function drawImage(grid) {
-    picture.width = PW; picture.height = PH;
-    const ctx = picture.getContext("2d"), image = ctx.createImageData(PW, PH), px = image.data;
-    const rows = nearest(PH, H), cols = nearest(PW, W), off = S.image_index * H * W * 3;
-    for (let y = 0; y < PH; y++) {
-      for (let x = 0; x < PW; x++) {
-        const s = off + (rows[y] * W + cols[x]) * 3, o = (y * PW + x) * 4;
-        px[o] = pictures[s]; px[o + 1] = pictures[s + 1]; px[o + 2] = pictures[s + 2]; px[o + 3] = 255;
-      }
-    }
-    const [top, left, bottom, right] = cellBox(S.query, grid, PH, PW);
-    if (bottom - top >= 8 && right - left >= 8) outline(px, PW, [top + 2, left + 2, bottom - 2, right - 2], RING, 1);
-    outline(px, PW, [top, left, bottom, right], MARKER, 2);
-    ctx.putImageData(image, 0, 0);
+  const drawImage = (grid) => drawPicture(picture, pictures, S.image_index, [H, W], [PH, PW], S.query, grid, MARKER);
+
+  // a map's own range (scale_mode "map"): "0 to 0.031" for row k of the affinity
+  const rowRange = (rows, k) => `${rows.vmin[k]} to ${rows.vmax[k]}`;
+  function rowMarks(rows, k) {
+    const marks = [[1, rows.vmax[k], ""], [0, rows.vmin[k], ""]];
+    if (rows.zero_at !== null) marks.push([rows.zero_at, "0", ""]);
+    if (rows.uniform_at) marks.push([rows.uniform_at[k], rows.uniform, "ucx-uniform"]);
+    return marks;
   }
 
   function drawTiles(layer, maps) {
     const grid = layer.grid, n = grid[0] * grid[1], q = S.query[0] * grid[1] + S.query[1];
     const heads = S.head === -1 ? [...Array(maps.meta.heads).keys()] : [S.head];
+    const rows = maps.meta.rows;
     const [th, tw] = tileSize(heads.length, grid, setup.panel, PH, PW);
     const background = grey(S.image_index, th, tw), lut = luts[maps.meta.scale.cmap];
     tiles.style.gridTemplateColumns = `repeat(${Math.ceil(Math.sqrt(heads.length))}, ${tw}px)`;
@@ -283,7 +362,8 @@ function render({ model, el }) {
     let sum = 0;
     heads.forEach((h, i) => {
       const tile = tiles.children[i], canvas = tile.lastChild, offset = (h * n + q) * n;
-      tile.firstChild.textContent = heads.length > 1 ? `${layer.unit} ${h}` : "";
+      tile.firstChild.textContent = heads.length > 1
+        ? `${layer.unit} ${h}${rows ? `: ${rowRange(rows, h * n + q)}` : ""}` : "";
       canvas.dataset.head = String(h);
       canvas.setAttribute("aria-label", `${layer.unit} ${h}: row (${S.query[0]}, ${S.query[1]}) of the affinity`);
       for (let k = 0; k < n; k++) sum += maps.data[offset + k];
@@ -318,6 +398,13 @@ function render({ model, el }) {
   }
 
   function drawControls(layer, heads) {
+    fillSelect(controls.scale_mode.node, setup.scale_modes.map((m) => [
+      m === "layer" && EPOCHS.length ? "one per layer, this epoch" : SCALE_WORDS[m], m]), S.scale_mode);
+    if (EPOCHS.length) {
+      const i = EPOCHS.indexOf(S.epoch);
+      epochSlider.value = String(i);
+      epochReadout.textContent = `${S.epoch} (${i + 1} of ${EPOCHS.length})`;
+    }
     const models = setup.models;
     fillSelect(controls.model_name.node, models.map((m) => [m, m]), S.model_name);
     fillSelect(controls.image_index.node, [...Array(setup.n_images).keys()].map((i) => [String(i), i]), S.image_index);
@@ -341,10 +428,14 @@ function render({ model, el }) {
     const ticket = ++drawn, s = S;
     const layer = layerOf(s.model_name, s.layer), comp = compOf(layer, s.component);
     const maps = await ask({ need: "maps", model: s.model_name, image: comp.shared ? 0 : s.image_index,
-      layer: s.layer, component: s.component });
+      layer: s.layer, component: s.component, scale: s.scale_mode, epoch: s.epoch });
     const depth = s.depth === "off" ? null : await ask({ need: "depth", model: s.model_name,
       image: s.image_index, layer: s.layer, mode: s.depth, query: s.query });
     if (ticket !== drawn) return;  // a newer state is being drawn
+    if (maps.meta.kind === "error" || (depth && depth.meta.kind === "error")) {
+      root.dataset.ready = "1";  // drawn as far as it goes: the error says why
+      return;
+    }
     drawControls(layer, maps.meta.heads);
     drawImage(layer.grid);
     const problem = maps.meta.warning || (depth && depth.meta.warning) || "";
@@ -352,15 +443,18 @@ function render({ model, el }) {
     warning.hidden = !problem;
     tiles.hidden = Boolean(maps.meta.warning);
     const sum = maps.meta.warning ? 0 : drawTiles(layer, maps);
-    if (!maps.meta.warning) drawBar(bar, barLabels, luts[maps.meta.scale.cmap], maps.meta.scale.marks, Math.max(96, tiles.offsetHeight - 16));
+    const q = s.query[0] * layer.grid[1] + s.query[1], n = layer.grid[0] * layer.grid[1];
+    const marks = maps.meta.rows && s.head !== -1 ? rowMarks(maps.meta.rows, s.head * n + q) : maps.meta.scale.marks;
+    if (!maps.meta.warning) drawBar(bar, barLabels, luts[maps.meta.scale.cmap], marks, Math.max(96, tiles.offsetHeight - 16));
     const showDepth = Boolean(depth && !depth.meta.warning);
     const depthSum = showDepth ? drawDepth(depth, layer.grid) : "";
-    depthPanel.hidden = depthBarBox.hidden = !showDepth;
+    depthPanel.hidden = depthBarBox.hidden = depthGroup.hidden = !showDepth;
     const values = { row: s.query[0], col: s.query[1], head: s.head, image: s.image_index,
-      vmax: showDepth ? depth.meta.vmax[0] : "" };
+      vmax: showDepth ? depth.meta.vmax[0] : "", epoch: s.epoch };
     drawStatus([...maps.meta.fields, ...(depth ? depth.meta.fields : [])], values);
     Object.assign(root.dataset, { query: s.query.join(","), layer: s.layer, component: s.component,
       head: String(s.head), model: s.model_name, image: String(s.image_index), depth: s.depth,
+      scaleMode: s.scale_mode, epoch: String(s.epoch),
       mapSum: String(sum), depthSum: String(depthSum), redrawMs: (performance.now() - started).toFixed(2),
       asked: String(cache.size), ready: "1" });
   }
@@ -371,9 +465,200 @@ function render({ model, el }) {
   model.on("change:catalog", onShown);
   draw();
   return () => {
+    stop();
     model.off("msg:custom", onMessage);
     model.off("change:shown", onShown);
     model.off("change:catalog", onShown);
+  };
+}
+
+// ------------------------------------------------------------------ the live view (widgets/live.py)
+const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+const CHART = { w: 250, h: 150, left: 44, right: 8, top: 18, bottom: 20 };
+const fmt = (v) => (Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(1) : String(+v.toPrecision(3)));
+
+// One chart of the live view: every series of `panel` ({title, series: [{name, x, y}]}) as a line
+// with its points, the axes' ends written; the legend is text beside it. Returns the points drawn.
+function drawChart(canvas, legend, panel) {
+  const { w, h, left, right, top, bottom } = CHART;
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, w, h);
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#222";
+  ctx.fillText(panel.title, left, 12);
+  const xs = panel.series.flatMap((s) => s.x), ys = panel.series.flatMap((s) => s.y);
+  legend.replaceChildren();
+  if (!xs.length) {
+    ctx.fillStyle = "#777";
+    ctx.fillText("nothing yet", left + 8, top + 30);
+    return 0;
+  }
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (y1 - y0 < 1e-12) { y0 -= Math.abs(y0) * 0.1 || 0.5; y1 += Math.abs(y1) * 0.1 || 0.5; }
+  const x1 = Math.max(...xs, 1);
+  const X = (x) => left + (x / x1) * (w - left - right), Y = (y) => top + (1 - (y - y0) / (y1 - y0)) * (h - top - bottom);
+  ctx.strokeStyle = "#999";
+  ctx.strokeRect(left, top, w - left - right, h - top - bottom);
+  ctx.fillStyle = "#444";
+  ctx.fillText(fmt(y1), 2, top + 8);
+  ctx.fillText(fmt(y0), 2, h - bottom);
+  ctx.fillText("0", left, h - 6);
+  ctx.fillText(`epoch ${fmt(x1)}`, w - right - 56, h - 6);
+  let drawn = 0;
+  panel.series.forEach((series, i) => {
+    const colour = PALETTE[i % PALETTE.length];
+    ctx.strokeStyle = ctx.fillStyle = colour;
+    ctx.beginPath();
+    series.x.forEach((x, k) => (k ? ctx.lineTo(X(x), Y(series.y[k])) : ctx.moveTo(X(x), Y(series.y[k]))));
+    ctx.stroke();
+    series.x.forEach((x, k) => ctx.fillRect(X(x) - 1.5, Y(series.y[k]) - 1.5, 3, 3));
+    drawn += series.x.length;
+    const last = series.y[series.y.length - 1];
+    const item = make("span", { class: "ucx-legend-item", text: `\u25A0 ${series.name}: ${fmt(last)}` });
+    item.style.color = colour;
+    legend.append(item);
+  });
+  return drawn;
+}
+
+function renderLive({ model, el }) {
+  const setup = model.get("setup");
+  const H = setup.h, W = setup.w, MARKER = setup.marker, B = setup.n_images;
+  const ratio = setup.panel / Math.max(H, W);
+  const TH = Math.max(1, Math.round(H * ratio)), TW = Math.max(1, Math.round(W * ratio));
+  const pictures = bytesOf(model.get("pictures"));
+  const lutBytes = bytesOf(model.get("luts"));
+  const luts = Object.fromEntries(setup.luts.map((name, i) => [name, lutBytes.subarray(i * 768, (i + 1) * 768)]));
+  const grey = greyImages(pictures, H, W);
+  let S = { ...model.get("shown") };
+
+  const select = (label, name) => {
+    const node = make("select", { class: `ucx-select ucx-${name}`, "aria-label": label });
+    node.addEventListener("change", () => choose(name, name === "head" ? Number(node.value) : node.value));
+    return { node, box: make("label", { class: "ucx-control" }, [make("span", { text: label }), node]) };
+  };
+  const controls = { layer: select("layer", "layer"), component: select("component", "component"),
+    head: select("head", "head"), scale_mode: select("colour scale", "scale_mode") };
+  const status = make("p", { class: "ucx-live-status", "aria-live": "polite" });
+  const waitNote = make("p", { class: "ucx-busy", hidden: true,
+    text: "waiting for the kernel: it takes this choice when it is free (is a training cell running?)" });
+  const error = make("p", { class: "ucx-error", role: "alert", hidden: true });
+  const charts = [0, 1, 2].map(() => {
+    const canvas = make("canvas", { class: "ucx-chart", role: "img" }), legend = make("div", { class: "ucx-legend" });
+    return { canvas, legend, box: make("figure", { class: "ucx-chart-box" }, [canvas, legend]) };
+  });
+  const scaleNote = make("p", { class: "ucx-scale-note" });
+  const strip = make("div", { class: "ucx-strip" });
+  const bar = make("canvas", { class: "ucx-bar-canvas" }), barLabels = make("div", { class: "ucx-bar-labels" });
+  const barBox = make("div", { class: "ucx-bar" }, [bar, barLabels]);
+  const root = make("div", { class: "ucx-explorer ucx-live", role: "group", "aria-label": "live view of training" }, [
+    make("div", { class: "ucx-controls" }, Object.values(controls).map((c) => c.box)),
+    status, waitNote, error, make("div", { class: "ucx-charts" }, charts.map((c) => c.box)), scaleNote,
+    make("div", { class: "ucx-group" }, [strip, barBox]),
+  ]);
+  el.append(root);
+
+  const layerOf = (name) => model.get("catalog").layers.find((l) => l.name === name);
+  // what the kernel computed the frames for, against what is chosen: layer, component and query
+  const sameMaps = (f) => f && f.layer === S.layer && f.component === S.component && f.query[0] === S.query[0]
+    && f.query[1] === S.query[1];
+  function choose(name, value) {
+    error.hidden = true;
+    const s = { ...S, [name]: value };
+    if (name === "layer") {
+      const l = layerOf(value);
+      s.component = l.components[0].name;
+      s.query = [Math.floor(l.grid[0] / 2), Math.floor(l.grid[1] / 2)];
+      s.head = 0;
+    }
+    S = s;
+    model.set("shown", { ...S });
+    model.save_changes();
+    draw();
+  }
+  model.on("msg:custom", (msg) => { if (msg.kind === "refused") { error.textContent = msg.error; error.hidden = false; } });
+
+  // the maps are drawn for the state the kernel computed them for (frames.for); the head and the
+  // colour scale are the browser's own (every head and scale was sent)
+  function drawStrip(frames, data) {
+    const grid = frames.grid, n = grid[0] * grid[1], M = frames.heads, E = frames.epochs.length;
+    const query = frames.for.query;
+    const mode = frames.modes.indexOf(S.scale_mode), head = Math.min(S.head, M - 1);
+    const shown = E <= setup.columns ? [...Array(E).keys()]
+      : [0, ...Array.from({ length: setup.columns - 1 }, (_, k) => E - setup.columns + 1 + k)];
+    strip.style.gridTemplateColumns = `repeat(${shown.length + 1}, ${TW}px)`;
+    strip.replaceChildren();
+    let sum = 0;
+    for (let b = 0; b < B; b++) {
+      const picture = make("canvas", { class: "ucx-image ucx-probe", tabindex: "0", role: "img", "data-image": String(b),
+        "aria-label": `probe image ${b}: the query is row ${query[0]}, col ${query[1]}; click to move it` });
+      drawPicture(picture, pictures, b, [H, W], [TH, TW], query, grid, MARKER);
+      picture.addEventListener("click", (event) => {
+        const rect = picture.getBoundingClientRect();
+        choose("query", [Math.min(grid[0] - 1, Math.floor((event.clientY - rect.top) * grid[0] / rect.height)),
+          Math.min(grid[1] - 1, Math.floor((event.clientX - rect.left) * grid[1] / rect.width))]);
+      });
+      strip.append(make("figure", { class: "ucx-tile" }, [make("figcaption", { text: `image ${b}` }), picture]));
+      for (const e of shown) {
+        const offset = (((mode * E + e) * B + b) * M + head) * n;
+        const cmap = S.scale_mode === "fixed" ? frames.fixed.cmap : frames.layer.cmap[e];
+        const canvas = make("canvas", { class: "ucx-map", role: "img", "data-epoch": String(frames.epochs[e]),
+          "data-image": String(b), "aria-label": `image ${b}, epoch ${frames.epochs[e]}` });
+        const { ctx, image } = overlayMap(canvas, grey(b, TH, TW), [TH, TW], data, offset, grid, luts[cmap], setup.alpha);
+        outline(image.data, TW, cellBox(query, grid, TH, TW), MARKER, 1);
+        ctx.putImageData(image, 0, 0);
+        for (let k = 0; k < n; k++) sum += data[offset + k];
+        const range = S.scale_mode === "layer" ? frames.layer.range[e]
+          : S.scale_mode === "map" ? frames.map.range[e][b * M + head] : "";
+        strip.append(make("figure", { class: "ucx-tile" }, [
+          make("figcaption", { text: `epoch ${frames.epochs[e]}${range ? `: ${range}` : ""}` }), canvas]));
+      }
+    }
+    return { sum, shown: shown.map((e) => frames.epochs[e]) };
+  }
+
+  function draw() {
+    const frames = model.get("frames"), catalog = model.get("catalog"), curves = model.get("curves");
+    const points = charts.map((c, i) => (curves.panels ? drawChart(c.canvas, c.legend, curves.panels[i]) : 0));
+    const rows = curves.panels ? curves.panels.map((p) => p.series.length) : [];
+    root.dataset.points = points.join(",");
+    root.dataset.series = rows.join(",");
+    if (!catalog.layers || !frames.epochs) {
+      status.textContent = "waiting for the first snapshot";
+      root.dataset.ready = "1";
+      return;
+    }
+    const layer = layerOf(S.layer) || layerOf(frames.for.layer);
+    fillSelect(controls.layer.node, catalog.layers.map((l) => [l.label, l.name]), S.layer);
+    fillSelect(controls.component.node, layer.components.map((c) => [c.name, c.name]), S.component);
+    fillSelect(controls.head.node, [...Array(frames.heads).keys()].map((h) => [`${frames.unit} ${h}`, h]), S.head);
+    fillSelect(controls.scale_mode.node, frames.modes.map((m) => [
+      m === "fixed" ? "one for the run so far" : m === "layer" ? "one per epoch" : "one per map", m]), S.scale_mode);
+    const fresh = sameMaps(frames.for);
+    waitNote.hidden = fresh;
+    const epochs = frames.epochs;
+    status.textContent = `${frames.for.layer} (${frames.description}), ${frames.for.component}, ` +
+      `query (${frames.for.query[0]}, ${frames.for.query[1]}) outlined, ${frames.unit} ${S.head}; ` +
+      `epochs drawn: ${epochs.length} (last ${epochs[epochs.length - 1]})`;
+    scaleNote.textContent = frames[S.scale_mode].text;
+    const { sum, shown } = drawStrip(frames, bytesOf(model.get("frame_data")));
+    barBox.hidden = S.scale_mode !== "fixed";
+    if (S.scale_mode === "fixed") drawBar(bar, barLabels, luts[frames.fixed.cmap], frames.fixed.marks, Math.max(96, TH * B));
+    Object.assign(root.dataset, { layer: frames.for.layer, component: frames.for.component,
+      query: frames.for.query.join(","), head: String(S.head), scaleMode: S.scale_mode, fresh: fresh ? "1" : "0",
+      epochs: epochs.join(","), shownEpochs: shown.join(","), mapSum: String(sum), ready: "1" });
+  }
+
+  const onChange = () => draw();
+  // the kernel's state (its first snapshot, a change made in Python, a choice it refused) wins
+  const onShown = () => { S = { ...S, ...model.get("shown") }; draw(); };
+  for (const name of ["frames", "frame_data", "curves", "catalog"]) model.on(`change:${name}`, onChange);
+  model.on("change:shown", onShown);
+  draw();
+  return () => {
+    for (const name of ["frames", "frame_data", "curves", "catalog"]) model.off(`change:${name}`, onChange);
+    model.off("change:shown", onShown);
   };
 }
 

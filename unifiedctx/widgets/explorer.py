@@ -19,7 +19,10 @@ from plain data. :class:`~.explorer_data.ExplorerData` computes and caches the a
 buffers, colour scales, status templates); :class:`~.explorer_state.ExplorerState` owns the state
 (model, image, layer, head or all heads, component, query, depth view) and its rules, and is
 synced with the browser through the ``shown`` trait. The front end asks (a custom message) only
-for what it has not got: a layer component for an image, or one query's through-depth map.
+for what it has not got: a layer component for an image (and epoch, on a colour scale), or one
+query's through-depth map. Every request is checked at the door like a public argument
+(:meth:`AffinityExplorer.check_request`); a bad one is answered with an error the page shows,
+never left unanswered.
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ import numpy as np
 import traitlets
 from torch import nn
 
-from ..validation import check_float, check_positive_int
+from ..validation import check_choice, check_float, check_int, check_positive_int, check_query
 from . import explorer_payload as payload
-from .explorer_data import COMPONENT_ORDER, DEPTH_MODES, ExplorerData, as_images
-from .explorer_state import FIELDS, ExplorerState, ExplorerTypeError, ExplorerValueError
-from .front import check_cmap, check_finite_model, display_image, lut_bytes
+from .explorer_data import COMPONENT_ORDER, DEPTH_MODES, SCALE_MODES, ExplorerData, as_images
+from .explorer_state import FIELDS, ExplorerState, ExplorerTypeError, ExplorerValueError, compact_epochs
+from .front import check_cmap, check_finite_model, display_image, lut_bytes, marker_rgb
 
-__all__ = ["COMPONENT_ORDER", "DEPTH_MODES", "AffinityExplorer", "ExplorerTypeError", "ExplorerValueError"]
+__all__ = ["COMPONENT_ORDER", "DEPTH_MODES", "SCALE_MODES", "AffinityExplorer", "ExplorerTypeError",
+           "ExplorerValueError"]
+
+#: What the front end may ask for: ``need`` -> (the keys it must give, the keys it may give).
+REQUESTS = {"maps": (("model", "image", "layer", "component"), ("scale", "epoch")),
+            "depth": (("model", "image", "layer", "query", "mode"), ())}
 
 HERE = Path(__file__).resolve().parent
 
@@ -80,8 +88,12 @@ class AffinityExplorer(anywidget.AnyWidget):
     Fields (read and set as attributes): ``model_name`` (str), ``image_index`` (int),
     ``layer`` (a name from ``explorer.layers``), ``head`` (int, ``-1`` = all heads as a grid),
     ``component`` (``"mixed"``, ``"dynamic"`` or ``"static"``: the ones the layer has),
-    ``query`` (``(row, col)`` on the layer's grid) and ``depth`` (``"off"``, ``"rollout"`` or
-    ``"ERF"``). Changing the layer or the model keeps the query on the same place of the image
+    ``query`` (``(row, col)`` on the layer's grid), ``depth`` (``"off"``, ``"rollout"`` or
+    ``"ERF"``), ``scale_mode`` (the colour scale: ``"layer"``, one for every head and query of the
+    layer, the default; ``"map"``, each map on its own, so a head that looks at a few tokens is seen
+    beside one that peaks ten times higher; in a run ``"fixed"``, one over every epoch) and
+    ``epoch`` (``None``; a training run's explorer, :meth:`from_run`, has ``epochs``). Changing
+    the layer or the model keeps the query on the same place of the image
     (rescaled to the new grid) and falls back to all heads or another component when the old
     one does not exist there. In the browser: click the image or focus it (Tab) and use the
     arrow keys to move the query; every control is reachable by Tab and labelled.
@@ -102,11 +114,16 @@ class AffinityExplorer(anywidget.AnyWidget):
     component = _state_property("component", "The component shown: mixed, dynamic or static.")
     query = _state_property("query", "The query token (row, col) on the layer's grid.")
     depth = _state_property("depth", "The through-depth map shown beside: off, rollout or ERF.")
+    scale_mode = _state_property("scale_mode", "The colour scale: 'layer' (one for every head and query of "
+                                 "the layer), 'map' (each map its own) or, in a run, 'fixed' (one for "
+                                 "the layer over every epoch).")
+    epoch = _state_property("epoch", "The epoch shown, in a training run's explorer (None for models).")
 
     def __init__(self, model, images, *, layer: str | None = None, head: int = -1,
                  component: str | None = None, query=None, image_index: int = 0,
                  model_name: str | None = None, panel: int = 256, cmap: str | None = None,
-                 alpha: float = 0.75, cache_mb: float = 512, depth: str = "off"):
+                 alpha: float = 0.75, cache_mb: float = 512, depth: str = "off",
+                 scale_mode: str | None = None):
         if isinstance(model, nn.Module):
             models = {type(model).__name__: model}
         elif isinstance(model, dict) and model and all(isinstance(m, nn.Module) for m in model.values()):
@@ -114,12 +131,8 @@ class AffinityExplorer(anywidget.AnyWidget):
         else:
             raise TypeError("model must be an nn.Module or a non-empty dict {name: nn.Module}, "
                             f"got {type(model).__name__}")
-        panel = check_positive_int("panel", panel)
-        if not 16 <= panel <= 2048:
-            raise ValueError(f"panel must be a size in pixels in 16..2048, got {panel}")
-        alpha = check_float("alpha", alpha, low=0.0, high=1.0)
+        panel, alpha = self._options(panel, alpha, cmap)
         cache_mb = check_float("cache_mb", cache_mb, low=0.0, low_open=True)
-        self._colormap = check_cmap(cmap)
         for name, m in models.items():
             check_finite_model(name, m)
         images = as_images(images)
@@ -128,15 +141,59 @@ class AffinityExplorer(anywidget.AnyWidget):
             if tuple(im.shape[-2:]) != image_hw:
                 raise ValueError(f"all images must have one size; images[0] is {image_hw}, "
                                  f"images[{i}] is {tuple(im.shape[-2:])}")
-        self.data = ExplorerData(models, images, cache_mb)
-        self._display = [display_image(im) for im in images]
-        self.state = ExplorerState(self.data, model_name=model_name if model_name is not None else
-                                   next(iter(models)), image_index=image_index, layer=layer, head=head,
-                                   component=component, query=query, depth=depth)
+        self._start(ExplorerData(models, images, cache_mb), panel=panel, alpha=alpha, model_name=model_name,
+                    image_index=image_index, layer=layer,
+                    head=head, component=component, query=query, depth=depth, scale_mode=scale_mode)
+
+    @classmethod
+    def from_run(cls, path, *, layer: str | None = None, head: int = -1, component: str | None = None,
+                 query=None, image_index: int = 0, model_name: str | None = None, epoch: int | None = None,
+                 scale_mode: str = "fixed", panel: int = 256, cmap: str | None = None,
+                 alpha: float = 0.75) -> AffinityExplorer:
+        """The explorer of a training run's snapshots (:mod:`unifiedctx.inspection.snapshots`): the
+        probe images' affinities of every watched layer at every stored epoch.
+
+        ``path`` is the run folder (or ``{name: run folder}``: runs watched on the same probe images
+        and epochs, compared like models). The same explorer, with one more field, ``epoch`` (default
+        the last; ``explorer.epochs`` lists them), an epoch slider and a play button in the front end
+        (the query, layer and head stay where they are while the epoch moves), and the colour scale
+        ``scale_mode="fixed"`` by default: one scale for a layer over every epoch, so that what
+        changes is seen (``"layer"``: each epoch its own; ``"map"``: each map its own). The snapshots
+        hold affinities, not models: no through-depth view. ``to_html`` embeds every epoch.
+        """
+        from .explorer_run import RunData
+
+        explorer = cls.__new__(cls)  # built on a run's data instead of models: the same _start
+        panel, alpha = cls._options(explorer, panel, alpha, cmap)
+        cls._start(explorer, RunData.open(path), panel=panel, alpha=alpha, model_name=model_name,
+                   image_index=image_index, layer=layer, head=head, component=component, query=query,
+                   depth="off", scale_mode=scale_mode, epoch=epoch)
+        return explorer
+
+    def _options(self, panel, alpha, cmap) -> tuple[int, float]:
+        """The display options, checked (the colormap is kept as ``self._colormap``)."""
+        panel = check_positive_int("panel", panel)
+        if not 16 <= panel <= 2048:
+            raise ValueError(f"panel must be a size in pixels in 16..2048, got {panel}")
+        alpha = check_float("alpha", alpha, low=0.0, high=1.0)
+        self._colormap = check_cmap(cmap)
+        return panel, alpha
+
+    def _start(self, data, *, panel: int, alpha: float, **state) -> None:
+        """Build the state on ``data`` (models' :class:`ExplorerData` or a run's ``RunData``) and the
+        traits the front end draws from."""
+        self.data = data
+        self._display = [display_image(im) for im in data.images]
+        if state["model_name"] is None:
+            state["model_name"] = next(iter(data.models))
+        self.state = ExplorerState(data, **state)
         luts, names = lut_bytes(self._colormap)
+        h, w = (int(v) for v in data.images[0].shape[-2:])
         super().__init__(
-            setup={"models": list(models), "n_images": len(images), "h": image_hw[0], "w": image_hw[1],
-                   "panel": panel, "alpha": alpha, "luts": names, "depth_modes": list(DEPTH_MODES)},
+            setup={"models": list(data.models), "n_images": len(data.images), "h": h, "w": w, "panel": panel,
+                   "alpha": alpha, "luts": names, "depth_modes": list(data.depth_modes),
+                   "marker": marker_rgb(), "epochs": list(data.epochs),
+                   "scale_modes": list(data.scale_modes)},
             pictures=b"".join(p.tobytes() for p in self._display), luts=luts,
             catalog=payload.catalogues(self.data), shown=self.view_state())
         self.state.on_change(lambda what: setattr(self, "shown", self.view_state()))
@@ -157,30 +214,96 @@ class AffinityExplorer(anywidget.AnyWidget):
 
     def _on_shown(self, change) -> None:
         """The browser moved a control: take its state (it applied the same rules, from the
-        catalogue's data); a state the kernel refuses is sent back as it was."""
+        catalogue's data); a state the kernel refuses is sent back as it was, with the reason (a
+        ``{"kind": "refused", "error"}`` message the page shows)."""
         new = dict(change["new"])
         if new == self.view_state():
             return
         try:
             new["query"] = tuple(new.get("query", ()))
             self.state.update(**{k: new[k] for k in FIELDS if k in new})
-        except (ValueError, TypeError):
-            pass
+        except (ValueError, TypeError) as error:
+            self.send({"kind": "refused", "key": None, "error": f"the kernel kept its state: {error}"})
         if self.shown != self.view_state():
             self.shown = self.view_state()
 
-    def answer(self, request: dict) -> tuple[dict, bytes]:
-        """What the front end asked for: ``{"need": "maps", model, image, layer, component}`` or
-        ``{"need": "depth", model, image, layer, mode, query}``, as ``(meta, buffer)``."""
-        if request.get("need") == "maps":
-            return payload.maps_entry(self.data, request["model"], int(request["image"]), request["layer"],
-                                      request["component"], self._colormap)
-        return payload.depth_entry(self.data, request["model"], int(request["image"]), request["layer"],
-                                   tuple(request["query"]), request["mode"])
+    def check_request(self, request) -> dict:
+        """A request of the front end, checked like a public argument, as a plain dict.
+
+        ``{"need": "maps", model, image, layer, component[, scale, epoch]}`` (one layer component
+        for one image, on a colour scale of :data:`SCALE_MODES`, at an epoch of a run) or ``{"need":
+        "depth", model, image, layer, mode, query}`` (one query's through-depth map); ``key`` (the
+        front end's name for the request, echoed in the answer) may come with either. A message that
+        is not such a dict, a missing or unknown key, a model, layer, component, scale, epoch or mode
+        this explorer does not have, an image index out of range, a query that is not a pair of ints
+        on the layer's grid: a ``TypeError`` / ``ValueError`` naming the entry and what it takes.
+        """
+        if not isinstance(request, dict):
+            raise TypeError(f"a request from the front end must be a dict, got {type(request).__name__} "
+                            f"{str(request)[:80]!r}")
+        need = check_choice("request['need']", request.get("need"), REQUESTS)
+        required, optional = REQUESTS[need]
+        unknown = sorted(str(k) for k in request if k not in {"need", "key", *required, *optional})
+        missing = [k for k in required if k not in request]
+        if unknown or missing:
+            raise ValueError(f"a {need!r} request takes {', '.join(required)} (and may take "
+                             f"{', '.join(('key', *optional))}); " + "; ".join(
+                                 ([f"missing: {', '.join(missing)}"] if missing else []) +
+                                 ([f"unknown: {', '.join(unknown)}"] if unknown else [])))
+        if "key" in request and not isinstance(request["key"], str):
+            raise TypeError(f"request['key'] must be a string, got {type(request['key']).__name__}")
+        checked = {"need": need,
+                   "model": check_choice("request['model']", request["model"], self.data.models)}
+        n = len(self.data.images)
+        checked["image"] = check_int("request['image']", request["image"], low=0, high=n - 1)
+        checked["layer"] = check_choice("request['layer']", request["layer"],
+                                        self.data.catalogue(checked["model"]))
+        info = self.data.info(checked["model"], checked["layer"])
+        if need == "maps":
+            checked["component"] = check_choice("request['component']", request["component"], info.components)
+            checked["scale"] = check_choice("request['scale']", request.get("scale", "layer"),
+                                            self.data.scale_modes)
+            epoch = request.get("epoch")
+            if self.data.epochs or epoch is not None:
+                epoch = check_int("request['epoch']", epoch)
+                if epoch not in self.data.epochs:
+                    raise ValueError(f"request['epoch'] must be an epoch of this run "
+                                     f"({compact_epochs(self.data.epochs) or 'none: no run'}), got {epoch}")
+            checked["epoch"] = epoch
+            return checked
+        checked["mode"] = check_choice("request['mode']", request["mode"], self.setup["depth_modes"][1:])
+        query = request["query"]
+        if not (isinstance(query, (list, tuple)) and len(query) == 2):
+            raise TypeError(f"request['query'] must be a pair [row, col], got {type(query).__name__} "
+                            f"{str(query)[:80]}")
+        check_query("request['query']", tuple(query), info.grid)
+        checked["query"] = (int(query[0]), int(query[1]))
+        return checked
+
+    def answer(self, request) -> tuple[dict, bytes]:
+        """What the front end asked for (checked by :meth:`check_request`), as ``(meta, buffer)``:
+        one layer component's colour indices, or one query's through-depth map."""
+        r = self.check_request(request)
+        if r["need"] == "maps":
+            return payload.maps_entry(self.data, r["model"], r["image"], r["layer"], r["component"],
+                                      self._colormap, r["scale"], r["epoch"])
+        return payload.depth_entry(self.data, r["model"], r["image"], r["layer"], r["query"], r["mode"])
 
     def _on_request(self, _widget, content, _buffers) -> None:
-        meta, buffer = self.answer(content)
-        self.send({**meta, "key": content.get("key")}, [buffer] if buffer else [])
+        """Answer one message of the front end; a bad request (or a failure computing the answer) is
+        answered too, ``{"kind": "error", "key", "error"}``, so the page shows it and stops waiting."""
+        key = content.get("key") if isinstance(content, dict) else None
+        try:
+            meta, buffer = self.answer(content)
+        except (TypeError, ValueError) as error:
+            self.send({"kind": "error", "key": key if isinstance(key, str) else None, "error": str(error)})
+            return
+        except Exception as error:  # noqa: BLE001 -- the page must hear of it; the log keeps the traceback
+            self.log.exception("the explorer failed to answer %r", content)
+            self.send({"kind": "error", "key": key if isinstance(key, str) else None,
+                       "error": f"the kernel failed to compute this view: {type(error).__name__}: {error}"})
+            return
+        self.send({**meta, "key": key}, [buffer] if buffer else [])
 
     # ------------------------------------------------------------------ reading
     @property
@@ -204,10 +327,33 @@ class AffinityExplorer(anywidget.AnyWidget):
         return self.state.heads
 
     @property
+    def epochs(self) -> list[int]:
+        """The epochs a training run's explorer holds (:meth:`from_run`); ``[]`` for models."""
+        return list(self.data.epochs)
+
+    @property
     def scale(self):
-        """The colour scale now shown (:class:`unifiedctx.viz.scales.Scale`), shared by all heads
-        and queries of the layer's component for this image."""
-        return self.data.scale(self.model_name, self._maps_image(), self.layer, self.component)
+        """The colour scale now shared by the shown maps (:class:`unifiedctx.viz.scales.Scale`): the
+        layer component's for this image (``scale_mode="layer"``; at this epoch, in a run) or over
+        every epoch (``"fixed"``); with ``"map"`` each map has its own (:meth:`map_scales`) and this
+        is the layer's, whose kind (signed, uniform level) they keep."""
+        if self.scale_mode == "fixed":
+            return self.data.fixed_scale(self.model_name, self._maps_image(), self.layer, self.component)
+        return self.data.scale(self.model_name, self._maps_image(), self.layer, self.component, self.epoch)
+
+    def map_scales(self) -> list:
+        """The colour scale of each shown map (one head's row for the query), in head order: the
+        shared :attr:`scale` for every map, or with ``scale_mode="map"`` each map's own range
+        (:func:`~unifiedctx.viz.scales.row_limits`)."""
+        from dataclasses import replace
+
+        from ..viz.scales import row_limits
+
+        shared = self.scale
+        if self.scale_mode != "map":
+            return [shared] * len(self.state.shown_heads)
+        vmin, vmax = row_limits(self.maps().reshape(len(self.state.shown_heads), -1), shared)
+        return [replace(shared, vmin=float(lo), vmax=float(hi)) for lo, hi in zip(vmin, vmax)]
 
     def _maps_image(self) -> int:
         return 0 if self.state.info.image_independent(self.component) else self.image_index
@@ -217,7 +363,8 @@ class AffinityExplorer(anywidget.AnyWidget):
         ``(meta, colour indices)`` and, when a depth view is on, the query's ``(meta, map)``."""
         s = self.state
         maps = self.answer({"need": "maps", "model": s.model_name, "image": self._maps_image(),
-                            "layer": s.layer, "component": s.component})
+                            "layer": s.layer, "component": s.component, "scale": s.scale_mode,
+                            "epoch": s.epoch})
         depth = None if s.depth == "off" else self.answer({
             "need": "depth", "model": s.model_name, "image": s.image_index, "layer": s.layer,
             "mode": s.depth, "query": s.query})
@@ -229,7 +376,7 @@ class AffinityExplorer(anywidget.AnyWidget):
         (the same templates, filled in the same way)."""
         (maps, _), depth = self.shown_entries()
         values = {"row": self.query[0], "col": self.query[1], "head": self.head, "image": self.image_index,
-                  "vmax": depth[0]["vmax"][0] if depth and "vmax" in depth[0] else ""}
+                  "vmax": depth[0]["vmax"][0] if depth and "vmax" in depth[0] else "", "epoch": self.epoch}
         fields = maps["fields"] + (depth[0]["fields"] if depth else [])
         return {name: payload.fill(t[0 if self.head == -1 else 1] if isinstance(t[0], list) else t, values)
                 for name, t in fields}
@@ -247,7 +394,7 @@ class AffinityExplorer(anywidget.AnyWidget):
 
     def maps(self) -> np.ndarray:
         """The maps now shown: row ``query`` of each shown head's affinity, ``(M', H, W)``."""
-        a = self.data.affinity(self.model_name, self._maps_image(), self.layer, self.component)
+        a = self.data.affinity(self.model_name, self._maps_image(), self.layer, self.component, self.epoch)
         h, w = self.grid
         q = self.query[0] * w + self.query[1]
         rows = a[:, q, :].reshape(a.shape[0], h, w)
@@ -288,14 +435,15 @@ class AffinityExplorer(anywidget.AnyWidget):
 
     # ------------------------------------------------------------------ changing
     def show(self, *, model_name=None, image_index=None, layer=None, component=None, head=None,
-             query=None, depth=None) -> AffinityExplorer:
+             query=None, depth=None, scale_mode=None, epoch=None) -> AffinityExplorer:
         """Set several fields at once, in dependency order, and send the new state once.
 
         ``query`` is read on the grid of the new ``layer`` (setting ``layer`` alone rescales
         the old query onto the new grid).
         """
         self.state.update(model_name=model_name, image_index=image_index, layer=layer,
-                          component=component, head=head, query=query, depth=depth)
+                          component=component, head=head, query=query, depth=depth, scale_mode=scale_mode,
+                          epoch=epoch)
         return self
 
     def _repr_mimebundle_(self, **kwargs):

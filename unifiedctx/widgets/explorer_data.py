@@ -38,6 +38,9 @@ MAX_TOKENS = 1024
 COMPONENT_ORDER = ("mixed", "dynamic", "static")
 #: The through-depth views: none, the rollout up to the layer, the effective receptive field.
 DEPTH_MODES = ("off", "rollout", "ERF")
+#: The colour scales of the maps: one for every head and query of a layer component (for one image),
+#: each map (one head's row for one query) its own, or (a training run's) one for the layer over every epoch.
+SCALE_MODES = ("layer", "map", "fixed")
 
 
 def as_images(images) -> list[torch.Tensor]:
@@ -94,6 +97,13 @@ class ExplorerData:
     are kept for good. ``max_tokens`` (default :data:`MAX_TOKENS`) bounds the layers of networks
     without unifiedctx mixers.
     """
+
+    #: A model is read as it is now: no epochs (a training run's snapshots have them: ``RunData``).
+    epochs: tuple[int, ...] = ()
+    #: The colour scales it offers (:data:`SCALE_MODES` but ``"fixed"``, which needs epochs).
+    scale_modes = ("layer", "map")
+    #: The through-depth views it offers (every one: it has the models).
+    depth_modes = DEPTH_MODES
 
     def __init__(self, models: dict[str, nn.Module], images: list[torch.Tensor], cache_mb: float = 512,
                  max_tokens: int | None = MAX_TOKENS):
@@ -172,12 +182,15 @@ class ExplorerData:
             self._cache_bytes -= sum(a.nbytes for a in dropped.values())
         return data
 
-    def affinity(self, model_name: str, index: int, layer: str, component: str) -> np.ndarray:
-        """One component's ``(M, N, N)`` affinity (float32)."""
+    def affinity(self, model_name: str, index: int, layer: str, component: str,
+                 epoch: None = None) -> np.ndarray:
+        """One component's ``(M, N, N)`` affinity (float32); ``epoch`` is for runs (``RunData``)."""
+        _no_epoch(epoch)
         return self.affinities(model_name, index, layer)[component]
 
-    def scale(self, model_name: str, index: int, layer: str, component: str) -> Scale:
+    def scale(self, model_name: str, index: int, layer: str, component: str, epoch: None = None) -> Scale:
         """The colour scale of one component, shared by all its heads and queries (cached)."""
+        _no_epoch(epoch)
         key = (model_name, index, layer, component)
         if key not in self._scales:
             self._scales[key] = scale_for(self.affinity(model_name, index, layer, component))
@@ -235,6 +248,12 @@ class ExplorerData:
         if key not in self._steps:
             self.depth_rows(model_name, index, layer, mode)
         return self._steps[key]
+
+
+def _no_epoch(epoch) -> None:
+    if epoch is not None:
+        raise ValueError(f"epoch={epoch!r}: these models are read as they are now, there are no epochs "
+                         "(a training run's snapshots have them: AffinityExplorer.from_run)")
 
 
 def depth_scale(data: dict) -> Scale:

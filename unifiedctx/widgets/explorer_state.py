@@ -1,9 +1,12 @@
 """The explorer's state, in one place: what is shown, the rules that keep it valid, its errors.
 
 :class:`ExplorerState` holds ``model_name``, ``image_index``, ``layer``, ``head`` (``-1``: all
-heads, the grid view mode), ``component``, ``query`` and ``depth`` (the through-depth view beside
-the layer's own map: ``"off"``, ``"rollout"`` or ``"ERF"``) as traitlets, checks every value given
-to them, and applies the rules between them:
+heads, the grid view mode), ``component``, ``query``, ``depth`` (the through-depth view beside
+the layer's own map: ``"off"``, ``"rollout"`` or ``"ERF"``), ``scale_mode`` (the colour scale:
+``"layer"``, one for every head and query of the layer; ``"map"``, each map its own; in a training
+run also ``"fixed"``, one for the layer over every epoch) and ``epoch`` (a training run's epoch;
+``None`` for models) as traitlets, checks every value given to them, and applies the rules between
+them:
 
 * a new layer or a new model keeps the query on the same place of the image (rescaled to the
   new grid), and falls back to all heads or to another component where the old one is missing;
@@ -27,7 +30,7 @@ import traitlets
 
 from .explorer_data import COMPONENT_ORDER, DEPTH_MODES, ExplorerData, LayerInfo, default_layer
 
-FIELDS = ("model_name", "image_index", "layer", "head", "component", "query", "depth")
+FIELDS = ("model_name", "image_index", "layer", "head", "component", "query", "depth", "scale_mode", "epoch")
 
 
 class ExplorerValueError(traitlets.TraitError, ValueError):
@@ -40,7 +43,7 @@ class ExplorerTypeError(traitlets.TraitError, TypeError):
 
 #: The kind of value each field takes (checked before traitlets sees it, so a wrong type is our
 #: ``ExplorerTypeError`` naming the field, never a bare ``TraitError``).
-TEXT_FIELDS = ("model_name", "layer", "component", "depth")
+TEXT_FIELDS = ("model_name", "layer", "component", "depth", "scale_mode")
 INT_FIELDS = ("image_index", "head")
 
 
@@ -57,6 +60,11 @@ def check_field(name: str, value):
         if not _is_int(value):
             raise ExplorerTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
         return int(value)
+    if name == "epoch":
+        if value is not None and not _is_int(value):
+            raise ExplorerTypeError(f"epoch must be an int (an epoch of the run), got {type(value).__name__} "
+                                    f"{value!r}")
+        return None if value is None else int(value)
     if name == "query":
         if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
             raise ExplorerTypeError(f"query must be a pair (row, col), got {value!r}")
@@ -69,6 +77,18 @@ def check_field(name: str, value):
 def _suggest(value, choices) -> str:
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3)
     return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+def compact_epochs(epochs) -> str:
+    """``[0, 1, 2, 3, 5]`` as ``"0..3, 5"``: a run's stored epochs in a message."""
+    parts, start = [], None
+    for i, e in enumerate(epochs):
+        if start is None:
+            start = e
+        if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+            parts.append(str(e) if e == start else f"{start}..{e}")
+            start = None
+    return ", ".join(parts)
 
 
 def carry_query(query: tuple[int, int], old_grid, new_grid) -> tuple[int, int]:
@@ -91,10 +111,12 @@ class ExplorerState(traitlets.HasTraits):
     component = traitlets.Unicode("mixed")
     query = traitlets.Tuple((0, 0))
     depth = traitlets.Unicode("off")
+    scale_mode = traitlets.Unicode("layer")
+    epoch = traitlets.Int(None, allow_none=True)
 
     def __init__(self, data: ExplorerData, *, model_name: str, image_index: int = 0,
                  layer: str | None = None, head: int = -1, component: str | None = None, query=None,
-                 depth: str = "off"):
+                 depth: str = "off", scale_mode: str | None = None, epoch: int | None = None):
         super().__init__()
         self._data = data
         self._listeners: list[Callable[[str], None]] = []
@@ -109,6 +131,8 @@ class ExplorerState(traitlets.HasTraits):
                 self.head = head
             self.query = query if query is not None else self.centre()
             self.depth = depth
+            self.scale_mode = scale_mode if scale_mode is not None else data.scale_modes[0]
+            self.epoch = epoch if epoch is not None or not data.epochs else data.epochs[-1]
         self._ready = True
 
     def __setattr__(self, name, value):
@@ -217,7 +241,7 @@ class ExplorerState(traitlets.HasTraits):
                 self.head = -1
             self._mark("component")
 
-    @traitlets.observe("image_index", "head", "query", "depth")
+    @traitlets.observe("image_index", "head", "query", "depth", "scale_mode", "epoch")
     def _on_simple(self, change):
         self._mark(change["name"])
 
@@ -273,12 +297,35 @@ class ExplorerState(traitlets.HasTraits):
 
     @traitlets.validate("depth")
     def _valid_depth(self, proposal):
-        mode = proposal["value"]
-        known = {m.lower(): m for m in DEPTH_MODES}
+        mode, offered = proposal["value"], self._data.depth_modes
+        known = {m.lower(): m for m in offered}
         if mode.lower() not in known:
-            raise ExplorerValueError(f"depth {mode!r} is not a through-depth view; choose one of "
-                                     f"{', '.join(map(repr, DEPTH_MODES))}.{_suggest(mode, DEPTH_MODES)}")
+            why = (f" ({self._data.no_depth_reason})" if mode.lower() in {m.lower() for m in DEPTH_MODES}
+                   and hasattr(self._data, "no_depth_reason") else _suggest(mode, offered))
+            raise ExplorerValueError(f"depth {mode!r} is not a through-depth view this explorer offers; "
+                                     f"choose one of {', '.join(map(repr, offered))}.{why}")
         return known[mode.lower()]
+
+    @traitlets.validate("scale_mode")
+    def _valid_scale_mode(self, proposal):
+        mode, modes = proposal["value"], self._data.scale_modes
+        if mode not in modes:
+            hint = (" ('fixed', one scale over every epoch, is for a training run: AffinityExplorer.from_run)"
+                    if mode == "fixed" else _suggest(mode, modes))
+            raise ExplorerValueError(f"scale_mode {mode!r} is not offered here; choose one of "
+                                     f"{', '.join(map(repr, modes))}.{hint}")
+        return mode
+
+    @traitlets.validate("epoch")
+    def _valid_epoch(self, proposal):
+        epoch, epochs = proposal["value"], self._data.epochs
+        if not epochs and epoch is not None:
+            raise ExplorerValueError(f"epoch {epoch}: this explorer shows models as they are now, it has "
+                                     "no epochs (a training run's snapshots have: AffinityExplorer.from_run)")
+        if epochs and epoch not in epochs:
+            raise ExplorerValueError(f"epoch {epoch} is not stored in this run; its epochs are "
+                                     f"{compact_epochs(epochs)}")
+        return epoch
 
     @traitlets.validate("query")
     def _valid_query(self, proposal):

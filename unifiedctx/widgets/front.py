@@ -1,7 +1,8 @@
 """The explorer's inputs made ready for the front end, and the checks at its door.
 
 The front end draws from bytes: the images as uint8 RGB (:func:`display_image`), and the
-colormaps as 256 uint8 RGB entries each (:func:`lut_bytes`). A colormap name is checked against
+colormaps as 256 uint8 RGB entries each (:func:`lut_bytes`), the query marker's colour as RGB
+(:func:`marker_rgb`). A colormap name is checked against
 matplotlib's (:func:`check_cmap`), a model's weights must be finite (:func:`check_finite_model`).
 """
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from ..validation import check_choice
-from ..viz.scales import DIVERGING, SEQUENTIAL
+from ..viz.scales import DIVERGING, QUERY_MARKER, SEQUENTIAL
 
 
 def display_image(image) -> np.ndarray:
@@ -49,6 +50,14 @@ def lut_bytes(cmap: str | None = None) -> tuple[bytes, list[str]]:
     names = list(dict.fromkeys([SEQUENTIAL, DIVERGING] + ([cmap] if cmap else [])))
     tables = [colormaps[n](np.linspace(0.0, 1.0, 256))[:, :3] for n in names]
     return b"".join((np.clip(t, 0, 1) * 255.0 + 0.5).astype(np.uint8).tobytes() for t in tables), names
+
+
+def marker_rgb() -> list[int]:
+    """The library's query-marker colour (:data:`~unifiedctx.viz.scales.QUERY_MARKER`) as uint8 RGB:
+    the outline the front end draws around the query cell."""
+    from matplotlib.colors import to_rgb
+
+    return [int(round(255 * c)) for c in to_rgb(QUERY_MARKER)]
 
 
 def check_finite_model(name: str, model: nn.Module) -> None:
