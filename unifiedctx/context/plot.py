@@ -16,7 +16,7 @@ def plot_context_map(data: dict, ax=None, title: str | None = None, colorbar: bo
     centred at 0; the colorbar marks ``data["uniform"]``, the level of a map equal everywhere
     (``1 / (H_in W_in)``), as "uniform 1/N".
     """
-    from ..viz.scales import DIVERGING, SEQUENTIAL, Scale, add_colorbar
+    from ..viz.scales import DIVERGING, QUERY_MARKER, SEQUENTIAL, Scale, add_colorbar
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(3, 2.6), layout="constrained")
@@ -29,7 +29,7 @@ def plot_context_map(data: dict, ax=None, title: str | None = None, colorbar: bo
                   pixels)
     ax.imshow(data["map"], cmap=scale.cmap, vmin=scale.vmin, vmax=scale.vmax, interpolation="nearest")
     qy, qx = data["query_pixel"]
-    ax.plot([qx], [qy], marker="+", color="cyan", markersize=9, markeredgewidth=1.5)
+    ax.plot([qx], [qy], marker="+", color=QUERY_MARKER, markersize=9, markeredgewidth=1.5)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title if title is not None else f"{data['kind']} {data['layer']}", fontsize=8)

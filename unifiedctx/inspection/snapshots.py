@@ -63,7 +63,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_open, write_atomic
 from ..validation import check_float, check_float_image, check_int, check_module, check_path
+from .layers import layer_affinities
+from .reader import untouched
 
 __all__ = [
     "DEFAULT_BUDGET_MB", "LayerEntry", "Snapshot", "SnapshotBudgetError", "SnapshotFileError", "SnapshotPlan",
@@ -163,8 +166,6 @@ def take_snapshot(model: nn.Module, images: torch.Tensor, layers=None) -> Snapsh
     watch (default every layer with an affinity view). A value beyond float16's range (65504) is a
     ``ValueError`` naming the layer (it would be stored as infinity).
     """
-    from ..models import layer_affinities
-    from .reader import untouched
 
     check_module("model", model)
     check_float_image("images", images)
@@ -304,8 +305,6 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
     ``numpy.load`` reads) with each array deflated (level 1) where that pays (:func:`_deflates`),
     stored as it is otherwise, every entry dated 1980 so the same arrays make the same bytes.
     Returns the file's SHA-256."""
-    from ..train.history import atomic_open
-
     with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", allowZip64=True) as archive:
         for name, array in arrays.items():
             entry = io.BytesIO()
@@ -565,8 +564,6 @@ class SnapshotStore:
         self._write(manifest, epoch, snapshot)
 
     def _write(self, manifest: dict, epoch: int, snapshot: Snapshot) -> None:
-        from ..train.history import write_atomic
-
         name = EPOCH_FILE.format(epoch=epoch)
         sha = _write_npz(self.folder / name, _arrays(snapshot))
         manifest["epochs"].append({"epoch": epoch, "file": name, "sha256": sha, "bytes": snapshot.nbytes,
@@ -582,8 +579,6 @@ class SnapshotStore:
         if epoch not in stored:
             raise ValueError(f"epoch {epoch} is not stored in {self.folder} (stored: {stored}); the "
                              "snapshots cannot be resumed from it")
-        from ..train.history import write_atomic
-
         dropped = [e["file"] for e in manifest["epochs"] if e["epoch"] > epoch]
         manifest["epochs"] = [e for e in manifest["epochs"] if e["epoch"] <= epoch]
         write_atomic(self.path, json.dumps(manifest, indent=1))
