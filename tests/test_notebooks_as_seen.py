@@ -6,6 +6,8 @@ means to show.
   figure a second time: such a last line ends with ``;`` (or its value is assigned).
 * Layers are named one way in every picture: by their module name (``stages.0.blocks.0.mixer``, what
   ``record_affinities``, the explorer and the plots say), never by a 1-based "stage 1".
+* The query marker has one colour: the text that names the square in the figures names the colour the
+  figures draw it in.
 * A caption belongs to its widget: a cell that displays an explorer prints nothing that describes an
   explorer's state (``label_text``, ``status``): under the widget it would read as the widget's caption.
 """
@@ -34,6 +36,30 @@ RETURNS_A_FIGURE = re.compile(r"^(plot_\w+|comparison_figure|learning_curves)$")
 ONE_BASED_STAGE = re.compile(r"\bstage \d", re.I)
 DISPLAYS_A_WIDGET = re.compile(r"\bdisplay\(\s*AffinityExplorer\(|^AffinityExplorer\(", re.M)
 DESCRIBES_AN_EXPLORER = re.compile(r"print\([^\n]*\.(label_text|status)\b")
+
+
+SQUARE = re.compile(r"\b(white|black|red|cyan|yellow|green|blue|magenta|orange|grey|gray)\s+square", re.I)
+
+
+def markdown_cells(path: Path) -> list[str]:
+    cells = json.loads(path.read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+
+
+def marker_colour() -> tuple:
+    """The edge colour of the query's square in a query map the library draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from unifiedctx import viz
+
+    fig = viz.plot_query_maps(torch.full((1, 1, 4, 4), 0.25), (2, 2), (0, 0))
+    (square,) = [p for p in fig.axes[0].patches if p.get_label() == "query token"]
+    plt.close(fig)
+    return tuple(square.get_edgecolor())
 
 
 def code_cells(path: Path) -> list[str]:
@@ -85,6 +111,15 @@ def test_a_cell_that_shows_an_explorer_prints_no_explorer_state_under_it(path):
     for cell in code_cells(path):
         if DISPLAYS_A_WIDGET.search(cell):
             assert not DESCRIBES_AN_EXPLORER.search(cell), cell[:300]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_text_names_the_query_square_in_the_colour_the_figures_draw(path):
+    from matplotlib.colors import to_rgba
+
+    drawn = marker_colour()
+    named = [m.group(0) for cell in markdown_cells(path) for m in SQUARE.finditer(cell)]
+    assert all(to_rgba(words.split()[0].lower()) == drawn for words in named), (named, drawn)
 
 
 def test_the_checks_catch_what_they_are_for():
