@@ -33,7 +33,8 @@ def test_train_then_eval(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert "deit_tiny_nano on texture: 2 epochs" in printed[-1]
     # --no-progress: one compact line per epoch (epoch, train loss, the task's metric, time)
-    assert [line.split()[:2] for line in printed[:-1]] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert [line.split()[:3] for line in printed[:-1]] == [["deit_tiny_nano", "epoch", "1/2"],
+                                                           ["deit_tiny_nano", "epoch", "2/2"]]
     assert all("train_loss" in line and "test_acc" in line and line.endswith("s") for line in printed[:-1])
     files = {p.name for p in out.iterdir()}
     assert files == {"last.pt", "best.pt", "history.json", "history.csv", "config.json"}
@@ -64,9 +65,9 @@ def test_train_then_eval(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["train", "--model", "container_lite_nano", "--data", "texture", "--epochs", "1", "--out", "x"],
-     "unknown model 'container_lite_nano'; did you mean container_light_nano"),
+     "unknown model 'container_lite_nano' (--model). Did you mean 'container_light_nano'"),
     (["train", "--model", "convnet_nano", "--data", "cifar11", "--epochs", "1", "--out", "x"],
-     "unknown dataset 'cifar11'; available: cifar10"),
+     "unknown dataset 'cifar11' (--data). Did you mean 'cifar10', 'cifar100'? Available: cifar10"),
     (["train", "--model", "convnet_nano", "--data", "texture", "--epochs", "0", "--out", "x"],
      "argument --epochs: epochs must be positive, got 0"),
     (["train", "--model", "convnet_nano", "--data", "texture", "--epochs", "two", "--out", "x"],
@@ -160,8 +161,47 @@ def test_help_documents_every_option(command, capsys):
 
 def test_module_entry_point_gives_one_line_not_a_traceback():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = ["train", "--model", "nope", "--data", "texture", "--epochs", "1", "--out", "x"]
+    argv = ["train", "--model", "zzzz", "--data", "texture", "--epochs", "1", "--out", "x"]
     done = subprocess.run([sys.executable, "-m", "unifiedctx", *argv], capture_output=True, text=True,
                           env=env, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "unifiedctx train: error: unknown model 'nope'; `unifiedctx models` lists them"]
+        "unifiedctx train: error: unknown model 'zzzz' (--model). `unifiedctx models` lists them"]
+
+
+def test_one_epoch_is_said_in_the_singular(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--model", "convnet_nano", "--epochs", "1", "--out", out, *TINY]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert "convnet_nano on texture: 1 epoch," in summary and "epochs" not in summary
+
+
+def test_a_refusal_names_the_api_keyword_in_python_and_the_option_on_the_command_line(tmp_path, capsys):
+    from unifiedctx.data import load
+    from unifiedctx.train import build_model, fit
+
+    data = load("texture", size=16, n_train=48, n_test=32)
+    argv = ["train", "--model", "convnet_nano", "--epochs", "1", *TINY]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    for folder, keyword, option in (("run", "resume=True", "--resume"),
+                                    ("foreign", "allow_foreign=True", "--allow-foreign")):
+        with pytest.raises(FileExistsError) as err:
+            fit(build_model("convnet_nano", data), data, epochs=1, batch_size=16, device="cpu",
+                progress=False, out=tmp_path / folder)
+        assert keyword in str(err.value) and "--" not in str(err.value)
+        capsys.readouterr()
+        cli = fails([*argv, "--out", str(tmp_path / folder)], capsys)
+        assert f"pass {option}" in cli and keyword not in cli
+
+
+def test_only_whole_keyword_settings_become_options():
+    from unifiedctx.cli import as_options, flag_words
+
+    parser = build_parser()
+    words = flag_words(parser)
+    assert words["resume=True"] == "--resume" and words["allow_foreign=True"] == "--allow-foreign"
+    assert words["augment=False"] == "--no-augment" and "help=True" not in words
+    assert as_options("pass resume=True, or augment=False", parser) == "pass --resume, or --no-augment"
+    untouched = "pass no_resume=True or resume=Truely"
+    assert as_options(untouched, parser) == untouched

@@ -330,7 +330,8 @@ def test_the_warmup_is_capped_to_a_fifth_of_the_run():
 def test_progress_epoch_prints_one_line_per_epoch(capsys):
     fit(make(), brightness_data(), epochs=2, **{**FAST, "progress": "epoch"})
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    # each line says which model it is about (its config's preset), then the epoch
+    assert [line.split()[:3] for line in lines] == [["tiny", "epoch", "1/2"], ["tiny", "epoch", "2/2"]]
     assert all(" train_loss " in line and " test_acc " in line for line in lines)
     with pytest.raises(ValueError, match="progress must be True, False or 'epoch', got str 'bars'"):
         fit(make(), brightness_data(), epochs=1, **{**FAST, "progress": "bars"})
@@ -397,3 +398,20 @@ def test_the_loops_events_come_at_their_points_typed(tmp_path):
     steps = [s for s in seen if s[0] == "step"]
     assert [s[3] for s in steps] == list(range(1, 17)) and steps[8] == ("step", 2, 1, 9)
     assert [s for s in seen if s[0] == "epoch"] == [("epoch", 1), ("epoch", 2)]
+
+
+def test_progress_lines_name_the_model_they_are_about(capsys):
+    from unifiedctx.data import load
+    from unifiedctx.train import build_model
+    from unifiedctx.train.engine import model_label
+
+    data = brightness_data()
+    fit(build_model("deit_tiny_nano", data, task="classify"), data, epochs=1, **{**FAST, "progress": "epoch"})
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.split()[:3] == ["deit_tiny_nano", "epoch", "1/1"]
+    canvas = load("mnist_canvas", size=64, n_train=8, n_test=4, digits=(1, 1))
+    assert model_label(build_model("container_light_nano", canvas, task="segment")) == \
+        "container_light_nano segmenter"
+    assert model_label(build_model("unet", canvas, task="segment", base=4, depth=1)) == "unet"
+    assert model_label(make()) == "tiny"
+    assert model_label(nn.Sequential(nn.Flatten(), nn.Linear(3, 3))) == "Sequential"   # no config: its class

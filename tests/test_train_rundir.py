@@ -32,9 +32,9 @@ def test_a_folder_with_other_files_is_refused_and_left_as_it_was(tmp_path, names
     for name in names:
         (tmp_path / name).write_bytes(f"someone else's {name}".encode())
     before = snapshot(tmp_path)
-    with pytest.raises(FileExistsError, match=r"allow_foreign=True \(--allow-foreign\)") as err:
+    with pytest.raises(FileExistsError, match=r"allow_foreign=True") as err:
         fit(make(), bright(), epochs=1, out=tmp_path, **FAST)
-    assert names[0] in str(err.value)
+    assert names[0] in str(err.value) and "--" not in str(err.value)   # the API names its own keyword
     assert snapshot(tmp_path) == before
 
 

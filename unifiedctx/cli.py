@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import errno
 import inspect
 import json
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -212,21 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------ helpers
 def _check_model_name(name: str) -> None:
-    from unifiedctx.models import list_models
     from unifiedctx.models.segment import segmenter_presets
+    from unifiedctx.validation import suggest
 
-    names = list_models()
-    if name not in segmenter_presets():  # every preset, and the segment task's U-Net
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; `unifiedctx models` lists them"
-        raise ValueError(f"unknown model {name!r}{hint}")
+    names = segmenter_presets()  # every preset, and the segment task's U-Net
+    if name not in names:
+        raise ValueError(f"unknown model {name!r} (--model).{suggest(name, names)} "
+                         "`unifiedctx models` lists them")
 
 
 def _load_data(args, limit_train=None):
     from unifiedctx import data as D
 
-    if args.data not in D.available():
-        raise ValueError(f"unknown dataset {args.data!r}; available: {', '.join(D.available())}")
+    D.check_name(args.data, "--data")  # the same check (and suggestion) as load's
     options = dict(args.data_option)
     if args.img_size is not None:
         accepted = inspect.signature(D.LOADERS[args.data]).parameters
@@ -267,7 +265,8 @@ def _train(args) -> int:
     if int(os.environ.get("RANK", 0)) == 0 and history:
         metric = task.best_metric
         best = history.best(metric)
-        print(f"{args.model} on {args.data}: {len(history)} epochs, {metric} {history[-1][metric]:.4f} "
+        epochs = f"{len(history)} epoch" + ("s" if len(history) != 1 else "")
+        print(f"{args.model} on {args.data}: {epochs}, {metric} {history[-1][metric]:.4f} "
               f"(best {best[metric]:.4f} at epoch {best['epoch']}); wrote {args.out}/")
     return 0
 
@@ -430,10 +429,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unifiedctx {args.command}: interrupted{where}", file=sys.stderr)
         raise SystemExit(1) from None
     except (ValueError, TypeError, KeyError, DatasetUnavailable, FolderInUse) as err:
-        parser.exit(2, f"{prefix} {_one_line(err)}\n")
+        parser.exit(2, f"{prefix} {as_options(_one_line(err), parser)}\n")
     except OSError as err:  # a read-only or full disk, a path under a file, no permission
-        parser.exit(2, f"{prefix} {_os_error(err, args)}\n")
+        parser.exit(2, f"{prefix} {as_options(_os_error(err, args), parser)}\n")
     return 0
+
+
+def flag_words(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{"resume=True": "--resume", "allow_foreign=True": "--allow-foreign", "augment=False":
+    "--no-augment", ...}``: the library keyword setting of every on/off option of ``parser``'s
+    subcommands, and the option that sets it on the command line."""
+    words = {}
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for sub in (p for c in commands for p in c.choices.values()):
+        for action in sub._actions:
+            if isinstance(action, argparse.BooleanOptionalAction):
+                on, off = action.option_strings[:2]
+                words |= {f"{action.dest}=True": on, f"{action.dest}=False": off}
+            elif isinstance(action, argparse._StoreTrueAction) and action.dest != "help":
+                words[f"{action.dest}=True"] = action.option_strings[0]
+    return words
+
+
+def as_options(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message names the way out in the API's words (``pass resume=True``); the command
+    line's message names it in its own (``pass --resume``): each keyword setting of an on/off
+    option (:func:`flag_words`) becomes that option."""
+    for words, flag in flag_words(parser).items():
+        message = re.sub(rf"(?<![\w-]){re.escape(words)}(?!\w)", flag, message)
+    return message
 
 
 def _one_line(err: BaseException) -> str:

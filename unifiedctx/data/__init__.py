@@ -65,6 +65,21 @@ def available() -> list[str]:
     return list(LOADERS)
 
 
+def check_name(name, argument: str = "name") -> str:
+    """``name`` when :func:`load` takes it. Otherwise a ``TypeError`` (not a string) or a ``ValueError``
+    that names ``argument`` (``--data`` on the command line), suggests the close names (difflib, as a
+    mistyped model name does) and lists them all::
+
+        unknown dataset 'mnist5' (name). Did you mean 'mnist5k', 'mnist_canvas'? Available: cifar10, ...
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} must be a str, one of {', '.join(LOADERS)}; got {type(name).__name__} {name!r}")
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r} ({argument}).{suggest(name, LOADERS)} "
+                         f"Available: {', '.join(LOADERS)}")
+    return name
+
+
 def load(name: str, root: str | Path | None = None, download: bool = True,
          **options) -> ImageData | FolderData:
     """Load the dataset ``name`` (see :func:`available`).
@@ -89,10 +104,7 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
             a folder where a file should be), refused before anything is read or written.
         DatasetUnavailable: a download that cannot be made or verified.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, one of {', '.join(LOADERS)}; got {type(name).__name__} {name!r}")
-    if name not in LOADERS:
-        raise ValueError(f"unknown dataset name {name!r}; available: {', '.join(LOADERS)}.{suggest(name, LOADERS)}")
+    check_name(name)
     check_bool("download", download)
     if root is not None:
         root = check_path("root", root, kind="folder", must_exist=False)
@@ -112,4 +124,4 @@ def load(name: str, root: str | Path | None = None, download: bool = True,
 
 
 __all__ = ["DATA_ROOT", "DatasetUnavailable", "FolderData", "ImageData", "SegmentationData", "available",
-           "channel_stats", "load", "longrange_scenes", "sample_photo", "texture_images"]
+           "channel_stats", "check_name", "load", "longrange_scenes", "sample_photo", "texture_images"]

@@ -214,7 +214,7 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
                 state.save(run.folder, recipe.epochs, record, ctx.is_main)
                 D.barrier(ctx)
                 if run.progress == "epoch" and ctx.is_main:
-                    print(epoch_line(row, recipe.epochs, task.best_metric), flush=True)
+                    print(epoch_line(row, recipe.epochs, task.best_metric, model_label(model)), flush=True)
                 if run.callback is not None:
                     run.callback(EpochDone(state.epoch, row, model, run.folder))
             if run.save_rank_weights and run.folder is not None:
@@ -235,7 +235,8 @@ def train_one_epoch(state: RunState, net: nn.Module, recipe: Recipe, run: RunOpt
     task, model, spe = state.task, state.model, state.steps_per_epoch
     state.net.train()
     params = [p for p in state.net.parameters() if p.requires_grad]
-    bar = StepBar(run.progress is True and ctx.is_main, spe, f"epoch {state.epoch + 1}/{recipe.epochs}")
+    bar = StepBar(run.progress is True and ctx.is_main, spe,
+                  f"{model_label(model)} epoch {state.epoch + 1}/{recipe.epochs}")
     log_every = 1 if device.type == "cpu" else 25  # a host sync per step costs nothing on a CPU
     watch = DivergenceWatch(device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -453,9 +454,24 @@ def check_network(task: tasks.Task, model: nn.Module, net: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------- what a run shows
-def epoch_line(row: dict, epochs: int, metric: str) -> str:
-    """``fit(progress="epoch")``: one compact line per epoch (loss, the task's metric, seconds)."""
-    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
+def model_label(model: nn.Module) -> str:
+    """The name a run's progress lines give its model: the preset it was built from
+    (``container_light_nano``; a segmenter: ``container_light_nano segmenter``; ``unet``), else its class."""
+    config = model_config(model) or {}
+    backbone = config.get("backbone")
+    if isinstance(backbone, dict) and isinstance(backbone.get("preset"), str):
+        return f"{backbone['preset']} segmenter"
+    if isinstance(config.get("preset"), str):
+        return config["preset"]
+    return "unet" if set(config) == {"unet"} else type(model).__name__
+
+
+def epoch_line(row: dict, epochs: int, metric: str, label: str | None = None) -> str:
+    """``fit(progress="epoch")``: one compact line per epoch, led by the model's ``label`` (so a line
+    says which run it is about while that run is still going), then the epoch, loss, the task's metric
+    and seconds: ``container_light_nano  epoch 1/4  train_loss 1.2345  test_acc 0.6120  3.1s``."""
+    lead = f"{label}  " if label else ""
+    return (f"{lead}epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
             f"{metric} {row.get(metric, float('nan')):.4f}  {row['epoch_time']:.1f}s")
 
 

@@ -40,8 +40,9 @@ from . import distributed as D
 #: The files a run writes into its folder (plus ``rank<R>.pt`` with ``save_rank_weights``). A new
 #: file of the run is owned by adding its name here.
 RUN_FILES = ("last.pt", "best.pt", "history.json", "history.csv", "config.json")
-#: Flag (keyword of fit) and option (of ``unifiedctx train``) that accept a folder with other files.
-ALLOW_FLAG = "allow_foreign=True (--allow-foreign)"
+#: The keyword of fit that accepts a folder with other files (the command line's error names its own
+#: option for it, ``--allow-foreign``: ``unifiedctx.cli`` translates the keywords of its flags).
+ALLOW_FLAG = "allow_foreign=True"
 _RANK_FILE = re.compile(r"rank\d+\.pt")
 
 
@@ -125,7 +126,7 @@ def claim_folder(out: Path | None, ctx: D.DistContext, device: torch.device, con
     last = out / "last.pt" if out else None
     resuming = last is not None and last.exists()
     if resuming and not resume:
-        raise FileExistsError(f"{last} already exists: pass resume=True (--resume) to continue that run, "
+        raise FileExistsError(f"{last} already exists: pass resume=True to continue that run, "
                               "or choose another output folder")
     with contextlib.ExitStack() as stack:
         refused = None

@@ -158,6 +158,11 @@ def upsample_maps(maps: torch.Tensor, size, mode: str = "nearest") -> torch.Tens
     return F.interpolate(maps[None], size=tuple(size), mode=mode, **kwargs)[0]
 
 
+#: At most this many panels when :func:`plot_query_maps` draws "all heads" (``heads=None``): MLP-Mixer's
+#: token MLP has one map per channel (32 in a nano preset), and 32 panels are too small to read.
+MAX_PANELS = 16
+
+
 def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode: str = "nearest",
                     axes=None, ncols: int | None = None, alpha: float = 0.85, cmap=None,
                     title: str | None = None, scale: Scale | None = None, colorbar: bool = True):
@@ -179,7 +184,8 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
         grid: the layer's ``(H, W)`` token grid.
         query: ``(y, x)`` on that grid.
         image: the input ``(C, H_img, W_img)`` / ``(H_img, W_img)``; ``None`` draws maps alone.
-        heads: which heads (default all); axes: existing axes, one per head.
+        heads: which heads (default all, at most :data:`MAX_PANELS` of them: the first ones, and the
+            title says how many were left out; name them to see others); axes: existing axes, one per head.
         scale: a scale shared with other panels (default: the one of these maps).
         colorbar: draw the colorbar (``False`` when the caller draws one for ``scale``).
 
@@ -193,6 +199,10 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
     chosen = pick_heads(heads, maps.shape[0])
     if not chosen:
         raise ValueError(f"heads must name at least one head, got {heads!r}")
+    left_out = ""
+    if heads is None and axes is None and len(chosen) > MAX_PANELS:
+        left_out = f" (maps 0-{MAX_PANELS - 1} of {len(chosen)}: heads= picks others)"
+        chosen = chosen[:MAX_PANELS]
     check_choice("mode", mode, ("nearest", "bilinear"))
     if ncols is not None:
         check_positive_int("ncols", ncols)
@@ -228,7 +238,8 @@ def plot_query_maps(A, grid, query, image=None, heads=None, batch: int = 0, mode
         add_colorbar(fig, scale, axs, label=f"A[q, j] (query {(qy, qx)})")
     explain_query_marker(fig)
     if axes is None or title:
-        fig.suptitle(title if title is not None else f"query {(qy, qx)} on grid {(h, w)}", fontsize=10)
+        fig.suptitle((title if title is not None else f"query {(qy, qx)} on grid {(h, w)}") + left_out,
+                     fontsize=10)
     return fig
 
 
@@ -239,8 +250,13 @@ MARKER_CAPTION = f"{QUERY_MARKER} square: the query token q; colour: A[q, j], th
 def explain_query_marker(fig) -> None:
     """Say on ``fig`` (once) what the square of the query maps (:data:`QUERY_MARKER`) is."""
     if not any(t.get_gid() == "query-marker-caption" for t in fig.texts):
-        fig.text(0.5, 0.0, MARKER_CAPTION, ha="center", va="bottom", fontsize=MIN_FONTSIZE,
-                 gid="query-marker-caption")
+        # the figure's x label, not a free text: a constrained layout makes room for it below the panels
+        # (a free text at the bottom edge is drawn over them); a figure that has its own keeps it
+        if fig.get_supxlabel():
+            fig.text(0.5, 0.0, MARKER_CAPTION, ha="center", va="bottom", fontsize=MIN_FONTSIZE,
+                     gid="query-marker-caption")
+        else:
+            fig.supxlabel(MARKER_CAPTION, fontsize=MIN_FONTSIZE, gid="query-marker-caption")
 
 
 def _query_box(qy, qx, sy, sx):
