@@ -257,7 +257,7 @@ class SiteFolder:
                 self.owned = self._read_marker(marker)
             elif names:
                 shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-                raise FileExistsError(f"out (--out) {self.out} holds files that are not a site built here "
+                raise FileExistsError(f"out {self.out} holds files that are not a site built here "
                                       f"({shown}) and no {MARKER}: the site builder owns its folder and "
                                       "never deletes another's files; choose an empty or new folder")
         except BaseException:
@@ -271,7 +271,7 @@ class SiteFolder:
             if not all(isinstance(f, str) for f in files):
                 raise TypeError
         except (OSError, ValueError, KeyError, TypeError):
-            raise FileExistsError(f"out (--out) {self.out}: its {MARKER} is not a list of files this builder "
+            raise FileExistsError(f"out {self.out}: its {MARKER} is not a list of files this builder "
                                   "wrote; remove the folder yourself or choose another") from None
         root = self.out.resolve()
         return [f for f in files if (root / f).resolve().is_relative_to(root)]  # never outside out
@@ -282,7 +282,7 @@ class SiteFolder:
         owned = set(self.owned)
         blocked = [f for f in new if f not in owned and (self.out / f).exists()]
         if blocked:
-            raise FileExistsError(f"out (--out) {self.out} holds {', '.join(blocked[:6])}, which the new "
+            raise FileExistsError(f"out {self.out} holds {', '.join(blocked[:6])}, which the new "
                                   "site would overwrite and which the builder did not write; move it away")
         for name in self.owned:
             path = self.out / name
@@ -323,7 +323,7 @@ def build(out, executed_dir=None, selection: list[str] | None = None, timeout: i
         executed_dir = check_path("executed", executed_dir, kind="folder", what="executed notebooks")
         found = notebooks(selection, executed_dir)
         if not found:
-            raise ValueError(f"executed (--executed) {executed_dir} holds no executed notebook "
+            raise ValueError(f"executed {executed_dir} holds no executed notebook "
                              "(NN_name.ipynb): run python -m unifiedctx.course --out FOLDER first")
     else:
         notebooks(selection, NOTEBOOK_DIR)  # a bad selection is refused before anything runs
@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         index = build(args.out, args.executed, args.select or None, timeout=args.timeout)
     except (ValueError, TypeError, RuntimeError, OSError) as err:
-        print(f"unifiedctx.site: error: {err}", file=sys.stderr)
+        # the library names its arguments (out, executed); the command line names its options
+        message = re.sub(r"(^|: )(out|executed)\b", r"\1--\2", str(err))
+        print(f"unifiedctx.site: error: {message}", file=sys.stderr)
         return 2
     print(f"site: {index}")
     return 0
