@@ -84,7 +84,7 @@ def test_bad_tensors_are_refused():
 
 
 def test_load_rejects_unknown_names_and_options():
-    with pytest.raises(ValueError, match="available: cifar10"):
+    with pytest.raises(ValueError, match="Available: cifar10"):
         data.load("imagenet22k")
     with pytest.raises(TypeError, match="name"):
         data.load(3)
