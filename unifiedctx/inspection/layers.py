@@ -274,7 +274,8 @@ def _inspected_records(model, x, layers, max_tokens, prefix_tokens) -> tuple[lis
     skipped = dict(result.skipped)
     records = []
     later = _LaterCalls(model, x, prefix_tokens, max_tokens)
-    for name, view in result.items():
+    first_call = {name: i for i, name in enumerate(result.calls)}  # in the order modules first ran
+    for name, view in sorted(result.items(), key=lambda item: first_call.get(item[0], len(first_call))):
         calls = result.calls.get(name, 1)
         views = [view] + [later.view(name, view, k) for k in range(1, calls)]
         for k, one in enumerate(views):
