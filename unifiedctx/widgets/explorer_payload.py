@@ -362,10 +362,10 @@ def page_form(data, model: str, layer: str, component: str) -> str:
     whole = heads * (h * w) ** 2
     if isinstance(source, StencilLayer):
         cy, cx, ry, rx = source.classes()
-        if len(ry) * len(rx) * heads * source.kernels.shape[-1] * source.kernels.shape[-2] < whole:
-            return "stencil"
-    if isinstance(source, WindowedLayer) and source.local.size < whole:
-        return "windows"
+        small = len(ry) * len(rx) * heads * source.kernels.shape[-1] * source.kernels.shape[-2] < whole
+        return "stencil" if small else "whole"
+    if isinstance(source, WindowedLayer):
+        return "windows" if source.local.size < whole else "whole"
     return "whole" if info.form(component) == "whole" else "lattice"
 
 

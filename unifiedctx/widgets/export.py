@@ -314,7 +314,8 @@ def payload_of(explorer, *, images=None, max_mb: float = MAX_MB, depth=("rollout
             failed.add(e["where"][:5])
             stored.clear()
     partial = sorted({f"{e['where'][1]} ({e['entry']['meta']['held']})" for e in entries
-                      if e["entry"]["meta"].get("form") == "lattice" and e["scale"] in kept})
+                      if e["entry"]["meta"].get("form") == "lattice" and e["scale"] in kept
+                      and len(e["entry"]["meta"]["queries"]) < e["grid"][0] * e["grid"][1]})
     if partial:
         left_out.append(f"the maps of layers that are neither small, nor kernels, nor windowed, for a "
                         f"lattice of queries only: {_names(partial)}")

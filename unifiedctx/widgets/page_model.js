@@ -61,6 +61,11 @@ function pageModel(payload) {
     const pick = (at) => (meta.rows ? { ...meta.rows, vmin: heads.map((m) => meta.rows.vmin[at(m)]),
       vmax: heads.map((m) => meta.rows.vmax[at(m)]),
       uniform_at: meta.rows.uniform_at && heads.map((m) => meta.rows.uniform_at[at(m)]) } : null);
+    if (!meta.form) {  // a whole component (M, N, N): the query's row of each head
+      const out = new Uint8Array(M * n);
+      for (let m = 0; m < M; m++) out.set(data.subarray((m * n + q) * n, (m * n + q + 1) * n), m * n);
+      return [{ ...meta, rows: pick((m) => m * n + q) }, out];
+    }
     if (meta.form === "lattice") {
       const k = meta.queries.indexOf(q);
       if (k < 0) {
