@@ -18,7 +18,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from unifiedctx.context import rollout_maps
 from unifiedctx.inspection.layers import layer_affinities

@@ -33,6 +33,7 @@ their SHA-256) and nothing else: no inline handler, no other script, no request.
 from __future__ import annotations
 
 import base64
+import copy
 import gzip
 import hashlib
 import html
@@ -331,7 +332,14 @@ def payload_of(explorer, *, images=None, max_mb: float = MAX_MB, depth=("rollout
     start["depth"] = start["depth"] if start["depth"] in modes else "off"
     start["scale_mode"] = start["scale_mode"] if start["scale_mode"] in kept else kept[0]
     start["image_index"] = picks.index(start["image_index"]) if start["image_index"] in picks else 0
-    return {"traits": {"setup": setup, "catalog": explorer.catalog, "shown": start}, "pictures": pictures,
+    catalog = copy.deepcopy(explorer.catalog)  # the page asks by query for what it stores by query
+    stored_forms = {e["where"][:3]: e["entry"]["meta"].get("form", "whole") for e in entries}
+    for model, cat in catalog["models"].items():
+        for layer in cat["layers"]:
+            for comp in layer["components"]:
+                if stored_forms.get((model, layer["name"], comp["name"]), "whole") != "whole":
+                    comp["form"] = "query"
+    return {"traits": {"setup": setup, "catalog": catalog, "shown": start}, "pictures": pictures,
             "luts": base64.b64encode(explorer.luts).decode(), "maps": maps, "depth": through,
             "left_out": left_out}
 
