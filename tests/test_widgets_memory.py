@@ -389,3 +389,35 @@ def test_a_network_read_in_part_shows_its_layers_and_names_what_blocks_the_rollo
     page = read_payload(explorer.to_html(tmp_path / "page.html"))
     (entry,) = page["depth"]["ConvThenLinear"]["dw"]["rollout"]
     assert "mix: LinearAttention" in entry["meta"]["warning"] and not entry["data"]
+
+
+def test_a_unifiedctx_mixer_called_twice_is_two_layers():
+    from unifiedctx import mixers
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)
+            self.mix = mixers.create("attention", dim=8, heads=2)
+
+        def forward(self, x):
+            x = self.embed(x)
+            return self.mix(x + self.mix(x))
+
+    torch.manual_seed(10)
+    model = Twice().eval()
+    with torch.no_grad():
+        for p in model.mix.parameters():
+            p.mul_(4)
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    explorer = AffinityExplorer(model, images)
+    assert explorer.layers == ["mix#0", "mix#1"]
+    with torch.no_grad():
+        x = model.embed(images)
+        inputs = [x, x + model.mix(x)]
+    for k, u in enumerate(inputs):  # each call's maps: the mixer's own affinity of that call's input
+        explorer.show(layer=f"mix#{k}", query=(5, 2), head=-1)
+        want = model.mix.affinity(u)[0, :, 5 * 8 + 2].reshape(2, 8, 8).detach().numpy()
+        np.testing.assert_allclose(explorer.maps(), want, rtol=0, atol=1e-6)
+    assert np.abs(explorer.data.affinity("Twice", 0, "mix#0", "dynamic")
+                  - explorer.data.affinity("Twice", 0, "mix#1", "dynamic")).max() > 1e-3
