@@ -113,7 +113,8 @@ def main(argv=None) -> list[dict]:
             continue
         cells = " | ".join(f"{r[s]['peak']:.2f}, {r[s]['seconds']:.1f}" for s in STEPS)
         held = "" if r.get("held_mb") is None else f"{r['held_mb']:.1f}"
-        print(f"| {name} | {r['layers']} | {r['base']:.2f} | {cells} | {r['page_mb']:.1f} | {held} |", flush=True)
+        print(f"| {name} | {r['layers']} | {r['base']:.2f} | {cells} | {r['page_mb']:.1f} | {held} |",
+              flush=True)
     for r in rows:
         if "export_error" in r:
             print(f"\n{r['network']}: to_html failed: {r['export_error']}")
