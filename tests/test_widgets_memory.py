@@ -421,3 +421,38 @@ def test_a_unifiedctx_mixer_called_twice_is_two_layers():
         np.testing.assert_allclose(explorer.maps(), want, rtol=0, atol=1e-6)
     assert np.abs(explorer.data.affinity("Twice", 0, "mix#0", "dynamic")
                   - explorer.data.affinity("Twice", 0, "mix#1", "dynamic")).max() > 1e-3
+
+
+def test_a_tight_page_keeps_big_whole_layers_for_a_lattice_of_queries_and_asks_for_them_by_query():
+    from unifiedctx.widgets import export
+
+    model = seeded("deit_tiny_nano", 1)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))  # 16 x 16 tokens
+    explorer = AffinityExplorer(model, images)
+    order = [("ContextNet", name) for name in explorer.layers]
+    entries = export._map_entries(explorer, order, ("layer",), [0, 1])
+    assert all(e["thin"] and e["entry"]["meta"]["kind"] == "maps" for e in entries)  # sent whole, live
+    whole = sum(e["size"] for e in entries)
+    thinned = sum(export._thinned(e)[1] for e in entries)
+    assert thinned < whole / 2
+    full = export.payload_of(explorer, depth=(), room=10**9)
+    essentials = len(json_of(full)) - sum(len(export.embed_json(e["entry"])) + 1 for e in entries) * 2
+    data = export.payload_of(explorer, depth=(), room=essentials + int(thinned * 1.5))
+    assert any("lattice of queries only" in words for words in data["left_out"])
+    for layer in data["traits"]["catalog"]["models"]["ContextNet"]["layers"]:
+        assert [c["form"] for c in layer["components"]] == ["query"]  # the page asks by query...
+        for i, entry in enumerate(data["maps"]["ContextNet"][layer["name"]]["dynamic"]["layer"]["null"]):
+            meta, buffer = entry["meta"], unpack(entry).tobytes()
+            assert meta["form"] == "lattice" and 8 * 16 + 8 in meta["queries"]  # ...what it holds by query
+            for q in meta["queries"]:
+                got, _ = payload.place_rows(meta, buffer, divmod(q, 16), (16, 16))
+                want = explorer.answer({"need": "rows", "model": "ContextNet", "image": i,
+                                        "layer": layer["name"], "component": "dynamic", "scale": "layer",
+                                        "query": list(divmod(q, 16))})[1]
+                np.testing.assert_array_equal(got.ravel(), np.frombuffer(want, np.uint8))
+
+
+def json_of(body: dict) -> str:
+    from unifiedctx.widgets.export import embed_json
+
+    return embed_json(body)

@@ -297,7 +297,7 @@ def payload_of(explorer, *, images=None, max_mb: float = MAX_MB, depth=("rollout
         used += _size(entry)
         return True
 
-    maps, failed = {}, set()
+    maps, failed, stored_forms = {}, set(), {}
     for e in entries:
         model, name, comp, scale, epoch, i = e["where"]
         by_epoch = maps.setdefault(model, {}).setdefault(name, {}).setdefault(comp, {}).setdefault(scale, {})
@@ -308,6 +308,7 @@ def payload_of(explorer, *, images=None, max_mb: float = MAX_MB, depth=("rollout
         if thin and e["thin"]:
             entry = _thinned(e)[0]
             thinned.append(f"{name} ({entry['meta']['held']})")
+        stored_forms[e["where"][:3]] = entry["meta"].get("form", "whole")
         if fits(entry):
             stored.append(entry)
         else:  # the page's list is one entry per image: one that does not fit leaves the others out too
@@ -333,7 +334,6 @@ def payload_of(explorer, *, images=None, max_mb: float = MAX_MB, depth=("rollout
     start["scale_mode"] = start["scale_mode"] if start["scale_mode"] in kept else kept[0]
     start["image_index"] = picks.index(start["image_index"]) if start["image_index"] in picks else 0
     catalog = copy.deepcopy(explorer.catalog)  # the page asks by query for what it stores by query
-    stored_forms = {e["where"][:3]: e["entry"]["meta"].get("form", "whole") for e in entries}
     for model, cat in catalog["models"].items():
         for layer in cat["layers"]:
             for comp in layer["components"]:
