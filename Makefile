@@ -13,7 +13,7 @@ TIMM_BIN   := $(TIMM_VENV)/bin
 TIMM_STAMP := $(TIMM_VENV)/.installed
 TIMM_PKGS  ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31 transformers==5.23.0
 TIMM_TESTS := tests/test_inspect_timm.py tests/test_inspect_model_timm.py tests/test_context_timm.py \
-              tests/test_widgets_depth_timm.py tests/test_reader_zoos.py
+              tests/test_widgets_depth_timm.py tests/test_reader_zoos.py tests/test_widgets_zoo.py
 # jupyter refuses to run as root without --allow-root; kept apart from LAB_ARGS so that
 # `make lab LAB_ARGS="--port 8890"` still works as root
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -224,6 +224,12 @@ def depth_request(explorer, **change) -> dict:
     return {k: v for k, v in {**good, **change}.items() if v is not DROP}
 
 
+def rows_request(explorer, **change) -> dict:
+    good = {"need": "rows", "model": explorer.model_name, "image": 1, "layer": MIXED, "component": "dynamic",
+            "scale": "map", "query": [3, 1], "key": "k3"}
+    return {k: v for k, v in {**good, **change}.items() if v is not DROP}
+
+
 DROP = object()  # a key left out of the request
 
 #: (how the request is made, the error, words the message must hold): every entry of a request
@@ -233,7 +239,7 @@ REQUESTS = [
     (lambda e: None, TypeError, ["must be a dict", "NoneType"]),
     (lambda e: [maps_request(e)], TypeError, ["must be a dict", "list"]),
     (lambda e: "maps", TypeError, ["must be a dict", "str"]),
-    (lambda e: {}, TypeError, ["request['need']", "'maps' or 'depth'"]),
+    (lambda e: {}, TypeError, ["request['need']", "'maps', 'rows', 'depth'"]),
     (lambda e: maps_request(e, need="map"), ValueError, ["request['need']", "'map'", "Did you mean"]),
     (lambda e: maps_request(e, need=1), TypeError, ["request['need']", "int"]),
     (lambda e: maps_request(e, model=DROP), ValueError, ["missing: model"]),
@@ -265,6 +271,14 @@ REQUESTS = [
     (lambda e: depth_request(e, query=[True, 0]), TypeError, ["request['query']", "ints"]),
     (lambda e: depth_request(e, query=[4, 0]), ValueError, ["request['query']", "outside the grid (4, 4)"]),
     (lambda e: depth_request(e, query=[0, -1]), ValueError, ["request['query']", "outside"]),
+    (lambda e: rows_request(e, query=DROP), ValueError, ["'rows' request", "missing: query"]),
+    (lambda e: rows_request(e, mode="rollout"), ValueError, ["'rows' request", "unknown: mode"]),
+    (lambda e: rows_request(e, query=[4, 4]), ValueError, ["request['query']", "outside the grid (4, 4)"]),
+    (lambda e: rows_request(e, query=["1", 0]), TypeError, ["request['query']", "ints"]),
+    (lambda e: rows_request(e, component=DROP), ValueError, ["'rows' request", "missing: component"]),
+    (lambda e: rows_request(e, scale="fixed"), ValueError, ["request['scale']", "'fixed'"]),
+    (lambda e: rows_request(e, epoch=0), ValueError, ["request['epoch']", "no run"]),
+    (lambda e: rows_request(e, image=5), ValueError, ["request['image']", "<= 1"]),
 ]
 
 
@@ -301,11 +315,14 @@ def test_good_requests_are_answered_under_their_key(explorer):
     try:
         explorer._on_request(explorer, maps_request(explorer), [])
         explorer._on_request(explorer, depth_request(explorer), [])
+        explorer._on_request(explorer, rows_request(explorer), [])
     finally:
         del explorer.send
-    (maps, maps_buffers), (depth, depth_buffers) = sent
+    (maps, maps_buffers), (depth, depth_buffers), (rows, rows_buffers) = sent
     assert (maps["kind"], maps["key"], depth["kind"], depth["key"]) == ("maps", "k1", "depth", "k2")
     assert len(maps_buffers[0]) == maps["heads"] * 16 * 16 and len(depth_buffers[0]) == 32 * 32
+    assert (rows["kind"], rows["key"], rows["query"]) == ("rows", "k3", [3, 1])
+    assert len(rows_buffers[0]) == rows["heads"] * 16 and len(rows["rows"]["vmax"]) == rows["heads"]
 
 
 def test_a_failure_computing_an_answer_is_reported_too(explorer, monkeypatch):

@@ -237,9 +237,9 @@ def test_explorer_data_on_a_foreign_network(plain, x):
     for index, image in enumerate(images):
         recorded = record_affinities(model, image[None])
         for layer in LAYERS:
-            parts = data.affinities("plain", index, layer)
-            assert list(parts) == [catalogue[layer].kind]
-            np.testing.assert_array_equal(next(iter(parts.values())), recorded[layer][0].numpy())
+            assert catalogue[layer].components == [catalogue[layer].kind]
+            got = data.affinity("plain", index, layer, catalogue[layer].kind)
+            np.testing.assert_array_equal(got, recorded[layer][0].numpy())
     assert data.info("plain", "block.attn").heads == {"dynamic": 2}
     with pytest.raises(ValueError, match="no layer to explore.*stride"):
         ExplorerData({"flat": nn.Sequential(nn.Conv2d(3, 4, 2, stride=2))}, images).catalogue("flat")

@@ -4,6 +4,8 @@ the page."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from unifiedctx.context import erf_maps, rollout_maps
 from unifiedctx.models import create_model
 from unifiedctx.widgets import AffinityExplorer, ExplorerValueError
 from unifiedctx.widgets.explorer_data import depth_scale
-from unifiedctx.widgets.export import TooLarge, read_payload, unpack
+from unifiedctx.widgets.export import LeftOut, TooLarge, read_payload, unpack
 
 MIXED = "stages.3.blocks.0.mixer"  # container_light_nano: the Container stage, 4x4 grid
 FIRST = "stages.0.blocks.0.mixer"  # a depthwise conv on 16x16
@@ -115,12 +117,14 @@ def test_depth_is_a_state_field_with_clear_errors(explorer):
     assert text.startswith(depth_scale(explorer.depth_data()).describe())  # the library's one scale rule
 
 
-def test_depth_rows_are_every_query_of_rollout_maps(explorer, model, images):
-    rows = explorer.data.depth_rows(explorer.model_name, 0, MIXED, "rollout")
-    assert rows.shape == (16, 32, 32)
-    for q in range(16):
-        want = rollout_maps(model, images[:1], MIXED, query=divmod(q, 4))["map"]
-        np.testing.assert_allclose(rows[q], want, rtol=0, atol=1e-12)
+def test_depth_maps_of_several_queries_are_rollout_maps_of_each(explorer, model, images):
+    queries = [15, 0, 6, 9]  # any order, any subset: row k is query queries[k]
+    rows, steps = explorer.data.depth_maps(explorer.model_name, 1, MIXED, queries, "rollout")
+    assert rows.shape == (4, 32, 32)
+    for k, q in enumerate(queries):
+        want = rollout_maps(model, images[1:2], MIXED, query=divmod(q, 4))
+        np.testing.assert_allclose(rows[k], want["map"], rtol=0, atol=1e-12)
+    assert steps == len(want["layers"])
 
 
 def test_channels_are_named_channels_and_the_mixer_describes_itself(model, images):
@@ -129,7 +133,7 @@ def test_channels_are_named_channels_and_the_mixer_describes_itself(model, image
     assert explorer.status["affinity"].startswith("static local")
     layer = explorer.catalog["models"][explorer.model_name]["layers"][0]
     assert layer["unit"] == "channel"
-    assert layer["components"] == [{"name": "static", "heads": 8, "shared": True}]
+    assert layer["components"] == [{"name": "static", "heads": 8, "shared": True, "form": "whole"}]
     mixer = AffinityExplorer(_model("mixer_s16_nano"), images)
     assert "gated" in mixer.status["affinity"] and mixer.status["head"].startswith("all channels")
 
@@ -137,28 +141,24 @@ def test_channels_are_named_channels_and_the_mixer_describes_itself(model, image
 def test_the_page_holds_every_querys_rollout(explorer, model, images, tmp_path):
     page = explorer.to_html(tmp_path / "page.html")
     data = read_payload(page)
-    assert data["traits"]["setup"]["depth_modes"] == ["off", "rollout"]
+    assert data["traits"]["setup"]["depth_modes"] == ["off", "rollout"] and not data["left_out"]
     assert data["traits"]["shown"]["depth"] == "rollout"
     name = explorer.model_name
     for layer in data["traits"]["catalog"]["models"][name]["layers"]:
         (h, w), stored = layer["grid"], data["depth"][name][layer["name"]]
         assert list(stored) == ["rollout"] and len(stored["rollout"]) == 2  # one per image
         for i, entry in enumerate(stored["rollout"]):
-            assert entry["meta"]["input"] == [32, 32]
+            assert entry["meta"]["input"] == [32, 32] and entry["meta"]["queries"] is None  # every query
             got = unpack(entry).reshape(h * w, 32, 32).astype(np.float64)
-            want = explorer.data.depth_rows(name, i, layer["name"], "rollout")
+            want = np.stack([rollout_maps(model, images[i:i + 1], layer["name"], query=divmod(q, w))["map"]
+                             for q in range(h * w)])
             vmax = np.maximum(want.reshape(h * w, -1).max(1), 1 / 1024)
             assert entry["meta"]["vmax"] == [f"{v:.3g}" for v in vmax]
             np.testing.assert_array_equal(got, np.rint(want / vmax[:, None, None] * 255))
-        q = (h // 2, w // 3)
-        want = rollout_maps(model, images[1:2], layer["name"], query=q)["map"]
-        got = unpack(stored["rollout"][1]).reshape(h * w, 32, 32)[q[0] * w + q[1]]
-        top = max(want.max(), 1 / 1024)
-        assert np.abs(got / 255 * top - want).max() <= top / 510 + 1e-12
     assert layer["description"] == "mixed: alpha*attention + beta*conv" and layer["unit"] == "head"
 
 
-def test_erf_goes_in_only_when_asked_and_the_size_limit_still_holds(explorer, tmp_path):
+def test_erf_goes_in_only_when_asked(explorer, model, images, tmp_path):
     plain = explorer.to_html(tmp_path / "plain.html", depth=())
     traits = read_payload(plain)["traits"]
     assert traits["setup"]["depth_modes"] == ["off"] and traits["shown"]["depth"] == "off"
@@ -166,14 +166,54 @@ def test_erf_goes_in_only_when_asked_and_the_size_limit_still_holds(explorer, tm
     name = explorer.model_name
     stored = read_payload(both)["depth"][name][MIXED]
     assert list(stored) == ["rollout", "ERF"]
-    rows = explorer.data.depth_rows(name, 0, MIXED, "ERF")
+    rows = np.stack([erf_maps(model, images[:1], MIXED, query=divmod(q, 4))["map"] for q in range(16)])
     vmax = np.maximum(rows.reshape(16, -1).max(1), 1 / 1024)
     got = unpack(stored["ERF"][0]).reshape(16, 32, 32) / 255 * vmax[:, None, None]
     assert np.abs(got - rows).max() <= rows.max() / 510 + 1e-12
     assert plain.stat().st_size < both.stat().st_size
-    limit = plain.stat().st_size / 1e6 * 1.05  # room for the affinities, not for the rollout too
-    explorer.to_html(tmp_path / "fits.html", depth=(), max_mb=limit)
-    with pytest.raises(TooLarge, match="depth=()"):
-        explorer.to_html(tmp_path / "big.html", max_mb=limit)
     with pytest.raises(ValueError, match="depth"):
         explorer.to_html(tmp_path / "bad.html", depth=("nope",))
+
+
+def test_a_page_too_small_for_every_rollout_keeps_a_lattice_of_queries_and_says_so(explorer, model, images,
+                                                                                  tmp_path):
+    """Over its size, the page keeps the through-depth maps of fewer queries (a lattice through the centre),
+    never more than ``max_mb``; the page's note, its data and a warning say what it left out, and each stored
+    map is still rollout_maps of its query."""
+    plain = explorer.to_html(tmp_path / "plain.html", depth=()).stat().st_size
+    full = explorer.to_html(tmp_path / "full.html").stat().st_size
+    limit = (plain + 0.4 * (full - plain)) / 1e6  # room for the affinities, not for every query's rollout
+    with pytest.warns(LeftOut, match="at most .* queries per layer"):
+        page = explorer.to_html(tmp_path / "small.html", max_mb=limit)
+    assert page.stat().st_size <= limit * 1e6
+    data = read_payload(page)
+    assert any("rollout maps but for at most" in words for words in data["left_out"])
+    note = re.search(r'<p class="ucx-note">(.*?)</p>', page.read_text(), re.S)[1]
+    assert "leaves out" in note and "rollout maps but for at most" in note
+    name, stored, thinned = explorer.model_name, 0, False
+    for layer in data["traits"]["catalog"]["models"][name]["layers"]:
+        for i, entry in enumerate(data["depth"][name][layer["name"]]["rollout"]):
+            queries, (h, w) = entry["meta"]["queries"], layer["grid"]
+            if queries is None:  # a small layer: every query fits the lattice
+                queries = list(range(h * w))
+            else:
+                thinned = True
+                assert len(queries) < h * w and entry["meta"]["held"].startswith("rows ")
+            assert (h // 2) * w + w // 2 in queries  # the lattice runs through the centre
+            got = unpack(entry).reshape(len(queries), 32, 32) / 255
+            for k, q in enumerate(queries):
+                want = rollout_maps(model, images[i:i + 1], layer["name"], query=divmod(q, w))["map"]
+                top = max(want.max(), 1 / 1024)
+                assert np.abs(got[k] * top - want).max() <= top / 510 + 1e-12
+            stored += 1
+    assert stored and thinned  # some maps fit, some layers for a lattice of queries
+    # every colour scale the page offers holds every layer's maps; one it left out is said, and not offered
+    offered = data["traits"]["setup"]["scale_modes"]
+    for by_comp in data["maps"][name].values():
+        for by_scale in by_comp.values():
+            for scale, by_epoch in by_scale.items():
+                assert all(entries for entries in by_epoch.values()) == (scale in offered), scale
+    for scale in {"layer", "map"} - set(offered):
+        assert any(f"colour scales '{scale}'" in words for words in data["left_out"])
+    with pytest.raises(TooLarge, match="pictures"):  # not even the front end and the pictures fit
+        explorer.to_html(tmp_path / "none.html", max_mb=0.01)

@@ -13,7 +13,7 @@ import torch
 
 from unifiedctx.models import create_model
 from unifiedctx.widgets import AffinityExplorer
-from unifiedctx.widgets.explorer_payload import colour_index
+from unifiedctx.widgets.explorer_payload import colour_index, place_rows
 from unifiedctx.widgets.export import TooLarge, embed_json, page_script, read_payload, unpack
 
 MIXED = "stages.3.blocks.0.mixer"
@@ -63,12 +63,23 @@ def test_the_page_holds_every_map_of_every_layer(explorer, page):
     data = read_payload(page)
     traits = data["traits"]
     assert traits["setup"]["models"] == list(explorer.data.models) and traits["shown"]["layer"] == MIXED
-    assert traits["shown"]["query"] == [1, 2] and traits["catalog"] == explorer.catalog
+    assert traits["shown"]["query"] == [1, 2]
+    for model, page_cat in traits["catalog"]["models"].items():
+        live = explorer.catalog["models"][model]
+        for page_layer, live_layer in zip(page_cat["layers"], live["layers"]):
+            for page_comp, live_comp in zip(page_layer["components"], live_layer["components"]):
+                # the page asks by query for what it stores compactly (a static layer's kernels)
+                stored = data["maps"][model][page_layer["name"]][page_comp["name"]]["layer"]["null"][0]
+                assert page_comp.pop("form") == ("query" if "form" in stored["meta"] else "whole")
+                assert live_comp["form"] == "whole" and page_comp == {k: v for k, v in live_comp.items()
+                                                                      if k != "form"}
     name = traits["setup"]["models"][0]
     layers = traits["catalog"]["models"][name]["layers"]
     assert [layer["name"] for layer in layers] == explorer.layers
+    forms = set()
     for layer in layers:
-        n = layer["grid"][0] * layer["grid"][1]
+        (h, w) = layer["grid"]
+        n = h * w
         for comp in layer["components"]:
             by_scale = data["maps"][name][layer["name"]][comp["name"]]
             assert set(by_scale) == {"layer", "map"} and all(set(e) == {"null"} for e in by_scale.values())
@@ -78,9 +89,16 @@ def test_the_page_holds_every_map_of_every_layer(explorer, page):
                 a = explorer.data.affinity(name, i, layer["name"], comp["name"])
                 scale = explorer.data.scale(name, i, layer["name"], comp["name"])
                 assert entry["meta"]["scale"]["text"] == scale.describe()
-                got = unpack(entry).reshape(comp["heads"], n, n)
+                # whole, or a static layer's kernels cut by the border as each class of queries sees them:
+                # either way every query's rows, as the page model places them
+                forms.add(entry["meta"].get("form", "whole"))
+                got = np.stack([place_rows(entry["meta"], unpack(entry).tobytes(), divmod(q, w), (h, w))[0]
+                                for q in range(n)], 1)
                 np.testing.assert_array_equal(got, colour_index(a, scale))
-                np.testing.assert_array_equal(unpack(mine).reshape(comp["heads"], n, n), own_rows(a, scale))
+                got = np.stack([place_rows(mine["meta"], unpack(mine).tobytes(), divmod(q, w), (h, w))[0]
+                                for q in range(n)], 1)
+                np.testing.assert_array_equal(got, own_rows(a, scale))
+    assert forms == {"whole", "stencil"}  # the depthwise stages' kernels are smaller than their maps
     assert {c["name"] for c in layers[-1]["components"]} == {"mixed", "dynamic", "static"}
     assert base64.b64decode(data["pictures"]) == explorer.pictures
 

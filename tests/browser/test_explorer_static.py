@@ -196,3 +196,43 @@ def test_the_colorbar_labels_fit_a_narrow_page(fresh_page, tmp_path):
             fresh_page.unroute("**/*")
     finally:
         fresh_page.set_viewport_size({"width": 1400, "height": 1200})
+
+
+def test_kernels_windows_and_lattices_are_drawn_by_the_page(fresh_page, tmp_path, monkeypatch):
+    """Big layers (issue 26): the page stores a dilated depthwise conv as its kernels, a user's own shifted
+    windowed attention as its windows and a global attention as a lattice of queries; the page's stand-in for
+    the kernel places them at each query clicked, and the drawn maps are the data, on both colour scales. A
+    query the lattice does not hold says which it holds."""
+    from test_widgets_memory import Net
+
+    from unifiedctx.widgets import AffinityExplorer, explorer_data
+    from unifiedctx.widgets.export import LeftOut
+
+    monkeypatch.setattr(explorer_data, "WHOLE_BYTES", 0)  # every layer big: sent, and stored, by query
+    torch.manual_seed(4)
+    explorer = AffinityExplorer(Net().eval(), smooth_images(2), layer="dw", head=-1, query=(3, 12))
+    with pytest.warns(LeftOut, match="lattice of queries only: attn"):
+        path = explorer.to_html(tmp_path / "forms.html", depth=())
+    open_page(fresh_page, path)
+    driver = Driver(fresh_page, explorer)
+    driver.check()
+    for layer in ("dw", "win", "attn"):  # the lattice holds the even rows and columns
+        driver.select("layer", layer, layer=layer)
+        for fx, fy in ((0.03, 0.03), (0.53, 0.78), (0.91, 0.41)):
+            driver.click(fx, fy)
+        driver.select("scale_mode", "map", scale_mode="map")
+        driver.click(0.28, 0.66)
+        driver.select("image_index", 1, image_index=1)
+        driver.select("head", 1, head=1)
+        driver.select("scale_mode", "layer", scale_mode="layer")
+        driver.select("head", -1, head=-1)
+        driver.select("image_index", 0, image_index=0)
+    driver.node("canvas.ucx-image").focus()  # (8, 8) -> (8, 9): a column the lattice does not hold
+    driver.explorer.query = (8, 8)
+    driver.click(8.5 / 16, 8.5 / 16)
+    fresh_page.keyboard.press("ArrowRight")
+    explorer.query = (8, 9)
+    driver.wait()
+    warning = fresh_page.locator(".ucx-explorer .ucx-warning").inner_text()
+    assert "holds the maps of this layer only for the queries on rows 0, 2" in warning
+    assert not fresh_page.locator(".ucx-explorer .ucx-tiles").is_visible()

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..validation import check_bool, check_int
 from .erf import erf_on_grid
-from .extract import check_image, context_graph
+from .extract import ContextGraph, check_image, context_graph
 from .rollout import check_partial, query_index, rollout_graph, token_centres
 from .steps import check_heads
 
@@ -46,7 +46,8 @@ def _plain(kind: str, layer: str, image: torch.Tensor, grid, input_grid, token: 
 
 
 def rollout_maps(model: nn.Module, x: torch.Tensor, upto: str | None = None, query=None,
-                 heads: str = "mean", signed: bool = False, index: int = 0, partial: bool = False) -> dict:
+                 heads: str = "mean", signed: bool = False, index: int = 0, partial: bool = False,
+                 graph: ContextGraph | None = None) -> dict:
     """Token ``query`` of layer ``upto``: its rolled-out context on the input grid, as plain data.
 
     Returns a dict: ``map`` a float64 ndarray ``(H_in, W_in)`` (a row of
@@ -56,14 +57,20 @@ def rollout_maps(model: nn.Module, x: torch.Tensor, upto: str | None = None, que
     the numbers are, ``grid`` the layer's token grid, ``input_grid``, ``query`` ``(row, col)`` on
     ``grid``, ``query_pixel`` the token's centre in input pixels, ``layer`` and ``layers`` composed.
     ``index`` picks the image of the batch. Only the query's row is carried back through the network
-    (memory follows what is shown). ``partial`` as in :func:`~unifiedctx.context.rollout`.
+    (memory follows what is shown). ``partial`` as in :func:`~unifiedctx.context.rollout`. ``graph``: the
+    :func:`~unifiedctx.context.context_graph` of ``model`` on ``x`` when the caller keeps one (the explorer
+    keeps one per image, so that a new query composes without running the model again).
     """
     _check_index(index, x)
     check_heads(heads)
     check_bool("signed", signed)
     check_bool("partial", partial)
     check_image(x, model)
-    graph = context_graph(model, x)
+    if graph is None:
+        graph = context_graph(model, x)
+    elif not isinstance(graph, ContextGraph):
+        raise TypeError(f"graph must be the ContextGraph of model on x (context_graph), "
+                        f"got {type(graph).__name__}")
     check_partial(graph, model, partial, "the rollout")
     last = graph.nodes[graph.resolve(upto)]
     token = query_index(query, last.tokens.grid)

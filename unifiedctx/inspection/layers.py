@@ -26,7 +26,9 @@ from ..mixers import AffinityMixer
 from ..mixers.base import DESCRIPTIONS
 from ..validation import check_choice
 from .reader import check_door, check_model, forward_pass, mixer_affinity, select_layers, untouched
-from .windows import Windows, window_layout, window_places
+from .records import ConvWindow
+from .torch_layers import kernel_rows
+from .windows import Windows, static_window, window_layout, window_places
 
 
 def _check_model(model) -> None:
@@ -41,7 +43,9 @@ def mixer_layers(model: nn.Module) -> OrderedDict[str, AffinityMixer]:
 
 @torch.no_grad()
 def mixer_inputs(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-    """The input ``(B, C, H, W)`` each mixer received during one forward pass ``model(x)``.
+    """The input ``(B, C, H, W)`` each mixer received during one forward pass ``model(x)``, in model order
+    (``named_modules``); a mixer that ran more than once (weight sharing, a loop) gives one input per call,
+    named ``name#k`` (k = 0, 1, ...), as the rollout names its steps.
 
     Runs under ``torch.no_grad`` in the model's own train/eval mode, through the one reader
     (:func:`unifiedctx.inspection.reader.forward_pass`): modes, BatchNorm statistics,
@@ -50,8 +54,27 @@ def mixer_inputs(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, torch.Te
     """
     layers = mixer_layers(model)
     seen = forward_pass(model, x, lambda name, module: name in layers)
-    return OrderedDict((name, next(iter(seen.inputs[name].values())))
-                       for name in layers if name in seen.inputs)
+    inputs = OrderedDict()
+    for name in layers:
+        if name not in seen.inputs:
+            continue
+        calls = seen.calls[name]
+        inputs[call_name(name, 0, calls)] = next(iter(seen.inputs[name].values()))
+        for k in range(1, calls):  # a later call: one more pass that keeps that call's input
+            later = forward_pass(model, x, lambda n, m, name=name: n == name, call=k)
+            inputs[call_name(name, k, calls)] = next(iter(later.inputs[name].values()))
+    return inputs
+
+
+def call_name(name: str, call: int, calls: int) -> str:
+    """``name`` for a module that ran once, ``name#call`` for call ``call`` of one that ran ``calls``
+    times."""
+    return name if calls <= 1 else f"{name}#{call}"
+
+
+def module_of(name: str) -> str:
+    """The module name of a layer name (``"blocks.0.attn#1"`` -> ``"blocks.0.attn"``)."""
+    return name.rsplit("#", 1)[0] if "#" in name and name.rsplit("#", 1)[1].isdigit() else name
 
 
 @torch.no_grad()
@@ -81,7 +104,8 @@ class LayerAffinity:
     access and kept (a mixer's N x N only exists once somebody asks for it).
 
     Attributes:
-        name: the module's name in ``model.named_modules()``.
+        name: the module's name in ``model.named_modules()``; ``name#k`` for call k of a module that ran
+            more than once in the forward (weight sharing, a loop): every call is a layer of its own.
         kind: ``"static"`` (independent of x: convolutions, pooling), ``"dynamic"`` (attention; a token
             MLP, whose affinity is input-gated) or ``"mixed"`` (a weighted sum of both).
         grid: ``(H, W)`` of the layer's tokens (Swin's window attention: its block's whole grid), or ``None``.
@@ -98,6 +122,13 @@ class LayerAffinity:
             tokens of different windows, the cyclic shift undone).
         components: ``{kind: A}``, or ``{"dynamic", "static", "mixed"}`` for mixed layers, each
             ``(B|1, M_view, N, N)`` on the grid.
+        window: a static layer whose affinity is a centred stride-1 window, one kernel per head (a depthwise
+            conv, a static mixer's kernels): its :class:`~unifiedctx.inspection.records.ConvWindow` (weight
+            ``(M, 1, kh, kw)``); row q is each head's kernel placed at q. None otherwise.
+        windows: a windowed attention (Swin, MaxViT): ``(Windows, A_local (B * nW, M, n, n))``, its windows'
+            own affinities and where their tokens sit on the grid (block-sparse). None otherwise.
+
+    :meth:`rows` gives rows of the affinity, without the dense ``(N, N)`` for a window or windows.
     """
 
     name: str
@@ -112,6 +143,8 @@ class LayerAffinity:
     head_unit: str
     read_affinity: Callable[[], torch.Tensor] = field(repr=False)
     read_components: Callable[[], dict] = field(repr=False)
+    window: ConvWindow | None = field(default=None, repr=False)
+    windows: tuple | None = field(default=None, repr=False)
 
     @cached_property
     def affinity(self) -> torch.Tensor:
@@ -120,6 +153,21 @@ class LayerAffinity:
     @cached_property
     def components(self) -> dict[str, torch.Tensor]:
         return self.read_components()
+
+    def rows(self, queries, component: str | None = None) -> torch.Tensor:
+        """Rows ``queries`` (grid token indices ``row * W + col``) of one component's affinity (default: the
+        layer's ``kind``), ``(B|1, M, Q, N)``: ``components[component][..., queries, :]``, computed without
+        the dense ``(N, N)`` for a window (each head's kernel placed at each query, off-grid taps dropped as
+        zero padding drops them) and for windowed attention (each query's row of its own window, 0
+        elsewhere)."""
+        component = self.kind if component is None else component
+        q = torch.as_tensor(queries, dtype=torch.long).reshape(-1)
+        if component == self.kind and self.window is not None:
+            return kernel_rows(self.window.weight[:, 0], self.grid, self.window.dilation, q)
+        if component == self.kind and self.windows is not None:
+            layout, local = self.windows
+            return layout.rows(local, q)
+        return self.components[component][..., q, :]
 
 
 def _listed(reasons: dict, most: int = 12) -> str:
@@ -133,8 +181,8 @@ def _mixer_records(model, x, select, max_tokens) -> tuple[list[LayerAffinity], d
     mixers = mixer_layers(model)
     records, skipped = [], OrderedDict()
     for name, inp in mixer_inputs(model, x).items():
-        mixer = mixers[name]
-        if not select(name, mixer):
+        mixer = mixers[module_of(name)]
+        if not select(module_of(name), mixer):
             continue
         grid = (int(inp.shape[-2]), int(inp.shape[-1]))
         if max_tokens is not None and grid[0] * grid[1] > max_tokens:
@@ -146,7 +194,7 @@ def _mixer_records(model, x, select, max_tokens) -> tuple[list[LayerAffinity], d
         records.append(LayerAffinity(name, mixer.kind, grid, type(mixer).__name__, "mixer", weights, {},
                                      stride, mixer.describe(), mixer.head_unit,
                                      partial(mixer_affinity, mixer, inp),
-                                     partial(mixer_components, mixer, inp)))
+                                     partial(mixer_components, mixer, inp), window=static_window(mixer)))
     return records, skipped
 
 
@@ -182,14 +230,14 @@ def describe_view(view) -> tuple[str, str]:
 
 
 def _windows_on_grid(model, name: str, view, image_grid) -> tuple | None:
-    """``(grid, to_grid)`` for a view whose grid is one window (Swin's window attention): the
-    block's whole token grid and the map that lays ``(B * nW, M, n, n)`` window affinities on it
-    as ``(B, M, N, N)`` (0 between tokens of different windows, the cyclic shift undone); ``None``
-    for any other view, or when the parent block does not say its window and shift."""
+    """``(grid, Windows)`` for a view whose grid is one window (Swin's window attention): the block's whole
+    token grid and where each of its tokens sits in the ``(B * nW, M, n, n)`` window affinities (the cyclic
+    shift undone); ``None`` for any other view, or when the parent block does not say its window and shift."""
     if "layout" in view.notes:  # read at the call: the trace knows where each window's tokens sit
         grid = tuple(int(round(g / s)) for g, s in zip(image_grid, view.pixel_stride))
-        return grid, view.notes["layout"].on_grid
-    block = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
+        return grid, view.notes["layout"]
+    module = module_of(name)
+    block = model.get_submodule(module.rsplit(".", 1)[0]) if "." in module else None
     if "windows" not in view.notes or not all(hasattr(block, a) for a in ("window_size", "shift_size")):
         return None
     grid = tuple(int(round(g / s)) for g, s in zip(image_grid, view.pixel_stride))
@@ -197,24 +245,25 @@ def _windows_on_grid(model, name: str, view, image_grid) -> tuple | None:
     if grid[0] % window[0] or grid[1] % window[1]:
         return None
     count = (grid[0] // window[0]) * (grid[1] // window[1])
-    return grid, Windows(*window_places(grid, window, shift), count).on_grid
+    return grid, Windows(*window_places(grid, window, shift), count)
 
 
 def _inspected_record(model, name: str, view, image_grid, max_tokens) -> LayerAffinity | None:
     grid, affinity, components = view.grid, view.grid_affinity, partial(_view_components, view)
-    notes = dict(view.notes)
-    windows = _windows_on_grid(model, name, view, image_grid)
-    if windows is not None:  # the one reader's rule: a layer's tokens are its block's whole grid
-        grid, to_grid = windows
+    notes, windows = dict(view.notes), None
+    found = _windows_on_grid(model, name, view, image_grid)
+    if found is not None:  # the one reader's rule: a layer's tokens are its block's whole grid
+        grid, layout = found
         if max_tokens is not None and grid[0] * grid[1] > max_tokens:
             return None
-        affinity = lambda: to_grid(view.grid_affinity())  # noqa: E731
-        components = lambda: {k: to_grid(a) for k, a in _view_components(view).items()}  # noqa: E731
+        affinity = lambda: layout.on_grid(view.grid_affinity())  # noqa: E731
+        components = lambda: {k: layout.on_grid(a) for k, a in _view_components(view).items()}  # noqa: E731
+        windows = None if view.components else (layout, view.grid_affinity())
         notes["windows"] = ("the windows laid out on the block's whole grid (0 between tokens of different "
                             "windows)")
         notes.pop("layout", None)
     return LayerAffinity(name, view.kind, grid, view.module_type, "inspect", None, notes, view.pixel_stride,
-                         *describe_view(view), affinity, components)
+                         *describe_view(view), affinity, components, window=view.window, windows=windows)
 
 
 def _inspected_records(model, x, layers, max_tokens, prefix_tokens) -> tuple[list[LayerAffinity], dict]:
@@ -224,13 +273,59 @@ def _inspected_records(model, x, layers, max_tokens, prefix_tokens) -> tuple[lis
         result = inspect_model(model, x, layers=layers, max_tokens=max_tokens, prefix_tokens=prefix_tokens)
     skipped = dict(result.skipped)
     records = []
-    for name, view in result.items():
-        record = _inspected_record(model, name, view, tuple(x.shape[-2:]), max_tokens)
-        if record is None:
-            skipped[name] = f"its block's whole grid has more tokens than max_tokens={max_tokens}"
-        else:
-            records.append(record)
+    later = _LaterCalls(model, x, prefix_tokens, max_tokens)
+    first_call = {name: i for i, name in enumerate(result.calls)}  # in the order modules first ran
+    for name, view in sorted(result.items(), key=lambda item: first_call.get(item[0], len(first_call))):
+        calls = result.calls.get(name, 1)
+        views = [view] + [later.view(name, view, k) for k in range(1, calls)]
+        for k, one in enumerate(views):
+            here = call_name(name, k, calls)
+            if one is None:
+                skipped[here] = f"call {k} of {calls} could not be read again"
+                continue
+            if calls > 1:
+                one.notes.pop("calls", None)
+                one.notes["call"] = f"call {k} of the {calls} calls of {name} in one forward"
+            record = _inspected_record(model, here, one, tuple(x.shape[-2:]), max_tokens)
+            if record is None:
+                skipped[here] = f"its block's whole grid has more tokens than max_tokens={max_tokens}"
+            else:
+                records.append(record)
     return records, skipped
+
+
+class _LaterCalls:
+    """The views of later calls of a module that ran more than once: a family's view from the arguments of
+    that call (one more hooked pass keeps them), an attention read at its call from the trace's k-th call of
+    that module (one more watched pass, shared by every such module)."""
+
+    def __init__(self, model, x, prefix_tokens, max_tokens):
+        self.model, self.x, self.prefix_tokens, self.max_tokens = model, x, prefix_tokens, max_tokens
+        self.found = None
+
+    def view(self, name: str, first, k: int):
+        from .families import NoView, family_of
+        from .network import attention_view, view_of_call
+        from .trace import prefix_candidates, trace
+
+        module = self.model.get_submodule(name) if name else self.model
+        if "read at" in first.notes:
+            if self.found is None:
+                self.found = trace(self.model, self.x, self.prefix_tokens, keep_values=True)
+            entries = [e for e in self.found.attention
+                       if e.module == name and e.call is not None and e.index == 0]
+            return attention_view(entries[k], self.x, first.module_type) if k < len(entries) else None
+        family = family_of(module)
+        seen = forward_pass(self.model, self.x, lambda n, m: n == name, call=k)
+        if family is None or name not in seen.inputs:
+            return None
+        candidates = prefix_candidates(self.model, self.prefix_tokens)
+        try:
+            view = view_of_call(family, module, seen.inputs[name], tuple(self.x.shape[-2:]), self.x.shape[0],
+                                candidates, self.max_tokens)
+        except NoView:
+            return None
+        return view
 
 
 def layer_affinities(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: int | None = None,
@@ -333,6 +428,7 @@ def mixing_weights(model: nn.Module) -> OrderedDict[str, dict]:
     return out
 
 
-__all__ = ["LayerAffinity", "SOURCES", "VIEW_WORDS", "describe_view", "layer_affinities",
-           "mixer_components", "mixer_inputs", "mixer_layers", "mixing_weights", "record_affinities",
+__all__ = ["LayerAffinity", "SOURCES", "VIEW_WORDS", "call_name", "describe_view", "layer_affinities",
+           "mixer_components", "mixer_inputs", "mixer_layers", "mixing_weights", "module_of",
+           "record_affinities",
            "record_components"]

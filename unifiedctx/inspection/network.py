@@ -36,6 +36,8 @@ class NetworkInspection(OrderedDict):
         skipped: ``{module name: reason}`` for the modules that ran without a view, in forward order.
         outputs: ``{module name: the output tensor the view rebuilds}``, from the same pass.
         image_size: ``(H, W)`` of the input.
+        calls: ``{module name: how many times it ran}`` in that pass (a view is of a module's first call;
+            ``layer_affinities`` reads every call of a module that ran more than once).
     """
 
     def __init__(self, image_size):
@@ -43,6 +45,7 @@ class NetworkInspection(OrderedDict):
         self.skipped: OrderedDict[str, str] = OrderedDict()
         self.outputs: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.image_size = image_size
+        self.calls: dict[str, int] = {}
 
     def rebuild_errors(self) -> OrderedDict[str, float]:
         """``{name: ||project(A @ V) - output|| / ||output||}`` for every view (Frobenius norms)."""
@@ -160,6 +163,7 @@ def inspect_model(model: nn.Module, x: torch.Tensor, layers=None, max_tokens: in
     families = {name: family_of(module) for name, module in lookup.items()}
     seen = forward_pass(model, x, lambda name, module: families[name] is not None and select(name, module))
     order, calls = seen.order, seen.calls
+    result.calls = dict(calls)
     captured = {name: (call, seen.outputs[name])
                 for name, call in seen.inputs.items() if name in seen.outputs}
     # views are built after the pass, outermost first, so nothing inside a viewed module is built
@@ -197,37 +201,47 @@ def _read_at_the_call(model, x, result, viewed, select, max_tokens, prefix_token
     for name, why in found.unread.items():
         if select(name, lookup.get(name, model)):
             result.skipped[name] = f"token mixing not read: {why}"
-    made = {}
+    several = set()  # modules with more than one attention call in one module call: no single view
     for entry in found.attention:
         name = entry.module
-        if entry.call is None or entry.values is None or name in result or \
+        if entry.call is None or entry.values is None or name in several or \
                 any(v == "" or name.startswith(v + ".") for v in viewed) or \
                 not select(name, lookup.get(name, model)):
             continue
-        made[name] = made.get(name, 0) + 1
-        if made[name] > 1:
+        if entry.index > 0:
+            several.add(name)
             result.pop(name, None)
             result.skipped[name] = "more than one attention call in one module call: no single view"
             continue
+        if name in result:
+            continue  # a later call of a module that ran several times (the view is of its first call)
         n = entry.affinity.shape[-1]
         if max_tokens is not None and n > max_tokens:
             result.skipped[name] = f"{n} tokens > max_tokens={max_tokens} (its N x N affinity: too big)"
             continue
-        tokens = entry.tokens
-        windowed = entry.windows is not None
-        view = AffinityView(entry.values, entry.affinity, entry.substituted,
-                            None if windowed else tokens.grid,
-                            "dynamic", int(entry.affinity.shape[1]), type(lookup.get(name, model)).__name__,
-                            0 if windowed else tokens.prefix)
-        view.pixel_stride = (x.shape[-2] / tokens.grid[0], x.shape[-1] / tokens.grid[1])
-        view.notes["read at"] = entry.function
-        if windowed:
-            view.notes["windows"] = "the batch axis holds B * nW windows; laid out on the grid by the block"
-            view.notes["layout"] = entry.windows
+        view = attention_view(entry, x, type(lookup.get(name, model)).__name__)
+        if result.calls.get(name, 1) > 1:
+            view.notes["calls"] = f"called {result.calls[name]} times; the view is of the first call"
         result[name] = view
         output = entry.output
         result.outputs[name] = output[0] if isinstance(output, tuple) else output
         result.skipped.pop(name, None)
 
 
-__all__ = ["FAMILIES", "NetworkInspection", "inspect_model", "tiling_grid"]
+def attention_view(entry, x: torch.Tensor, module_type: str) -> AffinityView:
+    """The view of one attention call read by the trace (an ``AttentionCall`` kept with its values): its
+    ``A`` on its tokens, rebuilt by rerunning the module with the attention's result replaced by ``A @ V``;
+    a windowed attention's view keeps its ``(B * nW, M, n, n)`` windows and their layout (``notes``)."""
+    tokens, windowed = entry.tokens, entry.windows is not None
+    view = AffinityView(entry.values, entry.affinity, entry.substituted, None if windowed else tokens.grid,
+                        "dynamic", int(entry.affinity.shape[1]), module_type,
+                        0 if windowed else tokens.prefix)
+    view.pixel_stride = (x.shape[-2] / tokens.grid[0], x.shape[-1] / tokens.grid[1])
+    view.notes["read at"] = entry.function
+    if windowed:
+        view.notes["windows"] = "the batch axis holds B * nW windows; laid out on the grid by the block"
+        view.notes["layout"] = entry.windows
+    return view
+
+
+__all__ = ["FAMILIES", "NetworkInspection", "attention_view", "inspect_model", "tiling_grid"]

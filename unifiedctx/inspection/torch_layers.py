@@ -23,6 +23,7 @@ from torch import nn
 
 from ..mixers.attention import softmax_affinity
 from ..mixers.local import local_affinity
+from .records import ConvWindow
 from .view import AffinityView, check_image, check_window, pair, token_grid
 
 
@@ -49,7 +50,8 @@ def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
             return y if b is None else y + b.view(1, -1, 1, 1)
 
         return AffinityView(values, a, project, grid, "static", cin, "Conv2d (depthwise)",
-                            read_rows=partial(kernel_rows, kernels, grid, dilation))
+                            read_rows=partial(kernel_rows, kernels, grid, dilation),
+                            window=centred_window(kernels, dilation))
     if groups != 1:
         raise ValueError(f"Conv2d.groups must be 1 (full conv) or in_channels == out_channels "
                          f"(depthwise), got groups={groups}, in_channels={cin}, out_channels={cout}")
@@ -66,7 +68,14 @@ def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
         return rearrange(y, "b (h w) o -> b o h w", h=grid[0])
 
     return AffinityView(values, a, project, grid, "static", heads, "Conv2d (full, im2col)",
-                        read_rows=partial(kernel_rows, eye, grid, dilation))
+                        read_rows=partial(kernel_rows, eye, grid, dilation),
+                        window=centred_window(eye, dilation))
+
+
+def centred_window(kernels: torch.Tensor, dilation) -> ConvWindow:
+    """Per-head kernels ``(M, kh, kw)`` (odd sides) as the centred stride-1 window whose affinity they are."""
+    (kh, kw), (dy, dx) = kernels.shape[-2:], pair(dilation)
+    return ConvWindow(kernels.detach()[:, None], (1, 1), (dy * (kh // 2), dx * (kw // 2)), (dy, dx))
 
 
 def kernel_rows(kernels: torch.Tensor, grid, dilation, queries: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from ..mixers.attention import softmax_affinity  # noqa: F401  (the one softmax affinity, re-exported)
 from ..mixers.base import check_grid
 from ..validation import check_float_image, check_int
+from .records import ConvWindow
 
 
 class _OnFirstUse:
@@ -51,6 +52,9 @@ class AffinityView:
         notes: anything else worth knowing about the view (what ``project`` includes, ...).
         read_rows: ``queries -> (B|1, M, Q, K)``, rows of the affinity without the dense one (a static
             kernel placed at each query), or None: :meth:`rows` slices the affinity.
+        window: for a static affinity that is a centred stride-1 window with one kernel per head (a
+            convolution), that :class:`~unifiedctx.inspection.records.ConvWindow` (weight ``(M, 1, kh, kw)``):
+            row q is head m's kernel placed at q (what the explorer draws without the ``(N, N)``); else None.
 
     ``affinity`` may be given as a function: it is then computed on first access (memory follows what is
     asked for; ``inspect_model`` of ConvNeXt-T at 224 builds no dense depthwise affinity).
@@ -69,6 +73,7 @@ class AffinityView:
     pixel_stride: tuple[float, float] | None = None
     notes: dict = field(default_factory=dict)
     read_rows: Callable | None = field(default=None, repr=False)
+    window: ConvWindow | None = field(default=None, repr=False)
 
     def rows(self, queries) -> torch.Tensor:
         """Rows ``queries`` (token indices, prefix tokens counted) of the affinity: ``(B|1, M, Q, K)``; for a

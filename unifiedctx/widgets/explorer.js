@@ -7,7 +7,8 @@
 // (sizes, alpha, colormap names, the query marker's colour, a run's epochs, the colour scales
 // offered), `pictures` and `luts` (bytes), `catalog` (layers, default layers, carry tables),
 // `shown` (the state, written back on every change). What it has not got (one layer component
-// for one image, epoch and colour scale; one query's depth map) it asks for with model.send; the
+// for one image, epoch and colour scale: whole when the catalogue says its form is "whole", else
+// the rows of the query shown; one query's depth map) it asks for with model.send; the
 // answer comes as a custom message with one binary buffer, and is kept. A request the kernel
 // refuses is answered with {kind: "error"}: the page shows it and stops waiting for that key.
 // The same module runs in JupyterLab and in the exported page (there a stand-in model answers
@@ -348,6 +349,9 @@ function render({ model, el }) {
     return marks;
   }
 
+  // the row of head h for the query shown: in a whole component (M, N, N) or in one query's rows (M, N)
+  const rowOf = (maps, h, n, q) => (maps.meta.kind === "rows" ? h : h * n + q);
+
   function drawTiles(layer, maps) {
     const grid = layer.grid, n = grid[0] * grid[1], q = S.query[0] * grid[1] + S.query[1];
     const heads = S.head === -1 ? [...Array(maps.meta.heads).keys()] : [S.head];
@@ -361,9 +365,9 @@ function render({ model, el }) {
     }
     let sum = 0;
     heads.forEach((h, i) => {
-      const tile = tiles.children[i], canvas = tile.lastChild, offset = (h * n + q) * n;
+      const tile = tiles.children[i], canvas = tile.lastChild, row = rowOf(maps, h, n, q), offset = row * n;
       tile.firstChild.textContent = heads.length > 1
-        ? `${layer.unit} ${h}${rows ? `: ${rowRange(rows, h * n + q)}` : ""}` : "";
+        ? `${layer.unit} ${h}${rows ? `: ${rowRange(rows, row)}` : ""}` : "";
       canvas.dataset.head = String(h);
       canvas.setAttribute("aria-label", `${layer.unit} ${h}: row (${S.query[0]}, ${S.query[1]}) of the affinity`);
       for (let k = 0; k < n; k++) sum += maps.data[offset + k];
@@ -427,8 +431,10 @@ function render({ model, el }) {
   async function draw() {
     const ticket = ++drawn, s = S;
     const layer = layerOf(s.model_name, s.layer), comp = compOf(layer, s.component);
-    const maps = await ask({ need: "maps", model: s.model_name, image: comp.shared ? 0 : s.image_index,
-      layer: s.layer, component: s.component, scale: s.scale_mode, epoch: s.epoch });
+    const byQuery = comp.form === "query";  // a big component: only the rows of the query shown
+    const maps = await ask({ need: byQuery ? "rows" : "maps", model: s.model_name,
+      image: comp.shared ? 0 : s.image_index, layer: s.layer, component: s.component, scale: s.scale_mode,
+      epoch: s.epoch, ...(byQuery ? { query: s.query } : {}) });
     const depth = s.depth === "off" ? null : await ask({ need: "depth", model: s.model_name,
       image: s.image_index, layer: s.layer, mode: s.depth, query: s.query });
     if (ticket !== drawn) return;  // a newer state is being drawn
@@ -444,7 +450,8 @@ function render({ model, el }) {
     tiles.hidden = Boolean(maps.meta.warning);
     const sum = maps.meta.warning ? 0 : drawTiles(layer, maps);
     const q = s.query[0] * layer.grid[1] + s.query[1], n = layer.grid[0] * layer.grid[1];
-    const marks = maps.meta.rows && s.head !== -1 ? rowMarks(maps.meta.rows, s.head * n + q) : maps.meta.scale.marks;
+    const marks = maps.meta.rows && s.head !== -1 ? rowMarks(maps.meta.rows, rowOf(maps, s.head, n, q))
+      : maps.meta.scale.marks;
     if (!maps.meta.warning) drawBar(bar, barLabels, luts[maps.meta.scale.cmap], marks, Math.max(96, tiles.offsetHeight - 16));
     const showDepth = Boolean(depth && !depth.meta.warning);
     const depthSum = showDepth ? drawDepth(depth, layer.grid) : "";

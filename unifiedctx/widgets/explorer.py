@@ -14,13 +14,14 @@ image. The explorer shows it::
 
 The kernel computes, the browser draws. This class is the trait bridge: an ``anywidget`` whose
 front end (``explorer.js`` + ``explorer.css``, one ES module) draws every picture and control
-from plain data. :class:`~.explorer_data.ExplorerData` computes and caches the affinities;
-:mod:`.explorer_payload` turns them into what the front end is sent (colour indices as binary
-buffers, colour scales, status templates); :class:`~.explorer_state.ExplorerState` owns the state
-(model, image, layer, head or all heads, component, query, depth view) and its rules, and is
+from plain data. :class:`~.explorer_data.ExplorerData` reads the layers and keeps what it needs within
+one memory budget (``cache_mb``); :mod:`.explorer_payload` turns them into what the front end is sent
+(colour indices as binary buffers, colour scales, status templates); :class:`~.explorer_state.ExplorerState`
+owns the state (model, image, layer, head or all heads, component, query, depth view) and its rules, and is
 synced with the browser through the ``shown`` trait. The front end asks (a custom message) only
-for what it has not got: a layer component for an image (and epoch, on a colour scale), or one
-query's through-depth map. Every request is checked at the door like a public argument
+for what it has not got: a small layer component whole for an image (and epoch, on a colour scale), a big
+one's rows for the query shown (memory grows with what is shown, not with ``N^2``), or one query's
+through-depth map. Every request is checked at the door like a public argument
 (:meth:`AffinityExplorer.check_request`); a bad one is answered with an error the page shows,
 never left unanswered.
 """
@@ -45,6 +46,7 @@ __all__ = ["COMPONENT_ORDER", "DEPTH_MODES", "SCALE_MODES", "AffinityExplorer", 
 
 #: What the front end may ask for: ``need`` -> (the keys it must give, the keys it may give).
 REQUESTS = {"maps": (("model", "image", "layer", "component"), ("scale", "epoch")),
+            "rows": (("model", "image", "layer", "component", "query"), ("scale", "epoch")),
             "depth": (("model", "image", "layer", "query", "mode"), ())}
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +85,10 @@ class AffinityExplorer(anywidget.AnyWidget):
     alpha:
         Opacity of the maps over the (grey) image, in [0, 1].
     cache_mb:
-        Memory for cached affinities (least recently shown layers are dropped first).
+        Memory budget, in MiB, of everything the explorer keeps: the layers it has read (each in its smallest
+        exact form: a kernel layer's kernels, a windowed attention's windows, another layer's ``(M, N, N)``),
+        the context graph of an image and the through-depth maps; the least recently used go first
+        (``explorer.data.held_bytes()`` says how much is held).
 
     Fields (read and set as attributes): ``model_name`` (str), ``image_index`` (int),
     ``layer`` (a name from ``explorer.layers``), ``head`` (int, ``-1`` = all heads as a grid),
@@ -231,8 +236,9 @@ class AffinityExplorer(anywidget.AnyWidget):
         """A request of the front end, checked like a public argument, as a plain dict.
 
         ``{"need": "maps", model, image, layer, component[, scale, epoch]}`` (one layer component
-        for one image, on a colour scale of :data:`SCALE_MODES`, at an epoch of a run) or ``{"need":
-        "depth", model, image, layer, mode, query}`` (one query's through-depth map); ``key`` (the
+        for one image, whole, on a colour scale of :data:`SCALE_MODES`, at an epoch of a run), ``{"need":
+        "rows", model, image, layer, component, query[, scale, epoch]}`` (the same for one query only) or
+        ``{"need": "depth", model, image, layer, mode, query}`` (one query's through-depth map); ``key`` (the
         front end's name for the request, echoed in the answer) may come with either. A message that
         is not such a dict, a missing or unknown key, a model, layer, component, scale, epoch or mode
         this explorer does not have, an image index out of range, a query that is not a pair of ints
@@ -259,7 +265,7 @@ class AffinityExplorer(anywidget.AnyWidget):
         checked["layer"] = check_choice("request['layer']", request["layer"],
                                         self.data.catalogue(checked["model"]))
         info = self.data.info(checked["model"], checked["layer"])
-        if need == "maps":
+        if need in ("maps", "rows"):
             checked["component"] = check_choice("request['component']", request["component"], info.components)
             checked["scale"] = check_choice("request['scale']", request.get("scale", "layer"),
                                             self.data.scale_modes)
@@ -270,8 +276,10 @@ class AffinityExplorer(anywidget.AnyWidget):
                     raise ValueError(f"request['epoch'] must be an epoch of this run "
                                      f"({compact_epochs(self.data.epochs) or 'none: no run'}), got {epoch}")
             checked["epoch"] = epoch
-            return checked
-        checked["mode"] = check_choice("request['mode']", request["mode"], self.setup["depth_modes"][1:])
+            if need == "maps":
+                return checked
+        else:
+            checked["mode"] = check_choice("request['mode']", request["mode"], self.setup["depth_modes"][1:])
         query = request["query"]
         if not (isinstance(query, (list, tuple)) and len(query) == 2):
             raise TypeError(f"request['query'] must be a pair [row, col], got {type(query).__name__} "
@@ -282,11 +290,15 @@ class AffinityExplorer(anywidget.AnyWidget):
 
     def answer(self, request) -> tuple[dict, bytes]:
         """What the front end asked for (checked by :meth:`check_request`), as ``(meta, buffer)``:
-        one layer component's colour indices, or one query's through-depth map."""
+        one layer component's colour indices (whole, or one query's rows), or one query's through-depth
+        map."""
         r = self.check_request(request)
         if r["need"] == "maps":
             return payload.maps_entry(self.data, r["model"], r["image"], r["layer"], r["component"],
                                       self._colormap, r["scale"], r["epoch"])
+        if r["need"] == "rows":
+            return payload.rows_entry(self.data, r["model"], r["image"], r["layer"], r["component"],
+                                      r["query"], self._colormap, r["scale"], r["epoch"])
         return payload.depth_entry(self.data, r["model"], r["image"], r["layer"], r["query"], r["mode"])
 
     def _on_request(self, _widget, content, _buffers) -> None:
@@ -360,11 +372,14 @@ class AffinityExplorer(anywidget.AnyWidget):
 
     def shown_entries(self) -> tuple[tuple[dict, bytes], tuple[dict, bytes] | None]:
         """The two answers the front end draws the current state from: the layer component's
-        ``(meta, colour indices)`` and, when a depth view is on, the query's ``(meta, map)``."""
+        ``(meta, colour indices)`` (whole, or the query's rows: the component's form) and, when a depth view
+        is on, the query's ``(meta, map)``."""
         s = self.state
-        maps = self.answer({"need": "maps", "model": s.model_name, "image": self._maps_image(),
-                            "layer": s.layer, "component": s.component, "scale": s.scale_mode,
-                            "epoch": s.epoch})
+        request = {"need": "maps", "model": s.model_name, "image": self._maps_image(), "layer": s.layer,
+                   "component": s.component, "scale": s.scale_mode, "epoch": s.epoch}
+        if self.state.info.form(s.component) == "query":
+            request.update(need="rows", query=list(s.query))
+        maps = self.answer(request)
         depth = None if s.depth == "off" else self.answer({
             "need": "depth", "model": s.model_name, "image": s.image_index, "layer": s.layer,
             "mode": s.depth, "query": s.query})
@@ -394,10 +409,9 @@ class AffinityExplorer(anywidget.AnyWidget):
 
     def maps(self) -> np.ndarray:
         """The maps now shown: row ``query`` of each shown head's affinity, ``(M', H, W)``."""
-        a = self.data.affinity(self.model_name, self._maps_image(), self.layer, self.component, self.epoch)
-        h, w = self.grid
-        q = self.query[0] * w + self.query[1]
-        rows = a[:, q, :].reshape(a.shape[0], h, w)
+        a = self.data.rows(self.model_name, self._maps_image(), self.layer, self.component, self.query,
+                           self.epoch)
+        rows = a.reshape(a.shape[0], *self.grid)
         return rows if self.head == -1 else rows[self.head:self.head + 1]
 
     def depth_data(self) -> dict | None:
@@ -419,12 +433,9 @@ class AffinityExplorer(anywidget.AnyWidget):
         colormap), "depth": the through-depth map ((H_in, W_in) float or None), "fields", "label",
         "warning"}``."""
         (meta, buffer), _ = self.shown_entries()
-        h, w = self.grid
-        n = h * w
         indices = None
         if buffer:
-            q = self.query[0] * w + self.query[1]
-            rows = np.frombuffer(buffer, np.uint8).reshape(meta["heads"], n, n)[:, q].reshape(-1, h, w)
+            rows = payload.place_rows(meta, buffer, self.query, self.grid)[0].reshape(-1, *self.grid)
             indices = rows if self.head == -1 else rows[self.head:self.head + 1]
         try:
             depth = self.depth_map()
@@ -471,12 +482,15 @@ class AffinityExplorer(anywidget.AnyWidget):
         return bundle
 
     def to_html(self, path, **options):
-        """Write the explorer as ONE self-contained HTML page (see :func:`.export.write_html`):
-        the same front end (``explorer.js``) with every layer, head, component and query of every
-        model and image precomputed (``depth``, default ``("rollout",)``: every query's rollout; add
-        ``"ERF"`` for the effective receptive fields, one backward per query). No kernel, no network.
-        Returns the path written; ``options`` go to :func:`~.export.write_html`
-        (``max_mb``, ``images``, ``title``, ``depth``)."""
+        """Write the explorer as ONE self-contained HTML page (see :func:`.export.write_html`): the same front
+        end (``explorer.js``) with every layer, head, component and query of every model and image
+        precomputed, in the compact form each layer has (a kernel layer's kernels, drawn by the page; a
+        windowed attention's windows), and the through-depth maps (``depth``, default ``("rollout",)``; add
+        ``"ERF"`` for the effective receptive fields, one backward per query). No kernel, no network. What
+        does not fit in ``max_mb`` (default 20 MB) is left out -- through-depth maps kept for a lattice of
+        queries, a colour scale, then layers -- and the page says what (so does a :class:`~.export.LeftOut`
+        warning). Returns the path written; ``options`` go to :func:`~.export.write_html` (``max_mb``,
+        ``images``, ``title``, ``depth``, ``scales``)."""
         from .export import write_html
 
         return write_html(self, path, **options)

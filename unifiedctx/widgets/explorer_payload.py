@@ -9,14 +9,21 @@ byte buffer:
   the **carry tables** (:func:`carry_tables`): for every pair of grids, the cell of the new grid
   over the same place of the image as each cell of the old one (the rule of
   :func:`~.explorer_state.carry_query`, as data, so the browser never re-implements it);
-* :func:`maps_entry` -- one layer component for one image (and epoch, in a training run): its
-  ``(M, N, N)`` affinity as **colour indices** ``u = rint(255 * normalise(a))`` (uint8, so the
-  browser only looks ``u`` up in the colormap) on the colour scale the state asks for
-  (``scale_mode``: ``"layer"``, the component's :class:`~unifiedctx.viz.scales.Scale`, shared by
-  every head and query; ``"fixed"``, one over every epoch of a run; ``"map"``, each row -- one
-  head's map of one query -- on its own range, :func:`~unifiedctx.viz.scales.row_limits`, the
-  ranges listed per row), the scale's words and colorbar marks (:func:`scale_data`) and the
-  status fields (:func:`maps_fields`) as templates;
+* :func:`maps_entry` -- one layer component for one image (and epoch, in a training run), whole (its form
+  ``"whole"``, see :data:`~.explorer_data.FORMS`): its ``(M, N, N)`` affinity as **colour indices**
+  ``u = rint(255 * normalise(a))`` (uint8, so the browser only looks ``u`` up in the colormap) on the colour
+  scale the state asks for (``scale_mode``: ``"layer"``, the component's
+  :class:`~unifiedctx.viz.scales.Scale`, shared by every head and query; ``"fixed"``, one over every epoch
+  of a run; ``"map"``, each row -- one head's map of one query -- on its own range,
+  :func:`~unifiedctx.viz.scales.row_limits`, the ranges listed per row), the scale's words and colorbar
+  marks (:func:`scale_data`) and the status fields (:func:`maps_fields`) as templates;
+* :func:`rows_entry` -- the same for one query of a layer component whose form is ``"query"``: its ``(M, N)``
+  rows only (memory and messages grow with what is shown, not with ``N^2``);
+* :func:`stencil_entry`, :func:`windows_entry`, :func:`lattice_entry` -- what the exported page stores of a
+  ``"query"`` component, from which its stand-in for the kernel (``page_model.js``) answers the same rows
+  request (:func:`place_rows` is that rule in Python): a kernel layer's kernels, cut by the border as each
+  class of queries sees them; a windowed attention's windows and their places on the grid; any other layer's
+  rows for the queries of a lattice;
 * :func:`depth_entry` -- one query's through-depth map on the input pixels (``(H_in, W_in)``
   uint8, ``u = rint(255 * a / vmax)``, ``vmax = max(peak, 1 / (H_in W_in))``), with its fields.
 
@@ -31,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..viz.scales import QUERY_MARKER, Scale, row_limits
-from .explorer_data import ExplorerData, LayerInfo, default_layer
+from .explorer_data import ExplorerData, LayerInfo, StencilLayer, WindowedLayer, default_layer
 from .explorer_state import carry_query, compact_epochs
 
 #: The slots a template may hold (see the module docstring).
@@ -82,8 +89,8 @@ def layer_entry(name: str, info: LayerInfo) -> dict:
     h, w = info.grid
     return {"name": name, "label": f"{name}  [{info.kind}, {h}x{w}]", "kind": info.kind, "grid": [h, w],
             "unit": info.head_unit, "description": info.description,
-            "components": [{"name": c, "heads": int(m), "shared": info.image_independent(c)}
-                           for c, m in info.heads.items()]}
+            "components": [{"name": c, "heads": int(m), "shared": info.image_independent(c),
+                            "form": info.form(c)} for c, m in info.heads.items()]}
 
 
 def catalogue(data: ExplorerData, model: str) -> dict:
@@ -174,35 +181,235 @@ def map_scale_data(scale: Scale, cmap: str | None) -> dict:
     return {"cmap": cmap or scale.cmap, "text": "each map on its own scale", "marks": marks}
 
 
+def _shared_scale(data, model, image, layer, component, scale_mode, epoch) -> Scale:
+    if scale_mode == "fixed":
+        return data.fixed_scale(model, image, layer, component)
+    return data.scale(model, image, layer, component, epoch)
+
+
+def _meta(data, kind, model, image, layer, component, a, scale, scale_mode, epoch, cmap, warning) -> dict:
+    shown_cmap = cmap if cmap is not None and not scale.signed else None
+    return {"kind": kind, "model": model, "image": int(image), "layer": layer, "component": component,
+            "epoch": epoch, "scale_mode": scale_mode, "heads": int(a.shape[0]),
+            "scale": map_scale_data(scale, shown_cmap) if scale_mode == "map" and not warning else
+            scale_data(scale, shown_cmap),
+            "rows": None, "fields": maps_fields(data, model, layer, component, scale, scale_mode),
+            "warning": warning}
+
+
+def _where(model, layer, component, epoch) -> str:
+    where = f"layer {layer!r} ({component}) of model {model!r}"
+    return where + ("" if epoch is None else f" at epoch {epoch}")
+
+
 def maps_entry(data: ExplorerData, model: str, image: int, layer: str, component: str,
                cmap: str | None = None, scale_mode: str = "layer", epoch: int | None = None
                ) -> tuple[dict, bytes]:
-    """One layer component for one image (and ``epoch`` of a run): ``(meta, buffer)``; the buffer is
+    """One layer component for one image (and ``epoch`` of a run), whole: ``(meta, buffer)``; the buffer is
     the ``(M, N, N)`` affinity as uint8 colour indices on the ``scale_mode``'s scale (see the module
-    docstring; ``meta["rows"]`` lists each row's range with ``"map"``), empty (and
-    ``meta["warning"]`` set) when the affinity holds a non-finite value."""
+    docstring; ``meta["rows"]`` lists each row's range with ``"map"``), empty (and ``meta["warning"]`` set)
+    when the affinity holds a non-finite value."""
     a = data.affinity(model, image, layer, component, epoch)
-    where = f"layer {layer!r} ({component}) of model {model!r}"
-    where += "" if epoch is None else f" at epoch {epoch}"
-    warning = nonfinite_warning(where, a)
-    if warning:
-        scale = Scale("magma", 0.0, 1.0, False)
-    elif scale_mode == "fixed":
-        scale = data.fixed_scale(model, image, layer, component)
-    else:
-        scale = data.scale(model, image, layer, component, epoch)
-    shown_cmap = cmap if cmap is not None and not scale.signed else None
-    meta = {"kind": "maps", "model": model, "image": int(image), "layer": layer, "component": component,
-            "epoch": epoch, "scale_mode": scale_mode, "heads": int(a.shape[0]),
-            "scale": scale_data(scale, shown_cmap), "rows": None,
-            "fields": maps_fields(data, model, layer, component, scale, scale_mode), "warning": warning}
+    warning = nonfinite_warning(_where(model, layer, component, epoch), a)
+    scale = Scale("magma", 0.0, 1.0, False) if warning else \
+        _shared_scale(data, model, image, layer, component, scale_mode, epoch)
+    meta = _meta(data, "maps", model, image, layer, component, a, scale, scale_mode, epoch, cmap, warning)
     if warning:
         return meta, b""
     if scale_mode == "map":
         u, meta["rows"] = row_scales(a, scale)
-        meta["scale"] = map_scale_data(scale, shown_cmap)
         return meta, u.tobytes()
     return meta, colour_index(a, scale).tobytes()
+
+
+def rows_entry(data: ExplorerData, model: str, image: int, layer: str, component: str, query,
+               cmap: str | None = None, scale_mode: str = "layer", epoch: int | None = None
+               ) -> tuple[dict, bytes]:
+    """One query of a layer component: ``(meta, buffer)``, the buffer the ``(M, N)`` rows of ``query``
+    (``(row, col)``) as uint8 colour indices, on the layer's shared scale or (``"map"``) each row on its own
+    (``meta["rows"]``: the M rows' ranges). A layer with a non-finite value anywhere has no shared scale: the
+    meta's ``warning`` says so and no buffer comes."""
+    a = data.rows(model, image, layer, component, query, epoch)
+    where = _where(model, layer, component, epoch)
+    warning = nonfinite_warning(where + f", query {tuple(query)}", a)
+    scale = Scale("magma", 0.0, 1.0, False)
+    if not warning:
+        try:
+            scale = _shared_scale(data, model, image, layer, component, scale_mode, epoch)
+        except ValueError as error:  # a non-finite value in another query's rows
+            warning = f"{where} holds non-finite values (NaN or inf): not drawn ({error})"
+    meta = _meta(data, "rows", model, image, layer, component, a, scale, scale_mode, epoch, cmap, warning)
+    meta["query"] = [int(query[0]), int(query[1])]
+    if warning:
+        return meta, b""
+    if scale_mode == "map":
+        u, meta["rows"] = row_scales(a, scale)
+        return meta, u.tobytes()
+    return meta, colour_index(a, scale).tobytes()
+
+
+# ------------------------------------------------------------------ what the exported page stores
+def _coloured(a: np.ndarray, scale: Scale, scale_mode: str) -> tuple[np.ndarray, dict | None]:
+    """``a`` (rows on the last axis) as colour indices on the shared scale, or each row on its own."""
+    if scale_mode == "map":
+        return row_scales(a, scale)
+    return colour_index(a, scale), None
+
+
+def _zero(scale: Scale, scale_mode: str) -> int:
+    """The colour index of an affinity of 0 (what a row holds off its kernel or window)."""
+    if scale_mode == "map":
+        return int(np.rint(0.5 * 255)) if scale.signed else 0
+    return int(colour_index(np.zeros(1), scale)[0])
+
+
+def stencil_entry(data: ExplorerData, model: str, layer: str, component: str, cmap: str | None = None,
+                  scale_mode: str = "layer") -> tuple[dict, bytes]:
+    """A kernel layer (:class:`~.explorer_data.StencilLayer`) as the page stores it: ``(meta, buffer)``, the
+    buffer ``(C, M, K)`` uint8, the colour indices of the K taps of each head's kernel for each class of
+    queries that the grid's border cuts alike (computed from a real row of each class, so each class's own
+    range with ``"map"``); ``meta``: ``offsets`` (the taps, ``[dy, dx]``), ``class_y`` / ``class_x`` (the
+    class
+    of each row and column; class ``class_y[r] * classes_x + class_x[c]``), ``zero`` (the colour of 0, every
+    other cell) and with ``"map"`` ``rows`` listed per class and head. :func:`place_rows` draws a query."""
+    info = data.info(model, layer)
+    source = data.source(model, 0, layer)
+    (h, w), heads = info.grid, info.heads[component]
+    scale = _shared_scale(data, model, 0, layer, component, scale_mode, None)
+    cy, cx, ry, rx = source.classes()
+    probes = [r * w + c for r in ry for c in rx]
+    rows = source.rows(component, np.asarray(probes))  # (M, C, N)
+    u, listed = _coloured(rows.transpose(1, 0, 2), scale, scale_mode)  # (C, M, N)
+    zero = _zero(scale, scale_mode)
+    offsets = source.offsets()
+    taps = np.full((len(probes), heads, len(offsets)), zero, np.uint8)
+    for k, q in enumerate(probes):
+        r, c = divmod(q, w)
+        for t, (dy, dx) in enumerate(offsets):
+            if 0 <= r + dy < h and 0 <= c + dx < w:
+                taps[k, :, t] = u[k, :, (r + dy) * w + c + dx]
+    meta = _meta(data, "rows", model, 0, layer, component, rows, scale, scale_mode, None, cmap, "")
+    meta.update({"form": "stencil", "offsets": [list(o) for o in offsets], "class_y": cy.tolist(),
+                 "class_x": cx.tolist(), "classes_x": len(rx), "zero": zero, "rows": listed})
+    return meta, taps.tobytes()
+
+
+def windows_entry(data: ExplorerData, model: str, image: int, layer: str, component: str,
+                  cmap: str | None = None, scale_mode: str = "layer") -> tuple[dict, bytes]:
+    """A windowed attention (:class:`~.explorer_data.WindowedLayer`) as the page stores it: ``(meta,
+    buffer)``, the buffer its windows' ``(nW, M, n, n)`` affinities as colour indices (with ``"map"``, each
+    row on the range of its whole row, zeros outside the window counted); ``meta``: ``window`` / ``place`` (of
+    each grid token), ``size`` (n), ``zero`` and, with ``"map"``, ``rows`` listed per ``(window, head,
+    place)``. :func:`place_rows` draws a query."""
+    info = data.info(model, layer)
+    source = data.source(model, image, layer)
+    scale = _shared_scale(data, model, image, layer, component, scale_mode, None)
+    local = source.local
+    n_grid, n = info.grid[0] * info.grid[1], local.shape[-1]
+    if scale_mode == "map":
+        padded = np.concatenate([local, np.zeros((*local.shape[:-1], 1), local.dtype)], -1) if n_grid > n \
+            else local
+        u, listed = row_scales(padded, scale)
+        u = np.ascontiguousarray(u[..., :n])
+    else:
+        u, listed = colour_index(local, scale), None
+    meta = _meta(data, "rows", model, image, layer, component, local[0], scale, scale_mode, None, cmap, "")
+    meta.update({"form": "windows", "window": source.window.tolist(), "place": source.place.tolist(),
+                 "size": int(n), "zero": _zero(scale, scale_mode), "rows": listed})
+    return meta, u.tobytes()
+
+
+def lattice(grid, step: int) -> list[int]:
+    """The queries (flat indices) on every ``step``-th row and column of ``grid``, through its centre."""
+    (h, w) = grid
+    rows = [r for r in range(h) if r % step == (h // 2) % step]
+    cols = [c for c in range(w) if c % step == (w // 2) % step]
+    return [r * w + c for r in rows for c in cols]
+
+
+def lattice_words(grid, queries: list[int]) -> str:
+    """The queries of a lattice in words (``"rows 1, 5, 9 x columns 1, 5, 9"``)."""
+    w = grid[1]
+    rows = sorted({q // w for q in queries})
+    cols = sorted({q % w for q in queries})
+    return f"rows {', '.join(map(str, rows))} x columns {', '.join(map(str, cols))}"
+
+
+def lattice_entry(data: ExplorerData, model: str, image: int, layer: str, component: str, queries,
+                  cmap: str | None = None, scale_mode: str = "layer") -> tuple[dict, bytes]:
+    """Any layer as the page stores it when it is neither small nor a kernel nor windows: the rows of the
+    ``queries`` (flat indices) only, ``(Q, M, N)`` colour indices; ``meta["queries"]`` lists them, and a
+    request for another query is answered with the lattice in words (``meta["held"]``)."""
+    info = data.info(model, layer)
+    w = info.grid[1]
+    scale = _shared_scale(data, model, image, layer, component, scale_mode, None)
+    rows = np.stack([data.rows(model, image, layer, component, divmod(q, w)) for q in queries])  # (Q, M, N)
+    u, listed = _coloured(rows, scale, scale_mode)
+    meta = _meta(data, "rows", model, image, layer, component, rows[0], scale, scale_mode, None, cmap, "")
+    meta.update({"form": "lattice", "queries": [int(q) for q in queries], "rows": listed,
+                 "held": lattice_words(info.grid, list(queries))})
+    return meta, u.tobytes()
+
+
+def page_form(data, model: str, layer: str, component: str) -> str:
+    """How the page stores a layer component: a kernel layer's kernels (``"stencil"``) or a windowed
+    attention's
+    windows (``"windows"``) where that is smaller than the whole ``(M, N, N)``, else ``"whole"`` where the
+    component is sent whole, else the rows of a lattice of queries (``"lattice"``)."""
+    info = data.info(model, layer)
+    source = data.source(model, 0, layer) if hasattr(data, "source") else None
+    (h, w), heads = info.grid, info.heads[component]
+    whole = heads * (h * w) ** 2
+    if isinstance(source, StencilLayer):
+        cy, cx, ry, rx = source.classes()
+        small = len(ry) * len(rx) * heads * source.kernels.shape[-1] * source.kernels.shape[-2] < whole
+        return "stencil" if small else "whole"
+    if isinstance(source, WindowedLayer):
+        return "windows" if source.local.size < whole else "whole"
+    return "whole" if info.form(component) == "whole" else "lattice"
+
+
+def place_rows(meta: dict, buffer: bytes, query, grid) -> tuple[np.ndarray, dict | None]:
+    """The ``(M, N)`` colour indices of ``query`` (``(row, col)``) from a stored entry (whole, stencil,
+    windows or lattice, see the module docstring), and the ranges of its M rows with ``"map"``: the rule
+    ``page_model.js`` follows to answer a rows request from the page's data (None for a lattice query that is
+    not held)."""
+    (h, w), (r, c) = grid, (int(query[0]), int(query[1]))
+    n, heads, q = h * w, meta["heads"], r * w + c
+    data = np.frombuffer(buffer, np.uint8)
+    listed = meta.get("rows")
+
+    def pick(indices):
+        if not listed:
+            return None
+        out = {k: [listed[k][i] for i in indices] for k in ("vmin", "vmax")}
+        uniform = listed["uniform_at"]
+        return {**listed, **out, "uniform_at": None if uniform is None else [uniform[i] for i in indices]}
+
+    form = meta.get("form", "whole" if meta["kind"] == "maps" else "rows")
+    if form == "whole":
+        return data.reshape(heads, n, n)[:, q].copy(), pick([m * n + q for m in range(heads)])
+    if form == "rows":
+        return data.reshape(heads, n).copy(), listed
+    if form == "lattice":
+        if q not in meta["queries"]:
+            return None, None
+        k = meta["queries"].index(q)
+        return data.reshape(-1, heads, n)[k].copy(), pick([k * heads + m for m in range(heads)])
+    out = np.full((heads, n), meta["zero"], np.uint8)
+    if form == "stencil":
+        offsets = meta["offsets"]
+        cls = meta["class_y"][r] * meta["classes_x"] + meta["class_x"][c]
+        taps = data.reshape(-1, heads, len(offsets))[cls]
+        for t, (dy, dx) in enumerate(offsets):
+            if 0 <= r + dy < h and 0 <= c + dx < w:
+                out[:, (r + dy) * w + c + dx] = taps[:, t]
+        return out, pick([cls * heads + m for m in range(heads)])
+    size, window, place = meta["size"], np.asarray(meta["window"]), np.asarray(meta["place"])
+    local = data.reshape(-1, heads, size, size)
+    same = np.flatnonzero(window == window[q])
+    out[:, same] = local[window[q], :, place[q]][:, place[same]]
+    return out, pick([(window[q] * heads + m) * size + place[q] for m in range(heads)])
 
 
 def depth_fields(mode: str, layers: int, input_hw, vmax_template) -> list:
@@ -219,10 +426,12 @@ def depth_fields(mode: str, layers: int, input_hw, vmax_template) -> list:
             ["depth scale", scale]]
 
 
-def depth_rows_entry(mode: str, layers: int, rows: np.ndarray) -> tuple[dict, bytes]:
+def depth_rows_entry(mode: str, layers: int, rows: np.ndarray, queries: list[int] | None = None,
+                     held: str = "") -> tuple[dict, bytes]:
     """Through-depth maps ``(Q, H_in, W_in)`` (one row a query) as ``(meta, uint8 buffer)``, each
     row on its own scale ``[0, vmax_q]``: ``vmax`` (texts) and ``uniform_at`` (the 1/(H_in W_in)
-    level's position) are listed per row."""
+    level's position) are listed per row. ``queries``: the flat indices of the rows when they are not every
+    query of the layer (``held`` says which, in words, for a request of another)."""
     flat = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
     n = flat.shape[1]
     warning = nonfinite_warning(f"the {mode} map", flat)
@@ -232,7 +441,8 @@ def depth_rows_entry(mode: str, layers: int, rows: np.ndarray) -> tuple[dict, by
             "title": "rollout up to this layer" if mode == "rollout" else "effective receptive field",
             "vmax": [g3(v) for v in vmax], "uniform_at": [round(float(1 / n / v), 5) for v in vmax],
             "uniform": f"uniform 1/{n}", "fields": depth_fields(mode, layers, rows.shape[1:], ["vmax"]),
-            "warning": warning}
+            "warning": warning, "queries": None if queries is None else [int(q) for q in queries],
+            "held": held}
     return meta, b"" if warning else u.tobytes()
 
 

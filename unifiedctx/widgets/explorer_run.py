@@ -91,6 +91,12 @@ class RunData:
                              f"got {epoch!r}")
         return self.models[model_name].affinity(epoch, layer, component, index)
 
+    def rows(self, model_name: str, index: int, layer: str, component: str, query, epoch: int | None = None
+             ) -> np.ndarray:
+        """Row ``query`` (``(row, col)``) of every head of one component at ``epoch``: ``(M, N)``."""
+        w = self.info(model_name, layer).grid[1]
+        return self.affinity(model_name, index, layer, component, epoch)[:, int(query[0]) * w + int(query[1])]
+
     def scale(self, model_name: str, index: int, layer: str, component: str,
               epoch: int | None = None) -> Scale:
         """The colour scale of one component at one epoch, shared by its heads and queries (cached)."""
