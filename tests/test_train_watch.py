@@ -331,3 +331,50 @@ def test_a_resumed_run_shows_its_stored_epochs_first(tmp_path, texture):
     assert [e for e in view.epochs if e == int(e)] == [0.0, 1.0, 2.0, 3.0]
     panels = {p["title"]: {s["name"]: s for s in p["series"]} for p in view.curves["panels"]}
     assert panels["scores"]["test_acc"]["x"] == [1.0, 2.0, 3.0]
+
+
+# ------------------------------------------------------------------ the command line
+def test_the_command_line_watches_the_first_test_images(tmp_path, capsys):
+    from unifiedctx.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--model", "deit_tiny_nano", "--data", "texture", "--img-size", "16", "--data-option",
+            "n_train=32", "--data-option", "n_test=16", "--batch-size", "16", "--device", "cpu",
+            "--no-progress", "--epochs", "2", "--out", str(out)]
+    assert main([*args, "--watch", "3"]) == 0
+    run = read_snapshots(out)
+    data = datasets.load("texture", size=16, n_train=32, n_test=16)
+    assert run.epochs == [0, 1, 2] and torch.equal(run.images, data.normalize(data.test_x[:3]).float())
+    capsys.readouterr()
+    for bad, words in ((["--watch", "0"], "--watch"), (["--watch", "3", "--watch-budget-mb", "0.001"],
+                                                       "watch_budget_mb")):
+        with pytest.raises(SystemExit) as exc:
+            main([*args[:-1], str(tmp_path / "refused"), *bad])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and words in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "refused").exists()
+
+
+# ------------------------------------------------------------------ the course's runs
+def test_notebook_04s_runs_are_watched_and_reached_through_the_profile(tmp_path):
+    """Notebook 04 trains with ``watch=profile.probe_images(data)``; other notebooks load those runs and
+    their snapshots through the profile, which watches the very same images (nothing trained again)."""
+    import dataclasses
+
+    from unifiedctx import profiles
+    from unifiedctx.train import Recipe
+
+    data = datasets.load("texture", size=16, n_train=32, n_test=16)
+    profile = dataclasses.replace(profiles.make("quick", seed=3), cache_dir=tmp_path, device="cpu",
+                                  recipe=Recipe(epochs=2, batch_size=16, seed=3))
+    probe = profile.probe_images(data)
+    assert probe.shape == (profile.watch_images, 3, 16, 16)
+    assert torch.equal(probe, profile.probe_images(data))
+    assert not torch.equal(dataclasses.replace(profile, seed=4).probe_images(data), probe)  # by the seed
+    folder = profile.supervised_folder("convnet")
+    train_or_load(profile.model("convnet"), data, folder, profile.recipe, watch=probe,  # as notebook 04 does
+                  watch_budget_mb=profile.watch_budget_mb, device="cpu", progress="epoch")
+    stamp = (folder / "last.pt").stat().st_mtime_ns
+    run = profile.supervised_snapshots("convnet", data)
+    assert (folder / "last.pt").stat().st_mtime_ns == stamp  # loaded, not trained again
+    assert run.epochs == [0, 1, 2] and torch.equal(run.images, probe)
