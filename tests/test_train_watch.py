@@ -378,3 +378,9 @@ def test_notebook_04s_runs_are_watched_and_reached_through_the_profile(tmp_path)
     run = profile.supervised_snapshots("convnet", data)
     assert (folder / "last.pt").stat().st_mtime_ns == stamp  # loaded, not trained again
     assert run.epochs == [0, 1, 2] and torch.equal(run.images, probe)
+
+
+def test_live_true_shows_a_view_of_its_own(texture, capsys):
+    probe = probe_of(texture)
+    watched(texture, None, epochs=1, watch=probe, live=True)  # out=None: shown, nothing written
+    assert "LiveView" in capsys.readouterr().out  # IPython's display, outside a notebook: the view's repr
