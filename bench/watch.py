@@ -12,14 +12,14 @@ Two tables, for each network of notebook 04 in the quick profile (mnist5k, batch
 2. **fit itself, watching off and on** (``--fit``): the same run (``fit`` of ``--epochs`` epochs into a
    run folder, the profile's recipe and seed) with ``watch=None``, with ``watch=probe`` (snapshots
    stored) and with ``watch=probe, live=view`` (stored and pushed into a LiveView: curves every
-   ``max(1, steps // 4)`` steps, maps every epoch and within one where they cost <= 2 %), interleaved
+   ``max(1, steps // 4)`` steps, maps every epoch and within one where they cost <= 1 %), interleaved
    (each repeat runs the three in a rotated order) on one thread. Medians of ``--repeat`` of the CPU
    seconds of the process (``time.process_time``: what the run itself spent, less sensitive than wall
    time to the other jobs of a shared machine) and the ratio to watching off; the wall time too.
 
 Run with one thread (``OMP_NUM_THREADS=1``)::
 
-    python bench/watch.py [--images 4] [--repeat 3] [--fit] [--epochs 2]
+    python bench/watch.py [--images 4] [--repeat 3] [--fit] [--epochs 4]
 
 Prints markdown tables; timings are medians of ``--repeat`` runs and noisy on a shared machine.
 """
@@ -104,7 +104,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="probe images")
     parser.add_argument("--repeat", type=int, default=3, help="times each step is measured")
     parser.add_argument("--fit", action="store_true", help="also time fit with watching off and on")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of each fit (--fit)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of each fit (--fit; default the profile's, what notebook 04 trains)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     profile = make("quick")
@@ -148,7 +149,7 @@ def main() -> None:
               f"{statistics.median(disk) / 1e6:.3f} MB | {epoch:.2f} | {1e3 * snap:.0f} | {1e3 * put:.0f} | "
               f"{1e3 * push:.1f} | {100 * (snap + put + push) / epoch:.1f}% |", flush=True)
     if args.fit:
-        fit_table(profile, data, probe, args.epochs, args.repeat)
+        fit_table(profile, data, probe, args.epochs or recipe.epochs, args.repeat)
 
 
 if __name__ == "__main__":

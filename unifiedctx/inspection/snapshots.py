@@ -178,14 +178,16 @@ def take_snapshot(model: nn.Module, images: torch.Tensor, layers=None) -> Snapsh
             parts = record.components
             comps = []
             for name, a in parts.items():
-                a = a.detach().to("cpu", torch.float32)
-                finite = a[torch.isfinite(a)]
-                if finite.numel() and float(finite.abs().max()) > FLOAT16_MAX:
-                    raise ValueError(f"layer {record.name!r} ({name}) has affinities up to "
-                                     f"{float(finite.abs().max()):.3g}, beyond float16's {FLOAT16_MAX:g}: "
-                                     "they cannot be stored (has the model diverged?)")
+                half = a.detach().to("cpu", torch.float16)  # rounded to nearest, as IEEE 754 says
+                if bool(torch.isinf(half).any()):  # an infinity: was a finite value beyond float16's range?
+                    finite = a.detach().float()[torch.isfinite(a.detach())]
+                    if finite.numel() and float(finite.abs().max()) > FLOAT16_MAX:
+                        peak = float(finite.abs().max())
+                        raise ValueError(f"layer {record.name!r} ({name}) has affinities up to {peak:.3g}, "
+                                         f"beyond float16's {FLOAT16_MAX:g}: they cannot be stored (has the "
+                                         "model diverged?)")
                 shared = a.shape[0] == 1 and len(images) > 1
-                maps[(record.name, name)] = a.numpy().astype(np.float16)
+                maps[(record.name, name)] = half.numpy()
                 comps.append((name, int(a.shape[1]), shared))
             entries.append(LayerEntry(record.name, record.kind, tuple(int(g) for g in record.grid),
                                       record.description, record.head_unit, tuple(comps)))

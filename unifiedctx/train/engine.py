@@ -152,7 +152,7 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
             images), checked before anything is written: a ``ValueError`` says what would fit.
         live: ``True`` shows a :class:`~unifiedctx.widgets.LiveView` of the watched images in the
             notebook, updated while the cell trains (curves every ``max(1, steps // 4)`` steps, the
-            maps after every epoch, and within an epoch where that costs at most 2 % of the time);
+            maps after every epoch, and within an epoch where that costs at most 1 % of the time);
             a LiveView of your own is updated instead (display it yourself). Needs ``watch``.
 
     Returns:

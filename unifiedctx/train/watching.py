@@ -20,8 +20,9 @@
   epoch the curves get a point every ``max(1, steps // ROWS_PER_EPOCH)`` steps (the mean loss of the
   steps since the last point, at the fractional epoch ``epoch - 1 + step / steps``), and at those
   points the maps too when the last maps are older than ``1 / MAP_SHARE`` times what taking and
-  sending them cost: maps within an epoch take at most ``MAP_SHARE`` (2 %) of the training time, so
-  they come every few steps where an epoch is long and once an epoch where it is short.
+  sending them cost: maps within an epoch take at most ``MAP_SHARE`` (1 %) of the training time, so
+  they come every few steps where an epoch is long, and seldom or never where an epoch takes about
+  ``1 / MAP_SHARE`` snapshots' time or less (then the maps come once an epoch).
 
 Watching changes nothing of the training (a snapshot leaves the model, its BatchNorm statistics and
 the random state as it found them), so a watched run trains the very weights an unwatched one does,
@@ -46,7 +47,7 @@ NAMES = {"images": "watch", "layers": "watch_layers", "budget_mb": "watch_budget
 #: The live view's curves get a point ROWS_PER_EPOCH times an epoch (every ``max(1, steps // 4)`` steps).
 ROWS_PER_EPOCH = 4
 #: The largest share of the training time that the live view's maps within an epoch may take.
-MAP_SHARE = 0.02
+MAP_SHARE = 0.01
 #: The curve of the within-epoch points: the mean training loss of the steps since the last point.
 RECENT_LOSS = "train_loss (recent steps)"
 
