@@ -74,6 +74,9 @@ KINDS = {
     "data": ("unknown name", "int for bool", "none", "list"),
     "recipe": ("unknown name", "int for bool", "dict"),
     "model name": ("unknown name", "int for bool", "none", "list"),
+    "images?": ("list", "int for bool", "bool for int", "unknown name", "nan"),
+    "names?": ("int for bool", "bool for int", "list", "empty string"),
+    "positive": ("bool for int", "string for number", "negative", "zero", "nan", "inf", "list", "none"),
 }
 
 
@@ -117,6 +120,10 @@ RUN_ARGS = [
     ("run_info", "run_info"),
     ("save_rank_weights", "flag"),
     ("allow_foreign", "flag"),
+    ("watch", "images?"),
+    ("watch_layers", "names?"),
+    ("watch_budget_mb", "positive"),
+    ("live", "flag"),
     ("out", "out"),
 ]
 

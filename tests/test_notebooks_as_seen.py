@@ -87,14 +87,9 @@ def strings(cell: str) -> list[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 
 
-#: Notebook 08 belongs to another branch (issue 29) at the time of writing: its cell that ends with
-#: ``fig.legend(...)`` prints ``<matplotlib.legend.Legend at 0x...>``; a ';' there fixes it (strict: once
-#: fixed, this marker must go).
-LEGEND_08 = pytest.mark.xfail(strict=True, reason="notebook 08 ends a cell with fig.legend(...) shown")
-SHOWN_CASES = [pytest.param(p, marks=LEGEND_08) if p.name.startswith("08_") else p for p in NOTEBOOKS]
 
 
-@pytest.mark.parametrize("path", SHOWN_CASES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_cell_shows_the_object_a_plotting_call_returns(path):
     shown = [(i, name) for i, cell in enumerate(code_cells(path)) if (name := shown_value(cell))]
     assert shown == [], f"cells ending with a plotting call whose value is shown (end it with ';'): {shown}"

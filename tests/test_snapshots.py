@@ -307,3 +307,18 @@ def test_the_public_api_is_covered():
                "SnapshotRun", "SnapshotStore", "check_budget", "owns", "plan", "read_snapshots",
                "take_snapshot", "DEFAULT_BUDGET_MB"}
     assert set(snap.__all__) == covered
+
+
+def test_an_affinity_beyond_float16_is_refused_naming_its_layer(probe):
+    """float16 holds up to 65504: a larger (finite) affinity would be stored as infinity, so it is refused."""
+    torch.manual_seed(0)
+    model = create_model("container_light_nano")
+    with torch.no_grad():
+        model.stages[0].blocks[0].mixer.conv.weight.mul_(1e6)  # a depthwise kernel of a diverged run
+    beyond = r"'stages.0.blocks.0.mixer' \(static\) has affinities up to .*float16"
+    with pytest.raises(ValueError, match=beyond):
+        take_snapshot(model, probe)
+    with torch.no_grad():
+        model.stages[0].blocks[0].mixer.conv.weight.div_(1e6 / 6e4)  # 6e4 * a weight < 1: stored as it is
+    taken = take_snapshot(model, probe)
+    assert np.isfinite(taken.maps[("stages.0.blocks.0.mixer", "static")]).all()

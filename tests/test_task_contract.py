@@ -10,7 +10,11 @@ engine's contract on its tiny example (``Task.example()``, a :class:`TaskExample
 4. two gloo ranks (``torch.distributed.run``, as tests/test_ddp.py launches it) end with the same
    weights and task modules on both ranks; where the example says so (``ddp_matches_single``), those
    weights equal one process's with the doubled batch up to float rounding (K ranks of batch b take
-   the step of one process of batch K b), else they still differ from the initial weights.
+   the step of one process of batch K b), else they still differ from the initial weights; the run
+   is watched, and rank 0 alone keeps its snapshots (each epoch's, the last one the last.pt's);
+5. watched (``fit(..., watch=probe)``), it trains the very weights of the unwatched run, keeps every
+   epoch's affinities of the probe images, the last one those of its ``last.pt``, and a watched run
+   stopped after epoch 1 and resumed stores the uninterrupted one's snapshot files byte for byte.
 
 Every task declares its example itself (``Task.example()``); a task without one fails here.
 
@@ -145,6 +149,58 @@ def test_evaluate_of_the_checkpoint_gives_the_last_rows_metrics(name, full_runs,
         assert task.best_metric in wanted
 
 
+def probe(name: str) -> torch.Tensor:
+    """Two test images of the task's example data, as the model takes them: what the run watches."""
+    data = example(name).data
+    return data.normalize(data.test_x[:2]).float()
+
+
+def snapshot_files(folder: Path) -> dict[str, bytes]:
+    from unifiedctx.inspection.snapshots import owns
+
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if owns(p.name)}
+
+
+def last_epoch_is_the_checkpoints(name: str, folder: Path) -> None:
+    """The run's last stored snapshot is what its ``last.pt``'s weights give, exactly."""
+    from unifiedctx.inspection.snapshots import read_snapshots, take_snapshot
+    from unifiedctx.train import build_model, load_checkpoint, tasks
+
+    ex = example(name)
+    fresh = build_model(ex.preset, ex.data, 99, task=tasks.create(name, **ex.options), **ex.model_options)
+    model, state = load_checkpoint(folder / "last.pt", fresh)
+    run = read_snapshots(folder)
+    assert run.epochs == list(range(state["epoch"] + 1)) and torch.equal(run.images, probe(name))
+    again = take_snapshot(model, probe(name))
+    stored = run.snapshots[run.epochs[-1]].maps
+    assert stored.keys() == again.maps.keys()
+    for key, value in again.maps.items():
+        assert (stored[key] == value).all(), key
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_a_watched_run_trains_the_same_weights_and_resumes_its_snapshots_exactly(name, full_runs,
+                                                                                 tmp_path_factory):
+    from unifiedctx.train import EpochDone, StopTraining, read_checkpoint
+
+    full = read_checkpoint(full_run(name, full_runs, tmp_path_factory.mktemp("contract")) / "last.pt")
+    watched = tmp_path_factory.mktemp("watched") / name
+    run(name, watched, watch=probe(name))
+    state = read_checkpoint(watched / "last.pt")
+    for key in ("model", "optimizer", "ema", "task_modules", "task_state"):
+        same(full.get(key), state.get(key), key)  # watching changed nothing of the training
+    last_epoch_is_the_checkpoints(name, watched)
+
+    def stop_after_epoch_1(event):
+        if isinstance(event, EpochDone) and event.epoch == 1:
+            raise StopTraining
+
+    cut = tmp_path_factory.mktemp("watched_cut") / name
+    run(name, cut, watch=probe(name), callback=stop_after_epoch_1)
+    run(name, cut, seed=99, resume=True, watch=probe(name))
+    assert snapshot_files(cut) == snapshot_files(watched) and len(snapshot_files(cut)) == 5
+
+
 # ---------------------------------------------------------------------------------- two gloo ranks
 def worker(out: Path) -> None:
     """Run on each of two ranks: every task's example, with per-rank batch half the example's."""
@@ -157,7 +213,8 @@ def worker(out: Path) -> None:
     try:
         for name in tasks.available():
             ex = example(name)
-            run(name, out / name, batch_size=ex.recipe["batch_size"] // 2, save_rank_weights=True)
+            run(name, out / name, batch_size=ex.recipe["batch_size"] // 2, save_rank_weights=True,
+                watch=probe(name))
     finally:
         dist.destroy_process_group()
 
@@ -197,6 +254,7 @@ def test_two_gloo_ranks_agree(name, ddp_runs, full_runs, tmp_path_factory):
                                        msg=f"2 ranks vs 1 process: {key}")
     moved = [k for k, w in r0.items() if w.is_floating_point() and not torch.equal(w, start[k])]
     assert moved, "two ranks trained nothing"
+    last_epoch_is_the_checkpoints(name, ddp_runs / name)  # written once (by rank 0), every epoch
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ A notebook takes its epochs, batch size and learning rate from ``profile.recipe`
 and 05) or ``profile.synthetic_recipes[task]`` (notebook 03's probes), never its own numbers. A
 notebook that needs notebook 04's trained classifiers gets them through
 :meth:`Profile.supervised_run` (loaded from notebook 04's run folder, trained there if missing),
-never by reading that folder itself.
+never by reading that folder itself; their affinities over the epochs (notebook 04's runs are
+watched: ``fit(..., watch=profile.probe_images(data))``) through :meth:`Profile.supervised_snapshots`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Profile:
             receptive-field runs; in the full profile notebook 04's recipe, so the runs are shared),
             ``"segment"`` (notebook 09) and ``"dino"`` (notebook 10).
         cache_dir: where trained checkpoints are kept so re-running loads instead of retraining.
+        watch_images: how many test images notebook 04's runs watch (:meth:`probe_images`).
+        watch_budget_mb: the size budget of a watched run's snapshots (``fit(watch_budget_mb=)``).
     """
 
     name: str
@@ -68,6 +71,8 @@ class Profile:
     task_recipes: dict = field(default_factory=dict)
     cache_dir: Path = Path("runs")
     seed: int = 0
+    watch_images: int = 4
+    watch_budget_mb: float = 256.0
 
     def model(self, family: str) -> str:
         """The preset name of ``family`` in this profile, e.g. ``container_light_nano``."""
@@ -88,15 +93,38 @@ class Profile:
         """True in the CPU/CI profile."""
         return self.name == "quick"
 
-    def supervised_run(self, family: str, data):
+    def probe_images(self, data) -> torch.Tensor:
+        """The probe images notebook 04's runs watch: :attr:`watch_images` test images of ``data``
+        drawn by the profile's :attr:`seed`, as the models take them (``data.normalize``), float32
+        ``(B, C, H, W)``."""
+        order = torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(self.seed))
+        return data.normalize(data.test_x[order[:self.watch_images]]).float()
+
+    def supervised_run(self, family: str, data, **fit_kwargs):
         """``(model, history)`` of notebook 04's run of ``family``: the preset :meth:`model` trained on
-        ``data`` (the profile's :attr:`dataset`) by :attr:`recipe` in ``cache_dir/04/family``, loaded
-        from there (by :func:`unifiedctx.train.train_or_load`), or trained there now when notebook 04
-        has not run."""
+        ``data`` (the profile's :attr:`dataset`) by :attr:`recipe` in ``cache_dir/04/family``, watching
+        :meth:`probe_images`, loaded from there (by :func:`unifiedctx.train.train_or_load`), or trained
+        there now when notebook 04 has not run. ``fit_kwargs``: what changes nothing of the run
+        (``live=True``, ``progress=``)."""
         from .train import train_or_load
 
-        return train_or_load(self.model(family), data, self.cache_dir / "04" / family, self.recipe,
-                             device=self.device, progress=self.progress)
+        options = {"device": self.device, "progress": self.progress, "watch": self.probe_images(data),
+                   "watch_budget_mb": self.watch_budget_mb, **fit_kwargs}
+        return train_or_load(self.model(family), data, self.cache_dir / "04" / family, self.recipe, **options)
+
+    def supervised_snapshots(self, family: str, data):
+        """The snapshots of notebook 04's run of ``family`` (:meth:`supervised_run`, trained now if
+        missing): its affinities of :meth:`probe_images` at epoch 0 and after every epoch, a
+        :class:`~unifiedctx.inspection.snapshots.SnapshotRun` (``AffinityExplorer.from_run`` opens
+        the same folder: :meth:`supervised_folder`)."""
+        from .inspection.snapshots import read_snapshots
+
+        self.supervised_run(family, data)
+        return read_snapshots(self.supervised_folder(family))
+
+    def supervised_folder(self, family: str) -> Path:
+        """The run folder of notebook 04's run of ``family`` (``cache_dir/04/family``)."""
+        return self.cache_dir / "04" / family
 
     @property
     def progress(self) -> bool | str:
@@ -157,9 +185,10 @@ def make(name: str, seed: int = 0) -> Profile:
                                               "local_crops": 6, "momentum": 0.996, "teacher_temp": 0.07,
                                               "warmup_teacher_temp": 0.04, "teacher_temp_warmup": 0.3,
                                               "freeze_last_layer": 0.01})}
+        # 2 watched images: the largest run (mixer_s16_cifar) keeps 34 MB an epoch, 1.04 GB over 30 epochs
         return Profile(name="full", device=device, preset_suffix="_cifar", dataset="cifar10", recipe=recipe,
                        synthetic_train=20000, synthetic_recipes=probes, task_recipes=tasks,
-                       cache_dir=runs, seed=seed)
+                       cache_dir=runs, seed=seed, watch_images=2, watch_budget_mb=2048.0)
     raise ValueError(f"{ENV_VAR} must be one of {PROFILES}, got {name!r}")
 
 

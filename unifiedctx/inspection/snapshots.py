@@ -178,14 +178,16 @@ def take_snapshot(model: nn.Module, images: torch.Tensor, layers=None) -> Snapsh
             parts = record.components
             comps = []
             for name, a in parts.items():
-                a = a.detach().to("cpu", torch.float32)
-                finite = a[torch.isfinite(a)]
-                if finite.numel() and float(finite.abs().max()) > FLOAT16_MAX:
-                    raise ValueError(f"layer {record.name!r} ({name}) has affinities up to "
-                                     f"{float(finite.abs().max()):.3g}, beyond float16's {FLOAT16_MAX:g}: "
-                                     "they cannot be stored (has the model diverged?)")
+                half = a.detach().to("cpu", torch.float16)  # rounded to nearest, as IEEE 754 says
+                if bool(torch.isinf(half).any()):  # an infinity: was a finite value beyond float16's range?
+                    finite = a.detach().float()[torch.isfinite(a.detach())]
+                    if finite.numel() and float(finite.abs().max()) > FLOAT16_MAX:
+                        peak = float(finite.abs().max())
+                        raise ValueError(f"layer {record.name!r} ({name}) has affinities up to {peak:.3g}, "
+                                         f"beyond float16's {FLOAT16_MAX:g}: they cannot be stored (has the "
+                                         "model diverged?)")
                 shared = a.shape[0] == 1 and len(images) > 1
-                maps[(record.name, name)] = a.numpy().astype(np.float16)
+                maps[(record.name, name)] = half.numpy()
                 comps.append((name, int(a.shape[1]), shared))
             entries.append(LayerEntry(record.name, record.kind, tuple(int(g) for g in record.grid),
                                       record.description, record.head_unit, tuple(comps)))
@@ -222,7 +224,12 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.3g} MB"
 
 
-def _what_fits(snapshot: Snapshot, epochs: int, budget: int, probe_bytes: int) -> list[str]:
+#: The arguments the budget's messages name, as :func:`plan` calls them (``fit`` names its own:
+#: ``watch``, ``watch_layers``, ``watch_budget_mb``).
+NAMES = {"images": "images", "layers": "layers", "budget_mb": "budget_mb"}
+
+
+def _what_fits(snapshot: Snapshot, epochs: int, budget: int, probe_bytes: int, names: dict) -> list[str]:
     """The ways to fit: fewer epochs, fewer images, fewer layers (each stated as a number)."""
     per_epoch, b = snapshot.nbytes, snapshot.images
     ways = []
@@ -233,8 +240,8 @@ def _what_fits(snapshot: Snapshot, epochs: int, budget: int, probe_bytes: int) -
     shared = per_epoch - b * per_image
     images = max((k for k in range(1, b) if (epochs + 1) * (shared + k * per_image) + k * probe_per_image
                   <= budget), default=0)
-    ways.append(f"{images} of the {b} images for {epochs} epochs" if images else
-                f"no number of images for {epochs} epochs")
+    ways.append(f"{images} of the {b} images for {epochs} epochs ({names['images']}[:{images}])"
+                if images else f"no number of images for {epochs} epochs")
     sizes = snapshot.layer_bytes()
     room, kept = (budget - probe_bytes) // (epochs + 1), []
     for name, size in sorted(sizes.items(), key=lambda kv: kv[1]):
@@ -243,42 +250,46 @@ def _what_fits(snapshot: Snapshot, epochs: int, budget: int, probe_bytes: int) -
         room -= size
         kept.append(name)
     largest = ", ".join(f"{n} {_mb(s)}" for n, s in sorted(sizes.items(), key=lambda kv: -kv[1])[:3])
-    chosen = (f"layers={[n for n in sizes if n in kept]}" if 0 < len(kept) <= 6 else
-              "the smallest, layers=[...]")
+    chosen = (f"{names['layers']}={[n for n in sizes if n in kept]}" if 0 < len(kept) <= 6 else
+              f"the smallest, {names['layers']}=[...]")
     ways.append(f"{len(kept)} of the {len(sizes)} layers for {epochs} epochs ({chosen}; the largest per "
                 f"epoch: {largest})")
     return ways
 
 
 def check_budget(snapshot: Snapshot, epochs: int, budget_mb: float = DEFAULT_BUDGET_MB,
-                 probe_bytes: int = 0) -> None:
+                 probe_bytes: int = 0, *, names: dict | None = None) -> None:
     """Refuse (:class:`SnapshotBudgetError`) snapshots that would not fit: ``epochs + 1`` copies of
     ``snapshot`` (epoch 0 and every epoch after) and the probe images (``probe_bytes``) over
-    ``budget_mb``. The message says how many epochs, images or layers would fit."""
+    ``budget_mb``. The message says how many epochs, images or layers would fit, naming the
+    arguments as ``names`` gives them (:data:`NAMES` by default)."""
+    names = {**NAMES, **(names or {})}
     epochs = check_int("epochs", epochs, low=1)
-    budget = int(check_float("budget_mb", budget_mb, low=0, low_open=True) * 1e6)
+    budget = int(check_float(names["budget_mb"], budget_mb, low=0, low_open=True) * 1e6)
     need = (epochs + 1) * snapshot.nbytes + probe_bytes
     if need > budget:
-        ways = _what_fits(snapshot, epochs, budget, probe_bytes)
+        ways = _what_fits(snapshot, epochs, budget, probe_bytes, names)
         raise SnapshotBudgetError(
             f"the snapshots of {snapshot.images} images x {len(snapshot.layers)} layers x {epochs + 1} "
             f"epochs (0..{epochs}) need {_mb(need)} ({_mb(snapshot.nbytes)} per epoch, uncompressed), over "
-            f"budget_mb={budget_mb:g}. What fits in {budget_mb:g} MB: " + "; or ".join(ways) +
-            ". Or raise budget_mb.")
+            f"{names['budget_mb']}={budget_mb:g}. What fits in {budget_mb:g} MB: " + "; or ".join(ways) +
+            f". Or raise {names['budget_mb']}.")
 
 
 def plan(model: nn.Module, images: torch.Tensor, epochs: int, *, budget_mb: float = DEFAULT_BUDGET_MB,
-         layers=None) -> SnapshotPlan:
+         layers=None, names: dict | None = None) -> SnapshotPlan:
     """Measure one snapshot of ``model`` for ``images`` (epoch 0, before any step) and check that
     ``epochs`` more fit in ``budget_mb`` (:func:`check_budget`), before anything is trained or
-    written. Returns the :class:`SnapshotPlan`; its ``first`` is the epoch-0 snapshot to store."""
+    written. Returns the :class:`SnapshotPlan`; its ``first`` is the epoch-0 snapshot to store.
+    ``names``: what the caller calls ``images``, ``layers`` and ``budget_mb`` (for the messages)."""
+    names = {**NAMES, **(names or {})}
     check_module("model", model)
-    check_float_image("images", images)
+    check_float_image(names["images"], images)
     epochs = check_int("epochs", epochs, low=1)
-    check_float("budget_mb", budget_mb, low=0, low_open=True)
+    check_float(names["budget_mb"], budget_mb, low=0, low_open=True)
     first = take_snapshot(model, images, layers=layers)
     probe_bytes = images.numel() * 4
-    check_budget(first, epochs, budget_mb, probe_bytes)
+    check_budget(first, epochs, budget_mb, probe_bytes, names=names)
     return SnapshotPlan(first, epochs, int(budget_mb * 1e6), probe_bytes)
 
 
@@ -531,6 +542,21 @@ class SnapshotStore:
                     "layers": [la.as_json() for la in first.layers], "epochs": []}
         store._write(manifest, 0, first)
         return store
+
+    @classmethod
+    def restart(cls, folder, images: torch.Tensor, first: Snapshot) -> SnapshotStore:
+        """Start the snapshots of a run again from its first step (a run stopped before its first
+        checkpoint and started anew): the stored ones are dropped (the manifest first, then the
+        files it owns, :func:`owns`), then :meth:`create`."""
+        store = cls(folder)
+        _check_probe(images, first)
+        if store.exists():
+            files = [e.get("file") for e in store.manifest()["epochs"]]
+            store.path.unlink()
+            for name in [*files, PROBE]:
+                if owns(name):
+                    (store.folder / name).unlink(missing_ok=True)
+        return cls.create(folder, images, first)
 
     def manifest(self) -> dict:
         """The manifest as stored (its entries checked)."""

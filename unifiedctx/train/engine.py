@@ -21,12 +21,15 @@ Where a caller looks in: ``fit(..., callback=f)`` calls ``f(event)`` with a type
 points: :class:`TrainingStarted` (the folder is claimed, a resumed run loaded, before the first
 epoch it trains: ``event.epoch`` epochs are done), :class:`StepDone` (after every optimizer step)
 and :class:`EpochDone` (after every epoch, its checkpoint written). Raising :class:`StopTraining`
-ends the run there.
+ends the run there. ``fit(..., watch=images)`` is told of the same three points first (``watching.py``:
+every mixer layer's affinities for the probe images kept in the run folder, epoch 0 and after every
+epoch, and the live view); its budget is checked before the folder is claimed.
 
 Around the loop, in the files a reader can name: the settings and the task resolved once
 (``recipe.py``), checkpoints and resume (``checkpoint.py``), the run folder's safety
 (``rundir.py``), the tasks (``tasks/``), the batches on the device (``batches.py``), AdamW with its
-schedule and EMA (``optim.py``), DDP (``distributed.py``), the history (``history.py``).
+schedule and EMA (``optim.py``), DDP (``distributed.py``), the history (``history.py``), watching
+(``watching.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import torch
 from torch import nn
 
 from ..files import model_config, nonfinite_tensors, read_checkpoint, save_checkpoint
+from ..inspection.snapshots import DEFAULT_BUDGET_MB
 from ..validation import check_choice, check_module, check_positive_int, check_seed
 from . import distributed as D
 from . import tasks
@@ -51,6 +55,7 @@ from .history import History, mixing_columns
 from .optim import ModelEma, WarmupCosine, make_optimizer
 from .recipe import Recipe, RunOptions, resolve, run_record
 from .rundir import claim_folder, run_config, write_config
+from .watching import RunWatch, check_cached, refuse_unwatched_resume
 
 
 class StopTraining(Exception):
@@ -96,7 +101,8 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
         device="auto", amp="auto", compile: bool | str = False, channels_last: bool = False, out=None,
         resume: bool = False, progress: bool | str = True, eval_batch_size: int | None = None,
         callback: Callable | None = None, run_info: dict | None = None, save_rank_weights: bool = False,
-        allow_foreign: bool = False, **settings) -> History:
+        allow_foreign: bool = False, watch: torch.Tensor | None = None, watch_layers=None,
+        watch_budget_mb: float = DEFAULT_BUDGET_MB, live=False, **settings) -> History:
     """Train ``model`` on ``data`` by a :class:`Recipe` (AdamW, warm-up + cosine); return its History.
 
     ``fit(model, data, Recipe(epochs=4, lr=5e-3))`` and ``fit(model, data, epochs=4, lr=5e-3)`` are
@@ -135,6 +141,19 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
         save_rank_weights: every rank writes its final weights to ``out/rank{r}.pt`` (DDP checks).
         allow_foreign: train into an ``out`` that holds files other than this run's own (a run
             owns its folder: otherwise such a folder is a ``FileExistsError``; see ``rundir.py``).
+        watch: a few probe images ``(B, C, H, W)`` as the model takes them: every mixer layer's
+            affinities for them are stored in ``out`` at epoch 0 (before the first step) and after
+            every epoch (``AffinityExplorer.from_run(out)`` scrubs them; see ``watching.py``).
+            Watching changes nothing of the training. A run folder that holds snapshots resumes
+            only with ``watch`` (the same images).
+        watch_layers: the layers to watch (module names or ``fnmatch`` patterns; ``None``: every
+            layer with an affinity).
+        watch_budget_mb: the largest size of the snapshots (uncompressed, every epoch and the probe
+            images), checked before anything is written: a ``ValueError`` says what would fit.
+        live: ``True`` shows a :class:`~unifiedctx.widgets.LiveView` of the watched images in the
+            notebook, updated while the cell trains (curves every ``max(1, steps // 4)`` steps, the
+            maps after every epoch, and within an epoch where that costs at most 1 % of the time);
+            a LiveView of your own is updated instead (display it yourself). Needs ``watch``.
 
     Returns:
         :class:`History`, one dict per epoch (see :mod:`unifiedctx.train.history`).
@@ -155,7 +174,8 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
     recipe, task = resolve(recipe, task, settings)  # the one Task of this run
     run = RunOptions(device=device, amp=amp, compile=compile, channels_last=channels_last, out=out,
                      resume=resume, progress=progress, eval_batch_size=eval_batch_size, callback=callback,
-                     run_info=run_info, save_rank_weights=save_rank_weights, allow_foreign=allow_foreign)
+                     run_info=run_info, save_rank_weights=save_rank_weights, allow_foreign=allow_foreign,
+                     watch=watch, watch_layers=watch_layers, watch_budget_mb=watch_budget_mb, live=live)
     ctx = D.setup(run.torch_device.type)  # one process, or this rank of torchrun's
     cuda_rank = run.torch_device.type == "cuda" and ctx.active
     device = torch.device("cuda", ctx.local_rank) if cuda_rank else run.torch_device
@@ -177,12 +197,17 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
                          last_good=LastGood(out=run.folder))
         record = run_record(recipe, task, run, data, ctx.world_size)
         config = run_config(model, data, record, run, device)
+        # watching: the probe checked, epoch 0's snapshot taken and the budget checked now
+        watcher = None if run.watch is None else RunWatch.plan(model, data_shape(data), run, recipe.epochs,
+                                                                 history, ctx.is_main)
 
         # 2. The run folder: ours and locked while we train; a resumed run continues from its last.pt.
         with claim_folder(run.folder, ctx, device, config, resume=run.resume,
                           allow_foreign=run.allow_foreign) as last:
             if last is not None:
                 state.resume(last, record, device)
+            if watcher is None:
+                refuse_unwatched_resume(run.folder, state.epoch, recipe.epochs)
             write_config(run.folder, ctx, config)
 
             # 3. The epochs: train, evaluate, record, checkpoint.
@@ -192,12 +217,14 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
                 trained = nn.parallel.DistributedDataParallel(net, device_ids=ranks_device)
             if run.compiled:
                 trained = torch.compile(trained)
+            if watcher is not None:
+                watcher.started(state.epoch, model, run.folder)  # the snapshots begin, or resume exactly
             if run.callback is not None:
                 run.callback(TrainingStarted(state.epoch, recipe.epochs, model, run.folder))
             while state.epoch < recipe.epochs:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(derive_seed(recipe.seed, state.epoch, 2))  # dropout, drop-path, task
-                    row, speed = train_one_epoch(state, trained, recipe, run, ctx, device)
+                    row, speed = train_one_epoch(state, trained, recipe, run, ctx, device, watcher)
                 weights = {"model": model.state_dict(), "task_modules": task.modules().state_dict(),
                            "ema": state.ema.state_dict() if state.ema else None}
                 check_weights(weights, state.epoch, state.last_good)
@@ -215,6 +242,8 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
                 D.barrier(ctx)
                 if run.progress == "epoch" and ctx.is_main:
                     print(epoch_line(row, recipe.epochs, task.best_metric, model_label(model)), flush=True)
+                if watcher is not None:
+                    watcher.epoch_done(state.epoch, row, model)  # its snapshot stored and shown
                 if run.callback is not None:
                     run.callback(EpochDone(state.epoch, row, model, run.folder))
             if run.save_rank_weights and run.folder is not None:
@@ -227,8 +256,9 @@ def fit(model: nn.Module, data, recipe: Recipe | None = None, *, task: str | tas
 
 
 def train_one_epoch(state: RunState, net: nn.Module, recipe: Recipe, run: RunOptions, ctx: D.DistContext,
-                    device: torch.device) -> tuple[dict, dict]:
-    """One epoch of optimizer steps on ``net`` (``state.net``, or its DDP/compiled wrapper).
+                    device: torch.device, watcher: RunWatch | None = None) -> tuple[dict, dict]:
+    """One epoch of optimizer steps on ``net`` (``state.net``, or its DDP/compiled wrapper); the
+    ``watcher`` (``fit(..., watch=...)``) and the caller's callback hear of every step.
 
     Returns the epoch's training columns (``epoch``, ``train_loss``, the task's training metrics, summed
     over the ranks) and its speed (``lr`` at its last step, ``images_per_s``, ``epoch_time``)."""
@@ -266,6 +296,8 @@ def train_one_epoch(state: RunState, net: nn.Module, recipe: Recipe, run: RunOpt
             if bar.show:
                 bar.update(i + 1, float(loss_sum) / (i + 1), seen,
                            task.train_metrics({k: float(v) for k, v in sums.items()}))
+        if watcher is not None:
+            watcher.step(state.epoch + 1, i + 1, spe, loss.detach(), model)  # the live view's curves
         if run.callback is not None:
             run.callback(StepDone(state.epoch + 1, i + 1, spe, state.step, loss.detach(), model))
     watch.check(ctx, state.epoch, lr, state.last_good)  # also when a callback ended the epoch early
@@ -384,6 +416,8 @@ def train_or_load(model_name: str, data, out, recipe: Recipe | None = None, *,
                 raise ValueError(f"the cached run in {out} was trained with other settings "
                                  f"({'; '.join(diff)}): use the same settings, or another folder "
                                  "(or delete it) to train anew")
+            if run.watch is not None:
+                check_cached(run.folder, run.watch, recipe.epochs)
             model, state = load_checkpoint(last, model)
             return model, History(state["history"])
     return model, fit(model, data, recipe, task=task, out=out, resume=True, **run_kwargs)

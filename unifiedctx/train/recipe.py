@@ -33,7 +33,16 @@ from pathlib import Path
 
 import torch
 
-from ..validation import check_bool, check_choice, check_float, check_int, check_positive_int
+from ..inspection.snapshots import DEFAULT_BUDGET_MB
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_float,
+    check_float_image,
+    check_int,
+    check_positive_int,
+)
 from . import tasks
 
 #: The task of a recipe that names none (and of every run stored before tasks existed).
@@ -339,6 +348,41 @@ def _run_info(name, value):
     return value
 
 
+def _watch(name, value):
+    """``None`` or the probe images: a float tensor ``(B, C, H, W)``, B >= 1, every value finite."""
+    if value is None:
+        return None
+    check_float_image(name, value)
+    if len(value) == 0:
+        raise ValueError(f"{name} holds no image: give a few probe images (B, C, H, W), B >= 1")
+    check_finite(name, value)
+    return value
+
+
+def _watch_layers(name, value):
+    """``None`` (every layer with an affinity), a module name or ``fnmatch`` pattern, or a list of them."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n.strip()
+                                                                   for n in names):
+        raise TypeError(f"{name} must be None, a layer name (or fnmatch pattern) or a non-empty list of "
+                        f"them, got {type(value).__name__} {str(value)[:60]}")
+    return tuple(names)
+
+
+def _live(name, value):
+    """``True``/``False``, or a :class:`~unifiedctx.widgets.LiveView` of the caller's."""
+    if isinstance(value, bool):
+        return value
+    from ..widgets.live import LiveView  # anywidget only when a view of one's own is given
+
+    if not isinstance(value, LiveView):
+        raise TypeError(f"{name} must be True, False or a unifiedctx.widgets.LiveView, got "
+                        f"{type(value).__name__} {str(value)[:60]}")
+    return value
+
+
 def _option(default, check):
     return field(default=default, metadata={"check": check})
 
@@ -348,7 +392,9 @@ class RunOptions:
     """How a run is executed: every argument of :func:`~unifiedctx.train.fit` beside the recipe and
     the task, each checked when the options are made (``TypeError``/``ValueError`` naming it), then
     resolved once: :attr:`torch_device`, :attr:`amp_dtype`, :attr:`compiled`, :attr:`folder`.
-    ``amp``, ``channels_last`` and ``compile`` change the trained weights, so the run records them."""
+    ``amp``, ``channels_last`` and ``compile`` change the trained weights, so the run records them;
+    watching (``watch``, ``watch_layers``, ``watch_budget_mb``, ``live``: see
+    :mod:`unifiedctx.train.watching`) changes nothing of them, so it is not recorded."""
 
     device: str | torch.device = _option("auto", lambda n, v: v)
     amp: str | bool | None = _option("auto", lambda n, v: v)
@@ -362,6 +408,10 @@ class RunOptions:
     run_info: dict | None = _option(None, _run_info)
     save_rank_weights: bool = _option(False, check_bool)
     allow_foreign: bool = _option(False, check_bool)
+    watch: torch.Tensor | None = _option(None, _watch)
+    watch_layers: tuple[str, ...] | None = _option(None, _watch_layers)
+    watch_budget_mb: float = _option(DEFAULT_BUDGET_MB, lambda n, v: check_float(n, v, low=0, low_open=True))
+    live: bool | object = _option(False, _live)
     # resolved once, from the fields above
     torch_device: torch.device = field(init=False, repr=False)
     amp_dtype: torch.dtype | None = field(init=False, repr=False)
@@ -378,6 +428,16 @@ class RunOptions:
         object.__setattr__(self, "compiled", self.compile is True or (self.compile == "auto"
                                                                        and device.type == "cuda"))
         object.__setattr__(self, "folder", _out("out", self.out))
+        if self.watch is None and (self.live is not False or self.watch_layers is not None):
+            given = "live" if self.live is not False else "watch_layers"
+            raise ValueError(f"{given} needs watch=images: the probe images (B, C, H, W) whose affinities "
+                             "are recorded and shown")
+        if self.watch is not None and self.folder is None and self.live is False:
+            raise ValueError("watch stores its snapshots in the run folder: pass out=folder (or live=True to "
+                             "only see them while the run trains)")
+        if not isinstance(self.live, bool) and len(self.live.images) != len(self.watch):
+            raise ValueError(f"live is a LiveView of {len(self.live.images)} images, but watch has "
+                             f"{len(self.watch)}: make the view with the watched images")
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

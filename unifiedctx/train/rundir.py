@@ -7,13 +7,15 @@ killed run is simply taken over). A second process into the same folder stops at
 :class:`~unifiedctx.files.FolderInUse` naming that holder.
 
 Nothing is removed from a folder before it is known to be ours, and only names we write ourselves,
-exactly, are ours: :data:`RUN_FILES`, ``rank<R>.pt``, and their temporaries as
-:func:`~unifiedctx.files.atomic_open` names them (``.<run file>.<8 random characters>.tmp``). A
-folder holding anything else is refused (``FileExistsError`` naming the files and the way out,
-``allow_foreign=True`` / ``--allow-foreign``), and nothing in it is touched:
+exactly, are ours: :data:`RUN_FILES`, ``rank<R>.pt``, the snapshots of a watched run
+(:func:`unifiedctx.inspection.snapshots.owns`: ``snapshots.json``, ``snapshots.probe.npz``,
+``snapshots.e<epoch>.npz``), and their temporaries as :func:`~unifiedctx.files.atomic_open` names
+them (``.<run file>.<8 random characters>.tmp``). A folder holding anything else is refused
+(``FileExistsError`` naming the files and the way out, ``allow_foreign=True`` / ``--allow-foreign``),
+and nothing in it is touched:
 
 * a new run accepts an empty folder, or one whose ``config.json`` records this very model and
-  recipe (the same run, killed before its first checkpoint);
+  recipe (the same run, killed before its first checkpoint: with its snapshots, if it was watched);
 * a resumed run (``last.pt`` there, ``resume=True``) accepts the run files.
 
 Once the folder is ours, the temporaries a killed run left there are removed (nobody else may be
@@ -35,10 +37,12 @@ from pathlib import Path
 import torch
 
 from ..files import LOCK_NAME, FileLock, is_temporary_of, model_config, write_atomic
+from ..inspection import snapshots
 from . import distributed as D
 
-#: The files a run writes into its folder (plus ``rank<R>.pt`` with ``save_rank_weights``). A new
-#: file of the run is owned by adding its name here.
+#: The files a run writes into its folder (plus ``rank<R>.pt`` with ``save_rank_weights``, and a
+#: watched run's snapshots: :func:`unifiedctx.inspection.snapshots.owns`). A new file of the run is
+#: owned by adding its name here.
 RUN_FILES = ("last.pt", "best.pt", "history.json", "history.csv", "config.json")
 #: The keyword of fit that accepts a folder with other files (the command line's error names its own
 #: option for it, ``--allow-foreign``: ``unifiedctx.cli`` translates the keywords of its flags).
@@ -47,7 +51,7 @@ _RANK_FILE = re.compile(r"rank\d+\.pt")
 
 
 def _is_run_file(name: str) -> bool:
-    return name in RUN_FILES or bool(_RANK_FILE.fullmatch(name))
+    return name in RUN_FILES or bool(_RANK_FILE.fullmatch(name)) or snapshots.owns(name)
 
 
 def _is_our_temporary(name: str) -> bool:
@@ -107,8 +111,10 @@ class RunFolder:
                        if p.name != LOCK_NAME and not _is_our_temporary(p.name))
         if self.resuming:
             foreign = [n for n in names if not _is_run_file(n)]
+        elif "config.json" in names and self._own_config(self.out / "config.json"):
+            foreign = [n for n in names if n != "config.json" and not snapshots.owns(n)]  # its epoch 0
         else:
-            foreign = [n for n in names if not (n == "config.json" and self._own_config(self.out / n))]
+            foreign = names
         if foreign:
             shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
             whose = ("files that are not this run's" if self.resuming

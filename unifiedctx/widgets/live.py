@@ -34,6 +34,7 @@ from pathlib import Path
 
 import anywidget
 import numpy as np
+import torch
 import traitlets
 
 from ..inspection.snapshots import Snapshot
@@ -259,6 +260,11 @@ class LiveView(anywidget.AnyWidget):
         self._send_frames()
 
     # ------------------------------------------------------------------ what is drawn
+    @property
+    def images(self) -> torch.Tensor:
+        """The probe images ``(B, C, H, W)`` (float32) the pushed snapshots are of."""
+        return torch.stack(self._images)
+
     @property
     def epochs(self) -> list[float]:
         """The epochs of the snapshots pushed so far."""
