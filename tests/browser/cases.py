@@ -113,3 +113,37 @@ def live_training(live, epochs: int = 4, seed: int = 5, steps: int = 3, pause: f
         return {name: round(1e3 * statistics.median(values), 2) for name, values in times.items()}
     finally:
         torch.set_num_threads(threads)
+
+
+def digits():
+    """512 training and 64 test digits of mnist5k (3 channels), and three of its test digits as probe
+    images, as the models take them: ``(data, probe)``."""
+    from unifiedctx.data import load
+
+    data = load("mnist5k", channels=3).subset(512, 64, seed=0)
+    return data, data.normalize(data.test_x[:3]).float()
+
+
+def watched_fit(folder, live, epochs: int = 4, seed: int = 7, pause: float = 0.0) -> torch.Tensor:
+    """A run of ``fit(..., watch=probe, live=live)`` into ``folder``: a nano Container (mixed layers in
+    every stage) on 512 real digits (mnist5k), 4 steps of 128 an epoch, one thread. Maps within an
+    epoch are off (``watching.MAP_SHARE``: they come by the clock), so a twin fed in the test process
+    gets the very pushes the kernel's view got; ``pause`` seconds after each epoch (so a watcher
+    sees the view grow). Returns the probe images (three test digits)."""
+    import time
+
+    from unifiedctx.train import EpochDone, build_model, fit, watching
+
+    threads, share = torch.get_num_threads(), watching.MAP_SHARE
+    torch.set_num_threads(1)
+    watching.MAP_SHARE = 1e-12
+    try:
+        data, probe = digits()
+        model = build_model("container_nano", data, seed=seed)
+        fit(model, data, epochs=epochs, batch_size=128, lr=5e-3, warmup_epochs=0.5, augment=False, out=folder,
+            device="cpu", progress="epoch", watch=probe, live=live,
+            callback=lambda event: time.sleep(pause) if isinstance(event, EpochDone) else None)
+        return probe
+    finally:
+        torch.set_num_threads(threads)
+        watching.MAP_SHARE = share
