@@ -71,6 +71,17 @@ MEASURES = {
         "erf_largest_over_smallest": "erf.max() / erf.min()",
     },
     "06": {},
+    "08": {  # over notebook 04's watched epochs: the asserts of its last cell
+        "deit_distance_change_max": "max(distances['deit_tiny', la][-1] - distances['deit_tiny', la][0] "
+                                    "for la in attention_layers(watched['deit_tiny']))",
+        "light_distance_change": "distances['container_light', 'stages.3.blocks.0.mixer'][-1] "
+                                 "- distances['container_light', 'stages.3.blocks.0.mixer'][0]",
+        "light_alpha_min_after_0": "min(alphas['container_light', 'stages.3.blocks.0.mixer'][1:])",
+        "container_last_alpha_minus_earlier": "alphas['container', 'stages.3.blocks.0.mixer'][-1] - max("
+                                              "alphas['container', f'stages.{k}.blocks.0.mixer'][-1] "
+                                              "for k in range(3))",
+        "container_last_alpha": "alphas['container', 'stages.3.blocks.0.mixer'][-1]",
+    },
     "09": {
         "miou_container_light": "light",
         "miou_unet": "main['unet'][1][-1]['test_miou']",
