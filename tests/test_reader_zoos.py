@@ -338,3 +338,20 @@ def test_rows_of_a_windowed_attention_are_its_dense_rows_without_the_dense_matri
         assert "affinity" not in record.__dict__  # the dense (N, N) was not built for them
         assert rows.shape == (2, 2, 4, n)
         assert (rows - record.affinity[..., queries, :]).abs().max().item() == 0
+
+
+def test_an_attention_on_no_known_grid_is_named_and_refused_not_a_crash():
+    """Hugging Face MobileViT attends over the patches of every pixel offset, a batch of windows that no
+    block declares: inspect_model raised AttributeError ('NoneType' ... 'grid') on it. Now every such
+    attention is named in .skipped with why, the convolutions are read, and the rollout refuses it by name."""
+    model = hf(T.MobileViTModel, T.MobileViTConfig, "eager", image_size=64)  # its only implementation
+    x = image(64, batch=1)  # the last stage's grid: 2 x 2
+    views = inspect_model(model, x)
+    attentions = [name for name, module in model.named_modules()
+                  if type(module).__name__ == "MobileViTSelfAttention"]
+    assert attentions and views  # the depthwise convs are read
+    for name in attentions:
+        assert name not in views, name
+        assert "no block above it declares" in views.skipped[name], views.skipped.get(name)
+    with pytest.raises(ValueError, match=f"{attentions[0]}: MobileViTSelfAttention: an attention over"):
+        context.rollout(model, x)

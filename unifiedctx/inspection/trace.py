@@ -552,17 +552,19 @@ class Watcher(TorchFunctionMode):
         if v_label is None:  # values from no token path (a constant): no context moves
             return
         entry = AttentionCall(name, a.detach(), v.detach() if self.keep_values else None, None, function)
-        if self.keep_values and self.frames and self.covering is None:
-            frame = self.frames[-1]
+        frame = self.frames[-1] if self.keep_values and self.frames and self.covering is None else None
+        if frame is not None:
             entry.call = (self.lookup.get(name, self.model), frame["args"], frame["kwargs"])
-            entry.index = frame["counts"].get(function, 0)
+            entry.index = frame["counts"].get(function, 0)  # counted even when it is not read below
             entry.out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
             frame["counts"][function] = entry.index + 1
-            frame["entries"].append(entry)
-        self.attention.append(entry)
+        # tokens on no known grid: _NoRead, and the call is named in ``unread``, not kept as an attention
         tokens, windows = self._attention_layout(a, v_label)
         entry.windows = windows
         entry.tokens = tokens
+        if frame is not None:
+            frame["entries"].append(entry)
+        self.attention.append(entry)
         detached = a.detach()
         read = (lambda: windows.on_grid(detached)) if windows is not None else (lambda: detached)
         record = AffinityRecord(self.call_name(name), tokens,
