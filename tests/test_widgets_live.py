@@ -151,6 +151,23 @@ def test_show_from_python(probe):
 
 
 @pytest.mark.parametrize(("kwargs", "error", "words"), [
+    ({"layer": 3}, TypeError, ["layer", "int 3"]), ({"component": 1}, TypeError, ["component"]),
+    ({"head": "x"}, TypeError, ["head", "str"]), ({"head": -1}, ValueError, ["head", ">= 0"]),
+    ({"query": (1,)}, TypeError, ["query", "pair"]), ({"query": (-1, 2)}, ValueError, ["query[0]"]),
+    ({"query": (1, 2.5)}, TypeError, ["query[1]"]), ({"scale_mode": "per"}, ValueError, ["scale_mode"]),
+])
+def test_show_before_the_first_snapshot_refuses_at_once(probe, kwargs, error, words):
+    """Before any snapshot the layers are not known, but a wrong type, a negative head or query and an
+    unknown scale are: refused at the call, not later inside fit's first push."""
+    live = LiveView(probe)
+    with pytest.raises(error) as info:
+        live.show(**kwargs)
+    assert all(w in str(info.value) for w in words), str(info.value)
+    with pytest.raises(error):
+        LiveView(probe, **kwargs)  # the constructor checks the same
+
+
+@pytest.mark.parametrize(("kwargs", "error", "words"), [
     ({"panel": 8}, ValueError, ["panel"]), ({"columns": 1}, ValueError, ["columns"]),
     ({"scale_mode": "per"}, ValueError, ["scale_mode"]), ({"alpha": 2}, ValueError, ["alpha"]),
     ({"layer": 3}, TypeError, ["layer"]), ({"head": -1}, ValueError, ["head"]),

@@ -88,6 +88,23 @@ def curves_of(rows: list[tuple[float, dict]], snapshots: list[tuple[float, Snaps
     return {"panels": [panel("loss", losses), panel("scores", scores), panel("mixing weights", mixing)]}
 
 
+def _check_wanted(layer, component, head, query, scale_mode) -> None:
+    """What :meth:`LiveView.show` can check before the first snapshot says which layers there are: the
+    types, a head >= 0, a query (row, col) of ints >= 0, a known colour scale (``None``: not given)."""
+    for name, value in (("layer", layer), ("component", component)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string (a name) or None, got {type(value).__name__} {value!r}")
+    if head is not None:
+        check_int("head", head, low=0)  # the constructor's default 0 is given
+    if query is not None:
+        if not (isinstance(query, (tuple, list)) and len(query) == 2):
+            raise TypeError(f"query must be a pair (row, col), got {query!r}")
+        check_int("query[0]", query[0], low=0)
+        check_int("query[1]", query[1], low=0)
+    if scale_mode is not None:
+        check_choice("scale_mode", scale_mode, LIVE_SCALES)
+
+
 class LiveView(anywidget.AnyWidget):
     """The live view of a training run; see the module docstring.
 
@@ -131,12 +148,7 @@ class LiveView(anywidget.AnyWidget):
         columns = check_int("columns", columns, low=2)
         alpha = check_float("alpha", alpha, low=0.0, high=1.0)
         self._colormap = check_cmap(cmap)
-        check_choice("scale_mode", scale_mode, LIVE_SCALES)
-        if layer is not None and not isinstance(layer, str):
-            raise TypeError(f"layer must be a layer name (str) or None, got {type(layer).__name__}")
-        if component is not None and not isinstance(component, str):
-            raise TypeError(f"component must be a string or None, got {type(component).__name__}")
-        check_int("head", head, low=0)
+        _check_wanted(layer, component, head, query, scale_mode)
         self._wanted = {"layer": layer, "component": component, "head": head, "query": query,
                         "scale_mode": scale_mode}
         self._images = images
@@ -229,7 +241,8 @@ class LiveView(anywidget.AnyWidget):
     def show(self, *, layer=None, component=None, head=None, query=None, scale_mode=None) -> LiveView:
         """Choose what the maps show (checked; a new layer starts at its first component and the
         centre of its grid unless given) and send it."""
-        if not self.catalog:
+        if not self.catalog:  # nothing pushed yet: checked now what needs no layer, the rest later
+            _check_wanted(layer, component, head, query, scale_mode)
             given = dict(layer=layer, component=component, head=head, query=query, scale_mode=scale_mode)
             self._wanted.update({k: v for k, v in given.items() if v is not None})
             return self
