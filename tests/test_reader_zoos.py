@@ -153,9 +153,10 @@ def test_torchvision_vit_attention_is_need_weights_and_rollout_is_abnar_zuidema(
     assert (ours.prefix_maps - want[:, :1]).abs().max().item() < TOL
 
 
-def hf_swin(impl="eager"):
-    return hf(T.SwinModel, T.SwinConfig, impl, image_size=32, patch_size=2, embed_dim=16, depths=[2, 2],
-              num_heads=[2, 2], window_size=4)
+def hf_swin(impl="eager", v2=False):
+    model, config = (T.Swinv2Model, T.Swinv2Config) if v2 else (T.SwinModel, T.SwinConfig)
+    return hf(model, config, impl, image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+              window_size=4)
 
 
 def tv_swin(v2=False):
@@ -166,19 +167,22 @@ def tv_swin(v2=False):
     return perturbed(model)
 
 
-def test_hf_swin_windows_are_its_own_attentions():
-    model, x = hf_swin(), image()
+@pytest.mark.parametrize("v2", [False, True])
+def test_hf_swin_windows_are_its_own_attentions(v2):
+    """Swin V2's cosine attention and its patch merging (the reduction before the norm) too."""
+    model, x = hf_swin(v2=v2), image()
     with torch.no_grad():
         own = model(x, output_attentions=True).attentions  # each stage's last block: (B * nW, M, n, n)
     graph = context.context_graph(model, x)
     assert not graph.unread
     nodes = {n.name: n for n in attention_nodes(graph)}
+    attention = ".self" if v2 else ""  # where the softmax runs: V2's SelfAttention module, V1's attention
     for stage, a in enumerate(own):
-        windows, local = nodes[f"encoder.layers.{stage}.blocks.1.attention"].step.windows
+        windows, local = nodes[f"encoder.layers.{stage}.blocks.1.attention{attention}"].step.windows
         assert local.shape == a.shape and (local - a).abs().max().item() < TOL
         assert windows.count == a.shape[0] // 2
     # the shifted block's layout: its (2, 2) shift, as torchvision's (whose rebuild is proved below)
-    windows, _ = nodes["encoder.layers.0.blocks.1.attention"].step.windows
+    windows, _ = nodes[f"encoder.layers.0.blocks.1.attention{attention}"].step.windows
     # (0, 0) rolled to (14, 14): window (3, 3) of the 4 x 4 windows, place (2, 2) in it
     assert int(windows.window[0]) == 15 and int(windows.place[0]) == 10
 
@@ -262,6 +266,7 @@ def test_torchvision_maxvit_window_and_grid_partitions_rebuild_the_attention():
 ERFS = {
     "hf_vit": (lambda: VITS["hf_vit"][0]("sdpa"), 32, None, "tokens"),
     "hf_swin": (hf_swin, 32, "encoder.layers.0", "tokens"),  # a stage: its output is a tuple
+    "hf_swin_v2": (partial(hf_swin, v2=True), 32, "encoder.layers.1", "tokens"),
     "hf_convnext": (lambda: hf(T.ConvNextModel, T.ConvNextConfig, "eager", num_stages=2, hidden_sizes=[8, 16],
                                depths=[1, 1], image_size=32), 32, "encoder.stages.1", "nchw"),
     "tv_vit": (tv_vit, 32, "encoder.layers.encoder_layer_1", "tokens"),

@@ -43,6 +43,7 @@ ZOO = {
     "hf_dinov2_registers": (lambda: VITS["hf_dinov2_registers"][0]("sdpa"), 32),
     "hf_beit": (lambda: VITS["hf_beit"][0]("eager"), 32),
     "hf_swin": (hf_swin, 32),
+    "hf_swin_v2": (lambda: hf_swin(v2=True), 32),
     "hf_convnext": (ERFS["hf_convnext"][0], 32),
     "tv_vit": (ERFS["tv_vit"][0], 32),
     "tv_swin": (tv_swin, 32),

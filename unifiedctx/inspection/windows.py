@@ -105,8 +105,12 @@ def is_windowed(module) -> bool:
 
 
 def is_patch_merging(module) -> bool:
-    return type(module).__name__ in ("PatchMerging", "PatchMergingV2", "SwinPatchMerging") and \
-        isinstance(getattr(module, "reduction", None), nn.Linear)
+    """A Swin-style patch merging: a class named ``...PatchMerging...`` (timm's and torchvision's
+    ``PatchMerging``/``PatchMergingV2``, Hugging Face's ``SwinPatchMerging``, ``Swinv2PatchMerging`` and
+    their copies) whose ``reduction`` is a linear map of the 4 gathered tokens' channels."""
+    reduction = getattr(module, "reduction", None)
+    return "PatchMerging" in type(module).__name__ and isinstance(reduction, nn.Linear) and \
+        reduction.in_features % 4 == 0
 
 
 def merging_window(module) -> ConvWindow:
