@@ -56,6 +56,22 @@ def test_full_conv2d_im2col(bias):
     assert view.values.shape == (2, 9, 20, 3)
 
 
+@pytest.mark.parametrize("cin,cout,groups", [(4, 4, 2), (6, 9, 3), (8, 4, 4)])
+def test_grouped_conv2d_im2col(cin, cout, groups):
+    """ResNeXt's and RegNet's grouped 3x3: im2col's shift heads, each output group reading its own input
+    group only (a kernel of another group's channels would change the output)."""
+    conv = perturb(nn.Conv2d(cin, cout, 3, padding=1, groups=groups).double())
+    x = rand_x(cin, (4, 5))
+    view = check_rebuild(conv, x)
+    assert view.heads == 9 and view.module_type == "Conv2d (grouped, im2col)"
+    assert view.values.shape == (2, 9, 20, cin)
+    mixed = view.values.clone()
+    mixed[..., : cin // groups] = 0  # the first input group: only the first output group may change
+    y, y0 = view.project(view.affinity @ view.values), view.project(view.affinity @ mixed)
+    changed = (y - y0).abs().amax(dim=(0, 2, 3)) > 0
+    assert changed.tolist() == [True] * (cout // groups) + [False] * (cout - cout // groups)
+
+
 def test_dilated_conv2d():
     conv = perturb(nn.Conv2d(2, 2, 3, padding=2, dilation=2, groups=2).double())
     check_rebuild(conv, rand_x(2, (6, 6)))
@@ -130,7 +146,6 @@ def test_local_affinity_of_rectangular_dilated_kernels_is_the_conv_impulse_respo
         (nn.Conv2d(2, 2, 3, padding=0), "padding"),
         (nn.Conv2d(2, 2, 4, padding=2), "kernel_size"),
         (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
-        (nn.Conv2d(4, 4, 3, padding=1, groups=2), "groups"),
         (nn.AvgPool2d(3, padding=1), "stride"),
         (nn.AvgPool2d(3, stride=1, padding=0), "padding"),
     ],
@@ -155,7 +170,7 @@ def test_bad_inputs():
         inspect(nn.MultiheadAttention(4, 2), torch.randn(3, 1, 5))
 
 
-@pytest.mark.parametrize("groups,dilation", [(6, 1), (6, 2), (1, 1)])
+@pytest.mark.parametrize("groups,dilation", [(6, 1), (6, 2), (1, 1), (3, 1)])
 def test_a_conv_views_rows_are_its_kernel_at_the_query_without_the_dense_affinity(groups, dilation):
     torch.manual_seed(groups + dilation)
     conv = nn.Conv2d(6, 6, 5, padding=2 * dilation, dilation=dilation, groups=groups).double()

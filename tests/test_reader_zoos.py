@@ -276,6 +276,11 @@ ERFS = {
          torchvision.models.convnext.CNBlockConfig(16, None, 1)],
         num_classes=3)), 32, "features.3", "nchw"),
     "tv_resnet": (lambda: perturbed(torchvision.models.resnet18(num_classes=3)), 32, "layer2", "nchw"),
+    "tv_resnext": (lambda: perturbed(torchvision.models.ResNet(  # grouped 3x3 convs (4 groups)
+        torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=3, groups=4, width_per_group=4)),
+        32, "layer2", "nchw"),
+    "tv_regnet": (lambda: perturbed(torchvision.models.regnet_x_400mf(num_classes=3)), 32,
+                  "trunk_output.block2", "nchw"),
     "tv_maxvit": (tv_maxvit, 64, "blocks.1", "nchw"),
 }
 

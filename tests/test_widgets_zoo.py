@@ -50,6 +50,7 @@ ZOO = {
     "tv_swin_v2": (lambda: tv_swin(True), 32),
     "tv_convnext": (ERFS["tv_convnext"][0], 32),
     "tv_resnet": (ERFS["tv_resnet"][0], 32),
+    "tv_resnext": (ERFS["tv_resnext"][0], 32),
     "tv_maxvit": (ERFS["tv_maxvit"][0], 64),
 }
 

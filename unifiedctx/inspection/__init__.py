@@ -16,8 +16,9 @@ module                                      view
 ==========================================  =====================================================
 unifiedctx mixers (``AffinityMixer``)       their own ``values`` / ``affinity`` / ``project``
 ``nn.Conv2d`` depthwise (groups = C)        M = C heads, d = 1, A[c] = banded kernel matrix
-``nn.Conv2d`` full (groups = 1)             im2col: M = kh*kw shift matrices, d = C_in,
-                                            the kernel lives in ``project`` (ResNet's 3x3)
+``nn.Conv2d`` full or grouped               im2col: M = kh*kw shift matrices, d = C_in,
+                                            the kernel lives in ``project`` (ResNet's 3x3,
+                                            ResNeXt's and RegNet's grouped 3x3)
 ``nn.AvgPool2d`` (stride 1, pad k//2)       M = 1, A = window / count (either count rule)
 ``nn.MultiheadAttention`` (self-attention)  M = num_heads, A = softmax(q k^T / sqrt(d))
 timm ``Attention`` (ViT, DeiT)              A from ``qkv`` (+ q_norm / k_norm, attn_mask),

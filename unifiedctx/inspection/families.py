@@ -90,7 +90,7 @@ def _mha_call(module, call: dict):
 def _conv_call(module, call: dict):
     if module.stride != (1, 1):  # said before any token limit: it is why there is no view
         raise NoView(f"stride {module.stride}: a strided conv changes the grid (a downsampling, not a mixer)")
-    if module.kernel_size == (1, 1) and module.groups == 1:
+    if module.kernel_size == (1, 1) and (module.groups == 1 or module.groups < module.in_channels):
         raise NoView("a 1x1 conv: a per-token channel map (its affinity is the identity)")
     return _first_input(module, call)
 
@@ -136,7 +136,7 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family("unifiedctx AffinityMixer", lambda m: isinstance(m, AffinityMixer), _mixer_view),
-    Family("torch.nn.Conv2d (depthwise or groups=1; stride 1, odd kernel, padding k//2, zeros)",
+    Family("torch.nn.Conv2d (full, grouped or depthwise; stride 1, odd kernel, padding k//2, zeros)",
            lambda m: isinstance(m, nn.Conv2d), _image_only(inspect_conv2d), _conv_call),
     Family("torch.nn.AvgPool2d (stride 1, odd kernel, padding k//2)",
            lambda m: isinstance(m, nn.AvgPool2d), _image_only(inspect_avgpool)),

@@ -214,6 +214,8 @@ VIEW_WORDS = {
     "Conv2d (depthwise)": ("static local: one kernel per channel, slid along", "channel"),
     "Conv2d (full, im2col)": ("static local: one shift matrix per kernel offset; the kernel mixes channels",
                               "shift"),
+    "Conv2d (grouped, im2col)": ("static local: one shift matrix per kernel offset; the kernel mixes the "
+                                 "channels of each group", "shift"),
     "timm MixerBlock": ("input-gated: the token MLP's weights gated by its own activation, per channel",
                         "channel"),
 }

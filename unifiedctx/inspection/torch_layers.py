@@ -5,7 +5,8 @@ Conv and pooling affinities are built by the mixers' own builder
 
 * ``Conv2d`` depthwise (groups = C): M = C heads, d = 1, ``A[c] = sum_o w[c, o] S_o``.
 * ``Conv2d`` full (groups = 1), im2col: M = kh*kw shift matrices ``A[o] = S_o``, d = C_in, and the
-  kernel lives in ``project``: ``y[:, c_out] = sum_o sum_c W[c_out, c, o] (S_o x)[:, c] + b``.
+  kernel lives in ``project``: ``y[:, c_out] = sum_o sum_c W[c_out, c, o] (S_o x)[:, c] + b``; grouped
+  (1 < groups < C, ResNeXt, RegNet): the same, the sum over c only over ``c_out``'s group of input channels.
 * ``AvgPool2d`` (stride 1, centred): M = 1, ``A = window / count`` (either count rule), optionally
   minus the identity (PoolFormer's ``pool(x) - x``).
 * ``MultiheadAttention`` (self-attention): ``A_m = softmax(q_m k_m^T / sqrt(d))``, keys extended by
@@ -28,8 +29,8 @@ from .view import AffinityView, check_image, check_window, pair, token_grid
 
 
 def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
-    """The view of a stride-1, centred ``nn.Conv2d``: depthwise (banded, one head per channel) or full
-    (im2col: kh*kw shift heads, the kernel in ``project``). Shapes: see the module docstring."""
+    """The view of a stride-1, centred ``nn.Conv2d``: depthwise (banded, one head per channel) or full or
+    grouped (im2col: kh*kw shift heads, the kernel in ``project``). Shapes: see the module docstring."""
     grid = check_image(x, module, channels=module.in_channels)
     cin, cout, groups = module.in_channels, module.out_channels, module.groups
     if pair(module.stride) != (1, 1):
@@ -52,14 +53,15 @@ def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
         return AffinityView(values, a, project, grid, "static", cin, "Conv2d (depthwise)",
                             read_rows=partial(kernel_rows, kernels, grid, dilation),
                             window=centred_window(kernels, dilation))
-    if groups != 1:
-        raise ValueError(f"Conv2d.groups must be 1 (full conv) or in_channels == out_channels "
-                         f"(depthwise), got groups={groups}, in_channels={cin}, out_channels={cout}")
     heads = kernel[0] * kernel[1]
     eye = torch.eye(heads, dtype=w.dtype, device=w.device).view(heads, *kernel)
     a = lambda: local_affinity(eye, grid, dilation).unsqueeze(0)  # noqa: E731  (on first use)
     values = rearrange(x, "b c h w -> b 1 (h w) c").expand(-1, heads, n, cin)
-    kernel_mat = rearrange(w, "o c kh kw -> (kh kw) c o")
+    # (kh*kw, C_in, C_out); grouped: block-diagonal, output group g reads input group g only
+    per_group = rearrange(w, "(g o) c kh kw -> g (kh kw) c o", g=groups)
+    same_group = torch.eye(groups, dtype=w.dtype, device=w.device)
+    kernel_mat = rearrange(torch.einsum("gmco,gh->mgcho", per_group, same_group),
+                           "m g c h o -> m (g c) (h o)")
 
     def project(z):
         y = torch.einsum("bmnc,mco->bno", z, kernel_mat)
@@ -67,7 +69,8 @@ def inspect_conv2d(module: nn.Conv2d, x) -> AffinityView:
             y = y + b
         return rearrange(y, "b (h w) o -> b o h w", h=grid[0])
 
-    return AffinityView(values, a, project, grid, "static", heads, "Conv2d (full, im2col)",
+    return AffinityView(values, a, project, grid, "static", heads,
+                        "Conv2d (full, im2col)" if groups == 1 else "Conv2d (grouped, im2col)",
                         read_rows=partial(kernel_rows, eye, grid, dilation),
                         window=centred_window(eye, dilation))
 
