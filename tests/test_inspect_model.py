@@ -182,3 +182,12 @@ def test_shared_module_called_twice_is_viewed_once():
     assert "2 times" in result["conv"].notes["calls"]
     with torch.no_grad():
         assert rel_err(result["conv"].output(), net.conv(x)) < TOL
+
+
+def test_a_global_pooling_is_named_for_what_it_is():
+    """An adaptive pooling summarises every token (a classifier's pooling, a squeeze-and-excitation gate's
+    input): .skipped says so, not 'a per-element layer'."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    result = inspect_model(net.double(), image(batch=1))
+    assert list(result) == ["0"]
+    assert "pools the grid to 1" in result.skipped["1"] and "per-element" in result.skipped["2"]

@@ -81,6 +81,10 @@ def _skip_reason(module: nn.Module) -> str:
         return "a normalisation (per-token or per-channel statistics, not a weighted sum of tokens)"
     if isinstance(module, (nn.Dropout, nn.Identity)) or type(module).__name__ in ("DropPath", "Identity"):
         return "identity / dropout (in eval mode)"
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d,
+                           nn.AdaptiveMaxPool1d)):
+        return (f"{type(module).__name__}: pools the grid to {module.output_size} (a summary of all tokens, "
+                "as a classifier's pooling or a squeeze-and-excitation gate's input; no token-to-token map)")
     if not any(True for _ in module.parameters(recurse=False)) and not list(module.children()):
         return f"{type(module).__name__}: a per-element or reshaping layer (no token mixing)"
     return f"{type(module).__name__}: no affinity view (not a type inspect supports)"
