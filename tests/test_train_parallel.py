@@ -68,6 +68,18 @@ def test_jobs_are_checked(tmp_path):
     twice = jobs(tmp_path)[:1] * 2
     with pytest.raises(ValueError, match="a name of its own"):
         train_side_by_side(twice)
+    for workers, error in ((0, ValueError), ("2", TypeError), (1.5, TypeError)):
+        with pytest.raises(error, match="workers"):
+            train_side_by_side(jobs(tmp_path), workers=workers)
+    good = jobs(tmp_path)[0]
+    fields = dict(name=good.name, model=good.model, data=good.data, out=good.out, recipe=good.recipe)
+    for wrong, words in ((dict(recipe={"epochs": 1}), "recipe must be a unifiedctx.train.Recipe"),
+                         (dict(name=3), "Job.name"), (dict(model=""), "Job.model"),
+                         (dict(out=None), "out must be a folder"),
+                         (dict(model_options=[1]), "model_options must be a dict")):
+        with pytest.raises(TypeError, match=words):
+            Job(**{**fields, **wrong})
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_a_worker_that_fails_stops_the_call_with_its_error(tmp_path):

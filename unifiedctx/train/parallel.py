@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ..validation import check_optional_positive_int
 from . import tasks
 from .engine import EpochDone, epoch_line, train_or_load
 from .history import History
@@ -53,6 +54,23 @@ class Job:
     recipe: Recipe
     model_options: dict = field(default_factory=dict)
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Each field checked when the job is made (in this process, before any worker starts)."""
+        for field_name in ("name", "model", "device"):
+            value = getattr(self, field_name)
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"Job.{field_name} must be a non-empty string, got {type(value).__name__} "
+                                f"{value!r}")
+        if not isinstance(self.out, (str, os.PathLike)):
+            raise TypeError(f"Job {self.name!r}: out must be a folder (str or os.PathLike), got "
+                            f"{type(self.out).__name__}")
+        if not isinstance(self.recipe, Recipe):
+            raise TypeError(f"Job {self.name!r}: recipe must be a unifiedctx.train.Recipe, got "
+                            f"{type(self.recipe).__name__} (Recipe(**options) makes one)")
+        if not isinstance(self.model_options, dict):
+            raise TypeError(f"Job {self.name!r}: model_options must be a dict, got "
+                            f"{type(self.model_options).__name__}")
 
     def train_or_load(self, progress: bool | str = False, callback: Callable | None = None):
         """``(model, history)``: this run trained here, or loaded from ``out`` when it is there."""
@@ -100,6 +118,7 @@ def train_side_by_side(jobs: list[Job], workers: int | None = None, log: Callabl
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"every job needs a name of its own, got {names}")
+    workers = check_optional_positive_int("workers", workers)
     workers = max(1, min(workers or min(os.cpu_count() or 1, 2), len(jobs)))
     say = log or (lambda line: None)
     done: dict[str, History] = {}
