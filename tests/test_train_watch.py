@@ -347,7 +347,9 @@ def test_the_command_line_watches_the_first_test_images(tmp_path, capsys):
     assert run.epochs == [0, 1, 2] and torch.equal(run.images, data.normalize(data.test_x[:3]).float())
     capsys.readouterr()
     for bad, words in ((["--watch", "0"], "--watch"), (["--watch", "3", "--watch-budget-mb", "0.001"],
-                                                       "watch_budget_mb")):
+                                                       "watch_budget_mb"),
+                       (["--watch", "17"], "--watch 17: the test split of texture has 16 images"),
+                       (["--watch-budget-mb", "5"], "give --watch too")):
         with pytest.raises(SystemExit) as exc:
             main([*args[:-1], str(tmp_path / "refused"), *bad])
         err = capsys.readouterr().err.strip()

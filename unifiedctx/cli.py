@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--watch", type=_positive_int, default=None, metavar="N",
                    help="keep every mixer layer's affinities for the first N test images in OUT, epoch 0 and "
                    "after every epoch (AffinityExplorer.from_run(OUT) scrubs them)")
-    t.add_argument("--watch-budget-mb", type=float, default=256.0,
+    t.add_argument("--watch-budget-mb", type=float, default=None,
                    help="the largest size of the snapshots of --watch, checked before training (256)")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split",
@@ -258,10 +258,17 @@ def _train(args) -> int:
     recipe, task = resolve(None, None, {**settings, **flags, "task_options": dict(args.task_options)})
     ds = _load_data(args, args.limit_train)
     model = T.build_model(args.model, ds, recipe.seed, task=task, **dict(args.model_option))
-    watch = None
+    watch, watching = None, {}
+    if args.watch_budget_mb is not None:
+        if args.watch is None:
+            raise ValueError("--watch-budget-mb bounds the snapshots of --watch N: give --watch too")
+        watching["watch_budget_mb"] = args.watch_budget_mb
     if args.watch is not None:
         if not hasattr(ds, "test_x"):
             raise ValueError(f"--watch needs a tensor dataset (its first N test images), not {args.data}")
+        if args.watch > len(ds.test_x):
+            raise ValueError(f"--watch {args.watch}: the test split of {args.data} has "
+                             f"{len(ds.test_x)} images")
         watch = ds.normalize(ds.test_x[:args.watch]).float()
     run_info = {"command": "train", "task": task.name, "model": args.model, "data": args.data,
                 "data_options": dict(args.data_option), "data_root": args.data_root,
@@ -271,7 +278,7 @@ def _train(args) -> int:
                     channels_last=args.channels_last, out=args.out, resume=args.resume,
                     progress="epoch" if args.no_progress else True, eval_batch_size=args.eval_batch_size,
                     run_info=run_info, save_rank_weights=args.save_rank_weights,
-                    allow_foreign=args.allow_foreign, watch=watch, watch_budget_mb=args.watch_budget_mb)
+                    allow_foreign=args.allow_foreign, watch=watch, **watching)
     if int(os.environ.get("RANK", 0)) == 0 and history:
         metric = task.best_metric
         best = history.best(metric)
