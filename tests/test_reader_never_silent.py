@@ -8,6 +8,7 @@ call, so the signed rollout of a linear network equals its Jacobian, and the ERF
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from einops import rearrange
@@ -156,10 +157,24 @@ def test_the_explorer_names_what_it_could_not_read():
         def forward(self, x):
             return self.mix(self.embed(x + 0.0 * self.conv(x).mean(1, keepdim=True)))
 
-    data = ExplorerData({"mixed": ConvThenLinear().eval()}, [image])
+    class LinearThenConv(ConvThenLinear):
+        def forward(self, x):
+            tokens = self.mix(self.embed(x))  # (B, 16, 8) on a 4 x 4 grid
+            return self.conv(rearrange(tokens, "b (h w) c -> b c h w", h=4)[:, :3])
+
+    data = ExplorerData({"mixed": ConvThenLinear().eval(), "after": LinearThenConv().eval()}, [image, image])
     assert list(data.catalogue("mixed")) == ["conv"]  # what has a view is shown...
-    with pytest.raises(ValueError, match="mix: LinearAttention"):  # ...no depth map that leaves mixing out
-        data.depth("mixed", 0, "conv", (1, 1), "rollout")
+    assert list(data.catalogue("after")) == ["conv"]
+    # ...the depth map of a layer the unread mixing ran before is refused by name, not a partial map
+    with pytest.raises(ValueError, match="mix: LinearAttention"):
+        data.depth("after", 0, "conv", (1, 1), "rollout")
+    with pytest.raises(ValueError, match="mix: LinearAttention"):
+        context.rollout(LinearThenConv().eval(), image[None], upto="conv")
+    # a layer that ran before it depends on nothing left out: its map is whole (the whole network's is not)
+    whole = context.rollout_maps(data.models["mixed"], image[None], "conv", query=(1, 1))["map"]
+    assert np.array_equal(data.depth("mixed", 0, "conv", (1, 1), "rollout")["map"], whole)
+    with pytest.raises(ValueError, match="mix: LinearAttention"):
+        context.rollout(data.models["mixed"], image[None])
 
 
 def test_the_watch_always_ends_and_leaves_the_model_as_it_was():

@@ -367,28 +367,40 @@ class LinearAttention(nn.Module):
 
 
 class ConvThenLinear(nn.Module):
+    """A depthwise conv, a linear attention (no softmax: not read), another depthwise conv."""
+
     def __init__(self):
         super().__init__()
         self.embed = nn.Conv2d(3, 8, 4, stride=4)
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.mix = LinearAttention()
+        self.after = nn.Conv2d(8, 8, 3, padding=1, groups=8)
 
     def forward(self, x):
-        return self.mix(rearrange(self.dw(self.embed(x)), "b c h w -> b (h w) c"))
+        tokens = self.mix(rearrange(self.dw(self.embed(x)), "b c h w -> b (h w) c"))
+        return self.after(rearrange(tokens, "b (h w) c -> b c h w", h=4))
 
 
 def test_a_network_read_in_part_shows_its_layers_and_names_what_blocks_the_rollout(tmp_path):
+    """Every layer with a view is shown; the depth map of a layer that the unread mixing runs before is
+    refused naming it, and that of a layer before it is whole (nothing it depends on was left out)."""
     torch.manual_seed(8)
     model = ConvThenLinear().eval()
     images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(9))
     explorer = AffinityExplorer(model, images, depth="rollout")
-    assert explorer.layers == ["dw"]
+    assert explorer.layers == ["dw", "after"]
+    explorer.show(layer="dw", query=(1, 2))
     shown = explorer.rendered()
-    assert shown["maps"].shape == (8, 4, 4) and shown["depth"] is None
+    want = rollout_maps(model, images, "dw", query=(1, 2))["map"]
+    assert shown["maps"].shape == (8, 4, 4) and np.abs(shown["depth"] - want).max() < 1e-6
+    explorer.show(layer="after")
+    shown = explorer.rendered()
+    assert shown["depth"] is None
     assert "mix: LinearAttention" in explorer.warning and "rollout unavailable" in explorer.warning
     page = read_payload(explorer.to_html(tmp_path / "page.html"))
-    (entry,) = page["depth"]["ConvThenLinear"]["dw"]["rollout"]
+    (entry,) = page["depth"]["ConvThenLinear"]["after"]["rollout"]
     assert "mix: LinearAttention" in entry["meta"]["warning"] and not entry["data"]
+    assert page["depth"]["ConvThenLinear"]["dw"]["rollout"][0]["data"]  # before the linear attention: whole
 
 
 def test_a_unifiedctx_mixer_called_twice_is_two_layers():

@@ -81,6 +81,16 @@ class ContextGraph:
     input_grid: tuple
     unread: OrderedDict = field(default_factory=OrderedDict)
     dtype: torch.dtype = torch.float64
+    unread_at: dict = field(default_factory=dict)  # module -> nodes there were when it was missed
+
+    def unread_upto(self, last: int | None = None) -> OrderedDict:
+        """The unread token mixing that can reach node ``last`` (None: the whole graph): what was missed
+        before that node was made (a pooling head's attention after the encoder cannot reach the
+        encoder's layers)."""
+        if last is None:
+            return OrderedDict(self.unread)
+        return OrderedDict((name, why) for name, why in self.unread.items()
+                           if self.unread_at.get(name, 0) <= last)
 
     def names(self) -> list[str]:
         """The node names, in order (the input image excluded)."""
@@ -170,7 +180,7 @@ def context_graph(model: nn.Module, x: torch.Tensor, prefix_tokens: int | None =
             nodes.append(GraphNode(record.name, "map", step_of(record), node.parents, node.scales,
                                    node.prefixes,
                                    node.tokens_out, record.module_type))
-    return ContextGraph(nodes, tuple(x.shape[-2:]), found.unread)
+    return ContextGraph(nodes, tuple(x.shape[-2:]), found.unread, unread_at=found.unread_at)
 
 
 def unread_message(model: nn.Module, unread: dict, what: str, most: int = 6) -> str:

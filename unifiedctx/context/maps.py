@@ -71,8 +71,8 @@ def rollout_maps(model: nn.Module, x: torch.Tensor, upto: str | None = None, que
     elif not isinstance(graph, ContextGraph):
         raise TypeError(f"graph must be the ContextGraph of model on x (context_graph), "
                         f"got {type(graph).__name__}")
-    check_partial(graph, model, partial, "the rollout")
     last = graph.nodes[graph.resolve(upto)]
+    check_partial(graph, model, partial, "the rollout", upto)
     token = query_index(query, last.tokens.grid)
     r = rollout_graph(graph, upto, heads, signed, rows=[last.tokens.prefix + token])
     r.maps = r.maps.expand(x.shape[0], -1, -1)

@@ -242,12 +242,14 @@ def rollout_graph(graph: ContextGraph, upto: str | None = None, heads: str = "me
                    r[:, :p])
 
 
-def check_partial(graph: ContextGraph, model: nn.Module, partial, what: str) -> None:
+def check_partial(graph: ContextGraph, model: nn.Module, partial, what: str, upto: str | None = None) -> None:
     """Refuse (a ``ValueError`` naming each module, its class and why) a graph with token mixing the reader
-    did not read, unless ``partial`` is True."""
+    did not read, unless ``partial`` is True. With ``upto`` (a layer of the graph) only the mixing that can
+    reach that layer counts: what runs after it (a classifier's attention pooling) leaves its map whole."""
     check_bool("partial", partial)
-    if graph.unread and not partial:
-        raise ValueError(unread_message(model, graph.unread, what))
+    unread = graph.unread_upto(None if upto is None else graph.resolve(upto))
+    if unread and not partial:
+        raise ValueError(unread_message(model, unread, what))
 
 
 def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: str = "mean",
@@ -270,7 +272,9 @@ def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: s
         signed: the signed rule (exact for linear static mixers) instead of the non-negative one.
         prefix_tokens: class / distillation tokens of token layers (default: found as ``inspect_model``).
         partial: compose what was read even when some token mixing was not (the unread modules are in
-            ``Rollout.skipped``). Without it such a network is refused by name.
+            ``Rollout.skipped``). Without it a map that unread mixing can reach is refused by name: with
+            ``upto=None`` any (the whole network), with a layer the mixing that ran before it (a
+            classifier's attention pooling after the encoder leaves the encoder's layers whole).
 
     Returns:
         :class:`Rollout` with ``maps`` ``(B, N_upto, H_in * W_in)``, ``prefix_maps``, ``grid``,
@@ -278,8 +282,9 @@ def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: s
         ``layers`` (every node composed, joins included) and ``skipped`` (the token mixing not read).
 
     Raises:
-        ValueError: a module mixes tokens in a way the reader does not read (a linear attention, a token
-            MLP of an unknown class, ...), naming it and its class, unless ``partial=True``.
+        ValueError: a module that runs before ``upto`` (any module, for the whole network) mixes tokens in
+            a way the reader does not read (a linear attention, a token MLP of an unknown class, ...),
+            naming it and its class, unless ``partial=True``.
     """
     check_heads(heads)
     check_bool("signed", signed)
@@ -288,16 +293,17 @@ def rollout(model: nn.Module, x: torch.Tensor, upto: str | None = None, heads: s
     if upto is not None and not isinstance(upto, str):
         raise TypeError(f"upto must be a layer name (str) or None, got {type(upto).__name__} {upto!r}")
     graph = context_graph(model, x, prefix_tokens)
-    check_partial(graph, model, partial, "the rollout")
     if len(graph.nodes) < 2:
+        check_partial(graph, model, partial, "the rollout")
         raise ValueError(f"{type(model).__name__} has no layer that moves context between tokens (no "
                          f"attention, "
                          f"mixer, convolution or pooling over the grid)")
-    graph.resolve(upto)  # a bad name fails before any matrix is built
+    last = graph.resolve(upto)  # a bad name fails before any matrix is built; None: the whole network
+    check_partial(graph, model, partial, "the rollout", upto)
     out = rollout_graph(graph, upto, heads, signed)
     out.maps = out.maps.expand(x.shape[0], -1, -1)  # static models give one map for the batch
     out.prefix_maps = out.prefix_maps.expand(x.shape[0], -1, -1)
-    out.skipped = dict(graph.unread)
+    out.skipped = dict(graph.unread_upto(None if upto is None else last))  # the whole network: all of it
     return out
 
 

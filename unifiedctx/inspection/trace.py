@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -153,6 +153,8 @@ class Trace:
         calls: ``{module name: how many times it ran}``.
         attention: every attention call seen, in order (the inspection views use it).
         image: ``(H, W)`` of the input.
+        unread_at: ``{module name: k}``: its mixing was missed when ``nodes`` held ``k`` nodes, so it can
+            reach node ``i`` only if ``k <= i`` (a map read before it does not depend on it).
     """
 
     nodes: list
@@ -160,6 +162,7 @@ class Trace:
     calls: dict
     attention: list
     image: tuple
+    unread_at: dict = field(default_factory=dict)
 
 
 def _module_call_name(name: str, call: int, total: int) -> str:
@@ -229,6 +232,7 @@ class Watcher(TorchFunctionMode):
         self.attention: list[AttentionCall] = []
         self.node_calls: list[tuple[str, int]] = [("", 0)]
         self.pending: list[tuple[str, str]] = []  # softmaxes over tokens not (yet) used by a matmul
+        self.unread_at: dict[str, int] = {}  # module -> how many nodes there were when its mixing was missed
         self._block_inputs: dict[str, torch.Tensor] = {}
         self.frames: list[dict] = []  # per running module call with keep_values: its arguments (a rerun)
 
@@ -249,6 +253,7 @@ class Watcher(TorchFunctionMode):
         name, _ = self.here()
         cls = type(self.lookup.get(name, self.model)).__name__
         self.unread.setdefault(name, f"{cls}: {what}")
+        self.unread_at.setdefault(name, len(self.nodes))
 
     def add_node(self, record, parents, scales, prefixes, tokens_out) -> int:
         index = len(self.nodes)
@@ -606,6 +611,7 @@ class Watcher(TorchFunctionMode):
         if dim == x.dim() - 1 and x.shape[-1] == x.shape[-2]:
             self.probs[out] = (self.here(), x)
             self.pending.append(self.here())
+            self.unread_at.setdefault(self.here()[0], len(self.nodes))  # if its result never meets values
             return  # scores over tokens: they reach the token path only through the matmul with the values
         tokens = self.layout(x)
         if tokens is not None and x.shape[dim] == tokens.tokens and tokens.tokens > 1:
@@ -800,7 +806,8 @@ def trace(model: nn.Module, x: torch.Tensor, prefix_tokens: int | None = None, k
         cls = type(watcher.lookup.get(name, model)).__name__
         watcher.unread.setdefault(name, f"{cls}: a softmax over square scores whose result did not multiply "
                                         f"the values in a matmul (its use is not read)")
-    result = Trace(watcher.nodes, watcher.unread, watcher.calls, watcher.attention, watcher.image)
+    result = Trace(watcher.nodes, watcher.unread, watcher.calls, watcher.attention, watcher.image,
+                   {name: watcher.unread_at.get(name, 0) for name in watcher.unread})
     for node in result.nodes[1:]:
         name, call = node.record.name.split("\x00")
         node.record.name = _module_call_name(name, int(call), watcher.calls.get(name, 1))

@@ -515,7 +515,7 @@ class ExplorerData:
             maps = [self.depth(model_name, index, layer, divmod(q, w), mode)["map"] for q in queries]
             return np.stack(maps).reshape(len(queries), *size), 1
         graph = self.graph(model_name, index)
-        check_partial(graph, model, False, "the rollout")
+        check_partial(graph, model, False, "the rollout", layer)
         prefix = graph.nodes[graph.resolve(layer)].tokens.prefix
         r = rollout_graph(graph, layer, rows=[prefix + q for q in queries])
         return r.maps[0].detach().double().cpu().numpy().reshape(len(queries), *size), len(r.layers)

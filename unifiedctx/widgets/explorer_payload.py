@@ -453,6 +453,6 @@ def depth_entry(data: ExplorerData, model: str, image: int, layer: str, query, m
     try:
         found = data.depth(model, image, layer, query, mode)
     except (TypeError, ValueError) as error:
-        return {"kind": "depth", "mode": mode, "warning": f"{mode} unavailable for this model: {error}",
-                "fields": [["depth", [f"{mode} unavailable for this model: {error}"]]]}, b""
+        return {"kind": "depth", "mode": mode, "warning": f"{mode} unavailable for this layer: {error}",
+                "fields": [["depth", [f"{mode} unavailable for this layer: {error}"]]]}, b""
     return depth_rows_entry(mode, len(found.get("layers", ())), found["map"][None])

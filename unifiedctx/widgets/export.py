@@ -398,20 +398,21 @@ def _stored(explorer, form: str, where, scale: str, epoch) -> tuple[dict, bytes]
 def _centre_depths(explorer, modes, order, picks) -> tuple[dict, dict]:
     """``({(mode, model, layer, image): (bytes of its through-depth entry without maps, bytes per query,
     from a
-    few queries')}, {(mode, model): why the model has no through-depth view})``: what sets how many queries
-    per layer fit."""
+    few queries')}, {(mode, model, layer): why that layer has no through-depth view})``: what sets how many
+    queries per layer fit (a layer after token mixing the reader could not read has none; those before
+    it do)."""
     data, sizes, refused = explorer.data, {}, {}
     for mode in modes:
         for model, name in order:
             grid = tuple(data.info(model, name).grid)
             for i in picks:
-                if (mode, model) in refused:
+                if (mode, model, name) in refused:
                     break
                 probe = lattice_for(grid, 4)  # a few queries: what one costs, on average
                 try:
                     maps, layers = data.depth_maps(model, i, name, probe, mode)
-                except (TypeError, ValueError) as error:  # a model the context code cannot read
-                    refused[(mode, model)] = str(error)
+                except (TypeError, ValueError) as error:  # a layer the context code cannot compose
+                    refused[(mode, model, name)] = str(error)
                     break
                 entry = _depth_entry(mode, maps, layers, probe, grid)
                 fixed = _size({"meta": {**entry["meta"], "vmax": [], "uniform_at": [], "queries": []},
@@ -427,8 +428,8 @@ def _store_depth(explorer, mode, order, picks, through, fits, most, centres, ref
     gone = []
     for model, name in order:
         entries = through[model][name][mode] = []
-        if (mode, model) in refused:
-            why = f"{mode} unavailable for this model: {refused[(mode, model)]}"
+        if (mode, model, name) in refused:
+            why = f"{mode} unavailable for this layer: {refused[(mode, model, name)]}"
             meta = {"kind": "depth", "mode": mode, "warning": why, "fields": [["depth", [why]]]}
             entries.append({"meta": meta, "data": ""})
             continue
