@@ -28,18 +28,14 @@ never left unanswered.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import anywidget
 import numpy as np
-import traitlets
 from torch import nn
 
 from ..validation import check_choice, check_float, check_int, check_positive_int, check_query
 from . import explorer_payload as payload
 from .explorer_data import COMPONENT_ORDER, DEPTH_MODES, SCALE_MODES, ExplorerData, as_images
 from .explorer_state import FIELDS, ExplorerState, ExplorerTypeError, ExplorerValueError, compact_epochs
-from .front import check_cmap, check_finite_model, display_image, lut_bytes, marker_rgb
+from .front import FrontEnd, check_cmap, check_finite_model, display_image, lut_bytes, marker_rgb
 
 __all__ = ["COMPONENT_ORDER", "DEPTH_MODES", "SCALE_MODES", "AffinityExplorer", "ExplorerTypeError",
            "ExplorerValueError"]
@@ -48,8 +44,6 @@ __all__ = ["COMPONENT_ORDER", "DEPTH_MODES", "SCALE_MODES", "AffinityExplorer", 
 REQUESTS = {"maps": (("model", "image", "layer", "component"), ("scale", "epoch")),
             "rows": (("model", "image", "layer", "component", "query"), ("scale", "epoch")),
             "depth": (("model", "image", "layer", "query", "mode"), ())}
-
-HERE = Path(__file__).resolve().parent
 
 
 def _state_property(name: str, doc: str):
@@ -62,7 +56,7 @@ def _state_property(name: str, doc: str):
     return property(get, set_, doc=doc)
 
 
-class AffinityExplorer(anywidget.AnyWidget):
+class AffinityExplorer(FrontEnd):
     """Interactive explorer of the affinity maps of one model or several named models.
 
     Parameters
@@ -104,13 +98,6 @@ class AffinityExplorer(anywidget.AnyWidget):
     arrow keys to move the query; every control is reachable by Tab and labelled.
     """
 
-    _esm = HERE / "explorer.js"
-    _css = HERE / "explorer.css"
-    setup = traitlets.Dict().tag(sync=True)
-    pictures = traitlets.Bytes(b"").tag(sync=True)
-    luts = traitlets.Bytes(b"").tag(sync=True)
-    catalog = traitlets.Dict().tag(sync=True)
-    shown = traitlets.Dict().tag(sync=True)
 
     model_name = _state_property("model_name", "Name of the model shown.")
     image_index = _state_property("image_index", "Index of the image shown.")

@@ -4,16 +4,38 @@ The front end draws from bytes: the images as uint8 RGB (:func:`display_image`),
 colormaps as 256 uint8 RGB entries each (:func:`lut_bytes`), the query marker's colour as RGB
 (:func:`marker_rgb`). A colormap name is checked against
 matplotlib's (:func:`check_cmap`), a model's weights must be finite (:func:`check_finite_model`).
+:class:`FrontEnd` is the one ES module both widgets run (the explorer and the live view) with the state
+they share with it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anywidget
 import numpy as np
 import torch
+import traitlets
 from torch import nn
 
 from ..validation import check_choice
 from ..viz.scales import DIVERGING, QUERY_MARKER, SEQUENTIAL
+
+HERE = Path(__file__).resolve().parent
+
+
+class FrontEnd(anywidget.AnyWidget):
+    """The front end (``explorer.js``, ``explorer.css``) and the state every widget that runs it syncs:
+    ``setup`` (sizes, colour scales, marker), ``pictures`` (the images as uint8 RGB), ``luts`` (the
+    colormaps), ``catalog`` (models and layers) and ``shown`` (what is drawn)."""
+
+    _esm = HERE / "explorer.js"
+    _css = HERE / "explorer.css"
+    setup = traitlets.Dict().tag(sync=True)
+    pictures = traitlets.Bytes(b"").tag(sync=True)
+    luts = traitlets.Bytes(b"").tag(sync=True)
+    catalog = traitlets.Dict().tag(sync=True)
+    shown = traitlets.Dict().tag(sync=True)
 
 
 def display_image(image) -> np.ndarray:

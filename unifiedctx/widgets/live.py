@@ -30,9 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import OrderedDict
-from pathlib import Path
 
-import anywidget
 import numpy as np
 import torch
 import traitlets
@@ -43,9 +41,7 @@ from ..viz.scales import Scale, merge_scales, scale_for
 from . import explorer_payload as payload
 from .explorer_data import COMPONENT_ORDER, LayerInfo, as_images, default_layer
 from .explorer_run import ROW_SUM_ATOL
-from .front import check_cmap, display_image, lut_bytes, marker_rgb
-
-HERE = Path(__file__).resolve().parent
+from .front import FrontEnd, check_cmap, display_image, lut_bytes, marker_rgb
 
 #: The colour scales of the live view, in the order offered: one over every image and epoch so far
 #: (what makes change visible), one per epoch (over its images), each map its own.
@@ -105,7 +101,7 @@ def _check_wanted(layer, component, head, query, scale_mode) -> None:
         check_choice("scale_mode", scale_mode, LIVE_SCALES)
 
 
-class LiveView(anywidget.AnyWidget):
+class LiveView(FrontEnd):
     """The live view of a training run; see the module docstring.
 
     Parameters
@@ -127,13 +123,6 @@ class LiveView(anywidget.AnyWidget):
         As :class:`~.explorer.AffinityExplorer`'s.
     """
 
-    _esm = HERE / "explorer.js"
-    _css = HERE / "explorer.css"
-    setup = traitlets.Dict().tag(sync=True)
-    pictures = traitlets.Bytes(b"").tag(sync=True)
-    luts = traitlets.Bytes(b"").tag(sync=True)
-    catalog = traitlets.Dict().tag(sync=True)
-    shown = traitlets.Dict().tag(sync=True)
     curves = traitlets.Dict().tag(sync=True)
     frames = traitlets.Dict().tag(sync=True)
     frame_data = traitlets.Bytes(b"").tag(sync=True)
